@@ -1,0 +1,1 @@
+"""The Fargate worker: ``python -m fargate_worker`` takes jobs off the Redis queue."""

@@ -1,0 +1,34 @@
+"""Errors a processor or the sandbox raises, and what each means for retries."""
+
+from __future__ import annotations
+
+
+class PermanentJobError(Exception):
+    """The job can never succeed (bad input, missing object, not an image): fail it now,
+    without spending the remaining attempts."""
+
+
+class ProcessorFailed(Exception):
+    """The processor raised in its child; the message is the child's ``Type: message``.
+    A failed attempt, retried; the child itself is fine and is reused."""
+
+
+class SandboxCrashed(Exception):
+    """The child process died mid-job (SIGKILL, segfault, out of memory): a failed attempt,
+    retried like any other."""
+
+
+class JobTimedOut(Exception):
+    """The job ran past its timeout; its child was killed. Retried like any other failure."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the child's formatted traceback as the ``__cause__`` of the parent's error, so
+    the stack stored in BullMQ and PostgreSQL points at the processor's code."""
+
+    def __init__(self, text: str):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text

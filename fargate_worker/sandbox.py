@@ -1,0 +1,228 @@
+"""Sandboxed processors: job code runs in child processes, never on the worker's event loop.
+
+bullmq-py has no sandboxing (DESIGN.md, gap 4): a CPU-bound processor on the event loop stops
+lock renewal and the job is wrongly failed as stalled. Here every job runs in a child process
+from a fixed-size pool (one child per concurrency slot), so the loop keeps renewing locks,
+and a child that crashes (SIGKILL, segfault, MemoryError) is one failed attempt instead of a
+dead worker. Children are started with ``spawn`` (no inherited Redis sockets or event loop),
+recycled after ``max_jobs`` jobs, and killed on timeout or cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fargate_worker.errors import (
+    JobTimedOut,
+    PermanentJobError,
+    ProcessorFailed,
+    RemoteTraceback,
+    SandboxCrashed,
+)
+from fargate_worker.sandbox_child import child_main
+from offload.settings import Settings
+
+log = logging.getLogger(__name__)
+_MP = multiprocessing.get_context("spawn")
+START_TIMEOUT_S = 60.0
+RESPAWN_BACKOFF_S = (0.5, 1, 2, 5, 10)
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "child stopped answering"
+    if exitcode < 0:
+        try:
+            return f"child killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"child killed by signal {-exitcode}"
+    return f"child exited with code {exitcode}"
+
+
+class SandboxProcess:
+    """One child process and its end of the pipe."""
+
+    def __init__(self, settings: Settings, max_jobs: int):
+        self._conn, child_conn = _MP.Pipe(duplex=True)
+        self.max_jobs = max_jobs
+        self.jobs_run = 0
+        self.process = _MP.Process(
+            target=child_main,
+            args=(child_conn, os.getpid(), settings, max_jobs),
+            name="offload-sandbox",
+            daemon=True,
+        )
+        self._child_conn = child_conn
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    @property
+    def usable(self) -> bool:
+        return self.process.is_alive() and self.jobs_run < self.max_jobs
+
+    async def start(self) -> None:
+        self.process.start()
+        self._child_conn.close()
+        message = await asyncio.wait_for(self._recv(), START_TIMEOUT_S)
+        if message[0] != "ready":
+            raise SandboxCrashed(f"sandbox child sent {message[0]!r} instead of 'ready'")
+
+    async def _recv(self) -> tuple:
+        loop = asyncio.get_running_loop()
+        fd = self._conn.fileno()
+        while not self._conn.poll():
+            readable = loop.create_future()
+            loop.add_reader(fd, _wake, readable)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+        try:
+            return self._conn.recv()
+        except (EOFError, OSError):
+            raise SandboxCrashed(await self._exit_description()) from None
+
+    async def _exit_description(self) -> str:
+        for _ in range(200):  # the pipe closed, so the exit is a matter of milliseconds
+            if self.process.exitcode is not None:
+                break
+            await asyncio.sleep(0.01)
+        return describe_exit(self.process.exitcode)
+
+    async def run(
+        self, job_id: str, name: str, attempt: int, data: Any, on_progress: Callable[[Any], None]
+    ) -> Any:
+        self.jobs_run += 1
+        self._conn.send(("run", job_id, name, attempt, data))
+        while True:
+            message = await self._recv()
+            kind = message[0]
+            if kind == "progress":
+                on_progress(message[1])
+            elif kind == "done":
+                return message[1]
+            elif kind == "error":
+                _, permanent, text, stack = message
+                error_type = PermanentJobError if permanent else ProcessorFailed
+                raise error_type(text) from (RemoteTraceback(stack) if stack else None)
+            else:
+                raise SandboxCrashed(f"sandbox child sent unknown message {kind!r}")
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self._conn.close()
+
+    async def dispose(self) -> None:
+        """Kill (if still running) and reap, without blocking the loop."""
+        self.kill()
+        if self.process.pid is not None:
+            await asyncio.to_thread(self.process.join, 5)
+
+
+class SandboxPool:
+    """``size`` warm children; a job borrows one, a broken or worn-out one is replaced."""
+
+    def __init__(self, settings: Settings, size: int):
+        self._settings = settings
+        self._size = size
+        self._ready: asyncio.Queue[SandboxProcess] = asyncio.Queue()
+        self._busy: set[SandboxProcess] = set()
+        self._background: set[asyncio.Task] = set()
+        self._closed = False
+
+    @property
+    def child_pids(self) -> list[int]:
+        boxes = list(self._busy) + list(self._ready._queue)
+        return [box.pid for box in boxes if box.pid is not None]
+
+    async def start(self) -> None:
+        boxes = [
+            SandboxProcess(self._settings, self._settings.sandbox_max_jobs)
+            for _ in range(self._size)
+        ]
+        await asyncio.gather(*(box.start() for box in boxes))
+        for box in boxes:
+            self._ready.put_nowait(box)
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _replace(self) -> None:
+        if not self._closed:
+            self._in_background(self._spawn_with_retry())
+
+    async def _spawn_with_retry(self) -> None:
+        attempt = 0
+        while not self._closed:
+            box = SandboxProcess(self._settings, self._settings.sandbox_max_jobs)
+            try:
+                await box.start()
+            except (SandboxCrashed, TimeoutError, OSError) as exc:
+                await box.dispose()
+                delay = RESPAWN_BACKOFF_S[min(attempt, len(RESPAWN_BACKOFF_S) - 1)]
+                log.error("sandbox child failed to start (%s), retrying in %ss", exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            if self._closed:
+                await box.dispose()
+            else:
+                self._ready.put_nowait(box)
+            return
+
+    async def run(
+        self,
+        job_id: str,
+        name: str,
+        attempt: int,
+        data: Any,
+        timeout_s: float,
+        on_progress: Callable[[Any], None],
+    ) -> Any:
+        box = await self._ready.get()
+        self._busy.add(box)
+        healthy = False
+        try:
+            result = await asyncio.wait_for(
+                box.run(job_id, name, attempt, data, on_progress), timeout_s
+            )
+            healthy = True
+            return result
+        except TimeoutError:
+            raise JobTimedOut(f"job ran past its {timeout_s:g}s timeout; child killed") from None
+        except (PermanentJobError, ProcessorFailed):
+            healthy = True  # the child reported the job's error and waits for the next job
+            raise
+        finally:
+            self._busy.discard(box)
+            if healthy and box.usable:
+                self._ready.put_nowait(box)
+            else:
+                box.kill()  # now, not when the reaping task gets to run
+                self._in_background(box.dispose())
+                self._replace()
+
+    async def close(self) -> None:
+        self._closed = True
+        for task in list(self._background):
+            task.cancel()
+        boxes = list(self._busy)
+        while not self._ready.empty():
+            boxes.append(self._ready.get_nowait())
+        await asyncio.gather(*(box.dispose() for box in boxes), return_exceptions=True)

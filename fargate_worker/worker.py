@@ -1,0 +1,271 @@
+"""The queue worker: bullmq for dispatch, sandboxed children for the work, PostgreSQL for status.
+
+Order of effects for one attempt, chosen so that a crash anywhere loses nothing and never
+records work that did not happen:
+1. bullmq moves the job to active (lock taken, attempt counted);
+2. the status row is set ``active`` for this attempt (retried until stored);
+3. the processor runs in a sandbox child; progress goes to the job and to PostgreSQL;
+4. the outcome (completed / retrying / failed) is stored in PostgreSQL (retried until stored);
+5. only then does bullmq move the job out of active.
+A crash before 5 leaves the job active with an expiring lock: another worker's stalled check
+puts it back, it runs again (outputs are deterministic) and a later attempt overwrites the row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import Any
+
+from bullmq import UnrecoverableError, Worker
+
+from fargate_worker import processors
+from fargate_worker.errors import PermanentJobError
+from fargate_worker.health import heartbeat
+from fargate_worker.protection import TaskProtection
+from fargate_worker.sandbox import SandboxPool
+from offload.db.status import JobIdentity, StatusStore
+from offload.jobs import InvalidJobData, JobRef
+from offload.metrics import MetricsEmitter
+from offload.redis_conn import connection_options
+from offload.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _LimiterAwareWorker(Worker):
+    """bullmq-py gap 3: when the rate limiter is hit, moveToActive returns how long the limit
+    lasts, but the Python worker ignores it and blocks for the whole drainDelay on the marker
+    (no marker is added when the limit lifts), so it processes far below the configured rate.
+    Like the Node worker, wait exactly for the limit to lift, then try again."""
+
+    async def getNextJob(self, token: str):  # noqa: N802 - bullmq's name
+        if self.limitUntil > 0 and not self.closing:
+            wait_s = self.limitUntil / 1000
+            self.limitUntil = 0
+            await asyncio.sleep(wait_s)
+            if self.closing:
+                return None
+            job = await self.moveToActive(token)
+            if job:
+                self.emit("active", job, "waiting")
+            return job
+        return await super().getNextJob(token)
+
+
+def worker_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {
+        "connection": connection_options(settings.redis_url, settings.redis_auth_token),
+        "prefix": settings.queue_prefix,
+        "concurrency": settings.concurrency,
+        "lockDuration": settings.lock_duration_ms,
+        "stalledInterval": settings.stalled_interval_ms,
+        "maxStalledCount": settings.max_stalled_count,
+        "drainDelay": settings.drain_delay_s,
+        "removeOnComplete": settings.remove_on_complete,
+        "removeOnFail": settings.remove_on_fail,
+        "autorun": False,
+    }
+    if settings.limiter_max:
+        options["limiter"] = {"max": settings.limiter_max, "duration": settings.limiter_duration_ms}
+    return options
+
+
+class _ProgressForwarder:
+    """Coalesces a child's progress messages: only the newest value is forwarded, one write at
+    a time, so a chatty processor cannot queue up Redis/PostgreSQL writes."""
+
+    def __init__(self, job: Any, store: StatusStore, attempt: int):
+        self._job = job
+        self._store = store
+        self._attempt = attempt
+        self._latest: Any = None
+        self._task: asyncio.Task | None = None
+
+    def __call__(self, progress: Any) -> None:
+        self._latest = progress
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        while self._latest is not None:
+            value, self._latest = self._latest, None
+            try:
+                await self._job.updateProgress(value)
+            except Exception as exc:
+                log.info("progress not sent to the queue: %s", exc, extra={"job_id": self._job.id})
+            await self._store.mark_progress(self._job.id, self._attempt, value)
+
+    async def flush(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class OffloadWorker:
+    def __init__(self, settings: Settings, *, worker_id: str | None = None):
+        self.settings = settings
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.registry: dict[str, processors.Processor] = {}
+        self.store = StatusStore(
+            settings.database_url,
+            settings.database_schema,
+            max_connections=settings.concurrency + 1,
+        )
+        self.sandbox = SandboxPool(settings, settings.concurrency)
+        self.protection = TaskProtection(settings.ecs_agent_uri, settings.task_protection_minutes)
+        self.metrics = MetricsEmitter(settings.metrics_namespace, {"Queue": settings.queue_name})
+        self.bull: _LimiterAwareWorker | None = None
+        self._run_task: asyncio.Task | None = None
+        self._heartbeat: asyncio.Task | None = None
+        self._active = 0
+        self._stopping = asyncio.Event()
+
+    async def start(self) -> None:
+        self.registry = processors.load(self.settings.processor_modules)
+        await self.store.open()
+        await self.sandbox.start()
+        self.bull = _LimiterAwareWorker(
+            self.settings.queue_name, self._process, worker_options(self.settings)
+        )
+        # bullmq-py gap 2: until a connection knows the server version, the worker rounds
+        # every blocking wait up to whole seconds, so sub-second delays run late.
+        await self.bull.backend.connection.getRedisVersion()
+        if self.bull.backend.blocking_connection is not None:
+            await self.bull.backend.blocking_connection.getRedisVersion()
+        self.bull.on("error", self._on_error)
+        self.bull.on(
+            "stalled", lambda job_id, *_: log.warning("job stalled", extra={"job_id": job_id})
+        )
+        self._run_task = asyncio.ensure_future(self.bull.run())
+        self._heartbeat = asyncio.ensure_future(
+            heartbeat(self.settings.health_file, self.settings.health_interval_s, self._health)
+        )
+        log.info(
+            "worker started",
+            extra={
+                "worker_id": self.worker_id,
+                "state": f"concurrency={self.settings.concurrency}",
+            },
+        )
+
+    def _health(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "active_jobs": self._active}
+
+    def _on_error(self, error: Exception, *_: Any) -> None:
+        log.error("queue error: %s", error, extra={"worker_id": self.worker_id})
+
+    async def _process(self, job: Any, token: str) -> Any:
+        started = time.monotonic()
+        attempt = max(job.attemptsStarted, job.attemptsMade + 1)
+        max_attempts = int(job.opts.get("attempts") or 1)
+        try:
+            ref: JobRef | None = JobRef.from_data(job.data)
+        except InvalidJobData:
+            ref = None
+        identity = JobIdentity(job.id, job.name, self.settings.queue_name, ref)
+        context = {"job_id": job.id, "job_name": job.name, "attempt": attempt}
+        self._active += 1
+        await self.protection.job_started()
+        try:
+            await self.store.mark_active(identity, attempt, max_attempts, self.worker_id)
+            log.info("job started", extra=context)
+            result = await self._run_in_sandbox(job, attempt, ref)
+            await self.store.mark_completed(job.id, attempt, result)
+            self._emit_done(job, "completed", started)
+            log.info(
+                "job completed",
+                extra=context | {"duration_ms": round((time.monotonic() - started) * 1000)},
+            )
+            return result
+        except asyncio.CancelledError:
+            # Forced shutdown: the job stays active in Redis and stalled recovery hands it to
+            # another worker. Nothing is recorded: this attempt neither failed nor finished.
+            log.warning("job abandoned at shutdown", extra=context)
+            raise
+        except Exception as exc:
+            permanent = isinstance(exc, (PermanentJobError, UnrecoverableError))
+            final = permanent or attempt >= max_attempts
+            message = str(exc) or type(exc).__name__
+            stack = _stack_of(exc)
+            if final:
+                await self.store.mark_failed(job.id, attempt, message, stack)
+                self._emit_done(job, "failed", started)
+                log.error("job failed", extra=context | {"error": message})
+            else:
+                await self.store.mark_retrying(job.id, attempt, message, stack)
+                log.warning("job attempt failed, will retry", extra=context | {"error": message})
+            if permanent and not isinstance(exc, UnrecoverableError):
+                raise UnrecoverableError(message) from exc
+            raise
+        finally:
+            self._active -= 1
+            await self.protection.job_finished()
+
+    async def _run_in_sandbox(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
+        processor = self.registry.get(job.name)
+        if processor is None:
+            known = ", ".join(sorted(self.registry)) or "none"
+            raise UnrecoverableError(f"unknown job name {job.name!r} (known: {known})")
+        if ref is None:
+            JobRef.from_data(job.data)  # raises the precise InvalidJobData message
+        forward = _ProgressForwarder(job, self.store, attempt)
+        try:
+            return await self.sandbox.run(
+                job.id,
+                job.name,
+                attempt,
+                job.data,
+                processor.timeout_s or self.settings.job_timeout_s,
+                forward,
+            )
+        finally:
+            await forward.flush()
+
+    def _emit_done(self, job: Any, outcome: str, started: float) -> None:
+        metrics = {
+            "JobsCompleted" if outcome == "completed" else "JobsFailed": (1, "Count"),
+            "JobDuration": (round((time.monotonic() - started) * 1000, 1), "Milliseconds"),
+        }
+        if job.processedOn and job.timestamp:
+            wait_ms = max(0, int(job.processedOn) - int(job.timestamp) - int(job.delay or 0))
+            metrics["QueueWait"] = (wait_ms, "Milliseconds")
+        self.metrics.emit(metrics, {"JobName": job.name, "JobId": job.id})
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopping.wait()
+
+    async def shutdown(self, grace_s: float | None = None) -> bool:
+        """Stop taking jobs, give running ones ``grace_s`` to finish, then abandon them to
+        stalled recovery. Returns True when every running job finished."""
+        grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
+        assert self.bull is not None
+        log.info(
+            "shutting down", extra={"worker_id": self.worker_id, "state": f"{self._active} active"}
+        )
+        close = asyncio.ensure_future(self.bull.close())
+        done, _ = await asyncio.wait({close}, timeout=grace_s)
+        clean = close in done
+        if not clean:
+            log.warning("grace period over, abandoning running jobs to stalled recovery")
+            await self.bull.close(force=True)
+            await asyncio.gather(close, return_exceptions=True)
+        if self._run_task is not None:
+            await asyncio.gather(self._run_task, return_exceptions=True)
+        await self.sandbox.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        await self.store.close()
+        return clean
+
+
+def _stack_of(exc: BaseException) -> str:
+    import traceback
+
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))

@@ -1,0 +1,222 @@
+"""Job status in PostgreSQL: every transition the worker makes, recorded before the queue moves.
+
+Rules that keep the row truthful:
+* one row per job id (upsert), whatever the number of attempts or workers;
+* a write carries the attempt number it belongs to, and is ignored when the row already belongs
+  to a later attempt, so a zombie attempt cannot overwrite the live one;
+* outcome writes (active, retrying, completed, failed) retry until PostgreSQL answers: the
+  caller only moves the job in the queue after the write returned, so an outage delays an
+  outcome but never loses it. Progress is best effort: it is not an outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from offload.db import schema_options
+from offload.jobs import JobRef
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
+# Each transition is one statement (one round trip): update the row, then log the event from
+# the rows the update touched, so an ignored (stale) write logs nothing.
+_EVENT = """
+INSERT INTO job_events (job_id, attempt, state, worker_id, message)
+SELECT id, attempt, state, worker_id, %(message)s FROM changed
+"""
+
+MARK_QUEUED = (
+    """
+WITH changed AS (
+    INSERT INTO jobs (id, name, queue, upload_id, owner, bucket, key, revision, state,
+                      max_attempts)
+    VALUES (%(id)s, %(name)s, %(queue)s, %(upload_id)s, %(owner)s, %(bucket)s, %(key)s,
+            %(revision)s, 'queued', %(max_attempts)s)
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, attempt, state, worker_id
+)"""
+    + _EVENT
+)
+
+MARK_ACTIVE = (
+    """
+WITH changed AS (
+    INSERT INTO jobs (id, name, queue, upload_id, owner, bucket, key, revision, state,
+                      attempt, max_attempts, worker_id, started_at)
+    VALUES (%(id)s, %(name)s, %(queue)s, %(upload_id)s, %(owner)s, %(bucket)s, %(key)s,
+            %(revision)s, 'active', %(attempt)s, %(max_attempts)s, %(worker_id)s, now())
+    ON CONFLICT (id) DO UPDATE SET
+        state = 'active', attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
+        worker_id = EXCLUDED.worker_id, started_at = now(), finished_at = NULL,
+        progress = NULL, result = NULL, updated_at = now()
+    WHERE jobs.attempt <= EXCLUDED.attempt
+    RETURNING id, attempt, state, worker_id
+)"""
+    + _EVENT
+)
+
+MARK_PROGRESS = """
+UPDATE jobs SET progress = %(progress)s, updated_at = now()
+WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'active'
+"""
+
+MARK_FINISHED = (
+    """
+WITH changed AS (
+    UPDATE jobs SET
+        state = %(state)s, result = %(result)s, error_message = %(error_message)s,
+        error_stack = %(error_stack)s, finished_at = CASE WHEN %(final)s THEN now() END,
+        progress = CASE WHEN %(state)s = 'completed' THEN '100'::jsonb ELSE progress END,
+        updated_at = now()
+    WHERE id = %(id)s AND attempt = %(attempt)s AND state = 'active'
+    RETURNING id, attempt, state, worker_id
+)"""
+    + _EVENT
+)
+
+
+@dataclass(frozen=True)
+class JobIdentity:
+    """What the status row needs to know about a job besides its state."""
+
+    job_id: str
+    name: str
+    queue: str
+    ref: JobRef | None
+
+    def columns(self) -> dict[str, Any]:
+        ref = self.ref
+        return {
+            "id": self.job_id,
+            "name": self.name,
+            "queue": self.queue,
+            "upload_id": ref.upload_id if ref else None,
+            "owner": ref.owner if ref else None,
+            "bucket": ref.bucket if ref else "",
+            "key": ref.key if ref else "",
+            "revision": ref.revision if ref else None,
+        }
+
+
+class StatusStore:
+    """Async writer of job transitions over a small connection pool."""
+
+    def __init__(
+        self,
+        database_url: str,
+        schema: str,
+        *,
+        max_connections: int = 4,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 5.0,
+    ):
+        self._pool = AsyncConnectionPool(
+            database_url,
+            min_size=1,
+            max_size=max(1, max_connections),
+            kwargs={"autocommit": True, "options": schema_options(schema)},
+            check=AsyncConnectionPool.check_connection,
+            timeout=5.0,
+            reconnect_timeout=24 * 3600,
+            open=False,
+            name="offload-status",
+        )
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+
+    async def open(self) -> None:
+        # wait=False: the worker starts (and keeps its queue locks) even while PostgreSQL is
+        # down; writes wait for it instead.
+        await self._pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def _execute(self, statement: str, params: dict[str, Any]) -> int:
+        async with self._pool.connection() as conn:
+            cursor = await conn.execute(statement, params)
+            return cursor.rowcount
+
+    async def _until_stored(self, what: str, job_id: str, op: Callable[[], Awaitable[T]]) -> T:
+        delay = self._retry_initial_s
+        while True:
+            try:
+                return await op()
+            except RETRYABLE as exc:
+                log.warning(
+                    "status write %s failed, retrying in %.1fs: %s",
+                    what,
+                    delay,
+                    exc.__class__.__name__,
+                    extra={"job_id": job_id, "error": str(exc)[:300]},
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def mark_queued(self, job: JobIdentity, max_attempts: int) -> bool:
+        params = job.columns() | {"max_attempts": max_attempts, "message": None}
+        rows = await self._until_stored(
+            "queued", job.job_id, lambda: self._execute(MARK_QUEUED, params)
+        )
+        return rows > 0
+
+    async def mark_active(
+        self, job: JobIdentity, attempt: int, max_attempts: int, worker_id: str
+    ) -> bool:
+        params = job.columns() | {
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+            "worker_id": worker_id,
+            "message": None,
+        }
+        rows = await self._until_stored(
+            "active", job.job_id, lambda: self._execute(MARK_ACTIVE, params)
+        )
+        return rows > 0
+
+    async def mark_progress(self, job_id: str, attempt: int, progress: Any) -> bool:
+        """Best effort: one try, a failure is logged and dropped."""
+        params = {"id": job_id, "attempt": attempt, "progress": Jsonb(progress)}
+        try:
+            return await self._execute(MARK_PROGRESS, params) > 0
+        except RETRYABLE as exc:
+            log.info("progress not stored: %s", exc.__class__.__name__, extra={"job_id": job_id})
+            return False
+
+    async def _finish(self, job_id: str, attempt: int, state: str, **fields: Any) -> bool:
+        params = {
+            "id": job_id,
+            "attempt": attempt,
+            "state": state,
+            "final": state in ("completed", "failed"),
+            "result": None,
+            "error_message": None,
+            "error_stack": None,
+            "message": None,
+        } | fields
+        rows = await self._until_stored(state, job_id, lambda: self._execute(MARK_FINISHED, params))
+        return rows > 0
+
+    async def mark_completed(self, job_id: str, attempt: int, result: Any) -> bool:
+        return await self._finish(job_id, attempt, "completed", result=Jsonb(result))
+
+    async def mark_retrying(self, job_id: str, attempt: int, message: str, stack: str) -> bool:
+        return await self._finish(
+            job_id, attempt, "retrying", error_message=message, error_stack=stack, message=message
+        )
+
+    async def mark_failed(self, job_id: str, attempt: int, message: str, stack: str) -> bool:
+        return await self._finish(
+            job_id, attempt, "failed", error_message=message, error_stack=stack, message=message
+        )

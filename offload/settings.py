@@ -1,0 +1,146 @@
+"""Runtime settings, read once from the environment.
+
+Both runtimes (Lambda and the Fargate worker) are configured only through environment
+variables, so the CDK stacks, the local stack and the tests all configure them the same way.
+Every variable is documented in README.md ("Settings").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting is present but unusable; raised at start-up, never mid-job."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _retention(env: Mapping[str, str], name: str, default: dict[str, int]) -> bool | int | dict:
+    """removeOnComplete/removeOnFail accept what BullMQ accepts: true/false, a count, or JSON
+    {"age": seconds, "count": n}."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{name} must be true, false, a count or JSON, got {raw!r}") from exc
+    if isinstance(value, int) and value >= 0:
+        return value
+    if isinstance(value, dict) and set(value) <= {"age", "count"}:
+        return value
+    raise SettingsError(f"{name} must be true, false, a count or {{age, count}}, got {raw!r}")
+
+
+def _hash_tagged(prefix: str) -> str:
+    """Cluster mode (and ElastiCache Serverless) need every key of a queue in one slot, which
+    only a `{hash tag}` in the prefix guarantees; wrap a bare prefix instead of failing."""
+    if "{" in prefix and "}" in prefix.split("{", 1)[1]:
+        return prefix
+    return "{" + prefix + "}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_auth_token: str | None = field(default=None, repr=False)
+    database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/test", repr=False)
+    database_schema: str = "offload"
+    queue_name: str = "uploads"
+    queue_prefix: str = "{offload}"
+    concurrency: int = 2
+    lock_duration_ms: int = 30_000
+    stalled_interval_ms: int = 30_000
+    max_stalled_count: int = 1
+    drain_delay_s: int = 5
+    default_attempts: int = 5
+    default_backoff_ms: int = 2_000
+    remove_on_complete: bool | int | dict = field(
+        default_factory=lambda: {"age": 7 * 86_400, "count": 10_000}
+    )
+    remove_on_fail: bool | int | dict = field(default_factory=lambda: {"age": 30 * 86_400})
+    limiter_max: int = 0
+    limiter_duration_ms: int = 1_000
+    job_timeout_s: int = 3_600
+    sandbox_max_jobs: int = 50
+    shutdown_grace_s: int = 100
+    processor_modules: tuple[str, ...] = ("fargate_worker.processors.builtin",)
+    s3_endpoint_url: str | None = None
+    ecs_agent_uri: str | None = None
+    task_protection_minutes: int = 60
+    health_file: str = "/tmp/offload-worker.health"
+    health_interval_s: int = 10
+    metrics_namespace: str = "Offload"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        defaults = cls()
+        modules = env.get("OFFLOAD_PROCESSOR_MODULES")
+        return cls(
+            redis_url=env.get("REDIS_URL", defaults.redis_url),
+            redis_auth_token=env.get("REDIS_AUTH_TOKEN") or None,
+            database_url=env.get("DATABASE_URL", defaults.database_url),
+            database_schema=env.get("OFFLOAD_DB_SCHEMA", defaults.database_schema),
+            queue_name=env.get("OFFLOAD_QUEUE_NAME", defaults.queue_name),
+            queue_prefix=_hash_tagged(env.get("OFFLOAD_QUEUE_PREFIX", "offload")),
+            concurrency=_int(env, "OFFLOAD_CONCURRENCY", defaults.concurrency, minimum=1),
+            lock_duration_ms=_int(env, "OFFLOAD_LOCK_DURATION_MS", defaults.lock_duration_ms, 1),
+            stalled_interval_ms=_int(
+                env, "OFFLOAD_STALLED_INTERVAL_MS", defaults.stalled_interval_ms, 1
+            ),
+            max_stalled_count=_int(env, "OFFLOAD_MAX_STALLED_COUNT", defaults.max_stalled_count),
+            drain_delay_s=_int(env, "OFFLOAD_DRAIN_DELAY_S", defaults.drain_delay_s, 1),
+            default_attempts=_int(env, "OFFLOAD_ATTEMPTS", defaults.default_attempts, 1),
+            default_backoff_ms=_int(env, "OFFLOAD_BACKOFF_MS", defaults.default_backoff_ms),
+            remove_on_complete=_retention(
+                env, "OFFLOAD_REMOVE_ON_COMPLETE", defaults.remove_on_complete
+            ),
+            remove_on_fail=_retention(env, "OFFLOAD_REMOVE_ON_FAIL", defaults.remove_on_fail),
+            limiter_max=_int(env, "OFFLOAD_LIMITER_MAX", defaults.limiter_max),
+            limiter_duration_ms=_int(
+                env, "OFFLOAD_LIMITER_DURATION_MS", defaults.limiter_duration_ms, 1
+            ),
+            job_timeout_s=_int(env, "OFFLOAD_JOB_TIMEOUT_S", defaults.job_timeout_s, 1),
+            sandbox_max_jobs=_int(env, "OFFLOAD_SANDBOX_MAX_JOBS", defaults.sandbox_max_jobs, 1),
+            shutdown_grace_s=_int(env, "OFFLOAD_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
+            processor_modules=tuple(m.strip() for m in modules.split(",") if m.strip())
+            if modules
+            else defaults.processor_modules,
+            s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
+            ecs_agent_uri=env.get("ECS_AGENT_URI") or None,
+            task_protection_minutes=_int(
+                env, "OFFLOAD_TASK_PROTECTION_MINUTES", defaults.task_protection_minutes, 1
+            ),
+            health_file=env.get("OFFLOAD_HEALTH_FILE", defaults.health_file),
+            health_interval_s=_int(env, "OFFLOAD_HEALTH_INTERVAL_S", defaults.health_interval_s, 1),
+            metrics_namespace=env.get("OFFLOAD_METRICS_NAMESPACE", defaults.metrics_namespace),
+        )
+
+    def default_job_options(self) -> dict[str, Any]:
+        """Options every producer attaches: retries and retention do not depend on who enqueued."""
+        return {
+            "attempts": self.default_attempts,
+            "backoff": {"type": "exponential", "delay": self.default_backoff_ms},
+            "removeOnComplete": self.remove_on_complete,
+            "removeOnFail": self.remove_on_fail,
+        }

@@ -1,0 +1,72 @@
+"""Shared fixtures: real Redis, real PostgreSQL, moto S3 in server mode.
+
+Each test gets its own Redis key prefix and its own PostgreSQL schema, so tests never see each
+other's data and can run against a shared server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import boto3
+import pytest
+import redis
+
+from tests.support import servers
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    with servers.moto_server() as endpoint:
+        saved = {k: os.environ.get(k) for k in servers.aws_test_env(endpoint)}
+        os.environ.update(servers.aws_test_env(endpoint))
+        try:
+            yield endpoint
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+@pytest.fixture
+def s3(moto_endpoint: str):
+    return boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = servers.unique_name("bkt").replace("_", "-")
+    s3.create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def redis_url() -> str:
+    url = servers.redis_url()
+    redis.Redis.from_url(url).ping()
+    return url
+
+
+@pytest.fixture
+def queue_prefix(redis_url: str) -> Iterator[str]:
+    """A hash-tagged prefix of this test's own; its keys are deleted afterwards."""
+    prefix = "{" + servers.unique_name("test") + "}"
+    yield prefix
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for start in range(0, len(keys), 500):
+        client.delete(*keys[start : start + 500])
+
+
+@pytest.fixture
+def database_url() -> str:
+    return servers.database_url()
+
+
+@pytest.fixture
+def pg_schema(database_url: str) -> Iterator[str]:
+    with servers.pg_schema(database_url) as schema:
+        yield schema
