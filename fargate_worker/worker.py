@@ -187,7 +187,7 @@ class OffloadWorker:
             log.warning("job abandoned at shutdown", extra=context)
             raise
         except Exception as exc:
-            permanent = isinstance(exc, (PermanentJobError, UnrecoverableError))
+            permanent = isinstance(exc, (PermanentJobError, InvalidJobData, UnrecoverableError))
             final = permanent or attempt >= max_attempts
             message = str(exc) or type(exc).__name__
             stack = _stack_of(exc)

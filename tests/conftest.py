@@ -70,3 +70,10 @@ def database_url() -> str:
 def pg_schema(database_url: str) -> Iterator[str]:
     with servers.pg_schema(database_url) as schema:
         yield schema
+
+
+@pytest.fixture
+def settings(redis_url: str, database_url: str, pg_schema: str, queue_prefix: str):
+    from tests.support.harness import test_settings
+
+    return test_settings(redis_url, database_url, pg_schema, queue_prefix)

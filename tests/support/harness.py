@@ -1,0 +1,160 @@
+"""Running the worker in tests: in-process (asyncio) or as a real `python -m fargate_worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from bullmq import Queue
+from psycopg.rows import dict_row
+
+from fargate_worker.worker import OffloadWorker
+from offload.db.status import StatusStore
+from offload.jobs import JobRef
+from offload.queue import enqueue, open_queue
+from offload.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_PROCESSORS = "tests.support.processors"
+
+
+def test_settings(
+    redis_url: str, database_url: str, schema: str, prefix: str, **overrides: Any
+) -> Settings:
+    base = Settings(
+        redis_url=redis_url,
+        database_url=database_url,
+        database_schema=schema,
+        queue_prefix=prefix,
+        processor_modules=(TEST_PROCESSORS, "fargate_worker.processors.builtin"),
+        health_file=f"/tmp/offload-test-{os.getpid()}-{prefix.strip('{}')}.health",
+        health_interval_s=1,
+        drain_delay_s=1,
+        default_backoff_ms=200,
+        default_attempts=3,
+    )
+    return replace(base, **overrides)
+
+
+def env_for(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment that makes `Settings.from_env()` equal ``settings`` (for subprocesses)."""
+    env = dict(os.environ)
+    env.update(
+        {
+            "REDIS_URL": settings.redis_url,
+            "DATABASE_URL": settings.database_url,
+            "OFFLOAD_DB_SCHEMA": settings.database_schema,
+            "OFFLOAD_QUEUE_NAME": settings.queue_name,
+            "OFFLOAD_QUEUE_PREFIX": settings.queue_prefix,
+            "OFFLOAD_CONCURRENCY": str(settings.concurrency),
+            "OFFLOAD_LOCK_DURATION_MS": str(settings.lock_duration_ms),
+            "OFFLOAD_STALLED_INTERVAL_MS": str(settings.stalled_interval_ms),
+            "OFFLOAD_DRAIN_DELAY_S": str(settings.drain_delay_s),
+            "OFFLOAD_ATTEMPTS": str(settings.default_attempts),
+            "OFFLOAD_BACKOFF_MS": str(settings.default_backoff_ms),
+            "OFFLOAD_SHUTDOWN_GRACE_S": str(settings.shutdown_grace_s),
+            "OFFLOAD_PROCESSOR_MODULES": ",".join(settings.processor_modules),
+            "OFFLOAD_HEALTH_FILE": settings.health_file,
+            "OFFLOAD_HEALTH_INTERVAL_S": str(settings.health_interval_s),
+            "PYTHONPATH": str(REPO_ROOT),
+        }
+    )
+    if settings.s3_endpoint_url:
+        env["S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    env.update(extra or {})
+    return env
+
+
+def spawn_worker(settings: Settings, log_path: Path, **extra_env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fargate_worker"],
+        cwd=REPO_ROOT,
+        env=env_for(settings, extra_env),
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[OffloadWorker]:
+    worker = OffloadWorker(settings)
+    await worker.start()
+    try:
+        yield worker
+    finally:
+        await worker.shutdown(grace_s=5)
+
+
+@asynccontextmanager
+async def producer(settings: Settings) -> AsyncIterator[tuple[Queue, StatusStore]]:
+    queue = open_queue(settings)
+    store = StatusStore(settings.database_url, settings.database_schema, max_connections=2)
+    await store.open()
+    try:
+        yield queue, store
+    finally:
+        await queue.close()
+        await store.close()
+
+
+async def add(
+    settings: Settings,
+    queue: Queue,
+    store: StatusStore,
+    name: str,
+    key: str,
+    bucket: str = "test-bucket",
+    **opts: Any,
+) -> str:
+    return await enqueue(queue, store, settings, name, JobRef(bucket=bucket, key=key), opts)
+
+
+def job_row(settings: Settings, job_id: str) -> dict[str, Any] | None:
+    with psycopg.connect(
+        settings.database_url, options=f"-c search_path={settings.database_schema}"
+    ) as conn:
+        conn.row_factory = dict_row
+        return conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,)).fetchone()
+
+
+def job_events(settings: Settings, job_id: str) -> list[dict[str, Any]]:
+    with psycopg.connect(
+        settings.database_url, options=f"-c search_path={settings.database_schema}"
+    ) as conn:
+        conn.row_factory = dict_row
+        return conn.execute(
+            "SELECT * FROM job_events WHERE job_id = %s ORDER BY id", (job_id,)
+        ).fetchall()
+
+
+async def wait_for(
+    predicate: Callable[[], Any], timeout_s: float = 20.0, interval_s: float = 0.05
+) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(interval_s)
+
+
+async def wait_for_state(
+    settings: Settings, job_id: str, state: str, timeout_s: float = 20.0
+) -> dict[str, Any]:
+    return await wait_for(
+        lambda: (row := job_row(settings, job_id)) and row["state"] == state and row,
+        timeout_s,
+    )

@@ -1,0 +1,85 @@
+"""Processors for tests and benchmarks, loaded with OFFLOAD_PROCESSOR_MODULES.
+
+Jobs carry references only, so a test processor reads its parameter from the job's key
+(e.g. ``sleep`` with key ``"1.5"`` sleeps 1.5 s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from fargate_worker.context import JobContext
+from fargate_worker.processors import processor
+
+
+@processor("noop")
+def noop(ctx: JobContext) -> dict:
+    return {"ok": True}
+
+
+@processor("sleep")
+def sleep(ctx: JobContext) -> dict:
+    time.sleep(float(ctx.ref.key))
+    return {"slept": float(ctx.ref.key)}
+
+
+@processor("cpu")
+def cpu(ctx: JobContext) -> dict:
+    """Pure-Python work holding the GIL for ``key`` seconds."""
+    deadline = time.monotonic() + float(ctx.ref.key)
+    count = 0
+    while time.monotonic() < deadline:
+        count += sum(i * i for i in range(1000))
+    return {"count": count}
+
+
+@processor("fail_always")
+def fail_always(ctx: JobContext) -> dict:
+    raise ValueError(f"poison job {ctx.job_id} attempt {ctx.attempt}")
+
+
+@processor("fail_until")
+def fail_until(ctx: JobContext) -> dict:
+    """Fails until attempt number ``key``, then succeeds."""
+    if ctx.attempt < int(ctx.ref.key):
+        raise RuntimeError(f"transient failure on attempt {ctx.attempt}")
+    return {"attempt": ctx.attempt}
+
+
+@processor("crash_until")
+def crash_until(ctx: JobContext) -> dict:
+    """The child SIGKILLs itself until attempt ``key`` (a crash, not an exception)."""
+    if ctx.attempt < int(ctx.ref.key):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return {"attempt": ctx.attempt}
+
+
+@processor("memory_error")
+def memory_error(ctx: JobContext) -> dict:
+    if ctx.attempt < int(ctx.ref.key):
+        raise MemoryError("simulated out of memory")
+    return {"attempt": ctx.attempt}
+
+
+@processor("progress")
+def progress(ctx: JobContext) -> dict:
+    for percent in (10, 50, 90):
+        ctx.report_progress(percent)
+        time.sleep(0.3)
+    return {"done": True}
+
+
+@processor("ticker")
+def ticker(ctx: JobContext) -> dict:
+    """Appends a line to the file named by the bucket every 50 ms for ``key`` seconds: lets a
+    test see whether a child keeps writing after its worker died."""
+    path = Path(ctx.ref.bucket)
+    deadline = time.monotonic() + float(ctx.ref.key)
+    while time.monotonic() < deadline:
+        with path.open("a") as out:
+            out.write(f"{os.getpid()} {ctx.attempt} {time.time()}\n")
+        time.sleep(0.05)
+    return {"ticked": True}

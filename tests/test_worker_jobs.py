@@ -1,0 +1,210 @@
+"""The worker against real Redis and PostgreSQL: outcomes, retries, failures, sandboxing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+from tests.support.harness import (
+    add,
+    job_events,
+    job_row,
+    producer,
+    running_worker,
+    wait_for,
+    wait_for_state,
+)
+
+
+def test_job_completes_and_status_is_recorded(settings):
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings):
+            job_id = await add(settings, queue, store, "progress", "k")
+            row = await wait_for_state(settings, job_id, "completed")
+            job = await queue.getJob(job_id)
+            return row, job
+
+    row, job = asyncio.run(scenario())
+    assert row["result"] == {"done": True}
+    assert row["attempt"] == 1
+    assert row["progress"] == 100
+    assert row["finished_at"] is not None and row["error_message"] is None
+    assert job.progress == 90  # the child's last report reached the queue's job too
+    states = [event["state"] for event in job_events(settings, row["id"])]
+    assert states == ["queued", "active", "completed"]
+
+
+def test_progress_is_visible_while_running(settings):
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings):
+            job_id = await add(settings, queue, store, "progress", "k")
+            seen = await wait_for(
+                lambda: (
+                    (row := job_row(settings, job_id))
+                    and row["state"] == "active"
+                    and row["progress"] in (10, 50, 90)
+                    and row["progress"]
+                )
+            )
+            await wait_for_state(settings, job_id, "completed")
+            return seen
+
+    assert asyncio.run(scenario()) in (10, 50, 90)
+
+
+def test_retries_with_exponential_backoff(settings):
+    settings = replace(settings, default_backoff_ms=400, default_attempts=4)
+
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings):
+            job_id = await add(settings, queue, store, "fail_until", "4")
+            await wait_for_state(settings, job_id, "completed", timeout_s=30)
+            return job_id
+
+    job_id = asyncio.run(scenario())
+    events = job_events(settings, job_id)
+    actives = [e["at"] for e in events if e["state"] == "active"]
+    failures = [e["at"] for e in events if e["state"] == "retrying"]
+    assert len(actives) == 4 and len(failures) == 3
+    gaps = [(actives[i + 1] - failures[i]).total_seconds() for i in range(3)]
+    # exponential: 0.4 s, 0.8 s, 1.6 s (BullMQ: delay * 2^(attempt-1)), plus pickup latency
+    for gap, expected in zip(gaps, (0.4, 0.8, 1.6), strict=True):
+        assert expected - 0.05 <= gap <= expected + 0.5, (gaps, expected)
+    assert job_row(settings, job_id)["attempt"] == 4
+
+
+def test_poison_job_ends_failed_with_reason_and_stack(settings):
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings):
+            job_id = await add(settings, queue, store, "fail_always", "k")
+            row = await wait_for_state(settings, job_id, "failed", timeout_s=30)
+            job = await queue.getJob(job_id)
+            return row, job
+
+    row, job = asyncio.run(scenario())
+    assert row["attempt"] == settings.default_attempts == 3
+    assert "ValueError: poison job" in row["error_message"]
+    assert "attempt 3" in row["error_message"]
+    assert 'tests/support/processors.py", line' in row["error_stack"]  # the child's stack
+    assert "raise ValueError" in row["error_stack"]
+    assert job.attemptsMade == 3 and "poison job" in job.failedReason
+    states = [event["state"] for event in job_events(settings, row["id"])]
+    assert states == ["queued", "active", "retrying", "active", "retrying", "active", "failed"]
+
+
+def test_unknown_job_name_fails_once_without_retries(settings):
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings):
+            job_id = await add(settings, queue, store, "no_such_processor", "k")
+            row = await wait_for_state(settings, job_id, "failed")
+            job = await queue.getJob(job_id)
+            return row, job
+
+    row, job = asyncio.run(scenario())
+    assert row["attempt"] == 1
+    assert "unknown job name 'no_such_processor'" in row["error_message"]
+    assert job.attemptsMade == 1
+    assert [e["state"] for e in job_events(settings, row["id"])] == ["queued", "active", "failed"]
+
+
+def test_invalid_job_data_fails_without_retries(settings):
+    async def scenario():
+        async with producer(settings) as (queue, _store), running_worker(settings):
+            await queue.add("noop", {"bucket": "b"}, {"jobId": "bad-data", "attempts": 3})
+            return await wait_for_state(settings, "bad-data", "failed")
+
+    row = asyncio.run(scenario())
+    assert row["attempt"] == 1
+    assert "non-empty string 'key'" in row["error_message"]
+
+
+def test_child_crash_is_a_retried_attempt(settings):
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings):
+            crash = await add(settings, queue, store, "crash_until", "2")
+            oom = await add(settings, queue, store, "memory_error", "2")
+            return (
+                await wait_for_state(settings, crash, "completed"),
+                await wait_for_state(settings, oom, "completed"),
+            )
+
+    crash_row, oom_row = asyncio.run(scenario())
+    assert crash_row["attempt"] == 2 and crash_row["result"] == {"attempt": 2}
+    crash_events = job_events(settings, crash_row["id"])
+    assert "killed by SIGKILL" in crash_events[2]["message"]
+    assert oom_row["attempt"] == 2
+    assert "MemoryError" in job_events(settings, oom_row["id"])[2]["message"]
+
+
+def test_job_past_timeout_has_its_child_killed(settings):
+    from fargate_worker.processors import _REGISTRY, Processor
+
+    settings = replace(settings, job_timeout_s=1, default_attempts=1)
+
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings) as worker:
+            pids_before = set(worker.sandbox.child_pids)
+            job_id = await add(settings, queue, store, "sleep", "30")
+            started = time.monotonic()
+            row = await wait_for_state(settings, job_id, "failed", timeout_s=15)
+            elapsed = time.monotonic() - started
+            await wait_for(lambda: len(worker.sandbox.child_pids) == settings.concurrency)
+            return row, elapsed, pids_before, set(worker.sandbox.child_pids)
+
+    assert "sleep" in _REGISTRY and isinstance(_REGISTRY["sleep"], Processor)
+    row, elapsed, before, after = asyncio.run(scenario())
+    assert "timeout" in row["error_message"]
+    assert elapsed < 5
+    assert len(before - after) == 1  # the timed-out child was replaced
+
+
+def test_children_are_recycled_after_n_jobs(settings):
+    settings = replace(settings, sandbox_max_jobs=2, concurrency=1)
+
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings) as worker:
+            pids = set()
+            for index in range(5):
+                job_id = await add(settings, queue, store, "noop", f"k{index}")
+                await wait_for_state(settings, job_id, "completed")
+                pids.update(worker.sandbox.child_pids)
+            return pids
+
+    assert len(asyncio.run(scenario())) >= 3  # 5 jobs, 2 per child
+
+
+def test_cpu_bound_job_is_not_marked_stalled(settings):
+    # lock 1 s, stalled check every 0.5 s, job holds the CPU for 4 s in pure Python
+    settings = replace(settings, lock_duration_ms=1000, stalled_interval_ms=500, default_attempts=1)
+
+    async def scenario():
+        async with producer(settings) as (queue, store), running_worker(settings) as worker:
+            stalled: list[str] = []
+            worker.bull.on("stalled", lambda job_id, *_: stalled.append(job_id))
+            job_id = await add(settings, queue, store, "cpu", "4")
+            row = await wait_for_state(settings, job_id, "completed", timeout_s=20)
+            return row, stalled
+
+    row, stalled = asyncio.run(scenario())
+    assert stalled == []
+    assert row["attempt"] == 1
+    assert [e["state"] for e in job_events(settings, row["id"])] == [
+        "queued",
+        "active",
+        "completed",
+    ]
+
+
+def test_duplicate_enqueue_gives_one_job(settings):
+    async def scenario():
+        async with producer(settings) as (queue, store):
+            first = await add(settings, queue, store, "noop", "same/key")
+            second = await add(settings, queue, store, "noop", "same/key")
+            counts = await queue.getJobCounts("waiting")
+            return first, second, counts
+
+    first, second, counts = asyncio.run(scenario())
+    assert first == second
+    assert counts["waiting"] == 1
+    assert [e["state"] for e in job_events(settings, first)] == ["queued"]
