@@ -1,0 +1,1 @@
+"""Lambda handlers: thin adapters (parse, call offload/, respond). See issue "Lambda handlers"."""

@@ -1,0 +1,1 @@
+"""CDK constructs and stacks (CDK only: no runtime logic). See issue "The CDK app"."""
