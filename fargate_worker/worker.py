@@ -188,7 +188,8 @@ class OffloadWorker:
             raise
         except Exception as exc:
             permanent = isinstance(exc, (PermanentJobError, InvalidJobData, UnrecoverableError))
-            final = permanent or attempt >= max_attempts
+            # bullmq's own rule (stalls count in attemptsStarted, not in attemptsMade)
+            final = permanent or job.attemptsMade + 1 >= max_attempts
             message = str(exc) or type(exc).__name__
             stack = _stack_of(exc)
             if final:
