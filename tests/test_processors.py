@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +38,7 @@ from fargate_worker.processors.s3stream import (
 from offload.jobs import JobRef
 from offload.settings import Settings
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 UPLOAD_KEY = "uploads/user-1/up-1/photo.bin"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -338,7 +340,7 @@ def test_inspect_does_not_import_pillow() -> None:
         "import sys, fargate_worker.processors.builtin as b; "
         "b.detect_content_type(b'x', True); sys.exit('PIL' in sys.modules)"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=os.getcwd())
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)
 
 
 # --- thumbnail -----------------------------------------------------------------------------
