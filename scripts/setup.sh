@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Prepare this machine for the tests and the demo; idempotent, and fast when nothing changed.
+#   1. Python >= 3.11 able to create venvs (Debian's python3-venv is installed if missing);
+#   2. .venv with requirements-dev.txt (skipped while .venv/.requirements.sha256 matches);
+#   3. Redis reachable at REDIS_URL (default redis://127.0.0.1:6379/0);
+#   4. PostgreSQL reachable at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test),
+#      and the URL's database created.
+# A local server that is not running is started (installed from Debian's packages first when
+# missing): that needs root. Remote URLs are only checked.
+set -euo pipefail
+
+# shellcheck source=scripts/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$REPO_ROOT"
+
+REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
+DATABASE_URL="${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/test}"
+started_ns=$(date +%s%N)
+
+# --- 1 + 2: Python and the venv ---------------------------------------------------------------
+if [ -x "$VENV_PY" ] && python_ok "$VENV_PY"; then
+	:
+else
+	if [ -e "$VENV_DIR" ]; then
+		[ -f "$VENV_DIR/pyvenv.cfg" ] || die "$VENV_DIR exists but is not a venv; remove it"
+		log "$VENV_DIR is broken or too old; recreating it"
+		rm -rf "$VENV_DIR"
+	fi
+	base_python="$(ensure_python)"
+	log "creating $VENV_DIR with $base_python ($("$base_python" --version 2>&1))"
+	"$base_python" -m venv "$VENV_DIR"
+fi
+
+stamp="$VENV_DIR/.requirements.sha256"
+wanted="$(requirements_hash requirements-dev.txt)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+	log "venv up to date ($("$VENV_PY" --version 2>&1))"
+else
+	log "installing requirements-dev.txt into $VENV_DIR"
+	rm -f "$stamp"
+	"$VENV_PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	printf '%s\n' "$wanted" >"$stamp"
+fi
+
+# --- 3 + 4: Redis and PostgreSQL ---------------------------------------------------------------
+# One probe answers for both (and creates the database) when all is well: the fast path.
+probe="$(probe_services "$REDIS_URL" "$DATABASE_URL" --create-db)" ||
+	die "could not check the services (is $VENV_DIR complete? remove it and run setup again)"
+REDIS_RC=1 PG_RC=1
+eval "$probe"
+REDIS_WHERE="$REDIS_HOST:$REDIS_PORT"
+PG_WHERE="${PG_HOST:-local socket}:$PG_PORT"
+
+case "$REDIS_RC" in
+0) ;;
+2) die "Redis at $REDIS_WHERE answers but is not usable: $REDIS_ERROR" ;;
+*)
+	if ! is_local_host "$REDIS_HOST" || [ "$REDIS_SCHEME" != redis ]; then
+		die "Redis is not reachable at $REDIS_WHERE (REDIS_URL); start it or fix the URL"
+	fi
+	log "Redis is not running at $REDIS_WHERE"
+	start_local_redis "$REDIS_PORT" "$REDIS_PASSWORD"
+	wait_for_service 15 "Redis at $REDIS_WHERE" redis_status "$REDIS_URL"
+	;;
+esac
+log "Redis reachable at $REDIS_WHERE"
+
+case "$PG_RC" in
+0) ;;
+2) die "PostgreSQL at $PG_WHERE refuses the connection: $PG_ERROR" ;;
+*)
+	is_local_host "$PG_HOST" ||
+		die "PostgreSQL is not reachable at $PG_WHERE (DATABASE_URL); start it or fix the URL"
+	log "PostgreSQL is not running at $PG_WHERE"
+	need_root "starting PostgreSQL on port $PG_PORT"
+	if [ -z "$(pg_bindir)" ]; then
+		install_postgresql
+	fi
+	if ! start_pg_cluster "$PG_PORT"; then
+		start_throwaway_pg "$PG_PORT" "${PG_USER:-postgres}"
+	fi
+	wait_for_service 30 "PostgreSQL at $PG_WHERE" pg_status "$DATABASE_URL" --create-db
+	;;
+esac
+log "PostgreSQL reachable at $PG_WHERE, database $PG_DB"
+
+log "ready in $((($(date +%s%N) - started_ns) / 1000000)) ms"
