@@ -11,6 +11,7 @@ from tests.support.harness import (
     job_events,
     job_row,
     producer,
+    queue_job_in_state,
     running_worker,
     wait_for,
     wait_for_state,
@@ -22,7 +23,7 @@ def test_job_completes_and_status_is_recorded(settings):
         async with producer(settings) as (queue, store), running_worker(settings):
             job_id = await add(settings, queue, store, "progress", "k")
             row = await wait_for_state(settings, job_id, "completed")
-            job = await queue.getJob(job_id)
+            job = await wait_for(lambda: queue_job_in_state(queue, job_id, "completed"))
             return row, job
 
     row, job = asyncio.run(scenario())
@@ -79,7 +80,7 @@ def test_poison_job_ends_failed_with_reason_and_stack(settings):
         async with producer(settings) as (queue, store), running_worker(settings):
             job_id = await add(settings, queue, store, "fail_always", "k")
             row = await wait_for_state(settings, job_id, "failed", timeout_s=30)
-            job = await queue.getJob(job_id)
+            job = await wait_for(lambda: queue_job_in_state(queue, job_id, "failed"))
             return row, job
 
     row, job = asyncio.run(scenario())
@@ -98,7 +99,7 @@ def test_unknown_job_name_fails_once_without_retries(settings):
         async with producer(settings) as (queue, store), running_worker(settings):
             job_id = await add(settings, queue, store, "no_such_processor", "k")
             row = await wait_for_state(settings, job_id, "failed")
-            job = await queue.getJob(job_id)
+            job = await wait_for(lambda: queue_job_in_state(queue, job_id, "failed"))
             return row, job
 
     row, job = asyncio.run(scenario())

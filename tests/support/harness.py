@@ -158,3 +158,9 @@ async def wait_for_state(
         lambda: (row := job_row(settings, job_id)) and row["state"] == state and row,
         timeout_s,
     )
+
+
+async def queue_job_in_state(queue: Queue, job_id: str, state: str) -> Any:
+    """The queue's job once it is in ``state`` (it moves just after its status is stored)."""
+    job = await queue.getJob(job_id)
+    return job if job is not None and await job.getState() == state else None
