@@ -173,6 +173,9 @@ class SandboxPool:
             box = SandboxProcess(self._settings, self._settings.sandbox_max_jobs)
             try:
                 await box.start()
+            except asyncio.CancelledError:
+                box.kill()  # the pool is closing: no half-started child may outlive it
+                raise
             except (SandboxCrashed, TimeoutError, OSError) as exc:
                 await box.dispose()
                 delay = RESPAWN_BACKOFF_S[min(attempt, len(RESPAWN_BACKOFF_S) - 1)]

@@ -78,14 +78,15 @@ def child_main(conn: Connection, parent_pid: int, settings: Settings, max_jobs: 
     configure_logging()
     log = logging.getLogger("fargate_worker.sandbox")
     registry = processors.load(settings.processor_modules)
-    conn.send(("ready", os.getpid()))
-    for _ in range(max_jobs):
-        try:
+    try:
+        conn.send(("ready", os.getpid()))
+        for _ in range(max_jobs):
             message = conn.recv()
-        except EOFError:
-            return
-        if message[0] != "run":
-            log.error("sandbox got an unknown message %r", message[0])
-            return
-        conn.send(_run_one(message, registry, settings, conn))
-    conn.close()
+            if message[0] != "run":
+                log.error("sandbox got an unknown message %r", message[0])
+                return
+            conn.send(_run_one(message, registry, settings, conn))
+    except (EOFError, OSError):
+        return  # the worker closed the pipe (shutdown, or it died): nothing left to report to
+    finally:
+        conn.close()

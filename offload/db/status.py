@@ -126,7 +126,6 @@ class StatusStore:
             min_size=1,
             max_size=max(1, max_connections),
             kwargs={"autocommit": True, "options": schema_options(schema)},
-            check=AsyncConnectionPool.check_connection,
             timeout=5.0,
             reconnect_timeout=24 * 3600,
             open=False,
@@ -143,6 +142,8 @@ class StatusStore:
     async def close(self) -> None:
         await self._pool.close()
 
+    # No per-checkout liveness check (it costs a round trip per write): a broken connection
+    # fails its statement, the pool discards it on return, and _until_stored retries.
     async def _execute(self, statement: str, params: dict[str, Any]) -> int:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(statement, params)

@@ -1,0 +1,394 @@
+"""Queue throughput: no-op jobs through OffloadWorker vs a bare bullmq Worker, same run.
+
+    python bench/queue_throughput.py [--jobs 10000] [--concurrency 8] [--rounds 2]
+
+Both sides get the same queue options, Redis connection options
+(``offload.redis_conn.connection_options``), worker options (``worker_options(settings)``),
+concurrency and job options (``removeOnComplete``, deterministic job ids). The difference is
+what a job costs on our side: a sandbox child runs the ``noop`` processor, and the status row
+is written to PostgreSQL (active + completed, each with its event row) before bullmq moves the
+job, plus the per-job JSON logs and EMF metric line the production worker prints.
+
+Each round uses a fresh queue under this run's own hash-tagged Redis prefix (``{bench_...}``)
+and this run's own migrated PostgreSQL schema; both are removed at the end. A round:
+1. start the worker on a paused queue and push ``--warmup`` jobs through it (sandbox children
+   started and warm, PostgreSQL pool and Redis connections open);
+2. pause the queue, add ``--jobs`` jobs with ``addBulk`` (chunks), untimed;
+3. timed: resume the queue and wait until the worker has emitted ``completed`` N times.
+Rounds alternate baseline / ours; the ratio is median(ours) / median(baseline).
+
+Worker logs and EMF lines go to ``--worker-output`` (default: /dev/null) at ``--log-level``
+(default INFO, as in production), so their formatting cost is measured without flooding the
+terminal. Environment: REDIS_URL, DATABASE_URL (defaults as in tests/support/servers.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.machinery
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere: repo root
+
+import psycopg
+import redis.asyncio as aioredis
+from bullmq import Queue, Worker
+
+from fargate_worker.worker import OffloadWorker, worker_options
+from offload.db import schema_options
+from offload.jobs import JobRef, job_id
+from offload.logs import JsonFormatter
+from offload.redis_conn import connection_options
+from offload.settings import Settings
+from tests.support import servers
+
+JOB_NAME = "noop"
+PROCESSOR_MODULES = ("tests.support.processors",)
+TARGET_RATIO = 0.7
+
+
+@dataclass
+class RoundResult:
+    kind: str
+    jobs: int
+    seconds: float
+    cpu_seconds: float  # this process only (event loop + bullmq + psycopg), not the children
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def jobs_per_s(self) -> float:
+        return self.jobs / self.seconds
+
+    @property
+    def cpu_percent(self) -> float:
+        return 100 * self.cpu_seconds / self.seconds
+
+
+class Completions:
+    """Counts a worker's ``completed`` events; wakes the bench when ``target`` is reached."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.failed = 0
+        self.target = 0
+        self.reached = asyncio.Event()
+
+    def expect(self, target: int) -> None:
+        self.count = 0
+        self.failed = 0
+        self.target = target
+        self.reached.clear()
+
+    def on_completed(self, *_: Any) -> None:
+        self.count += 1
+        if self.count >= self.target:
+            self.reached.set()
+
+    def on_failed(self, job: Any, error: Any, *_: Any) -> None:
+        self.failed += 1
+        self.reached.set()  # stop waiting: the round is invalid
+        print(f"job {job.id} failed: {error}", file=sys.stderr)
+
+
+def bench_settings(args: argparse.Namespace, schema: str, prefix: str, queue: str) -> Settings:
+    return Settings(
+        redis_url=servers.redis_url(),
+        database_url=servers.database_url(),
+        database_schema=schema,
+        queue_name=queue,
+        queue_prefix=prefix,
+        concurrency=args.concurrency,
+        processor_modules=PROCESSOR_MODULES,
+        sandbox_max_jobs=args.sandbox_max_jobs,
+        remove_on_complete=True,
+        health_file=f"/tmp/offload-bench-{os.getpid()}.health",
+    )
+
+
+def job_options(settings: Settings, ref: JobRef) -> dict[str, Any]:
+    return {
+        **settings.default_job_options(),
+        "removeOnComplete": True,
+        "jobId": job_id(JOB_NAME, ref),
+    }
+
+
+async def add_jobs(queue: Queue, settings: Settings, keys: list[str], chunk: int) -> None:
+    for start in range(0, len(keys), chunk):
+        batch = []
+        for key in keys[start : start + chunk]:
+            ref = JobRef(bucket="bench", key=key)
+            batch.append(
+                {"name": JOB_NAME, "data": ref.to_data(), "opts": job_options(settings, ref)}
+            )
+        await queue.addBulk(batch)
+
+
+async def wait_done(done: Completions, timeout_s: float, what: str) -> None:
+    try:
+        await asyncio.wait_for(done.reached.wait(), timeout_s)
+    except TimeoutError:
+        raise RuntimeError(
+            f"{what}: only {done.count}/{done.target} jobs completed within {timeout_s:.0f}s"
+        ) from None
+    if done.failed:
+        raise RuntimeError(f"{what}: {done.failed} jobs failed")
+
+
+async def start_baseline(settings: Settings, done: Completions) -> Callable[[], Awaitable[None]]:
+    async def noop(job: Any, token: str) -> dict:
+        return {"ok": True}
+
+    worker = Worker(settings.queue_name, noop, worker_options(settings))
+    # The same connection-level fix OffloadWorker applies (bullmq-py gap 2).
+    await worker.backend.connection.getRedisVersion()
+    if worker.backend.blocking_connection is not None:
+        await worker.backend.blocking_connection.getRedisVersion()
+    worker.on("completed", done.on_completed)
+    worker.on("failed", done.on_failed)
+    run_task = asyncio.ensure_future(worker.run())
+
+    async def stop() -> None:
+        await worker.close()
+        await asyncio.gather(run_task, return_exceptions=True)
+
+    return stop
+
+
+async def start_ours(
+    settings: Settings, done: Completions, sink: TextIO
+) -> Callable[[], Awaitable[None]]:
+    worker = OffloadWorker(settings, worker_id="bench")
+    worker.metrics.stream = sink  # EMF lines: same formatting and write, not on the terminal
+    await worker.start()  # sandbox children are started (and ready) before bullmq runs
+    assert worker.bull is not None
+    worker.bull.on("completed", done.on_completed)
+    worker.bull.on("failed", done.on_failed)
+
+    async def stop() -> None:
+        await worker.shutdown(grace_s=30)
+
+    return stop
+
+
+async def run_round(
+    kind: str, index: int, args: argparse.Namespace, schema: str, prefix: str, sink: TextIO
+) -> RoundResult:
+    settings = bench_settings(args, schema, prefix, f"{kind}-{index}")
+    queue = Queue(
+        settings.queue_name,
+        {
+            "connection": connection_options(settings.redis_url, settings.redis_auth_token),
+            "prefix": settings.queue_prefix,
+        },
+    )
+    done = Completions()
+    stop: Callable[[], Awaitable[None]] | None = None
+    try:
+        await queue.pause()
+        if kind == "ours":
+            stop = await start_ours(settings, done, sink)
+        else:
+            stop = await start_baseline(settings, done)
+
+        # Warm-up: children, connection pools and code paths all used once before timing.
+        warmup = max(args.warmup, 0)
+        if warmup:
+            done.expect(warmup)
+            await add_jobs(queue, settings, [f"w{i}" for i in range(warmup)], args.chunk)
+            await queue.resume()
+            await wait_done(done, 120, f"{kind} warm-up")
+            await queue.pause()
+
+        await add_jobs(queue, settings, [f"k{i}" for i in range(args.jobs)], args.chunk)
+        counts = await queue.getJobCounts("paused", "wait")
+        assert counts["paused"] + counts["wait"] == args.jobs, counts
+        await asyncio.sleep(0.2)  # let the worker settle into its blocking wait
+
+        done.expect(args.jobs)
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        await queue.resume()
+        await wait_done(done, args.timeout, kind)
+        seconds = time.perf_counter() - t0
+        cpu_seconds = time.process_time() - cpu0
+
+        left = await queue.getJobCounts("wait", "paused", "active", "delayed", "failed")
+        if any(left.values()):
+            raise RuntimeError(f"{kind}: jobs left in the queue after the round: {left}")
+        extra: dict[str, Any] = {}
+        if kind == "ours":
+            extra = check_status_rows(settings, args.jobs + warmup)
+        return RoundResult(kind, args.jobs, seconds, cpu_seconds, extra)
+    finally:
+        if stop is not None:
+            await stop()
+        await queue.obliterate(force=True)
+        await queue.close()
+
+
+def check_status_rows(settings: Settings, expected: int) -> dict[str, Any]:
+    """Every job has its completed row and its active + completed events; then empty the
+    tables so each round of ours starts from the same (empty) tables."""
+    with psycopg.connect(
+        settings.database_url, autocommit=True, options=schema_options(settings.database_schema)
+    ) as conn:
+        completed = conn.execute("SELECT count(*) FROM jobs WHERE state = 'completed'").fetchone()
+        events = conn.execute("SELECT count(*) FROM job_events").fetchone()
+        conn.execute("TRUNCATE jobs, job_events")
+    assert completed is not None and events is not None
+    if completed[0] != expected or events[0] != 2 * expected:
+        raise RuntimeError(
+            f"status rows: {completed[0]} completed (want {expected}), "
+            f"{events[0]} events (want {2 * expected})"
+        )
+    return {"rows": completed[0], "events": events[0]}
+
+
+async def delete_prefix(prefix: str) -> None:
+    client = aioredis.Redis.from_url(servers.redis_url())
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}:*", count=1000)]
+        for start in range(0, len(keys), 500):
+            await client.delete(*keys[start : start + 500])
+    finally:
+        await client.aclose()
+
+
+def configure_worker_logging(level: str, sink: TextIO) -> None:
+    """What offload.logs.configure_logging does in production, but into ``sink``."""
+    handler = logging.StreamHandler(sink)
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+async def bench(args: argparse.Namespace, schema: str, prefix: str, sink: TextIO) -> int:
+    kinds = {"both": ("baseline", "ours"), "baseline": ("baseline",), "ours": ("ours",)}
+    results: list[RoundResult] = []
+    load_before = os.getloadavg()[0]
+    try:
+        for index in range(1, args.rounds + 1):
+            for kind in kinds[args.only]:
+                result = await run_round(kind, index, args, schema, prefix, sink)
+                results.append(result)
+                print(
+                    f"  round {index} {kind:<8} {result.jobs_per_s:8.0f} jobs/s "
+                    f"({result.seconds:.2f} s, parent CPU {result.cpu_percent:.0f}%)",
+                    flush=True,
+                )
+    finally:
+        await delete_prefix(prefix)
+    report(args, results, (load_before, os.getloadavg()[0]))
+    return 0
+
+
+def report(args: argparse.Namespace, results: list[RoundResult], load: tuple[float, float]) -> None:
+    def rates(kind: str) -> list[float]:
+        return [r.jobs_per_s for r in results if r.kind == kind]
+
+    def cpu(kind: str) -> float:
+        return statistics.median([r.cpu_percent for r in results if r.kind == kind])
+
+    print()
+    print(
+        f"queue throughput: {args.jobs} no-op jobs, concurrency {args.concurrency}, "
+        f"sandbox_max_jobs {args.sandbox_max_jobs}, log level {args.log_level}, "
+        f"{args.rounds} round(s), {os.cpu_count()} CPUs, "
+        f"load average {load[0]:.1f} -> {load[1]:.1f}"
+    )
+    header = f"{'worker':<34} {'median/s':>9} {'best/s':>9} {'worst/s':>9} {'parent CPU':>11}"
+    print(header)
+    print("-" * len(header))
+    labels = {
+        "baseline": "bare bullmq Worker (async no-op)",
+        "ours": "OffloadWorker (sandbox + status)",
+    }
+    medians: dict[str, float] = {}
+    for kind in ("baseline", "ours"):
+        values = rates(kind)
+        if not values:
+            continue
+        medians[kind] = statistics.median(values)
+        print(
+            f"{labels[kind]:<34} {medians[kind]:9.0f} {max(values):9.0f} {min(values):9.0f} "
+            f"{cpu(kind):10.0f}%"
+        )
+    baseline = medians.get("baseline", float("nan"))
+    ours = medians.get("ours", float("nan"))
+    ratio = ours / baseline if baseline else float("nan")
+    if "baseline" in medians and "ours" in medians:
+        best = max(rates("ours")) / max(rates("baseline"))
+        verdict = "meets" if ratio >= TARGET_RATIO else "BELOW"
+        print(
+            f"ratio ours/baseline: {ratio:.3f} (median), {best:.3f} (best); "
+            f"{verdict} the {TARGET_RATIO} target"
+        )
+    print(
+        f"RESULT jobs={args.jobs} concurrency={args.concurrency} "
+        f"baseline_jobs_per_s={baseline:.1f} offload_jobs_per_s={ours:.1f} ratio={ratio:.3f}"
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--jobs", type=int, default=10_000, help="timed jobs per round")
+    parser.add_argument("--concurrency", type=int, default=8, help="jobs in flight per worker")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of each worker")
+    parser.add_argument(
+        "--sandbox-max-jobs",
+        type=int,
+        default=Settings().sandbox_max_jobs,
+        help="jobs per sandbox child before it is recycled (default: the production default)",
+    )
+    parser.add_argument("--warmup", type=int, default=None, help="untimed jobs (4 x concurrency)")
+    parser.add_argument("--chunk", type=int, default=1000, help="jobs per addBulk call")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per timed round")
+    parser.add_argument("--only", choices=("both", "baseline", "ours"), default="both")
+    parser.add_argument("--log-level", default="INFO", help="worker log level (production: INFO)")
+    parser.add_argument("--worker-output", default=os.devnull, help="where worker logs/EMF go")
+    args = parser.parse_args(argv)
+    if args.jobs < 1 or args.concurrency < 1 or args.rounds < 1 or args.sandbox_max_jobs < 1:
+        parser.error("--jobs, --concurrency, --rounds and --sandbox-max-jobs must be >= 1")
+    if args.warmup is None:
+        args.warmup = 4 * args.concurrency
+    if args.timeout is None:
+        args.timeout = max(120.0, args.jobs / 20)
+    return args
+
+
+def spawn_children_like_production() -> None:
+    """Production runs ``python -m fargate_worker``, and multiprocessing's spawn never
+    re-imports a main module named ``*.__main__`` in the children. Run as a script, this file
+    would be re-imported (bullmq, psycopg, redis: ~0.4 CPU-s) by every sandbox child, making
+    each child start ~3x dearer than in production. Give __main__ the spec production has."""
+    sys.modules["__main__"].__spec__ = importlib.machinery.ModuleSpec("bench.__main__", None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    spawn_children_like_production()
+    prefix = "{" + servers.unique_name("bench") + "}"
+    with open(args.worker_output, "a") as sink, servers.pg_schema() as schema:
+        configure_worker_logging(args.log_level, sink)
+        print(f"redis prefix {prefix}, postgres schema {schema}", flush=True)
+        try:
+            return asyncio.run(bench(args, schema, prefix, sink))
+        finally:
+            Path(f"/tmp/offload-bench-{os.getpid()}.health").unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
