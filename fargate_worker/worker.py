@@ -28,6 +28,7 @@ from fargate_worker.errors import PermanentJobError
 from fargate_worker.health import heartbeat
 from fargate_worker.protection import TaskProtection
 from fargate_worker.sandbox import SandboxPool
+from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import InvalidJobData, JobRef
 from offload.metrics import MetricsEmitter
@@ -110,11 +111,10 @@ class OffloadWorker:
         self.settings = settings
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.registry: dict[str, processors.Processor] = {}
-        self.store = StatusStore(
-            settings.database_url,
-            settings.database_schema,
-            max_connections=settings.concurrency + 1,
+        self.pool = create_pool(
+            settings.database_url, settings.database_schema, max_size=settings.concurrency + 1
         )
+        self.store = StatusStore(self.pool)
         self.sandbox = SandboxPool(settings, settings.concurrency)
         self.protection = TaskProtection(settings.ecs_agent_uri, settings.task_protection_minutes)
         self.metrics = MetricsEmitter(settings.metrics_namespace, {"Queue": settings.queue_name})
@@ -126,7 +126,9 @@ class OffloadWorker:
 
     async def start(self) -> None:
         self.registry = processors.load(self.settings.processor_modules)
-        await self.store.open()
+        # wait=False: the worker starts (and keeps its queue locks) even while PostgreSQL is
+        # down; writes wait for it instead.
+        await self.pool.open(wait=False)
         await self.sandbox.start()
         self.bull = _LimiterAwareWorker(
             self.settings.queue_name, self._process, worker_options(self.settings)
@@ -262,7 +264,7 @@ class OffloadWorker:
         await self.sandbox.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        await self.store.close()
+        await self.pool.close()
         return clean
 
 

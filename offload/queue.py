@@ -1,15 +1,20 @@
-"""Producing jobs: the one way anything (enqueue Lambda, reconciler, demo, tests) adds a job.
+"""Producing jobs: the one way anything (enqueue Lambda, reconciler, retry route, demo, tests)
+adds a job.
 
-Every producer goes through :func:`enqueue`, so every job gets the deterministic id, the
+Every producer goes through :class:`Producer`, so every job gets the deterministic id, the
 default attempts/backoff/retention, and a ``queued`` status row.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from bullmq import Queue
+from psycopg_pool import AsyncConnectionPool
 
+from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import JobRef, job_id
 from offload.redis_conn import connection_options
@@ -29,20 +34,41 @@ def open_queue(settings: Settings) -> Queue:
     return Queue(settings.queue_name, queue_options(settings))
 
 
-async def enqueue(
-    queue: Queue,
-    store: StatusStore | None,
-    settings: Settings,
-    name: str,
-    ref: JobRef,
-    extra_opts: dict[str, Any] | None = None,
-) -> str:
-    """Record the job as queued (PostgreSQL first: it is the source of truth the reconciler
-    replays from), then add it to Redis under its deterministic id. Adding the same object
-    version twice is a no-op in both places. Returns the job id."""
-    identity = JobIdentity(job_id(name, ref), name, settings.queue_name, ref)
-    opts = {**settings.default_job_options(), **(extra_opts or {}), "jobId": identity.job_id}
-    if store is not None:
-        await store.mark_queued(identity, int(opts["attempts"]))
-    await queue.add(name, ref.to_data(), opts)
-    return identity.job_id
+class Producer:
+    def __init__(self, settings: Settings, pool: AsyncConnectionPool):
+        self.settings = settings
+        self.queue = open_queue(settings)
+        self.store = StatusStore(pool)
+
+    async def enqueue(
+        self, name: str, ref: JobRef, extra_opts: dict[str, Any] | None = None
+    ) -> str:
+        """Record the job as queued (PostgreSQL first: it is the source of truth the reconciler
+        replays from), then add it to Redis under its deterministic id. Adding the same object
+        version twice is a no-op in both places. Returns the job id."""
+        identity = JobIdentity(job_id(name, ref), name, self.settings.queue_name, ref)
+        opts = {
+            **self.settings.default_job_options(),
+            **(extra_opts or {}),
+            "jobId": identity.job_id,
+        }
+        await self.store.mark_queued(identity, int(opts["attempts"]))
+        await self.queue.add(name, ref.to_data(), opts)
+        return identity.job_id
+
+    async def close(self) -> None:
+        await self.queue.close()
+
+
+@asynccontextmanager
+async def producer(settings: Settings) -> AsyncIterator[Producer]:
+    """A producer with a pool of its own, for scripts and tests (long-lived processes share
+    their pool instead)."""
+    pool = create_pool(settings.database_url, settings.database_schema, max_size=2)
+    await pool.open(wait=False)
+    made = Producer(settings, pool)
+    try:
+        yield made
+    finally:
+        await made.close()
+        await pool.close()

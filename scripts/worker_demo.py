@@ -37,11 +37,10 @@ from psycopg.rows import dict_row
 
 from fargate_worker.worker import OffloadWorker
 from offload.db.migrate import migrate
-from offload.db.status import StatusStore
 from offload.jobs import INSPECT, THUMBNAIL, JobRef
 from offload.keys import UploadKey
 from offload.logs import configure_logging
-from offload.queue import enqueue, open_queue
+from offload.queue import producer
 from offload.settings import Settings
 from tests.support import servers
 
@@ -186,15 +185,9 @@ async def run_jobs(
 ) -> list[dict[str, Any]]:
     """Enqueue every job, run the worker until all are completed/failed; returns their rows.
     The worker's EMF metric lines go to ``metrics_stream`` (None: stdout, as in production)."""
-    queue = open_queue(settings)
-    store = StatusStore(settings.database_url, settings.database_schema, max_connections=2)
-    await store.open()
-    try:
+    async with producer(settings) as jobs_producer:
         for name, ref, sample in jobs:
-            sample.jobs[name] = await enqueue(queue, store, settings, name, ref)
-    finally:
-        await queue.close()
-        await store.close()
+            sample.jobs[name] = await jobs_producer.enqueue(name, ref)
     ids = [sample.jobs[name] for name, _, sample in jobs]
     say(f"enqueued {len(ids)} jobs; starting the worker (concurrency {settings.concurrency})")
 

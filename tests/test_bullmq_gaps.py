@@ -34,10 +34,10 @@ def test_idle_worker_picks_up_delayed_job_on_time(settings):
     settings = replace(settings, drain_delay_s=5)
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
+        async with producer(settings) as prod, running_worker(settings):
             await asyncio.sleep(6)  # idle through one full blocking wait first
             added = time.time()
-            job_id = await add(settings, queue, store, "noop", "delayed", delay=7000)
+            job_id = await add(prod, "noop", "delayed", delay=7000)
             row = await wait_for_state(settings, job_id, "completed", timeout_s=30)
             return added, row
 
@@ -50,8 +50,8 @@ def test_backoff_of_five_seconds_retries_on_time(settings):
     settings = replace(settings, drain_delay_s=5, default_backoff_ms=5000, default_attempts=2)
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
-            job_id = await add(settings, queue, store, "fail_until", "2")
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "fail_until", "2")
             await wait_for_state(settings, job_id, "completed", timeout_s=30)
             return job_id
 
@@ -66,12 +66,12 @@ def test_sub_second_delays_are_honoured(settings):
     settings = replace(settings, drain_delay_s=5)
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
+        async with producer(settings) as prod, running_worker(settings):
             await asyncio.sleep(0.5)
             lateness = []
             for index, delay_ms in enumerate((300, 600)):
                 added = time.time()
-                job_id = await add(settings, queue, store, "noop", f"d{index}", delay=delay_ms)
+                job_id = await add(prod, "noop", f"d{index}", delay=delay_ms)
                 row = await wait_for_state(settings, job_id, "completed")
                 lateness.append(row["started_at"].timestamp() - added - delay_ms / 1000)
             return lateness
@@ -88,12 +88,12 @@ def test_rate_limiter_lets_the_configured_rate_through(settings):
     assert worker_options(settings)["limiter"] == {"max": 2, "duration": 1000}
 
     async def scenario():
-        async with producer(settings) as (queue, store):
-            ids = [await add(settings, queue, store, "noop", f"r{i}") for i in range(12)]
+        async with producer(settings) as prod:
+            ids = [await add(prod, "noop", f"r{i}") for i in range(12)]
             async with running_worker(settings):
                 started = time.monotonic()
                 await asyncio.sleep(4.0)
-                counts = await queue.getJobCounts("completed")
+                counts = await prod.queue.getJobCounts("completed")
                 elapsed = time.monotonic() - started
             return ids, counts["completed"], elapsed
 

@@ -33,7 +33,7 @@ def test_inspect_of_1gb_object_keeps_worker_rss_under_150mb(
     expected_sha256 = upload_generated(s3, bucket, key, GiB)
 
     async def scenario():
-        async with producer(settings) as (queue, store):
+        async with producer(settings) as prod:
             worker = spawn_worker(
                 settings,
                 tmp_path / "worker.log",
@@ -43,7 +43,7 @@ def test_inspect_of_1gb_object_keeps_worker_rss_under_150mb(
                 },
             )
             try:
-                job_id = await add(settings, queue, store, "inspect", key, bucket=bucket)
+                job_id = await add(prod, "inspect", key, bucket=bucket)
                 row = await wait_for_state(settings, job_id, "completed", timeout_s=240)
                 await wait_for(lambda: psutil.Process(worker.pid).children())
                 tree = [psutil.Process(worker.pid), *psutil.Process(worker.pid).children()]

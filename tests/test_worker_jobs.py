@@ -20,10 +20,10 @@ from tests.support.harness import (
 
 def test_job_completes_and_status_is_recorded(settings):
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
-            job_id = await add(settings, queue, store, "progress", "k")
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "progress", "k")
             row = await wait_for_state(settings, job_id, "completed")
-            job = await wait_for(lambda: queue_job_in_state(queue, job_id, "completed"))
+            job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "completed"))
             return row, job
 
     row, job = asyncio.run(scenario())
@@ -38,8 +38,8 @@ def test_job_completes_and_status_is_recorded(settings):
 
 def test_progress_is_visible_while_running(settings):
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
-            job_id = await add(settings, queue, store, "progress", "k")
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "progress", "k")
             seen = await wait_for(
                 lambda: (
                     (row := job_row(settings, job_id))
@@ -58,8 +58,8 @@ def test_retries_with_exponential_backoff(settings):
     settings = replace(settings, default_backoff_ms=400, default_attempts=4)
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
-            job_id = await add(settings, queue, store, "fail_until", "4")
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "fail_until", "4")
             await wait_for_state(settings, job_id, "completed", timeout_s=30)
             return job_id
 
@@ -77,10 +77,10 @@ def test_retries_with_exponential_backoff(settings):
 
 def test_poison_job_ends_failed_with_reason_and_stack(settings):
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
-            job_id = await add(settings, queue, store, "fail_always", "k")
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "fail_always", "k")
             row = await wait_for_state(settings, job_id, "failed", timeout_s=30)
-            job = await wait_for(lambda: queue_job_in_state(queue, job_id, "failed"))
+            job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "failed"))
             return row, job
 
     row, job = asyncio.run(scenario())
@@ -96,10 +96,10 @@ def test_poison_job_ends_failed_with_reason_and_stack(settings):
 
 def test_unknown_job_name_fails_once_without_retries(settings):
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
-            job_id = await add(settings, queue, store, "no_such_processor", "k")
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "no_such_processor", "k")
             row = await wait_for_state(settings, job_id, "failed")
-            job = await wait_for(lambda: queue_job_in_state(queue, job_id, "failed"))
+            job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "failed"))
             return row, job
 
     row, job = asyncio.run(scenario())
@@ -111,8 +111,8 @@ def test_unknown_job_name_fails_once_without_retries(settings):
 
 def test_invalid_job_data_fails_without_retries(settings):
     async def scenario():
-        async with producer(settings) as (queue, _store), running_worker(settings):
-            await queue.add("noop", {"bucket": "b"}, {"jobId": "bad-data", "attempts": 3})
+        async with producer(settings) as prod, running_worker(settings):
+            await prod.queue.add("noop", {"bucket": "b"}, {"jobId": "bad-data", "attempts": 3})
             return await wait_for_state(settings, "bad-data", "failed")
 
     row = asyncio.run(scenario())
@@ -122,9 +122,9 @@ def test_invalid_job_data_fails_without_retries(settings):
 
 def test_child_crash_is_a_retried_attempt(settings):
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
-            crash = await add(settings, queue, store, "crash_until", "2")
-            oom = await add(settings, queue, store, "memory_error", "2")
+        async with producer(settings) as prod, running_worker(settings):
+            crash = await add(prod, "crash_until", "2")
+            oom = await add(prod, "memory_error", "2")
             return (
                 await wait_for_state(settings, crash, "completed"),
                 await wait_for_state(settings, oom, "completed"),
@@ -144,9 +144,9 @@ def test_job_past_timeout_has_its_child_killed(settings):
     settings = replace(settings, job_timeout_s=1, default_attempts=1)
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings) as worker:
+        async with producer(settings) as prod, running_worker(settings) as worker:
             pids_before = set(worker.sandbox.child_pids)
-            job_id = await add(settings, queue, store, "sleep", "30")
+            job_id = await add(prod, "sleep", "30")
             started = time.monotonic()
             row = await wait_for_state(settings, job_id, "failed", timeout_s=15)
             elapsed = time.monotonic() - started
@@ -164,10 +164,10 @@ def test_children_are_recycled_after_n_jobs(settings):
     settings = replace(settings, sandbox_max_jobs=2, concurrency=1)
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings) as worker:
+        async with producer(settings) as prod, running_worker(settings) as worker:
             pids = set()
             for index in range(5):
-                job_id = await add(settings, queue, store, "noop", f"k{index}")
+                job_id = await add(prod, "noop", f"k{index}")
                 await wait_for_state(settings, job_id, "completed")
                 pids.update(worker.sandbox.child_pids)
             return pids
@@ -180,10 +180,10 @@ def test_cpu_bound_job_is_not_marked_stalled(settings):
     settings = replace(settings, lock_duration_ms=1000, stalled_interval_ms=500, default_attempts=1)
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings) as worker:
+        async with producer(settings) as prod, running_worker(settings) as worker:
             stalled: list[str] = []
             worker.bull.on("stalled", lambda job_id, *_: stalled.append(job_id))
-            job_id = await add(settings, queue, store, "cpu", "4")
+            job_id = await add(prod, "cpu", "4")
             row = await wait_for_state(settings, job_id, "completed", timeout_s=20)
             return row, stalled
 
@@ -199,10 +199,10 @@ def test_cpu_bound_job_is_not_marked_stalled(settings):
 
 def test_duplicate_enqueue_gives_one_job(settings):
     async def scenario():
-        async with producer(settings) as (queue, store):
-            first = await add(settings, queue, store, "noop", "same/key")
-            second = await add(settings, queue, store, "noop", "same/key")
-            counts = await queue.getJobCounts("waiting")
+        async with producer(settings) as prod:
+            first = await add(prod, "noop", "same/key")
+            second = await add(prod, "noop", "same/key")
+            counts = await prod.queue.getJobCounts("waiting")
             return first, second, counts
 
     first, second, counts = asyncio.run(scenario())

@@ -39,8 +39,8 @@ def test_sigkilled_worker_leaves_no_orphans_and_job_completes_once(settings, tmp
     ticks = tmp_path / "ticks.log"
 
     async def scenario():
-        async with producer(settings) as (queue, store):
-            job_id = await add(settings, queue, store, "ticker", "3", bucket=str(ticks))
+        async with producer(settings) as prod:
+            job_id = await add(prod, "ticker", "3", bucket=str(ticks))
             worker_a = spawn_worker(settings, tmp_path / "worker-a.log")
             try:
                 await wait_for(lambda: len(_lines(ticks)) >= 3, timeout_s=30)
@@ -79,19 +79,19 @@ def test_sigterm_finishes_running_job_takes_no_new_one_and_exits_zero(settings, 
     settings = replace(settings, concurrency=1, shutdown_grace_s=30)
 
     async def scenario():
-        async with producer(settings) as (queue, store):
-            running = await add(settings, queue, store, "sleep", "2")
+        async with producer(settings) as prod:
+            running = await add(prod, "sleep", "2")
             worker = spawn_worker(settings, tmp_path / "worker.log")
             try:
                 await wait_for_state(settings, running, "active", timeout_s=30)
                 worker.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.2)
-                later = await add(settings, queue, store, "noop", "after-sigterm")
+                later = await add(prod, "noop", "after-sigterm")
                 code = await asyncio.to_thread(worker.wait, 30)
             finally:
                 if worker.poll() is None:
                     worker.kill()
-            waiting = await queue.getJobCounts("waiting")
+            waiting = await prod.queue.getJobCounts("waiting")
             return running, later, code, waiting["waiting"]
 
     running, later, code, waiting = asyncio.run(scenario())
@@ -107,8 +107,8 @@ def test_sigterm_past_grace_leaves_job_to_stalled_recovery(settings, tmp_path):
     )
 
     async def scenario():
-        async with producer(settings) as (queue, store):
-            job_id = await add(settings, queue, store, "sleep", "4")
+        async with producer(settings) as prod:
+            job_id = await add(prod, "sleep", "4")
             worker = spawn_worker(settings, tmp_path / "worker.log")
             try:
                 await wait_for_state(settings, job_id, "active", timeout_s=30)
@@ -149,13 +149,13 @@ def test_postgres_outage_loses_no_outcome(settings):
     worker_settings = replace(settings, database_url=_via_proxy(settings.database_url, proxy.port))
 
     async def scenario():
-        async with producer(settings) as (queue, store):
+        async with producer(settings) as prod:
             async with running_worker(worker_settings):
-                ids = [await add(settings, queue, store, "sleep", f"0.{i + 5}") for i in range(4)]
+                ids = [await add(prod, "sleep", f"0.{i + 5}") for i in range(4)]
                 await wait_for(lambda: job_row(settings, ids[0])["state"] == "active")
                 proxy.cut()
                 await asyncio.sleep(4)  # jobs finish processing while PostgreSQL is away
-                during = await queue.getJobCounts("completed", "active", "waiting")
+                during = await prod.queue.getJobCounts("completed", "active", "waiting")
                 rows_during = [job_row(settings, job_id)["state"] for job_id in ids]
                 proxy.restore()
                 rows = [
@@ -163,7 +163,7 @@ def test_postgres_outage_loses_no_outcome(settings):
                     for job_id in ids
                 ]
                 # the queue moves each job right after its status is stored
-                await wait_for(lambda: _completed_count(queue, 4))
+                await wait_for(lambda: _completed_count(prod.queue, 4))
             return ids, during, rows_during, rows
 
     try:

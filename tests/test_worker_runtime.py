@@ -45,11 +45,11 @@ def test_scale_in_protection_set_while_busy_and_cleared_when_idle(settings):
     )
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
+        async with producer(settings) as prod, running_worker(settings):
             await asyncio.sleep(1.5)
             idle_calls = list(calls)
-            first = await add(settings, queue, store, "sleep", "1")
-            second = await add(settings, queue, store, "sleep", "1.2")
+            first = await add(prod, "sleep", "1")
+            second = await add(prod, "sleep", "1.2")
             await wait_for_state(settings, first, "completed")
             await wait_for_state(settings, second, "completed")
             await wait_for(lambda: len(calls) >= 2)
@@ -84,8 +84,8 @@ def test_protection_failure_does_not_fail_the_job(settings):
     settings = replace(settings, ecs_agent_uri="http://127.0.0.1:9")  # nothing listens
 
     async def scenario():
-        async with producer(settings) as (queue, store), running_worker(settings):
-            job_id = await add(settings, queue, store, "noop", "k")
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "noop", "k")
             return await wait_for_state(settings, job_id, "completed")
 
     assert asyncio.run(scenario())["attempt"] == 1

@@ -11,23 +11,17 @@ Rules that keep the row truthful:
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
-import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from offload.db import schema_options
+from offload.db.pool import RETRYABLE, until_stored
 from offload.jobs import JobRef
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-
-RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
 
 # Each transition is one statement (one round trip): update the row, then log the event from
 # the rows the update touched, so an ignored (stale) write logs nothing.
@@ -110,66 +104,19 @@ class JobIdentity:
 
 
 class StatusStore:
-    """Async writer of job transitions over a small connection pool."""
+    """Async writer of job transitions over the process's connection pool."""
 
-    def __init__(
-        self,
-        database_url: str,
-        schema: str,
-        *,
-        max_connections: int = 4,
-        retry_initial_s: float = 0.2,
-        retry_max_s: float = 5.0,
-    ):
-        self._pool = AsyncConnectionPool(
-            database_url,
-            min_size=1,
-            max_size=max(1, max_connections),
-            kwargs={"autocommit": True, "options": schema_options(schema)},
-            timeout=5.0,
-            reconnect_timeout=24 * 3600,
-            open=False,
-            name="offload-status",
-        )
-        self._retry_initial_s = retry_initial_s
-        self._retry_max_s = retry_max_s
+    def __init__(self, pool: AsyncConnectionPool):
+        self._pool = pool
 
-    async def open(self) -> None:
-        # wait=False: the worker starts (and keeps its queue locks) even while PostgreSQL is
-        # down; writes wait for it instead.
-        await self._pool.open(wait=False)
-
-    async def close(self) -> None:
-        await self._pool.close()
-
-    # No per-checkout liveness check (it costs a round trip per write): a broken connection
-    # fails its statement, the pool discards it on return, and _until_stored retries.
     async def _execute(self, statement: str, params: dict[str, Any]) -> int:
         async with self._pool.connection() as conn:
             cursor = await conn.execute(statement, params)
             return cursor.rowcount
 
-    async def _until_stored(self, what: str, job_id: str, op: Callable[[], Awaitable[T]]) -> T:
-        delay = self._retry_initial_s
-        while True:
-            try:
-                return await op()
-            except RETRYABLE as exc:
-                log.warning(
-                    "status write %s failed, retrying in %.1fs: %s",
-                    what,
-                    delay,
-                    exc.__class__.__name__,
-                    extra={"job_id": job_id, "error": str(exc)[:300]},
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
-
     async def mark_queued(self, job: JobIdentity, max_attempts: int) -> bool:
         params = job.columns() | {"max_attempts": max_attempts, "message": None}
-        rows = await self._until_stored(
-            "queued", job.job_id, lambda: self._execute(MARK_QUEUED, params)
-        )
+        rows = await until_stored("queued", job.job_id, lambda: self._execute(MARK_QUEUED, params))
         return rows > 0
 
     async def mark_active(
@@ -181,9 +128,7 @@ class StatusStore:
             "worker_id": worker_id,
             "message": None,
         }
-        rows = await self._until_stored(
-            "active", job.job_id, lambda: self._execute(MARK_ACTIVE, params)
-        )
+        rows = await until_stored("active", job.job_id, lambda: self._execute(MARK_ACTIVE, params))
         return rows > 0
 
     async def mark_progress(self, job_id: str, attempt: int, progress: Any) -> bool:
@@ -206,7 +151,7 @@ class StatusStore:
             "error_stack": None,
             "message": None,
         } | fields
-        rows = await self._until_stored(state, job_id, lambda: self._execute(MARK_FINISHED, params))
+        rows = await until_stored(state, job_id, lambda: self._execute(MARK_FINISHED, params))
         return rows > 0
 
     async def mark_completed(self, job_id: str, attempt: int, result: Any) -> bool:

@@ -18,9 +18,9 @@ from bullmq import Queue
 from psycopg.rows import dict_row
 
 from fargate_worker.worker import OffloadWorker
-from offload.db.status import StatusStore
 from offload.jobs import JobRef
-from offload.queue import enqueue, open_queue
+from offload.queue import Producer
+from offload.queue import producer as producer
 from offload.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -94,28 +94,10 @@ async def running_worker(settings: Settings) -> AsyncIterator[OffloadWorker]:
         await worker.shutdown(grace_s=5)
 
 
-@asynccontextmanager
-async def producer(settings: Settings) -> AsyncIterator[tuple[Queue, StatusStore]]:
-    queue = open_queue(settings)
-    store = StatusStore(settings.database_url, settings.database_schema, max_connections=2)
-    await store.open()
-    try:
-        yield queue, store
-    finally:
-        await queue.close()
-        await store.close()
-
-
 async def add(
-    settings: Settings,
-    queue: Queue,
-    store: StatusStore,
-    name: str,
-    key: str,
-    bucket: str = "test-bucket",
-    **opts: Any,
+    producer: Producer, name: str, key: str, bucket: str = "test-bucket", **opts: Any
 ) -> str:
-    return await enqueue(queue, store, settings, name, JobRef(bucket=bucket, key=key), opts)
+    return await producer.enqueue(name, JobRef(bucket=bucket, key=key), opts)
 
 
 def job_row(settings: Settings, job_id: str) -> dict[str, Any] | None:
