@@ -51,6 +51,10 @@ def _retention(env: Mapping[str, str], name: str, default: dict[str, int]) -> bo
     raise SettingsError(f"{name} must be true, false, a count or {{age, count}}, got {raw!r}")
 
 
+def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
 def _hash_tagged(prefix: str) -> str:
     """Cluster mode (and ElastiCache Serverless) need every key of a queue in one slot, which
     only a `{hash tag}` in the prefix guarantees; wrap a bare prefix instead of failing."""
@@ -90,12 +94,29 @@ class Settings:
     health_file: str = "/tmp/offload-worker.health"
     health_interval_s: int = 10
     metrics_namespace: str = "Offload"
+    # Upload API and enqueue Lambdas
+    upload_bucket: str = ""
+    max_upload_bytes: int = 50 * 1024**3
+    single_upload_max_bytes: int = 100 * 1024**2
+    allowed_content_types: tuple[str, ...] = (
+        "image/*",
+        "video/*",
+        "audio/*",
+        "text/plain",
+        "text/csv",
+        "application/pdf",
+        "application/zip",
+        "application/json",
+        "application/octet-stream",
+    )
+    url_expiry_s: int = 900
+    part_url_batch: int = 100
+    reconcile_after_s: int = 600
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         defaults = cls()
-        modules = env.get("OFFLOAD_PROCESSOR_MODULES")
         return cls(
             redis_url=env.get("REDIS_URL", defaults.redis_url),
             redis_auth_token=env.get("REDIS_AUTH_TOKEN") or None,
@@ -123,9 +144,7 @@ class Settings:
             job_timeout_s=_int(env, "OFFLOAD_JOB_TIMEOUT_S", defaults.job_timeout_s, 1),
             sandbox_max_jobs=_int(env, "OFFLOAD_SANDBOX_MAX_JOBS", defaults.sandbox_max_jobs, 1),
             shutdown_grace_s=_int(env, "OFFLOAD_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
-            processor_modules=tuple(m.strip() for m in modules.split(",") if m.strip())
-            if modules
-            else defaults.processor_modules,
+            processor_modules=_csv(env, "OFFLOAD_PROCESSOR_MODULES") or defaults.processor_modules,
             s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
             ecs_agent_uri=env.get("ECS_AGENT_URI") or None,
             task_protection_minutes=_int(
@@ -134,6 +153,16 @@ class Settings:
             health_file=env.get("OFFLOAD_HEALTH_FILE", defaults.health_file),
             health_interval_s=_int(env, "OFFLOAD_HEALTH_INTERVAL_S", defaults.health_interval_s, 1),
             metrics_namespace=env.get("OFFLOAD_METRICS_NAMESPACE", defaults.metrics_namespace),
+            upload_bucket=env.get("UPLOAD_BUCKET", defaults.upload_bucket),
+            max_upload_bytes=_int(env, "OFFLOAD_MAX_UPLOAD_BYTES", defaults.max_upload_bytes, 1),
+            single_upload_max_bytes=_int(
+                env, "OFFLOAD_SINGLE_UPLOAD_MAX_BYTES", defaults.single_upload_max_bytes, 1
+            ),
+            allowed_content_types=_csv(env, "OFFLOAD_ALLOWED_CONTENT_TYPES")
+            or defaults.allowed_content_types,
+            url_expiry_s=_int(env, "OFFLOAD_URL_EXPIRY_S", defaults.url_expiry_s, 1),
+            part_url_batch=_int(env, "OFFLOAD_PART_URL_BATCH", defaults.part_url_batch, 1),
+            reconcile_after_s=_int(env, "OFFLOAD_RECONCILE_AFTER_S", defaults.reconcile_after_s, 1),
         )
 
     def default_job_options(self) -> dict[str, Any]:

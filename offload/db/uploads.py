@@ -1,0 +1,144 @@
+"""Upload rows in PostgreSQL: created when the API hands out URLs, advanced by the S3 event.
+
+Every read and every change a user can cause is scoped by ``owner`` (the Cognito ``sub``), so
+one user's request can never see or change another user's upload; the enqueue path, which acts
+for the system, addresses rows by id and key instead.
+
+States: ``pending`` (URLs handed out) -> ``uploaded`` (object seen, size checked) -> ``queued``
+(jobs enqueued); or ``rejected`` (object does not match what was announced) / ``aborted``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.rows import class_row
+from psycopg_pool import AsyncConnectionPool
+
+from offload.db.pool import until_stored
+
+
+@dataclass(frozen=True)
+class Upload:
+    id: str
+    owner: str
+    bucket: str
+    key: str
+    filename: str
+    content_type: str | None
+    size_announced: int | None
+    size_actual: int | None
+    etag: str | None
+    version_id: str | None
+    multipart_upload_id: str | None
+    state: str
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+_COLUMNS = (
+    "id, owner, bucket, key, filename, content_type, size_announced, size_actual, etag,"
+    " version_id, multipart_upload_id, state, error, created_at, updated_at"
+)
+
+
+class UploadStore:
+    def __init__(self, pool: AsyncConnectionPool):
+        self._pool = pool
+
+    async def _fetch_one(self, statement: str, params: dict[str, Any]) -> Upload | None:
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=class_row(Upload))
+            await cursor.execute(statement, params)
+            return await cursor.fetchone()
+
+    async def create(
+        self,
+        *,
+        upload_id: str,
+        owner: str,
+        bucket: str,
+        key: str,
+        filename: str,
+        content_type: str,
+        size_announced: int,
+        multipart_upload_id: str | None = None,
+    ) -> Upload:
+        row = await self._fetch_one(
+            f"INSERT INTO uploads (id, owner, bucket, key, filename, content_type,"
+            f" size_announced, multipart_upload_id)"
+            f" VALUES (%(id)s, %(owner)s, %(bucket)s, %(key)s, %(filename)s, %(content_type)s,"
+            f" %(size)s, %(mpu)s) RETURNING {_COLUMNS}",
+            {
+                "id": upload_id,
+                "owner": owner,
+                "bucket": bucket,
+                "key": key,
+                "filename": filename,
+                "content_type": content_type,
+                "size": size_announced,
+                "mpu": multipart_upload_id,
+            },
+        )
+        assert row is not None
+        return row
+
+    async def get_for_owner(self, upload_id: str, owner: str) -> Upload | None:
+        """The caller's upload, or None: absent and foreign look the same (no id probing)."""
+        return await self._fetch_one(
+            f"SELECT {_COLUMNS} FROM uploads WHERE id = %(id)s AND owner = %(owner)s",
+            {"id": upload_id, "owner": owner},
+        )
+
+    async def get(self, upload_id: str) -> Upload | None:
+        return await self._fetch_one(
+            f"SELECT {_COLUMNS} FROM uploads WHERE id = %(id)s", {"id": upload_id}
+        )
+
+    async def _transition(
+        self, upload_id: str, to_state: str, from_states: tuple[str, ...], **fields: Any
+    ) -> Upload | None:
+        """Move the row to ``to_state`` if it is in one of ``from_states``; None otherwise.
+        Retried until PostgreSQL answers: these record facts about objects in S3."""
+        assignments = "".join(f", {name} = %({name})s" for name in fields)
+        statement = (
+            f"UPDATE uploads SET state = %(to)s, updated_at = now(){assignments}"
+            f" WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING {_COLUMNS}"
+        )
+        params = {"id": upload_id, "to": to_state, "from": list(from_states), **fields}
+        return await until_stored(
+            f"upload {to_state}", upload_id, lambda: self._fetch_one(statement, params)
+        )
+
+    async def mark_uploaded(
+        self, upload_id: str, *, size_actual: int, etag: str | None, version_id: str | None
+    ) -> Upload | None:
+        return await self._transition(
+            upload_id,
+            "uploaded",
+            ("pending", "uploaded"),
+            size_actual=size_actual,
+            etag=etag,
+            version_id=version_id,
+            error=None,
+        )
+
+    async def mark_queued(self, upload_id: str) -> Upload | None:
+        return await self._transition(upload_id, "queued", ("uploaded", "queued"))
+
+    async def mark_rejected(
+        self, upload_id: str, reason: str, *, size_actual: int | None = None
+    ) -> Upload | None:
+        return await self._transition(
+            upload_id,
+            "rejected",
+            ("pending", "uploaded", "rejected"),
+            error=reason,
+            size_actual=size_actual,
+        )
+
+    async def mark_aborted(self, upload_id: str) -> Upload | None:
+        return await self._transition(upload_id, "aborted", ("pending",))
