@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from offload.aws import s3_client
 from offload.jobs import JobRef
 from offload.settings import Settings
 
@@ -41,21 +42,3 @@ class JobContext:
     def s3(self) -> Any:
         """A boto3 S3 client, one per child process (clients are thread-safe and reusable)."""
         return s3_client(self.settings.s3_endpoint_url)
-
-
-_S3_CLIENTS: dict[str | None, Any] = {}
-
-
-def s3_client(endpoint_url: str | None) -> Any:
-    client = _S3_CLIENTS.get(endpoint_url)
-    if client is None:
-        import boto3  # imported lazily: most of a child's jobs may not touch S3
-        from botocore.config import Config
-
-        client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            config=Config(retries={"mode": "standard", "max_attempts": 5}),
-        )
-        _S3_CLIENTS[endpoint_url] = client
-    return client

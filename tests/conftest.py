@@ -77,3 +77,29 @@ def settings(redis_url: str, database_url: str, pg_schema: str, queue_prefix: st
     from tests.support.harness import test_settings
 
     return test_settings(redis_url, database_url, pg_schema, queue_prefix)
+
+
+@pytest.fixture
+def lambda_env(settings, moto_endpoint, bucket, monkeypatch):
+    """Environment of a Lambda container for handler tests: this test's Redis prefix and
+    schema, the moto endpoints, Powertools without X-Ray; the container state is reset
+    before and after, as on a cold start."""
+    from lambdas import runtime
+
+    env = {
+        "REDIS_URL": settings.redis_url,
+        "DATABASE_URL": settings.database_url,
+        "OFFLOAD_DB_SCHEMA": settings.database_schema,
+        "OFFLOAD_QUEUE_PREFIX": settings.queue_prefix,
+        "OFFLOAD_QUEUE_NAME": settings.queue_name,
+        "UPLOAD_BUCKET": bucket,
+        "S3_ENDPOINT_URL": moto_endpoint,
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "POWERTOOLS_SERVICE_NAME": "offload-test",
+        "POWERTOOLS_METRICS_NAMESPACE": "OffloadTest",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    runtime.reset()
+    yield env
+    runtime.reset()

@@ -1,0 +1,33 @@
+"""AWS clients, one per process and endpoint (boto3 clients are thread-safe and reusable).
+
+The endpoint override (``S3_ENDPOINT_URL`` and friends) points them at moto locally and in
+tests; in AWS it is unset.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_CLIENTS: dict[tuple[str, str | None], Any] = {}
+
+
+def client(service: str, endpoint_url: str | None = None) -> Any:
+    cached = _CLIENTS.get((service, endpoint_url))
+    if cached is None:
+        import boto3  # imported lazily: it costs ~100 ms, and not every path needs it
+        from botocore.config import Config
+
+        cached = boto3.client(
+            service,
+            endpoint_url=endpoint_url,
+            config=Config(
+                retries={"mode": "standard", "max_attempts": 5},
+                signature_version="s3v4" if service == "s3" else None,
+            ),
+        )
+        _CLIENTS[(service, endpoint_url)] = cached
+    return cached
+
+
+def s3_client(endpoint_url: str | None = None) -> Any:
+    return client("s3", endpoint_url)
