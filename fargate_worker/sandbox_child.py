@@ -4,9 +4,10 @@ Messages parent -> child: ``("run", job_id, name, attempt, data)``.
 Messages child -> parent: ``("progress", value)``, then ``("done", result)`` or
 ``("error", permanent, message, traceback_text)``.
 
-The child asks the kernel to SIGKILL it when its parent dies (PR_SET_PDEATHSIG), so a worker
-killed with SIGKILL leaves no orphan that keeps writing outputs after another worker took the
-job over. It exits by itself after ``max_jobs`` jobs (recycling against leaks).
+A worker killed with SIGKILL must leave no orphan that keeps writing outputs after another
+worker took the job over: the child watches the worker's pid (and, as a second line, asks the
+kernel to SIGKILL it when its parent, the fork server, dies). It exits by itself after
+``max_jobs`` jobs (recycling against leaks).
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ import ctypes
 import json
 import logging
 import os
+import select
 import signal
 import sys
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 
@@ -25,14 +29,47 @@ from offload.settings import Settings
 PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent(parent_pid: int) -> None:
+def die_with_parent(worker_pid: int) -> None:
+    """Ask the kernel to SIGKILL this child when its parent dies. The parent is the fork
+    server, which exits as soon as the worker does (its end of the worker's "alive" pipe
+    closes), so a dead worker takes its fork server and then every child down with it."""
+    parent_at_start = os.getppid()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    # The parent may have died before prctl took effect: then we were re-parented.
-    if os.getppid() != parent_pid:
+    # Either may have died before prctl took effect: then nobody would kill us later.
+    if os.getppid() != parent_at_start or not _alive(worker_pid):
         os._exit(1)
+
+
+def watch_worker(worker_pid: int) -> None:
+    """Exit the moment the worker dies, even mid-job. PDEATHSIG alone fires only when the fork
+    server has finished exiting (interpreter teardown: far too late for a child that is still
+    writing outputs another worker is about to produce). A pidfd becomes readable when the
+    process exits: a thread blocked on it costs nothing until then."""
+
+    def wait_then_exit() -> None:
+        try:
+            pidfd = os.pidfd_open(worker_pid)
+        except (AttributeError, OSError):  # no pidfd (old kernel): poll instead
+            while _alive(worker_pid):
+                time.sleep(0.1)
+        else:
+            select.select([pidfd], [], [])
+        os._exit(1)
+
+    threading.Thread(target=wait_then_exit, name="watch-worker", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _run_one(message: tuple, registry: dict, settings: Settings, conn: Connection) -> tuple:
@@ -65,8 +102,19 @@ def _run_one(message: tuple, registry: dict, settings: Settings, conn: Connectio
     return ("done", result)
 
 
-def child_main(conn: Connection, parent_pid: int, settings: Settings, max_jobs: int) -> None:
-    die_with_parent(parent_pid)
+def child_main(
+    conn: Connection,
+    worker_pid: int,
+    settings: Settings,
+    max_jobs: int,
+    environ: dict[str, str],
+) -> None:
+    die_with_parent(worker_pid)
+    watch_worker(worker_pid)
+    # The fork server's environment is the worker's at the time the server started; a child
+    # gets the worker's environment as it is now, as a freshly spawned process would.
+    os.environ.clear()
+    os.environ.update(environ)
     # SIGTERM/SIGINT go to the whole process group on `docker stop` or Ctrl-C; the parent
     # decides when a child ends, so the child ignores them and finishes its job.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
