@@ -190,3 +190,33 @@ def test_worker_process_exits_cleanly_on_sigint(settings, tmp_path):
     log_text = (tmp_path / "worker.log").read_text()
     assert '"message": "worker stopped"' in log_text
     assert subprocess.call(["true"]) == 0
+
+
+def test_redis_outage_mid_run_loses_no_job(settings):
+    """The connection to Redis drops (as in a restart or failover) while a job runs and while
+    the worker idles; once Redis is back, the running job and new ones complete."""
+    target = urlsplit(settings.redis_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
+    worker_settings = replace(settings, redis_url=_via_proxy(settings.redis_url, proxy.port))
+
+    async def scenario():
+        async with producer(settings) as prod, running_worker(worker_settings):
+            running = await add(prod, "sleep", "2")
+            await wait_for(lambda: job_row(settings, running)["state"] == "active")
+            proxy.cut()
+            await asyncio.sleep(3)
+            queued_during = await add(prod, "noop", "during-outage")
+            proxy.restore()
+            after = await add(prod, "noop", "after-outage")
+            return [
+                await wait_for_state(settings, job_id, "completed", timeout_s=60)
+                for job_id in (running, queued_during, after)
+            ]
+
+    try:
+        rows = asyncio.run(scenario())
+    finally:
+        proxy.stop()
+    assert [row["state"] for row in rows] == ["completed"] * 3
+    for row in rows:
+        assert [e["state"] for e in job_events(settings, row["id"])].count("completed") == 1
