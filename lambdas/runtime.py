@@ -18,7 +18,7 @@ import os
 from collections.abc import Coroutine
 from dataclasses import replace
 from functools import cache
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from psycopg_pool import AsyncConnectionPool
@@ -26,8 +26,10 @@ from psycopg_pool import AsyncConnectionPool
 from offload.db.pool import create_pool
 from offload.db.status import StatusStore
 from offload.db.uploads import UploadStore
-from offload.queue import Producer
 from offload.settings import Settings
+
+if TYPE_CHECKING:
+    from offload.queue import Producer
 
 T = TypeVar("T")
 _loop: asyncio.AbstractEventLoop | None = None
@@ -99,6 +101,8 @@ async def statuses() -> StatusStore:
 async def producer() -> Producer:
     global _producer
     if _producer is None:
+        from offload.queue import Producer  # bullmq costs ~200 ms: only paths that enqueue pay
+
         _producer = Producer(settings(), await pool())
     return _producer
 

@@ -166,3 +166,30 @@ class StatusStore:
         return await self._finish(
             job_id, attempt, "failed", error_message=message, error_stack=stack, message=message
         )
+
+    async def mark_requeued(
+        self, job_id: str, attempt: int, *, owner: str | None = None, message: str | None = None
+    ) -> bool:
+        """A failed job back to ``queued`` after a retry (see MARK_REQUEUED); False when the
+        row is no longer failed at ``attempt`` (a worker already took the retried job)."""
+        params = {"id": job_id, "attempt": attempt, "owner": owner, "message": message}
+        rows = await until_stored("requeued", job_id, lambda: self._execute(MARK_REQUEUED, params))
+        return rows > 0
+
+
+# A failed job put back in the queue by a user's retry. Only a row that is still ``failed`` at
+# the attempt the caller saw moves, so a worker that has already picked the retried job up
+# (``active``, or even finished it again) is never overwritten. The attempt number is kept:
+# bullmq keeps counting attempts, and the row's guard on later writes relies on that.
+MARK_REQUEUED = (
+    """
+WITH changed AS (
+    UPDATE jobs SET
+        state = 'queued', progress = NULL, result = NULL, error_message = NULL,
+        error_stack = NULL, worker_id = NULL, finished_at = NULL, updated_at = now()
+    WHERE id = %(id)s AND state = 'failed' AND attempt = %(attempt)s
+      AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+    RETURNING id, attempt, state, worker_id
+)"""
+    + _EVENT
+)

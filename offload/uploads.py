@@ -1,0 +1,555 @@
+"""The upload API's domain: request validation, upload planning and the S3 side of uploads.
+
+A browser or CLI never sends file bytes through the API: it asks for an upload, gets presigned
+URLs, and sends the bytes straight to S3.
+
+* Files up to ``single_upload_max_bytes`` get one presigned **POST** whose policy pins the key,
+  the Content-Type and the exact size (``content-length-range`` [size, size]); a presigned PUT
+  could not cap the size.
+* Larger files get an S3 **multipart upload**: the part size is a pure function of the file
+  size (see :func:`plan_parts`), so it never has to be stored, and part URLs are handed out in
+  batches. The client can ask which parts S3 already has (resume), then complete or abort.
+
+Every lookup is scoped by the caller's ``sub``; an upload of someone else looks exactly like an
+upload that does not exist (:class:`NotFound`), so ids cannot be probed.
+
+This module imports neither boto3 nor psycopg: the S3 client and the store are passed in, which
+keeps the Lambda's cold start short and the logic testable on its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from offload.keys import UploadKey
+
+if TYPE_CHECKING:
+    from offload.db.uploads import Upload, UploadStore
+    from offload.settings import Settings
+
+MiB = 1 << 20
+MIN_PART_BYTES = 5 * MiB  # S3: every part but the last is at least 5 MiB
+MAX_PART_BYTES = 5 * 1024 * MiB  # S3: a part is at most 5 GiB
+MAX_PARTS = 10_000  # S3: part numbers 1..10,000
+MAX_OBJECT_BYTES = 5 * 1024**4  # S3: an object is at most 5 TiB
+MAX_SINGLE_BYTES = 5 * 1024**3  # S3: a single POST/PUT is at most 5 GiB
+MAX_FILENAME_CHARS = 16_384  # longer names are refused, shorter ones are sanitised and cut
+MAX_ETAG_CHARS = 1_024
+LIST_PARTS_PAGE = 1_000  # S3's own maximum page size for ListParts
+
+_UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+# type "/" subtype, both RFC 9110 tokens (lower case after normalisation); no wildcards.
+_TOKEN = r"[a-z0-9!#$%&'*+.^_`|~-]+"
+_MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class RequestError(Exception):
+    """The caller's request cannot be served as asked. ``status`` is the HTTP status the API
+    answers with; ``field`` names the offending request field, when there is one."""
+
+    status = 400
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class InvalidRequest(RequestError):
+    """Malformed body, wrong type, value out of range (400)."""
+
+
+class NotFound(RequestError):
+    """No such resource *for this caller* (404): foreign and absent look the same."""
+
+    status = 404
+
+
+class Conflict(RequestError):
+    """The resource's state does not allow the operation (409)."""
+
+    status = 409
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def normalize_content_type(raw: str) -> str:
+    """``type/subtype`` in lower case, parameters (``; charset=...``) dropped. Raises
+    InvalidRequest when what is left is not a concrete media type."""
+    base = raw.split(";", 1)[0].strip().lower()
+    if len(base) > 255 or not _MEDIA_TYPE.match(base) or "*" in base:
+        raise InvalidRequest(
+            "contentType must be a media type such as image/png", field="contentType"
+        )
+    return base
+
+
+def content_type_allowed(content_type: str, allowed: Iterable[str]) -> bool:
+    """``content_type`` (normalised) against the allowed list: exact entries, ``type/*`` and
+    ``*/*``, compared case-insensitively."""
+    major = content_type.split("/", 1)[0]
+    for entry in allowed:
+        pattern = entry.split(";", 1)[0].strip().lower()
+        if pattern in ("*/*", "*", content_type, f"{major}/*"):
+            return True
+    return False
+
+
+def _require_int(value: Any, field: str) -> int:
+    # bool is an int in Python but never a size or a part number in JSON.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"{field} must be an integer", field=field)
+    return value
+
+
+def _require_object(body: Any) -> Mapping[str, Any]:
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return body
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    filename: str
+    size: int
+    content_type: str
+
+
+def parse_create_request(body: Any, settings: Settings) -> CreateRequest:
+    """Validate ``{filename, size, contentType}``; the content type comes back normalised."""
+    body = _require_object(body)
+    filename = body.get("filename")
+    if not isinstance(filename, str) or not filename.strip():
+        raise InvalidRequest("filename must be a non-empty string", field="filename")
+    if len(filename) > MAX_FILENAME_CHARS:
+        raise InvalidRequest(
+            f"filename must be at most {MAX_FILENAME_CHARS} characters", field="filename"
+        )
+    if "size" not in body:
+        raise InvalidRequest("size is required", field="size")
+    size = _require_int(body["size"], "size")
+    limit = max_upload_bytes(settings)
+    if size <= 0:
+        raise InvalidRequest("size must be greater than 0", field="size")
+    if size > limit:
+        raise InvalidRequest(f"size must be at most {limit} bytes", field="size")
+    raw_type = body.get("contentType")
+    if not isinstance(raw_type, str) or not raw_type.strip():
+        raise InvalidRequest("contentType must be a non-empty string", field="contentType")
+    content_type = normalize_content_type(raw_type)
+    if not content_type_allowed(content_type, settings.allowed_content_types):
+        raise InvalidRequest(f"contentType {content_type} is not allowed", field="contentType")
+    return CreateRequest(filename=filename, size=size, content_type=content_type)
+
+
+def parse_part_numbers(body: Any, plan: PartPlan, batch: int) -> list[int]:
+    """``{partNumbers: [int, ...]}``: 1..batch distinct numbers, each within the plan."""
+    numbers = _require_object(body).get("partNumbers")
+    if not isinstance(numbers, list) or not numbers:
+        raise InvalidRequest("partNumbers must be a non-empty list", field="partNumbers")
+    if len(numbers) > batch:
+        raise InvalidRequest(f"at most {batch} part numbers per request", field="partNumbers")
+    checked = [_require_int(number, "partNumbers") for number in numbers]
+    for number in checked:
+        if not 1 <= number <= plan.part_count:
+            raise InvalidRequest(
+                f"part number {number} is outside 1..{plan.part_count}", field="partNumbers"
+            )
+    if len(set(checked)) != len(checked):
+        raise InvalidRequest("partNumbers must not repeat", field="partNumbers")
+    return checked
+
+
+def parse_completed_parts(body: Any, plan: PartPlan) -> list[tuple[int, str]]:
+    """``{parts: [{partNumber, etag}, ...]}`` naming every part of the plan exactly once;
+    returned in part order with each ETag quoted the way S3 writes it."""
+    parts = _require_object(body).get("parts")
+    if not isinstance(parts, list) or not parts:
+        raise InvalidRequest("parts must be a non-empty list", field="parts")
+    seen: dict[int, str] = {}
+    for part in parts:
+        if not isinstance(part, dict):
+            raise InvalidRequest("each part must be an object {partNumber, etag}", field="parts")
+        number = _require_int(part.get("partNumber"), "parts.partNumber")
+        if not 1 <= number <= plan.part_count:
+            raise InvalidRequest(
+                f"part number {number} is outside 1..{plan.part_count}", field="parts.partNumber"
+            )
+        if number in seen:
+            raise InvalidRequest(f"part {number} is listed twice", field="parts.partNumber")
+        etag = part.get("etag")
+        if not isinstance(etag, str) or not etag.strip('" ') or len(etag) > MAX_ETAG_CHARS:
+            raise InvalidRequest(f"part {number} needs an etag string", field="parts.etag")
+        seen[number] = '"' + etag.strip().strip('"') + '"'
+    missing = [n for n in range(1, plan.part_count + 1) if n not in seen]
+    if missing:
+        raise InvalidRequest(
+            f"every part must be listed; missing: {_ranges(missing)}", field="parts"
+        )
+    return sorted(seen.items())
+
+
+def _ranges(numbers: list[int], limit: int = 10) -> str:
+    shown = ", ".join(str(n) for n in numbers[:limit])
+    return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+
+
+# --- planning ---------------------------------------------------------------------------------
+
+
+def max_upload_bytes(settings: Settings) -> int:
+    return min(settings.max_upload_bytes, MAX_OBJECT_BYTES)
+
+
+def single_upload_limit(settings: Settings) -> int:
+    return min(settings.single_upload_max_bytes, MAX_SINGLE_BYTES)
+
+
+@dataclass(frozen=True)
+class PartPlan:
+    size: int
+    part_size: int
+    part_count: int
+
+    def part_bytes(self, number: int) -> int:
+        """Size of part ``number`` (1-based): ``part_size``, the last one the remainder."""
+        if number < self.part_count:
+            return self.part_size
+        return self.size - self.part_size * (self.part_count - 1)
+
+
+def plan_parts(size: int) -> PartPlan:
+    """The smallest whole-MiB part size of at least 5 MiB that needs at most 10,000 parts.
+    Deterministic in ``size`` alone, so the plan is recomputed, never stored."""
+    if not 0 < size <= MAX_OBJECT_BYTES:
+        raise ValueError(f"size {size} is outside 1..{MAX_OBJECT_BYTES}")
+    part_size = max(MIN_PART_BYTES, -(-size // MAX_PARTS))
+    part_size = -(-part_size // MiB) * MiB
+    assert part_size <= MAX_PART_BYTES
+    return PartPlan(size=size, part_size=part_size, part_count=-(-size // part_size))
+
+
+def new_upload_id() -> str:
+    """128 random bits, url-safe (a valid key segment)."""
+    return secrets.token_urlsafe(16)
+
+
+def valid_upload_id(upload_id: str) -> bool:
+    return bool(_UPLOAD_ID.match(upload_id))
+
+
+# --- S3 ---------------------------------------------------------------------------------------
+
+
+def _error_code(exc: Exception) -> str | None:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        return response.get("Error", {}).get("Code")
+    return None
+
+
+def presign_post(
+    s3: Any, bucket: str, key: str, content_type: str, size: int, expires_s: int
+) -> dict[str, Any]:
+    """A presigned POST for exactly this key, Content-Type and size (``url`` and form
+    ``fields``; the file goes last in the multipart/form-data body)."""
+    return s3.generate_presigned_post(
+        Bucket=bucket,
+        Key=key,
+        Fields={"Content-Type": content_type},
+        Conditions=[{"Content-Type": content_type}, ["content-length-range", size, size]],
+        ExpiresIn=expires_s,
+    )
+
+
+def presign_parts(
+    s3: Any, bucket: str, key: str, multipart_id: str, numbers: Iterable[int], expires_s: int
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "partNumber": number,
+            "url": s3.generate_presigned_url(
+                "upload_part",
+                Params={
+                    "Bucket": bucket,
+                    "Key": key,
+                    "UploadId": multipart_id,
+                    "PartNumber": number,
+                },
+                ExpiresIn=expires_s,
+                HttpMethod="PUT",
+            ),
+        }
+        for number in numbers
+    ]
+
+
+def list_uploaded_parts(
+    s3: Any, bucket: str, key: str, multipart_id: str, page_size: int | None = None
+) -> list[dict[str, Any]] | None:
+    """Every part S3 holds for the multipart upload (all pages), or None when S3 no longer
+    knows the upload (completed, aborted, or expired by the lifecycle rule)."""
+    parts: list[dict[str, Any]] = []
+    marker = 0
+    while True:
+        try:
+            page = s3.list_parts(
+                Bucket=bucket,
+                Key=key,
+                UploadId=multipart_id,
+                MaxParts=page_size or LIST_PARTS_PAGE,
+                PartNumberMarker=marker,
+            )
+        except Exception as exc:
+            if _error_code(exc) == "NoSuchUpload":
+                return None
+            raise
+        parts.extend(
+            {"partNumber": p["PartNumber"], "size": p["Size"], "etag": p["ETag"]}
+            for p in page.get("Parts", [])
+        )
+        if not page.get("IsTruncated"):
+            return parts
+        next_marker = int(page.get("NextPartNumberMarker") or 0)
+        if next_marker <= marker:  # a server that does not move on must not loop us forever
+            return parts
+        marker = next_marker
+
+
+def object_exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except Exception as exc:
+        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+            return False
+        raise
+    return True
+
+
+# --- the service ------------------------------------------------------------------------------
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def upload_view(upload: Upload) -> dict[str, Any]:
+    """What the API shows of an upload row (no bucket, no multipart upload id)."""
+    view: dict[str, Any] = {
+        "id": upload.id,
+        "type": "multipart" if upload.multipart_upload_id else "single",
+        "state": upload.state,
+        "filename": upload.filename,
+        "key": upload.key,
+        "size": upload.size_announced,
+        "contentType": upload.content_type,
+        "createdAt": _iso(upload.created_at),
+        "updatedAt": _iso(upload.updated_at),
+    }
+    if upload.size_actual is not None:
+        view["sizeActual"] = upload.size_actual
+    if upload.error:
+        view["error"] = upload.error
+    if upload.multipart_upload_id and upload.size_announced:
+        plan = plan_parts(upload.size_announced)
+        view["partSize"] = plan.part_size
+        view["partCount"] = plan.part_count
+    return view
+
+
+class UploadService:
+    """The upload routes' logic over an S3 client (sync boto3) and an :class:`UploadStore`.
+    Methods raise :class:`RequestError` subclasses for everything the caller can fix."""
+
+    def __init__(self, settings: Settings, s3: Any, store: UploadStore):
+        self.settings = settings
+        self.s3 = s3
+        self.store = store
+        self.bucket = settings.upload_bucket
+
+    def _expires_at(self) -> str:
+        return _iso(datetime.now(UTC) + timedelta(seconds=self.settings.url_expiry_s)) or ""
+
+    async def _owned(self, owner: str, upload_id: str) -> Upload:
+        upload = None
+        if valid_upload_id(upload_id):
+            upload = await self.store.get_for_owner(upload_id, owner)
+        if upload is None:
+            raise NotFound("upload not found")
+        return upload
+
+    @staticmethod
+    def _multipart(upload: Upload, action: str) -> str:
+        if not upload.multipart_upload_id:
+            raise Conflict(f"upload is a single-request upload; it has no parts to {action}")
+        return upload.multipart_upload_id
+
+    @staticmethod
+    def _pending(upload: Upload, action: str) -> None:
+        if upload.state != "pending":
+            raise Conflict(f"upload is {upload.state}; only a pending upload can be {action}")
+
+    async def create(self, owner: str, body: Any) -> dict[str, Any]:
+        request = parse_create_request(body, self.settings)
+        upload_id = new_upload_id()
+        key = UploadKey.build(owner, upload_id, request.filename)
+        single = request.size <= single_upload_limit(self.settings)
+        multipart_id = None
+        if not single:
+            multipart_id = self.s3.create_multipart_upload(
+                Bucket=self.bucket, Key=str(key), ContentType=request.content_type
+            )["UploadId"]
+        try:
+            upload = await self.store.create(
+                upload_id=upload_id,
+                owner=owner,
+                bucket=self.bucket,
+                key=str(key),
+                filename=key.filename,
+                content_type=request.content_type,
+                size_announced=request.size,
+                multipart_upload_id=multipart_id,
+            )
+        except BaseException:
+            # No row, no way to ever complete it: do not leave it behind. Best effort (the
+            # bucket's lifecycle rule aborts it anyway); the original error is what matters.
+            if multipart_id:
+                with contextlib.suppress(Exception):
+                    self.s3.abort_multipart_upload(
+                        Bucket=self.bucket, Key=str(key), UploadId=multipart_id
+                    )
+            raise
+        view = upload_view(upload)
+        view["expiresAt"] = self._expires_at()
+        expiry = self.settings.url_expiry_s
+        if single:
+            view["post"] = presign_post(
+                self.s3, self.bucket, str(key), request.content_type, request.size, expiry
+            )
+        else:
+            assert multipart_id is not None
+            batch = range(1, min(view["partCount"], self.settings.part_url_batch) + 1)
+            view["partUrls"] = presign_parts(
+                self.s3, self.bucket, str(key), multipart_id, batch, expiry
+            )
+        return view
+
+    async def get(self, owner: str, upload_id: str) -> dict[str, Any]:
+        upload = await self._owned(owner, upload_id)
+        view = upload_view(upload)
+        if upload.multipart_upload_id and upload.state == "pending":
+            parts = list_uploaded_parts(
+                self.s3, self.bucket, upload.key, upload.multipart_upload_id
+            )
+            # None: S3 no longer knows the multipart upload (completed and not yet seen by the
+            # enqueue path, or aborted by the lifecycle rule): nothing left to resume.
+            view["uploadedParts"] = parts or []
+            view["multipartOpen"] = parts is not None
+        return view
+
+    async def part_urls(self, owner: str, upload_id: str, body: Any) -> dict[str, Any]:
+        upload = await self._owned(owner, upload_id)
+        multipart_id = self._multipart(upload, "sign")
+        self._pending(upload, "uploaded to")
+        plan = plan_parts(upload.size_announced or 0)
+        numbers = parse_part_numbers(body, plan, self.settings.part_url_batch)
+        return {
+            "id": upload.id,
+            "expiresAt": self._expires_at(),
+            "partUrls": presign_parts(
+                self.s3, self.bucket, upload.key, multipart_id, numbers,
+                self.settings.url_expiry_s,
+            ),
+        }  # fmt: skip
+
+    async def _gone(self, upload: Upload) -> Conflict:
+        """S3 no longer knows the multipart upload: either it was completed, or it was
+        aborted (by us, or by the lifecycle rule), in which case the row says so from now on."""
+        if object_exists(self.s3, self.bucket, upload.key):
+            return Conflict("upload is already completed")
+        await self.store.mark_aborted(upload.id)
+        return Conflict("multipart upload no longer exists (aborted or expired)")
+
+    async def complete(self, owner: str, upload_id: str, body: Any) -> dict[str, Any]:
+        upload = await self._owned(owner, upload_id)
+        multipart_id = self._multipart(upload, "complete")
+        if upload.state in ("uploaded", "queued"):
+            raise Conflict("upload is already completed")
+        self._pending(upload, "completed")
+        plan = plan_parts(upload.size_announced or 0)
+        parts = parse_completed_parts(body, plan)
+        # Check what S3 holds against the plan before assembling anything: an object of the
+        # wrong size is refused here rather than after the fact by the enqueue path.
+        held = list_uploaded_parts(self.s3, self.bucket, upload.key, multipart_id)
+        if held is None:
+            raise await self._gone(upload)
+        sizes = {part["partNumber"]: part["size"] for part in held}
+        missing = [number for number, _ in parts if number not in sizes]
+        if missing:
+            raise InvalidRequest(f"parts not uploaded yet: {_ranges(missing)}", field="parts")
+        for number, _ in parts:
+            if sizes[number] != plan.part_bytes(number):
+                raise InvalidRequest(
+                    f"part {number} has {sizes[number]} bytes, expected {plan.part_bytes(number)}",
+                    field="parts",
+                )
+        try:
+            result = self.s3.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=upload.key,
+                UploadId=multipart_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": number, "ETag": etag} for number, etag in parts]
+                },
+            )
+        except Exception as exc:
+            code = _error_code(exc)
+            if code == "NoSuchUpload":
+                raise await self._gone(upload) from exc
+            if code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML"):
+                raise InvalidRequest(
+                    f"S3 refused to complete the upload ({code}): check each part's etag",
+                    field="parts",
+                ) from exc
+            raise
+        view = upload_view(upload)
+        view["etag"] = result.get("ETag")
+        view["completed"] = True
+        return view
+
+    async def abort(self, owner: str, upload_id: str) -> dict[str, Any]:
+        upload = await self._owned(owner, upload_id)
+        if upload.state == "aborted":
+            return upload_view(upload)  # idempotent
+        if upload.state in ("uploaded", "queued"):
+            raise Conflict("upload is already completed; it can no longer be aborted")
+        self._pending(upload, "aborted")
+        # A single upload may already be in S3 (the event is on its way); a multipart upload
+        # S3 no longer knows may have been completed. Either way it is too late to abort.
+        check_object = not upload.multipart_upload_id
+        if upload.multipart_upload_id:
+            try:
+                self.s3.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload.key, UploadId=upload.multipart_upload_id
+                )
+            except Exception as exc:
+                if _error_code(exc) != "NoSuchUpload":
+                    raise
+                check_object = True
+        if check_object and object_exists(self.s3, self.bucket, upload.key):
+            raise Conflict("upload is already completed; it can no longer be aborted")
+        aborted = await self.store.mark_aborted(upload.id)
+        if aborted is None:  # the S3 event moved it on meanwhile
+            current = await self._owned(owner, upload_id)
+            raise Conflict(f"upload is {current.state}; it can no longer be aborted")
+        return upload_view(aborted)

@@ -1,0 +1,127 @@
+"""The upload API's domain logic on its own: part planning, content types, cursors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from offload.db.job_queries import Cursor, InvalidCursor, decode_cursor, encode_cursor
+from offload.settings import Settings
+from offload.uploads import (
+    MAX_OBJECT_BYTES,
+    MAX_PARTS,
+    MIN_PART_BYTES,
+    InvalidRequest,
+    MiB,
+    content_type_allowed,
+    new_upload_id,
+    normalize_content_type,
+    parse_create_request,
+    plan_parts,
+    single_upload_limit,
+    valid_upload_id,
+)
+
+SIZES = [
+    1,
+    MiB,
+    5 * MiB,
+    5 * MiB + 1,
+    16 * MiB,
+    100 * MiB + 1,
+    MIN_PART_BYTES * MAX_PARTS,  # exactly 10,000 parts of 5 MiB
+    MIN_PART_BYTES * MAX_PARTS + 1,  # one byte more: 6 MiB parts
+    50 * 1024**3,
+    1024**4,
+    MAX_OBJECT_BYTES,
+]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_part_plan_fits_s3_limits(size):
+    plan = plan_parts(size)
+    assert plan.part_count <= MAX_PARTS
+    assert plan.part_size >= MIN_PART_BYTES and plan.part_size % MiB == 0
+    assert plan.part_size <= 5 * 1024 * MiB
+    assert plan.part_size * (plan.part_count - 1) < size <= plan.part_size * plan.part_count
+    last = plan.part_bytes(plan.part_count)
+    assert 0 < last <= plan.part_size
+    assert sum(plan.part_bytes(n) for n in range(1, plan.part_count + 1)) == size
+    # the smallest whole-MiB part size that works: one MiB less would need too many parts
+    if plan.part_size > MIN_PART_BYTES:
+        assert -(-size // (plan.part_size - MiB)) > MAX_PARTS
+
+
+def test_part_plan_examples():
+    assert (plan_parts(16 * MiB).part_size, plan_parts(16 * MiB).part_count) == (5 * MiB, 4)
+    assert plan_parts(16 * MiB).part_bytes(4) == MiB
+    big = plan_parts(50 * 1024**3)
+    assert (big.part_size, big.part_count) == (6 * MiB, 8534)
+    for bad in (0, -1, MAX_OBJECT_BYTES + 1):
+        with pytest.raises(ValueError):
+            plan_parts(bad)
+
+
+def test_single_limit_is_capped_by_s3():
+    settings = replace(Settings(), single_upload_max_bytes=10 * 1024**3)
+    assert single_upload_limit(settings) == 5 * 1024**3
+
+
+@pytest.mark.parametrize(
+    ("content_type", "allowed", "expected"),
+    [
+        ("image/png", ("image/*",), True),
+        ("image/png", ("IMAGE/*",), True),
+        ("image/png", ("image/png",), True),
+        ("image/png", ("image/jpeg", "video/*"), False),
+        ("imagex/png", ("image/*",), False),
+        ("text/csv", ("text/plain",), False),
+        ("text/csv", ("*/*",), True),
+        ("application/pdf", ("application/pdf; q=1",), True),
+        ("application/pdf", (), False),
+    ],
+)
+def test_content_type_matching(content_type, allowed, expected):
+    assert content_type_allowed(content_type, allowed) is expected
+
+
+def test_content_type_normalisation():
+    assert normalize_content_type(" Text/Plain ; charset=UTF-8") == "text/plain"
+    assert normalize_content_type("application/vnd.ms-excel") == "application/vnd.ms-excel"
+    for bad in ("", "text", "text/", "/plain", "text/*", "a b/c", "t\u00e9xt/plain", "x" * 300):
+        with pytest.raises(InvalidRequest):
+            normalize_content_type(bad)
+
+
+def test_create_request_keeps_the_raw_filename_for_the_key_builder():
+    request = parse_create_request(
+        {"filename": "../a.txt", "size": 3, "contentType": "TEXT/PLAIN"}, Settings()
+    )
+    assert (request.filename, request.size, request.content_type) == ("../a.txt", 3, "text/plain")
+
+
+def test_upload_ids_are_random_key_segments():
+    ids = {new_upload_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(valid_upload_id(i) and len(i) == 22 for i in ids)
+    assert not valid_upload_id("../x") and not valid_upload_id("") and not valid_upload_id("a.b")
+
+
+def test_cursor_round_trip_is_exact():
+    at = datetime(2026, 11, 23, 15, 4, 5, 123456, tzinfo=UTC)
+    for job_id in ("inspect-abc", "", "a" * 200, "ünïcode"):
+        cursor = Cursor(at, job_id)
+        token = encode_cursor(cursor)
+        assert "=" not in token and "/" not in token and "+" not in token
+        assert decode_cursor(token) == cursor
+    before_epoch = Cursor(datetime(1960, 1, 1, tzinfo=UTC) + timedelta(microseconds=1), "x")
+    assert decode_cursor(encode_cursor(before_epoch)) == before_epoch
+
+
+@pytest.mark.parametrize(
+    "token", ["", "!!!", "e30", "eyJ0IjogdHJ1ZSwgImkiOiAiYSJ9", "x" * 513, "bnVsbA"]
+)
+def test_bad_cursors_are_refused(token):
+    with pytest.raises(InvalidCursor):
+        decode_cursor(token)

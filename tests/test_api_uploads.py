@@ -1,0 +1,345 @@
+"""Upload routes end to end: the API Lambda in-process, the bytes over real HTTP to the moto
+server with the URLs the API returned.
+
+moto accepts presigned POSTs without enforcing their policy and ignores presign expiry, so the
+policy and the URLs' signing parameters are asserted on what the API returned.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import time
+from datetime import UTC, datetime
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import psycopg
+import pytest
+import requests
+from psycopg.rows import dict_row
+
+from offload.keys import UploadKey
+from offload.uploads import MiB
+from tests.support.apigw import call, configure
+
+SIZE = 16 * MiB + 12_345  # 4 parts of 5 MiB, the last one 1 MiB + 12,345 bytes
+
+
+def upload_row(settings, upload_id: str) -> dict | None:
+    with psycopg.connect(
+        settings.database_url, options=f"-c search_path={settings.database_schema}"
+    ) as conn:
+        conn.row_factory = dict_row
+        return conn.execute("SELECT * FROM uploads WHERE id = %s", (upload_id,)).fetchone()
+
+
+def put_part(url: str, data: bytes) -> str:
+    response = requests.put(url, data=data, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.headers["ETag"]
+
+
+def start_multipart(monkeypatch, **env) -> dict:
+    configure(monkeypatch, OFFLOAD_SINGLE_UPLOAD_MAX_BYTES=1, **env)
+    created = call(
+        "POST",
+        "/uploads",
+        body={"filename": "big video.mp4", "size": SIZE, "contentType": "video/mp4"},
+    )
+    assert created.status == 201, created.body
+    return created.body
+
+
+@pytest.fixture
+def payload() -> bytes:
+    return os.urandom(SIZE)
+
+
+def chunk(data: bytes, part_size: int, number: int) -> bytes:
+    return data[(number - 1) * part_size : number * part_size]
+
+
+def test_single_upload_with_presigned_post(lambda_env, settings, s3, bucket, monkeypatch):
+    configure(monkeypatch, OFFLOAD_URL_EXPIRY_S=120)
+    content = b"name,count\nalpha,1\n" * 50
+    before = time.time()
+    created = call(
+        "POST",
+        "/uploads",
+        body={"filename": "report.csv", "size": len(content), "contentType": "text/csv"},
+    )
+    assert created.status == 201, created.body
+    view = created.body
+    assert view["type"] == "single"
+    assert view["state"] == "pending"
+    assert view["size"] == len(content)
+    assert view["contentType"] == "text/csv"
+    assert created.headers["cache-control"] == "no-store"
+    key = UploadKey.parse(view["key"])
+    assert (key.owner, key.upload_id, key.filename) == ("user-a", view["id"], "report.csv")
+    assert "partUrls" not in view
+
+    post = view["post"]
+    fields = post["fields"]
+    assert fields["key"] == view["key"]
+    assert fields["Content-Type"] == "text/csv"
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    conditions = policy["conditions"]
+    assert {"key": view["key"]} in conditions
+    assert {"bucket": bucket} in conditions
+    assert {"Content-Type": "text/csv"} in conditions
+    assert ["content-length-range", len(content), len(content)] in conditions
+    expiration = datetime.strptime(policy["expiration"], "%Y-%m-%dT%H:%M:%SZ")
+    expires_in = expiration.replace(tzinfo=UTC).timestamp() - before
+    assert 115 <= expires_in <= 125, expires_in
+    assert abs(datetime.fromisoformat(view["expiresAt"]).timestamp() - (before + 120)) < 5
+
+    row = upload_row(settings, view["id"])
+    assert row["owner"] == "user-a" and row["state"] == "pending"
+    assert row["size_announced"] == len(content) and row["multipart_upload_id"] is None
+    assert row["bucket"] == bucket and row["key"] == view["key"]
+
+    response = requests.post(
+        post["url"],
+        data=fields,
+        files={"file": ("report.csv", content, "text/csv")},
+        timeout=30,
+    )
+    assert response.status_code in (200, 201, 204), response.text
+    stored = s3.get_object(Bucket=bucket, Key=view["key"])
+    assert stored["Body"].read() == content
+    assert stored["ContentType"] == "text/csv"
+
+    # a single upload has no parts to sign or complete
+    assert call("POST", f"/uploads/{view['id']}/parts", body={"partNumbers": [1]}).status == 409
+    assert call("POST", f"/uploads/{view['id']}/complete", body={"parts": []}).status == 409
+    # and once its object is in S3 it can no longer be aborted
+    aborted = call("DELETE", f"/uploads/{view['id']}")
+    assert aborted.status == 409 and "completed" in aborted.message
+    assert upload_row(settings, view["id"])["state"] == "pending"
+
+
+def test_multipart_upload_resumed_after_losing_the_client(
+    lambda_env, settings, s3, bucket, monkeypatch, payload
+):
+    view = start_multipart(monkeypatch, OFFLOAD_PART_URL_BATCH=2, OFFLOAD_URL_EXPIRY_S=300)
+    assert view["type"] == "multipart"
+    assert view["partSize"] == 5 * MiB
+    assert view["partCount"] == 4
+    assert [p["partNumber"] for p in view["partUrls"]] == [1, 2]  # first batch only
+    for part in view["partUrls"]:
+        url = urlsplit(part["url"])
+        query = {name: values[0] for name, values in parse_qs(url.query).items()}
+        assert unquote(url.path).endswith("/" + view["key"])
+        assert query["X-Amz-Expires"] == "300"
+        assert query["X-Amz-SignedHeaders"] == "host"
+        assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+        assert query["partNumber"] == str(part["partNumber"])
+        assert "X-Amz-Signature" in query
+    row = upload_row(settings, view["id"])
+    assert query["uploadId"] == row["multipart_upload_id"]
+    head = s3.list_multipart_uploads(Bucket=bucket)["Uploads"]
+    assert [(u["Key"], u["UploadId"]) for u in head] == [(view["key"], query["uploadId"])]
+
+    # The client uploads parts 2 and 1, then "crashes" (all it knew is gone).
+    for part in reversed(view["partUrls"]):
+        put_part(part["url"], chunk(payload, view["partSize"], part["partNumber"]))
+    upload_id = view["id"]
+    del view
+
+    # A new client asks what S3 already has ...
+    status = call("GET", f"/uploads/{upload_id}")
+    assert status.status == 200
+    assert status.body["state"] == "pending" and status.body["multipartOpen"] is True
+    assert status.body["partCount"] == 4 and status.body["partSize"] == 5 * MiB
+    uploaded = status.body["uploadedParts"]
+    assert [(p["partNumber"], p["size"]) for p in uploaded] == [(1, 5 * MiB), (2, 5 * MiB)]
+    have = {p["partNumber"]: p["etag"] for p in uploaded}
+    missing = [n for n in range(1, status.body["partCount"] + 1) if n not in have]
+    assert missing == [3, 4]
+
+    # ... asks for URLs of the missing parts, uploads them, and completes.
+    more = call("POST", f"/uploads/{upload_id}/parts", body={"partNumbers": missing})
+    assert more.status == 200, more.body
+    assert [p["partNumber"] for p in more.body["partUrls"]] == [3, 4]
+    for part in more.body["partUrls"]:
+        have[part["partNumber"]] = put_part(
+            part["url"], chunk(payload, 5 * MiB, part["partNumber"])
+        )
+    done = call(
+        "POST",
+        f"/uploads/{upload_id}/complete",
+        body={"parts": [{"partNumber": n, "etag": e} for n, e in sorted(have.items())]},
+    )
+    assert done.status == 200, done.body
+    assert done.body["completed"] is True and done.body["etag"].strip('"').endswith("-4")
+
+    stored = s3.get_object(Bucket=bucket, Key=done.body["key"])
+    assert stored["ContentLength"] == SIZE
+    assert stored["ContentType"] == "video/mp4"
+    assert hashlib.sha256(stored["Body"].read()).digest() == hashlib.sha256(payload).digest()
+
+    # S3 no longer has the multipart upload; the row waits for the S3 event (enqueue path).
+    after = call("GET", f"/uploads/{upload_id}")
+    assert after.body["state"] == "pending"
+    assert after.body["multipartOpen"] is False and after.body["uploadedParts"] == []
+    again = call(
+        "POST",
+        f"/uploads/{upload_id}/complete",
+        body={"parts": [{"partNumber": n, "etag": e} for n, e in sorted(have.items())]},
+    )
+    assert again.status == 409 and "already completed" in again.message
+    assert upload_row(settings, upload_id)["state"] == "pending"  # not taken for aborted
+    assert call("DELETE", f"/uploads/{upload_id}").status == 409
+
+
+def test_uploaded_parts_are_listed_across_pages(lambda_env, monkeypatch, payload):
+    monkeypatch.setattr("offload.uploads.LIST_PARTS_PAGE", 1)
+    view = start_multipart(monkeypatch)
+    for part in view["partUrls"][:3]:
+        put_part(part["url"], chunk(payload, view["partSize"], part["partNumber"]))
+    status = call("GET", f"/uploads/{view['id']}")
+    assert [p["partNumber"] for p in status.body["uploadedParts"]] == [1, 2, 3]
+
+
+def test_abort_multipart_upload(lambda_env, settings, s3, bucket, monkeypatch, payload):
+    view = start_multipart(monkeypatch)
+    put_part(view["partUrls"][0]["url"], chunk(payload, view["partSize"], 1))
+    multipart_id = upload_row(settings, view["id"])["multipart_upload_id"]
+
+    aborted = call("DELETE", f"/uploads/{view['id']}")
+    assert aborted.status == 200, aborted.body
+    assert aborted.body["state"] == "aborted"
+    with pytest.raises(s3.exceptions.NoSuchUpload):
+        s3.list_parts(Bucket=bucket, Key=view["key"], UploadId=multipart_id)
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert upload_row(settings, view["id"])["state"] == "aborted"
+
+    status = call("GET", f"/uploads/{view['id']}")
+    assert status.status == 200 and status.body["state"] == "aborted"
+    assert "uploadedParts" not in status.body
+    assert call("DELETE", f"/uploads/{view['id']}").status == 200  # idempotent
+    more = call("POST", f"/uploads/{view['id']}/parts", body={"partNumbers": [2]})
+    assert more.status == 409 and "aborted" in more.message
+    done = call(
+        "POST", f"/uploads/{view['id']}/complete", body={"parts": [{"partNumber": 1, "etag": "x"}]}
+    )
+    assert done.status == 409
+
+
+def test_abort_single_upload_before_bytes_arrive(lambda_env, settings):
+    created = call(
+        "POST", "/uploads", body={"filename": "a.png", "size": 10, "contentType": "image/png"}
+    )
+    aborted = call("DELETE", f"/uploads/{created.body['id']}")
+    assert aborted.status == 200 and aborted.body["state"] == "aborted"
+    assert upload_row(settings, created.body["id"])["state"] == "aborted"
+
+
+def test_uploaded_or_queued_upload_cannot_be_aborted_or_completed(
+    lambda_env, settings, monkeypatch
+):
+    view = start_multipart(monkeypatch)
+    from lambdas import runtime
+
+    store = runtime.run(runtime.uploads())
+    runtime.run(store.mark_uploaded(view["id"], size_actual=SIZE, etag='"e-4"', version_id=None))
+    complete = call(
+        "POST",
+        f"/uploads/{view['id']}/complete",
+        body={"parts": [{"partNumber": n, "etag": "e"} for n in range(1, 5)]},
+    )
+    assert complete.status == 409 and "already completed" in complete.message
+    aborted = call("DELETE", f"/uploads/{view['id']}")
+    assert aborted.status == 409
+    assert upload_row(settings, view["id"])["state"] == "uploaded"
+    runtime.run(store.mark_queued(view["id"]))
+    assert call("DELETE", f"/uploads/{view['id']}").status == 409
+    assert call("GET", f"/uploads/{view['id']}").body["state"] == "queued"
+
+
+def test_complete_with_a_wrong_etag_is_refused_and_can_be_fixed(
+    lambda_env, s3, bucket, monkeypatch, payload
+):
+    view = start_multipart(monkeypatch)
+    etags = {
+        p["partNumber"]: put_part(p["url"], chunk(payload, view["partSize"], p["partNumber"]))
+        for p in view["partUrls"]
+    }
+    wrong = dict(etags) | {3: '"0123456789abcdef0123456789abcdef"'}
+    refused = call(
+        "POST",
+        f"/uploads/{view['id']}/complete",
+        body={"parts": [{"partNumber": n, "etag": e} for n, e in sorted(wrong.items())]},
+    )
+    assert refused.status == 400, refused.body
+    assert "InvalidPart" in refused.message and refused.body["field"] == "parts"
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=bucket, Key=view["key"])
+    # the multipart upload is still open: the client can complete it with the right etags
+    # (given without quotes this time: both forms are accepted)
+    fixed = call(
+        "POST",
+        f"/uploads/{view['id']}/complete",
+        body={"parts": [{"partNumber": n, "etag": e.strip('"')} for n, e in etags.items()]},
+    )
+    assert fixed.status == 200, fixed.body
+    assert s3.head_object(Bucket=bucket, Key=view["key"])["ContentLength"] == SIZE
+
+
+def test_complete_checks_parts_against_the_plan(lambda_env, s3, bucket, monkeypatch, payload):
+    view = start_multipart(monkeypatch)
+    urls = {p["partNumber"]: p["url"] for p in view["partUrls"]}
+    etags = {n: put_part(urls[n], chunk(payload, view["partSize"], n)) for n in (1, 2, 4)}
+
+    def complete(parts: dict[int, str]):
+        return call(
+            "POST",
+            f"/uploads/{view['id']}/complete",
+            body={"parts": [{"partNumber": n, "etag": e} for n, e in sorted(parts.items())]},
+        )
+
+    not_listed = complete(etags)
+    assert not_listed.status == 400 and "missing: 3" in not_listed.message
+    not_uploaded = complete(etags | {3: '"whatever"'})
+    assert not_uploaded.status == 400 and "not uploaded yet: 3" in not_uploaded.message
+    etags[3] = put_part(urls[3], b"too short")
+    wrong_size = complete(etags)
+    assert wrong_size.status == 400 and "part 3 has 9 bytes" in wrong_size.message
+    with pytest.raises(s3.exceptions.ClientError):
+        s3.head_object(Bucket=bucket, Key=view["key"])
+    duplicate = call(
+        "POST",
+        f"/uploads/{view['id']}/complete",
+        body={"parts": [{"partNumber": 1, "etag": etags[1]}] * 2},
+    )
+    assert duplicate.status == 400 and "twice" in duplicate.message
+
+
+def test_multipart_upload_of_exactly_the_single_limit_plus_one(lambda_env, monkeypatch):
+    """The threshold: size == single_upload_max_bytes is one POST, one byte more is multipart
+    (one part: S3 allows a last part under 5 MiB)."""
+    configure(monkeypatch, OFFLOAD_SINGLE_UPLOAD_MAX_BYTES=1000)
+    body = {"filename": "x.bin", "contentType": "application/octet-stream"}
+    assert call("POST", "/uploads", body=body | {"size": 1000}).body["type"] == "single"
+    over = call("POST", "/uploads", body=body | {"size": 1001}).body
+    assert over["type"] == "multipart"
+    assert (over["partCount"], over["partSize"], len(over["partUrls"])) == (1, 5 * MiB, 1)
+
+
+def test_multipart_upload_is_aborted_when_its_row_cannot_be_stored(
+    lambda_env, s3, bucket, monkeypatch
+):
+    configure(monkeypatch, OFFLOAD_SINGLE_UPLOAD_MAX_BYTES=1)
+    from offload.db.uploads import UploadStore
+
+    async def broken(self, **kwargs):
+        raise psycopg.OperationalError("connection lost")
+
+    monkeypatch.setattr(UploadStore, "create", broken)
+    answer = call("POST", "/uploads", body={"filename": "a.bin", "size": 6 * MiB,
+                                            "contentType": "application/octet-stream"})  # fmt: skip
+    assert answer.status == 503 and set(answer.body) == {"message"}
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
