@@ -40,14 +40,12 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError as Rout
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 
+from lambdas.tracing import current_tracer, traced
 from offload import uploads
 from offload.uploads import Conflict, InvalidRequest, NotFound, RequestError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from types import ModuleType
-
-    from aws_lambda_powertools import Tracer
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "offload-api")
 _SUB = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # a Cognito sub is a UUID; it names key segments
@@ -327,27 +325,10 @@ def _unexpected(exc: Exception) -> Response:
 # --- entry point ------------------------------------------------------------------------------
 
 
-_tracer: Tracer | None = None
-_traced: Callable[[dict[str, Any], Any], dict[str, Any]] | None = None
-
-
-def tracer() -> Tracer:
-    """Powertools Tracer, made on the first invocation: the X-Ray SDK it loads creates botocore
-    clients at import (~0.3-0.5 s), which would otherwise weigh on every import of this module.
-    It auto-patches botocore, so S3 calls show up as subsegments. Responses are never captured
-    (they carry presigned URLs)."""
-    global _tracer
-    if _tracer is None:
-        from aws_lambda_powertools import Tracer
-
-        _tracer = Tracer(service=SERVICE)
-    return _tracer
-
-
 @metrics.log_metrics(capture_cold_start_metric=True)
 def _resolve(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    if _tracer is not None:
-        _tracer.put_annotation("route", f"{event.get('httpMethod')} {event.get('resource')}")
+    if (tracer := current_tracer()) is not None:
+        tracer.put_annotation("route", f"{event.get('httpMethod')} {event.get('resource')}")
     response = app.resolve(event, context)
     logger.info(
         "request",
@@ -364,15 +345,10 @@ def _resolve(event: dict[str, Any], context: Any) -> dict[str, Any]:
     correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False, clear_state=True
 )
 def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    global _traced
-    if _traced is None:
-        # With tracing off (tests, local runs) the X-Ray SDK is not even loaded.
-        disabled = os.environ.get("POWERTOOLS_TRACE_DISABLED", "").strip().lower()
-        if disabled in ("1", "true", "yes", "on"):
-            _traced = _resolve
-        else:
-            _traced = tracer().capture_lambda_handler(_resolve, capture_response=False)
     with warnings.catch_warnings():
         # Read-only routes publish no metric; that is expected, not worth a warning per call.
         warnings.filterwarnings("ignore", message="No application metrics to publish")
-        return _traced(event, context)
+        return _traced_resolve(event, context)
+
+
+_traced_resolve = traced(_resolve)

@@ -11,8 +11,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import redis.asyncio
 from bullmq import Queue
 from psycopg_pool import AsyncConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
@@ -20,10 +23,28 @@ from offload.jobs import JobRef, job_id
 from offload.redis_conn import connection_options
 from offload.settings import Settings
 
+# Producers answer requests (API Gateway gives up after 29 s, an SQS batch has its budget):
+# with bullmq's own client a refused connection is retried 20 times with backoff up to 20 s,
+# minutes before the caller hears of it. Fail within seconds instead; the caller retries.
+PRODUCER_SOCKET_TIMEOUT_S = 5.0
+PRODUCER_RETRIES = 2
+
+
+def producer_connection(settings: Settings) -> redis.asyncio.Redis:
+    options = connection_options(
+        settings.redis_url, settings.redis_auth_token, socket_connect_timeout=3.0
+    )
+    options["socket_timeout"] = PRODUCER_SOCKET_TIMEOUT_S  # producers never block on Redis
+    return redis.asyncio.Redis(
+        decode_responses=True,  # what bullmq's scripts expect
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), PRODUCER_RETRIES),
+        **options,
+    )
+
 
 def queue_options(settings: Settings) -> dict[str, Any]:
     return {
-        "connection": connection_options(settings.redis_url, settings.redis_auth_token),
+        "connection": producer_connection(settings),
         "prefix": settings.queue_prefix,
         "defaultJobOptions": settings.default_job_options(),
     }

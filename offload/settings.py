@@ -112,6 +112,8 @@ class Settings:
     url_expiry_s: int = 900
     part_url_batch: int = 100
     reconcile_after_s: int = 600
+    reconcile_limit: int = 500
+    enqueue_record_timeout_s: int = 10
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -163,6 +165,10 @@ class Settings:
             url_expiry_s=_int(env, "OFFLOAD_URL_EXPIRY_S", defaults.url_expiry_s, 1),
             part_url_batch=_int(env, "OFFLOAD_PART_URL_BATCH", defaults.part_url_batch, 1),
             reconcile_after_s=_int(env, "OFFLOAD_RECONCILE_AFTER_S", defaults.reconcile_after_s, 1),
+            reconcile_limit=_int(env, "OFFLOAD_RECONCILE_LIMIT", defaults.reconcile_limit, 1),
+            enqueue_record_timeout_s=_int(
+                env, "OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S", defaults.enqueue_record_timeout_s, 1
+            ),
         )
 
     def default_job_options(self) -> dict[str, Any]:

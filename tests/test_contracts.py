@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from offload.jobs import INSPECT, THUMBNAIL, InvalidJobData, JobRef, job_id
 from offload.keys import KeyLayoutError, UploadKey, sanitize_filename
@@ -109,3 +110,22 @@ def test_upload_key_layout():
             UploadKey.parse(bad)
     with pytest.raises(KeyLayoutError):
         UploadKey.build("../x", "u", "f")
+
+
+def test_producer_fails_fast_when_redis_is_down(settings):
+    import asyncio
+    import time
+    from dataclasses import replace
+
+    from offload.queue import producer
+
+    down = replace(settings, redis_url="redis://127.0.0.1:1/0")
+
+    async def scenario():
+        async with producer(down) as prod:
+            await prod.queue.add("noop", {"bucket": "b", "key": "k"}, {"jobId": "fast-fail"})
+
+    started = time.monotonic()
+    with pytest.raises(redis.exceptions.ConnectionError, match=r"(?i)connect"):
+        asyncio.run(scenario())
+    assert time.monotonic() - started < 10

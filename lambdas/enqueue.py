@@ -1,0 +1,228 @@
+"""Enqueue Lambda: S3 ObjectCreated -> SQS -> this function -> jobs in Redis, rows in PostgreSQL.
+
+Each SQS message is one record of a partial batch (Powertools ``BatchProcessor``): a record that
+fails is reported in ``batchItemFailures`` and only that message comes back; the others are
+deleted. What becomes of a message:
+
+* ``s3:TestEvent``, non-ObjectCreated events, keys outside ``uploads/``: skipped (success).
+* a message that is not an S3 notification (bad JSON, missing fields): logged with the reason and
+  **failed**, so it is redelivered and lands in the DLQ after ``maxReceiveCount`` (a poison
+  message is never silently dropped; the DLQ depth alarm shows it).
+* an object without a valid upload behind it (forged key, no row) or with the wrong size:
+  rejected, logged, no job; the row, if any, is marked ``rejected`` (success: retrying cannot
+  change the answer). The object stays for the bucket's lifecycle rules.
+* otherwise the row is marked ``uploaded`` with the object's real size and ETag, the upload's
+  jobs are enqueued (``inspect``; ``thumbnail`` for ``image/*``) and the row is marked
+  ``queued`` (success).
+* PostgreSQL or Redis unavailable: the record fails (SQS redelivers it; the DLQ keeps it after
+  ``maxReceiveCount``). Each record gets at most ``OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S`` (and never
+  more than the invocation has left), and once a dependency failed, later records that need it
+  fail at once instead of each waiting out the timeout.
+
+The object's size and ETag come from the event; the object is HEADed only when the event lacks
+them (S3 always sends both for ObjectCreated; the HEAD is a fallback for other producers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Coroutine
+from typing import Any
+
+import psycopg
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import (
+    BatchProcessor,
+    EventType,
+    process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from psycopg_pool import PoolTimeout
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from lambdas import runtime
+from lambdas.tracing import traced
+from offload import aws
+from offload.jobs import JobRef
+from offload.s3events import (
+    MalformedEvent,
+    Outcome,
+    S3ObjectEvent,
+    accept_object,
+    finished_jobs,
+    parse_message,
+)
+
+logger = Logger()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
+# offload.* modules log through the standard library: same JSON format and Lambda context.
+logging.getLogger("offload")  # registered now, so the copy below finds it
+copy_config_to_registered_loggers(source_logger=logger, include={"offload"})
+
+# Time kept back so the partial-batch answer is returned before the function times out (a
+# timeout would send the whole batch back, including the records that succeeded).
+SAFETY_MARGIN_S = 2.0
+
+_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
+_DATABASE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+
+
+class DependencyUnavailable(RuntimeError):
+    """PostgreSQL or Redis did not answer; the message is retried by SQS."""
+
+
+class _Dependencies:
+    """Which dependency failed during this invocation, so later records that need it fail at
+    once (they come back with SQS's redelivery) instead of each waiting out its timeout."""
+
+    def __init__(self) -> None:
+        self.down: dict[str, str] = {}
+        self.stage = "postgres"
+
+    def enter(self, name: str) -> None:
+        if name in self.down:
+            raise DependencyUnavailable(
+                f"{name} unavailable earlier in this batch: {self.down[name]}"
+            )
+        self.stage = name
+
+    def trip(self, name: str, reason: str) -> None:
+        self.down.setdefault(name, reason)
+
+
+_deps = _Dependencies()
+
+
+def _run(coro: Coroutine[Any, Any, Outcome], context: Any) -> Outcome:
+    """Run on the container's loop within the record's time budget."""
+    remaining_s = context.get_remaining_time_in_millis() / 1000 if context else float("inf")
+    budget = min(runtime.settings().enqueue_record_timeout_s, remaining_s - SAFETY_MARGIN_S)
+    if budget <= 0:
+        coro.close()
+        raise DependencyUnavailable("no time left in this invocation; the message is retried")
+    try:
+        return runtime.run(asyncio.wait_for(coro, budget))
+    except TimeoutError as exc:
+        reason = f"no answer within {budget:.1f}s"
+        _deps.trip(_deps.stage, reason)
+        raise DependencyUnavailable(f"{_deps.stage}: {reason}") from exc
+    except _REDIS_ERRORS as exc:
+        _deps.trip("redis", exc.__class__.__name__)
+        raise
+    except _DATABASE_ERRORS as exc:
+        _deps.trip("postgres", exc.__class__.__name__)
+        raise
+
+
+async def _accept(event: S3ObjectEvent) -> Outcome:
+    _deps.enter("postgres")
+    uploads = await runtime.uploads()
+    producer = await runtime.producer()
+
+    async def enqueue(name: str, ref: JobRef) -> str:
+        _deps.enter("redis")  # Producer.enqueue: status row (PostgreSQL), then the queue
+        added = await producer.enqueue(name, ref)
+        _deps.stage = "postgres"  # not in a finally: a timeout must be blamed on this stage
+        return added
+
+    pool = await runtime.pool()
+    return await accept_object(event, uploads, enqueue, lambda ids: finished_jobs(pool, ids))
+
+
+def _head(event: S3ObjectEvent) -> S3ObjectEvent | None:
+    """Size and ETag from S3 when the event lacked them; None if the object is gone."""
+    from botocore.exceptions import ClientError
+
+    params = {"Bucket": event.bucket, "Key": event.key}
+    if event.version_id:
+        params["VersionId"] = event.version_id
+    try:
+        head = aws.s3_client(runtime.settings().s3_endpoint_url).head_object(**params)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
+            return None
+        raise
+    return event.with_head(head)
+
+
+def _handle_event(event: S3ObjectEvent, fields: dict[str, Any], context: Any) -> None:
+    fields = fields | {"bucket": event.bucket, "key": event.key, "event_name": event.event_name}
+    if not event.is_object_created or not event.is_upload:
+        logger.info("event skipped: not an upload object creation", extra=fields)
+        metrics.add_metric(name="EventsSkipped", unit=MetricUnit.Count, value=1)
+        return
+    if not event.complete:
+        completed = _head(event)
+        if completed is None:
+            logger.warning("object no longer exists; nothing to enqueue", extra=fields)
+            metrics.add_metric(name="ObjectsIgnored", unit=MetricUnit.Count, value=1)
+            return
+        event = completed
+    outcome = _run(_accept(event), context)
+    fields |= {"upload_id": outcome.upload_id, "size": event.size, "etag": event.etag}
+    if outcome.status == "accepted":
+        logger.info("upload queued", extra=fields | {"job_ids": list(outcome.job_ids)})
+        metrics.add_metric(name="ObjectsAccepted", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="JobsEnqueued", unit=MetricUnit.Count, value=len(outcome.job_ids))
+    elif outcome.status == "rejected":
+        logger.warning("object rejected: no job", extra=fields | {"reason": outcome.reason})
+        metrics.add_metric(name="ObjectsRejected", unit=MetricUnit.Count, value=1)
+    else:
+        logger.info("event ignored", extra=fields | {"reason": outcome.reason})
+        metrics.add_metric(name="ObjectsIgnored", unit=MetricUnit.Count, value=1)
+
+
+def record_handler(record: SQSRecord, lambda_context: Any = None) -> None:
+    fields = {
+        "message_id": record.message_id,
+        "receive_count": record.attributes.approximate_receive_count,
+    }
+    try:
+        notification = parse_message(record.body)
+    except MalformedEvent as exc:
+        logger.error(
+            "malformed message: failed, dead-lettered after maxReceiveCount",
+            extra=fields | {"reason": str(exc)},
+        )
+        metrics.add_metric(name="MessagesMalformed", unit=MetricUnit.Count, value=1)
+        raise
+    if notification.test_event:
+        logger.info("s3:TestEvent skipped", extra=fields | {"bucket": notification.bucket})
+        metrics.add_metric(name="EventsSkipped", unit=MetricUnit.Count, value=1)
+        return
+    try:
+        for event in notification.records:
+            _handle_event(event, fields, lambda_context)
+    except Exception as exc:
+        logger.warning(
+            "record failed; SQS will deliver it again",
+            extra=fields | {"error": f"{exc.__class__.__name__}: {str(exc)[:300]}"},
+        )
+        metrics.add_metric(name="RecordsFailed", unit=MetricUnit.Count, value=1)
+        raise
+
+
+@metrics.log_metrics
+def _process(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    global _deps
+    _deps = _Dependencies()
+    settings = runtime.settings()
+    metrics.namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or settings.metrics_namespace
+    metrics.add_dimension(name="Queue", value=settings.queue_name)
+    return process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
+
+
+_handle = traced(_process)
+
+
+@logger.inject_lambda_context
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    return _handle(event, context)

@@ -1,0 +1,242 @@
+"""Reconciliation: PostgreSQL is the source of truth, Redis only dispatches.
+
+Two repairs, each bounded per run:
+
+1. **Stranded uploads.** An upload whose object is in S3 (state ``uploaded``, or ``queued`` but
+   without job rows) for longer than ``reconcile_after_s``: its missing jobs are enqueued
+   (same deterministic ids as the enqueue Lambda's, so a late S3 event changes nothing) and
+   the row is marked ``queued``. This covers an enqueue Lambda that stored ``uploaded`` and then
+   lost Redis, and messages that ended in the DLQ after the row was updated.
+2. **Lost jobs.** A job row ``queued``/``active``/``retrying`` not updated for
+   ``reconcile_after_s`` whose job the queue no longer has (``Queue.getJob`` is None, e.g. the
+   newest writes lost in an ElastiCache failover, or a ``queued`` row whose add never reached
+   Redis): the row goes back to ``queued`` (attempt 0, so the new run's status writes are
+   accepted) with a ``job_events`` entry saying why, then the job is added again under the same
+   id. Rows are visited in id order from a cursor kept in Redis, so with more in-flight rows than
+   the per-run limit every row is still checked, one page per run.
+
+Both repairs only touch rows older than ``reconcile_after_s``, leaving the normal path (row
+written, then the job added a few milliseconds later) alone. Jobs are idempotent (same id, same
+output keys), so a repair that races a slow normal path costs at most a repeated run.
+Operators who remove a job from Redis by hand must also end its row (``failed``): otherwise
+this reconciler puts it back.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from psycopg.rows import class_row, dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from offload.db.uploads import Upload, UploadStore
+from offload.jobs import JobRef, job_id
+from offload.queue import Producer
+from offload.s3events import planned_jobs
+from offload.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 500
+IN_FLIGHT = ("queued", "active", "retrying")
+_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
+
+_UPLOAD_COLUMNS = (
+    "u.id, u.owner, u.bucket, u.key, u.filename, u.content_type, u.size_announced,"
+    " u.size_actual, u.etag, u.version_id, u.multipart_upload_id, u.state, u.error,"
+    " u.created_at, u.updated_at"
+)
+
+STRANDED_UPLOADS = f"""
+SELECT {_UPLOAD_COLUMNS} FROM uploads u
+WHERE u.updated_at < now() - make_interval(secs => %(after_s)s)
+  AND (u.state = 'uploaded'
+       OR (u.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id)))
+ORDER BY u.updated_at, u.id
+LIMIT %(limit)s
+"""
+
+EXISTING_JOBS = "SELECT id FROM jobs WHERE id = ANY(%(ids)s)"
+
+IN_FLIGHT_JOBS = """
+SELECT j.id, j.name, j.upload_id, j.owner, j.bucket, j.key, j.revision, j.state, j.updated_at,
+       u.version_id AS upload_version_id, u.etag AS upload_etag
+FROM jobs j LEFT JOIN uploads u ON u.id = j.upload_id
+WHERE j.queue = %(queue)s AND j.state = ANY(%(states)s)
+  AND j.updated_at < now() - make_interval(secs => %(after_s)s)
+  AND j.id > %(cursor)s
+ORDER BY j.id
+LIMIT %(limit)s
+"""
+
+# Back to queued only if the row is still what we saw (no worker wrote since), in one statement
+# with its event, like every status transition.
+REQUEUE = """
+WITH changed AS (
+    UPDATE jobs SET state = 'queued', attempt = 0, worker_id = NULL, progress = NULL,
+        started_at = NULL, finished_at = NULL, updated_at = now()
+    WHERE id = %(id)s AND state = %(state)s AND updated_at = %(updated_at)s
+    RETURNING id, attempt, state, worker_id
+)
+INSERT INTO job_events (job_id, attempt, state, worker_id, message)
+SELECT id, attempt, state, worker_id, %(message)s FROM changed
+"""
+
+
+@dataclass
+class ReconcileReport:
+    uploads_checked: int = 0
+    uploads_requeued: int = 0
+    jobs_enqueued: int = 0
+    jobs_checked: int = 0
+    jobs_missing: int = 0
+    jobs_requeued: int = 0
+    jobs_unrecoverable: int = 0
+    cursor_wrapped: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ref_for_job_row(row: dict[str, Any]) -> JobRef | None:
+    """The job's reference rebuilt from its status row (its Redis data is gone). The row keeps
+    one ``revision`` (version id, else ETag); the upload row tells which it was, and without
+    one an S3 ETag's shape does. None if no reference reproduces the row's id."""
+    revision = row["revision"] or None
+    common = {
+        "bucket": row["bucket"],
+        "key": row["key"],
+        "owner": row["owner"],
+        "upload_id": row["upload_id"],
+    }
+    candidates = []
+    if row.get("upload_version_id") or row.get("upload_etag"):
+        candidates.append(
+            JobRef(**common, version_id=row["upload_version_id"], etag=row["upload_etag"])
+        )
+    if revision is None:
+        candidates.append(JobRef(**common))
+    elif _ETAG.match(revision):
+        candidates.append(JobRef(**common, etag=revision))
+    else:
+        candidates.append(JobRef(**common, version_id=revision))
+    for ref in candidates:
+        if job_id(row["name"], ref) == row["id"]:
+            return ref
+    return None
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        pool: AsyncConnectionPool,
+        producer: Producer,
+        *,
+        limit: int = DEFAULT_LIMIT,
+    ):
+        self.settings = settings
+        self.pool = pool
+        self.producer = producer
+        self.uploads = UploadStore(pool)
+        self.limit = max(1, limit)
+
+    @property
+    def cursor_key(self) -> str:
+        return f"{self.settings.queue_prefix}:{self.settings.queue_name}:reconciler-cursor"
+
+    async def run(self) -> ReconcileReport:
+        report = ReconcileReport()
+        await self.repair_stranded_uploads(report)
+        await self.repair_lost_jobs(report)
+        log.info("reconciliation done", extra=report.as_dict())
+        return report
+
+    async def _fetch(self, statement: str, params: dict[str, Any], row_factory: Any) -> list:
+        async with self.pool.connection() as conn:
+            cursor = conn.cursor(row_factory=row_factory)
+            await cursor.execute(statement, params)
+            return await cursor.fetchall()
+
+    async def repair_stranded_uploads(self, report: ReconcileReport) -> None:
+        uploads: list[Upload] = await self._fetch(
+            STRANDED_UPLOADS,
+            {"after_s": self.settings.reconcile_after_s, "limit": self.limit},
+            class_row(Upload),
+        )
+        for upload in uploads:
+            report.uploads_checked += 1
+            planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
+            existing = {
+                row["id"]
+                for row in await self._fetch(
+                    EXISTING_JOBS, {"ids": [jid for jid, _, _ in planned]}, dict_row
+                )
+            }
+            # Jobs with a row are repair 2's business (and re-adding a finished job whose Redis
+            # entry was removed by retention would run it again).
+            for jid, name, ref in planned:
+                if jid not in existing:
+                    await self.producer.enqueue(name, ref)
+                    report.jobs_enqueued += 1
+            if await self.uploads.mark_queued(upload.id) is not None:
+                report.uploads_requeued += 1
+                log.info(
+                    "stranded upload queued",
+                    extra={"upload_id": upload.id, "state": upload.state},
+                )
+
+    async def repair_lost_jobs(self, report: ReconcileReport) -> None:
+        client = self.producer.queue.client
+        cursor = await client.get(self.cursor_key) or ""
+        rows = await self._fetch(
+            IN_FLIGHT_JOBS,
+            {
+                "queue": self.settings.queue_name,
+                "states": list(IN_FLIGHT),
+                "after_s": self.settings.reconcile_after_s,
+                "cursor": cursor,
+                "limit": self.limit,
+            },
+            dict_row,
+        )
+        for row in rows:
+            report.jobs_checked += 1
+            if await self.producer.queue.getJob(row["id"]) is not None:
+                continue
+            report.jobs_missing += 1
+            result = await self._requeue(row)
+            if result == "requeued":
+                report.jobs_requeued += 1
+            elif result == "unrecoverable":
+                report.jobs_unrecoverable += 1
+        # A short page means the end of the id range: start again from the beginning.
+        report.cursor_wrapped = len(rows) < self.limit
+        await client.set(self.cursor_key, "" if report.cursor_wrapped else rows[-1]["id"])
+
+    async def _requeue(self, row: dict[str, Any]) -> str:
+        fields = {"job_id": row["id"], "upload_id": row["upload_id"], "state": row["state"]}
+        ref = ref_for_job_row(row)
+        if ref is None:
+            log.error("lost job cannot be rebuilt from its row; left as is", extra=fields)
+            return "unrecoverable"
+        message = f"re-enqueued by the reconciler: job missing from the queue (was {row['state']})"
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(
+                REQUEUE,
+                {
+                    "id": row["id"],
+                    "state": row["state"],
+                    "updated_at": row["updated_at"],
+                    "message": message,
+                },
+            )
+            changed = cursor.rowcount > 0
+        if not changed:
+            return "changed"  # a worker wrote in between: the job is alive after all
+        await self.producer.enqueue(row["name"], ref)
+        log.warning("lost job re-enqueued", extra=fields)
+        return "requeued"

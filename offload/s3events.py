@@ -1,0 +1,293 @@
+"""S3 object events, from the SQS message body to the jobs of an accepted upload.
+
+Two layers:
+
+* parsing (pure functions): an SQS message body holding an S3 event notification becomes an
+  :class:`S3Notification` of typed :class:`S3ObjectEvent` records, or raises
+  :class:`MalformedEvent` with the reason. Keys arrive URL-encoded (``unquote_plus``: a space
+  is ``+``, a ``+`` is ``%2B``; moto also encodes ``/``). The ``s3:TestEvent`` S3 sends when a
+  notification is configured parses as a test notification with no records.
+* acceptance (:func:`accept_object`): the object is matched to its upload row (addressed by the
+  upload id in its key), its size is checked against what the API was told, the row is marked
+  ``uploaded``, the upload's jobs are enqueued, and the row is marked ``queued``. An object
+  that does not belong to an upload, or whose size is wrong, gets no job.
+
+S3 delivers events at least once, sometimes twice for one object (moto, and S3 for some
+multipart completions, send ``ObjectCreated:Put`` *and* ``ObjectCreated:CompleteMultipartUpload``
+with the same size and ETag): every step is idempotent and the job id is derived from bucket +
+key + version/ETag, so a repeated event finds the row ``queued`` and re-adds the same job ids
+(a no-op in PostgreSQL and in Redis).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+from urllib.parse import unquote_plus
+
+from psycopg_pool import AsyncConnectionPool
+
+from offload.db.uploads import Upload, UploadStore
+from offload.jobs import INSPECT, THUMBNAIL, JobRef, job_id
+from offload.keys import UPLOADS_PREFIX, KeyLayoutError, UploadKey
+
+log = logging.getLogger(__name__)
+
+TEST_EVENT = "s3:TestEvent"
+OBJECT_CREATED = "ObjectCreated:"
+
+
+class MalformedEvent(ValueError):
+    """The message is not an S3 event notification we can read; retrying cannot fix it."""
+
+
+@dataclass(frozen=True)
+class S3ObjectEvent:
+    """One record of an S3 event notification, key decoded, ETag without quotes."""
+
+    event_name: str
+    bucket: str
+    key: str
+    size: int | None = None
+    etag: str | None = None
+    version_id: str | None = None
+    sequencer: str | None = None
+    event_time: str | None = None
+
+    @property
+    def is_object_created(self) -> bool:
+        return self.event_name.startswith(OBJECT_CREATED)
+
+    @property
+    def is_upload(self) -> bool:
+        return self.key.startswith(UPLOADS_PREFIX)
+
+    @property
+    def complete(self) -> bool:
+        """Size and ETag known: no HEAD needed."""
+        return self.size is not None and self.etag is not None
+
+    def with_head(self, head: dict[str, Any]) -> S3ObjectEvent:
+        """Fill what the event lacked from a ``HeadObject`` response."""
+        return replace(
+            self,
+            size=self.size if self.size is not None else int(head["ContentLength"]),
+            etag=self.etag or _unquote_etag(head.get("ETag")),
+            version_id=self.version_id or _version(head.get("VersionId")),
+        )
+
+
+@dataclass(frozen=True)
+class S3Notification:
+    records: tuple[S3ObjectEvent, ...] = ()
+    test_event: bool = False
+    bucket: str | None = None  # for a test event
+
+
+def _unquote_etag(etag: Any) -> str | None:
+    if etag is None:
+        return None
+    return str(etag).strip('"') or None
+
+
+def _version(value: Any) -> str | None:
+    # S3 omits versionId for unversioned buckets; treat an empty one the same way.
+    return str(value) if value else None
+
+
+def _field(mapping: Any, name: str, where: str) -> Any:
+    if not isinstance(mapping, dict) or name not in mapping:
+        raise MalformedEvent(f"{where} has no {name!r}")
+    return mapping[name]
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise MalformedEvent(f"{where} must be a non-empty string")
+    return value
+
+
+def decode_key(raw: str) -> str:
+    """An event's object key as stored in S3 (keys in events are URL-encoded, form style)."""
+    try:
+        return unquote_plus(raw, errors="strict")
+    except UnicodeDecodeError as exc:
+        raise MalformedEvent(f"object key {raw[:100]!r} is not percent-encoded UTF-8") from exc
+
+
+def parse_record(record: Any) -> S3ObjectEvent:
+    """One entry of ``Records``."""
+    if not isinstance(record, dict):
+        raise MalformedEvent("record is not an object")
+    source = record.get("eventSource")
+    if source != "aws:s3":
+        raise MalformedEvent(f"record eventSource is {source!r}, not 'aws:s3'")
+    event_name = _string(_field(record, "eventName", "record"), "eventName")
+    s3 = _field(record, "s3", "record")
+    bucket = _string(_field(_field(s3, "bucket", "s3"), "name", "s3.bucket"), "s3.bucket.name")
+    obj = _field(s3, "object", "s3")
+    key = decode_key(_string(_field(obj, "key", "s3.object"), "s3.object.key"))
+    size = obj.get("size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise MalformedEvent(f"s3.object.size must be a non-negative integer, got {size!r}")
+    etag = obj.get("eTag")
+    if etag is not None and not isinstance(etag, str):
+        raise MalformedEvent("s3.object.eTag must be a string")
+    version_id = obj.get("versionId")
+    if version_id is not None and not isinstance(version_id, str):
+        raise MalformedEvent("s3.object.versionId must be a string")
+    event_time = record.get("eventTime")
+    return S3ObjectEvent(
+        event_name=event_name,
+        bucket=bucket,
+        key=key,
+        size=size,
+        etag=_unquote_etag(etag),
+        version_id=_version(version_id),
+        sequencer=obj.get("sequencer") if isinstance(obj.get("sequencer"), str) else None,
+        event_time=event_time if isinstance(event_time, str) else None,
+    )
+
+
+def parse_notification(document: Any) -> S3Notification:
+    """An S3 event notification already decoded from JSON."""
+    if not isinstance(document, dict):
+        raise MalformedEvent(f"notification is a {type(document).__name__}, not an object")
+    if document.get("Event") == TEST_EVENT:
+        bucket = document.get("Bucket")
+        return S3Notification(test_event=True, bucket=bucket if isinstance(bucket, str) else None)
+    records = document.get("Records")
+    if not isinstance(records, list) or not records:
+        raise MalformedEvent("notification has no Records")
+    return S3Notification(records=tuple(parse_record(record) for record in records))
+
+
+def parse_message(body: str | None) -> S3Notification:
+    """The body of an SQS message that S3 sent (S3 -> SQS notification)."""
+    if not body:
+        raise MalformedEvent("message body is empty")
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise MalformedEvent(f"message body is not JSON: {exc}") from exc
+    return parse_notification(document)
+
+
+# ---------------------------------------------------------------------------------------------
+# Acceptance
+
+
+def planned_jobs(upload: Upload) -> list[tuple[str, JobRef]]:
+    """The jobs an accepted upload gets: ``inspect`` always, ``thumbnail`` for images. The
+    reference comes from the row, so the enqueue Lambda and the reconciler derive the same
+    job ids."""
+    ref = JobRef(
+        bucket=upload.bucket,
+        key=upload.key,
+        version_id=upload.version_id,
+        etag=upload.etag,
+        owner=upload.owner,
+        upload_id=upload.id,
+    )
+    names = [INSPECT]
+    if (upload.content_type or "").lower().startswith("image/"):
+        names.append(THUMBNAIL)
+    return [(name, ref) for name in names]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one object event.
+
+    ``accepted``: jobs enqueued, upload ``queued``; ``rejected``: upload marked ``rejected``
+    (size mismatch) or the object is under ``uploads/`` without a valid upload behind it: no
+    job; ``ignored``: nothing to do (terminal upload, replaced object); ``skipped``: not an
+    upload object event at all."""
+
+    status: str
+    reason: str = ""
+    upload_id: str | None = None
+    job_ids: tuple[str, ...] = field(default=())
+
+
+Enqueue = Callable[[str, JobRef], Awaitable[str]]
+FinishedJobs = Callable[[list[str]], Awaitable[set[str]]]
+
+FINISHED_JOBS = "SELECT id FROM jobs WHERE id = ANY(%(ids)s) AND state IN ('completed', 'failed')"
+
+
+async def finished_jobs(pool: AsyncConnectionPool, ids: list[str]) -> set[str]:
+    """Which of these job ids have a final status row (completed or failed)."""
+    async with pool.connection() as conn:
+        cursor = await conn.execute(FINISHED_JOBS, {"ids": ids})
+        return {row[0] for row in await cursor.fetchall()}
+
+
+def _same_object(upload: Upload, event: S3ObjectEvent) -> bool:
+    if upload.version_id and event.version_id:
+        return upload.version_id == event.version_id
+    return _unquote_etag(upload.etag) == event.etag
+
+
+async def accept_object(
+    event: S3ObjectEvent, uploads: UploadStore, enqueue: Enqueue, finished: FinishedJobs
+) -> Outcome:
+    """Match an ObjectCreated event to its upload, check it, enqueue its jobs.
+
+    ``event`` must be complete (size and ETag known: the caller HEADs the object if the event
+    lacked them). Errors from PostgreSQL or Redis propagate: the caller fails the message and
+    SQS delivers it again; every step here is safe to repeat.
+
+    Jobs whose status row is already final are not added again: a late duplicate event would
+    otherwise re-run a job whose Redis entry retention has removed. Jobs still in flight are
+    re-added (a no-op while Redis has them, a repair when it lost them)."""
+    if not event.is_object_created:
+        return Outcome("skipped", f"event {event.event_name} is not ObjectCreated")
+    if not event.is_upload:
+        return Outcome("skipped", f"key is outside {UPLOADS_PREFIX}")
+    if not event.complete:
+        raise ValueError("accept_object needs the object's size and ETag")
+    try:
+        key = UploadKey.parse(event.key)
+    except KeyLayoutError as exc:
+        return Outcome("rejected", f"key does not follow the upload layout: {exc}")
+
+    upload = await uploads.get(key.upload_id)
+    if upload is None:
+        return Outcome("rejected", "no upload row for this key", key.upload_id)
+    if (upload.bucket, upload.key, upload.owner) != (event.bucket, event.key, key.owner):
+        # A key naming someone else's upload id: never touch that upload's row.
+        return Outcome("rejected", "key does not match its upload row", key.upload_id)
+    if upload.state in ("rejected", "aborted"):
+        return Outcome("ignored", f"upload is {upload.state}", upload.id)
+    if upload.state == "queued" and not _same_object(upload, event):
+        return Outcome("ignored", "object replaced after its upload was queued", upload.id)
+
+    assert event.size is not None
+    if upload.size_announced is not None and event.size != upload.size_announced:
+        reason = f"object is {event.size} bytes, {upload.size_announced} were announced"
+        rejected = await uploads.mark_rejected(upload.id, reason, size_actual=event.size)
+        if rejected is None:  # changed under us (e.g. queued by a concurrent duplicate)
+            return Outcome("ignored", f"upload changed state while rejecting: {reason}", upload.id)
+        return Outcome("rejected", reason, upload.id)
+
+    if upload.state in ("pending", "uploaded"):
+        marked = await uploads.mark_uploaded(
+            upload.id, size_actual=event.size, etag=event.etag, version_id=event.version_id
+        )
+        if marked is None:
+            # A concurrent delivery got there first; carry on only if it queued this object.
+            marked = await uploads.get(upload.id)
+            if marked is None or marked.state != "queued" or not _same_object(marked, event):
+                state = marked.state if marked else "gone"
+                return Outcome("ignored", f"upload is {state}", upload.id)
+        upload = marked
+
+    planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
+    done = await finished([jid for jid, _, _ in planned])
+    job_ids = tuple([await enqueue(name, ref) for jid, name, ref in planned if jid not in done])
+    await uploads.mark_queued(upload.id)
+    return Outcome("accepted", "", upload.id, job_ids)

@@ -1,0 +1,322 @@
+"""The enqueue Lambda in-process: moto S3 -> moto SQS -> handler -> real Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+
+from lambdas import runtime
+from offload.jobs import INSPECT, THUMBNAIL
+from tests.support.events import (
+    FakeContext,
+    failed_ids,
+    from_sqs_messages,
+    insert_upload,
+    job_rows,
+    queue_call,
+    queue_jobs,
+    receive_all,
+    s3_body,
+    s3_record,
+    s3_test_event_body,
+    sql,
+    sqs_event,
+    sqs_record,
+    upload_row,
+    wire_notifications,
+)
+from tests.support.tcpproxy import TcpProxy
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 24
+
+
+def invoke(event: dict) -> dict:
+    from lambdas import enqueue
+
+    return enqueue.handler(event, FakeContext())
+
+
+@pytest.fixture
+def sqs(moto_endpoint):
+    return boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+def _put(s3, bucket: str, key: str, body: bytes) -> str:
+    return s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"].strip('"')
+
+
+def _multipart(s3, bucket: str, key: str, sizes: tuple[int, ...]) -> str:
+    mpu = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    parts = []
+    for number, size in enumerate(sizes, start=1):
+        etag = s3.upload_part(
+            Bucket=bucket, Key=key, UploadId=mpu, PartNumber=number, Body=b"m" * size
+        )["ETag"]
+        parts.append({"ETag": etag, "PartNumber": number})
+    return s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=mpu, MultipartUpload={"Parts": parts}
+    )["ETag"].strip('"')
+
+
+def test_moto_notifications_for_single_and_multipart_uploads_become_jobs(
+    lambda_env, settings, s3, sqs, bucket
+):
+    url = wire_notifications(s3, sqs, bucket)
+    image_key = insert_upload(
+        settings, bucket, filename="my photo+1.png", content_type="image/png", size=len(PNG)
+    )
+    big_size = 5 * 1024 * 1024 + 10
+    big_key = insert_upload(settings, bucket, filename="big.bin", size=big_size)
+    image_etag = _put(s3, bucket, image_key, PNG)
+    big_etag = _multipart(s3, bucket, big_key, (5 * 1024 * 1024, 10))
+
+    # TestEvent + image Put + multipart Put + CompleteMultipartUpload, in one batch
+    messages = receive_all(sqs, url, expected=4)
+    assert len(messages) == 4
+    response = invoke(from_sqs_messages(messages))
+    assert response == {"batchItemFailures": []}
+
+    image, big = upload_row(settings, image_key), upload_row(settings, big_key)
+    assert (image["state"], image["size_actual"], image["etag"]) == ("queued", len(PNG), image_etag)
+    assert (big["state"], big["size_actual"], big["etag"]) == ("queued", big_size, big_etag)
+
+    rows = job_rows(settings)
+    assert sorted((r["upload_id"], r["name"]) for r in rows) == sorted(
+        [(image["id"], INSPECT), (image["id"], THUMBNAIL), (big["id"], INSPECT)]
+    )
+    jobs = queue_jobs(settings)
+    assert set(jobs) == {r["id"] for r in rows}  # both multipart events: one job
+    big_job = jobs[next(r["id"] for r in rows if r["upload_id"] == big["id"])]
+    assert big_job.name == INSPECT
+    assert big_job.data == {
+        "bucket": bucket,
+        "key": big_key,
+        "etag": big_etag,
+        "owner": big["owner"],
+        "upload_id": big["id"],
+    }
+    assert all(r["state"] == "queued" and r["revision"] for r in rows)
+
+
+def test_the_same_message_twice_and_in_one_batch_gives_one_job(lambda_env, settings, s3, bucket):
+    key = insert_upload(settings, bucket, size=5)
+    etag = _put(s3, bucket, key, b"hello")
+    body = s3_body(s3_record(bucket, key, 5, etag))
+    assert invoke(sqs_event([sqs_record(body, "m1")])) == {"batchItemFailures": []}
+    assert invoke(sqs_event([sqs_record(body, "m1", receive_count=2)]))["batchItemFailures"] == []
+    assert invoke(sqs_event([sqs_record(body), sqs_record(body)]))["batchItemFailures"] == []
+
+    (row,) = job_rows(settings)
+    assert list(queue_jobs(settings)) == [row["id"]]
+    events = sql(settings, "SELECT state FROM job_events WHERE job_id = %s", row["id"])
+    assert [e["state"] for e in events] == ["queued"]
+    assert upload_row(settings, key)["state"] == "queued"
+
+
+def test_a_late_duplicate_does_not_rerun_a_finished_job(lambda_env, settings, s3, bucket):
+    key = insert_upload(settings, bucket, size=5)
+    etag = _put(s3, bucket, key, b"hello")
+    event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)))])
+    invoke(event)
+    (row,) = job_rows(settings)
+    # the job ran, and retention later removed it from Redis
+    sql(settings, "UPDATE jobs SET state = 'completed', attempt = 1 WHERE id = %s", row["id"])
+    queue_call(settings, lambda queue: queue.remove(row["id"]))
+    assert invoke(event)["batchItemFailures"] == []
+    assert queue_jobs(settings) == {}
+    assert job_rows(settings)[0]["state"] == "completed"
+
+
+def test_a_batch_mixing_good_and_malformed_records_fails_only_the_bad_ones(
+    lambda_env, settings, s3, bucket
+):
+    key = insert_upload(settings, bucket, size=5)
+    etag = _put(s3, bucket, key, b"hello")
+    bad_key = s3_record(bucket, key, 5, etag)
+    bad_key["s3"]["object"]["key"] = "uploads/%ff"
+    records = [
+        sqs_record("not json at all", "bad-json"),
+        sqs_record(s3_body(s3_record(bucket, key, 5, etag)), "good"),
+        sqs_record('{"Records": [{"eventSource": "aws:s3"}]}', "missing-fields"),
+        sqs_record(json.dumps({"hello": "world"}), "not-s3"),
+        sqs_record(json.dumps({"Records": [bad_key]}), "bad-key-encoding"),
+        sqs_record(s3_test_event_body(bucket), "test-event"),
+    ]
+    response = invoke(sqs_event(records))
+    assert failed_ids(response) == {"bad-json", "missing-fields", "not-s3", "bad-key-encoding"}
+    assert upload_row(settings, key)["state"] == "queued"
+    assert len(queue_jobs(settings)) == 1
+
+
+def test_a_batch_of_only_malformed_records_reports_them_all(lambda_env):
+    response = invoke(sqs_event([sqs_record("{", "a"), sqs_record("[]", "b")]))
+    assert failed_ids(response) == {"a", "b"}
+
+
+def test_size_mismatch_rejects_the_upload_and_enqueues_nothing(lambda_env, settings, s3, bucket):
+    key = insert_upload(settings, bucket, size=10)
+    etag = _put(s3, bucket, key, b"hello")
+    response = invoke(sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)))]))
+    assert response["batchItemFailures"] == []
+    row = upload_row(settings, key)
+    assert row["state"] == "rejected" and row["size_actual"] == 5
+    assert "5 bytes" in row["error"] and "10 were announced" in row["error"]
+    assert job_rows(settings) == [] and queue_jobs(settings) == {}
+    assert s3.head_object(Bucket=bucket, Key=key)["ContentLength"] == 5  # left for lifecycle
+
+
+def test_keys_without_a_matching_upload_get_no_job(lambda_env, settings, s3, bucket):
+    victim = insert_upload(settings, bucket, size=5)
+    _, owner, upload_id, _ = victim.split("/")
+    forged = [
+        "uploads/someone/0123456789abcdef/file.bin",  # no such upload row
+        f"uploads/attacker/{upload_id}/file.bin",  # someone else's upload id
+        f"uploads/{owner}/{upload_id}/other-name.bin",  # the right id, not the handed-out key
+        "uploads/not-the-layout",
+        "uploads/a/b/c/d",
+    ]
+    records = [sqs_record(s3_body(s3_record(bucket, key, 5, "e" * 32))) for key in forged]
+    assert invoke(sqs_event(records))["batchItemFailures"] == []
+    assert upload_row(settings, victim)["state"] == "pending"  # untouched
+    assert job_rows(settings) == [] and queue_jobs(settings) == {}
+
+
+def test_test_events_other_prefixes_and_other_event_kinds_are_skipped(
+    lambda_env, settings, s3, bucket
+):
+    key = insert_upload(settings, bucket, size=5)
+    records = [
+        sqs_record(s3_test_event_body(bucket)),
+        sqs_record(s3_body(s3_record(bucket, "processed/u/x/manifest.json", 5, "e"))),
+        sqs_record(s3_body(s3_record(bucket, key, 5, "e", event_name="ObjectRemoved:Delete"))),
+    ]
+    assert invoke(sqs_event(records))["batchItemFailures"] == []
+    assert upload_row(settings, key)["state"] == "pending"
+    assert job_rows(settings) == [] and queue_jobs(settings) == {}
+
+
+def test_an_object_replaced_after_its_upload_was_queued_is_ignored(
+    lambda_env, settings, s3, bucket, caplog, capsys
+):
+    key = insert_upload(settings, bucket, size=5)
+    first = _put(s3, bucket, key, b"hello")
+    invoke(sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, first)))]))
+    second = _put(s3, bucket, key, b"HELLO")
+    caplog.clear()
+    capsys.readouterr()
+    response = invoke(sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, second)))]))
+    assert response["batchItemFailures"] == []
+    (ignored,) = [r for r in caplog.records if r.getMessage() == "event ignored"]
+    assert ignored.reason == "object replaced after its upload was queued"
+    assert ignored.etag == second
+    (emf,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+    assert emf["ObjectsIgnored"] == [1.0] and "ObjectsAccepted" not in emf
+    row = upload_row(settings, key)
+    assert (row["state"], row["etag"]) == ("queued", first)
+    assert [r["revision"] for r in job_rows(settings)] == [first]
+    assert len(queue_jobs(settings)) == 1
+
+
+def test_the_object_is_headed_only_when_the_event_lacks_its_size(lambda_env, settings, s3, bucket):
+    key = insert_upload(settings, bucket, size=5)
+    etag = _put(s3, bucket, key, b"hello")
+    gone = insert_upload(settings, bucket, size=5)  # row, but no object
+    records = [
+        sqs_record(s3_body(s3_record(bucket, key, None, None)), "head"),
+        sqs_record(s3_body(s3_record(bucket, gone, None, None)), "gone"),
+    ]
+    assert invoke(sqs_event(records))["batchItemFailures"] == []
+    row = upload_row(settings, key)
+    assert (row["state"], row["size_actual"], row["etag"]) == ("queued", 5, etag)
+    assert upload_row(settings, gone)["state"] == "pending"
+    assert [r["upload_id"] for r in job_rows(settings)] == [row["id"]]
+
+
+def _redis_down(monkeypatch, url: str) -> None:
+    monkeypatch.setenv("REDIS_URL", url)
+    monkeypatch.setenv("OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S", "1")
+    runtime.reset()
+
+
+def test_redis_down_fails_every_record_that_needs_it_and_queues_nothing(
+    lambda_env, settings, s3, bucket, monkeypatch
+):
+    _redis_down(monkeypatch, "redis://127.0.0.1:1/0")  # nothing listens there
+    keys = [insert_upload(settings, bucket, size=5) for _ in range(3)]
+    etags = [_put(s3, bucket, key, b"hello") for key in keys]
+    oversize = insert_upload(settings, bucket, size=99)
+    oversize_etag = _put(s3, bucket, oversize, b"hello")
+    records = [
+        sqs_record(s3_body(s3_record(bucket, key, 5, etag)), f"good-{i}")
+        for i, (key, etag) in enumerate(zip(keys, etags, strict=True))
+    ]
+    records.insert(1, sqs_record(s3_test_event_body(bucket), "test-event"))
+    records.append(sqs_record(s3_body(s3_record(bucket, oversize, 5, oversize_etag)), "oversize"))
+
+    started = time.monotonic()
+    response = invoke(sqs_event(records))
+    elapsed = time.monotonic() - started
+
+    assert failed_ids(response) == {"good-0", "good-1", "good-2"}
+    assert elapsed < 5, elapsed  # one record waited out its timeout, the others failed at once
+    assert [upload_row(settings, key)["state"] for key in keys] == ["uploaded"] * 3
+    assert upload_row(settings, oversize)["state"] == "rejected"  # needed PostgreSQL only
+    assert queue_jobs(settings) == {}
+    # The first record's job row is written before Redis is tried (PostgreSQL is the record
+    # the reconciler replays from); the others never got that far.
+    assert [r["upload_id"] for r in job_rows(settings)] == [upload_row(settings, keys[0])["id"]]
+
+
+def test_after_a_redis_outage_redelivered_messages_succeed(
+    lambda_env, settings, s3, bucket, monkeypatch
+):
+    target = urlsplit(settings.redis_url)
+    proxy = TcpProxy(target.hostname, target.port or 6379).start()
+    try:
+        _redis_down(monkeypatch, f"redis://127.0.0.1:{proxy.port}{target.path}")
+        key = insert_upload(settings, bucket, filename="a.png", content_type="image/png", size=5)
+        etag = _put(s3, bucket, key, b"hello")
+        event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)), "m")])
+        proxy.cut()
+        assert failed_ids(invoke(event)) == {"m"}
+        assert upload_row(settings, key)["state"] == "uploaded"
+        proxy.restore()
+        assert invoke(event)["batchItemFailures"] == []  # SQS's redelivery, same container
+    finally:
+        runtime.reset()
+        proxy.stop()
+    assert upload_row(settings, key)["state"] == "queued"
+    assert sorted(job.name for job in queue_jobs(settings).values()) == [INSPECT, THUMBNAIL]
+
+
+def test_records_left_when_the_invocation_runs_out_of_time_fail_untouched(
+    lambda_env, settings, s3, bucket
+):
+    """The partial answer must reach Lambda before its timeout (else the whole batch returns)."""
+    from lambdas import enqueue
+
+    key = insert_upload(settings, bucket, size=5)
+    etag = _put(s3, bucket, key, b"hello")
+    event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)), "late")])
+    response = enqueue.handler(event, FakeContext(timeout_s=enqueue.SAFETY_MARGIN_S - 0.5))
+    assert failed_ids(response) == {"late"}
+    assert upload_row(settings, key)["state"] == "pending"
+
+
+def test_postgres_down_fails_the_records(lambda_env, settings, s3, bucket, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:1/test")
+    monkeypatch.setenv("OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S", "1")
+    runtime.reset()
+    records = [
+        sqs_record(s3_body(s3_record(bucket, f"uploads/u/up{i}/f", 5, "e" * 32)), f"m{i}")
+        for i in range(3)
+    ]
+    records.append(sqs_record(s3_test_event_body(bucket), "test-event"))
+    started = time.monotonic()
+    assert failed_ids(invoke(sqs_event(records))) == {"m0", "m1", "m2"}
+    assert time.monotonic() - started < 5
+    assert queue_jobs(settings) == {}

@@ -1,0 +1,379 @@
+"""The scheduled Lambdas in-process: queue metrics (read back from moto CloudWatch) and the
+reconciler (real Redis and PostgreSQL)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+
+import boto3
+import pytest
+from bullmq import Worker
+
+from lambdas import runtime
+from offload.jobs import INSPECT, THUMBNAIL, JobRef, job_id
+from offload.queue import open_queue
+from offload.reconcile import ref_for_job_row
+from offload.redis_conn import connection_options
+from tests.support.events import (
+    FakeContext,
+    age_rows,
+    insert_upload,
+    job_rows,
+    queue_call,
+    queue_jobs,
+    sql,
+    upload_row,
+)
+from tests.support.harness import producer, running_worker, wait_for, wait_for_state
+from tests.support.servers import unique_name
+
+# --- queue metrics ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def metrics_settings(lambda_env, settings, moto_endpoint, monkeypatch):
+    """Settings with a namespace and a queue name of this test's own (moto's get_metric_data
+    ignores the namespace when dimensions are given, so the Queue dimension must differ too)."""
+    settings = replace(
+        settings,
+        metrics_namespace=unique_name("OffloadTest"),
+        queue_name=unique_name("queue"),
+    )
+    monkeypatch.setenv("OFFLOAD_METRICS_NAMESPACE", settings.metrics_namespace)
+    monkeypatch.setenv("OFFLOAD_QUEUE_NAME", settings.queue_name)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_CLOUDWATCH", moto_endpoint)
+    runtime.reset()
+    yield settings
+    from lambdas import queue_metrics
+
+    queue_metrics.close()
+
+
+def _published(moto_endpoint: str, settings) -> dict[str, list[float]]:
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_endpoint, region_name="us-east-1")
+    names = ["Waiting", "Active", "Delayed", "Failed", "OldestWaitingAge"]
+    now = datetime.now(UTC)
+    response = cloudwatch.get_metric_data(
+        MetricDataQueries=[
+            {
+                "Id": f"m{i}",
+                "Label": name,
+                "MetricStat": {
+                    "Metric": {
+                        "Namespace": settings.metrics_namespace,
+                        "MetricName": name,
+                        "Dimensions": [{"Name": "Queue", "Value": settings.queue_name}],
+                    },
+                    "Period": 60,
+                    "Stat": "Maximum",
+                },
+            }
+            for i, name in enumerate(names)
+        ],
+        StartTime=now - timedelta(minutes=5),
+        EndTime=now + timedelta(minutes=5),
+    )
+    return {result["Label"]: result["Values"] for result in response["MetricDataResults"]}
+
+
+def test_queue_metrics_are_published_to_cloudwatch(metrics_settings, moto_endpoint):
+    from lambdas import queue_metrics
+
+    settings = metrics_settings
+
+    async def scenario():
+        queue = open_queue(settings)
+        release = asyncio.Event()
+
+        async def process(job, token):
+            if job.name == "boom":
+                raise ValueError("boom")
+            await release.wait()
+
+        worker = Worker(
+            settings.queue_name,
+            process,
+            {
+                "connection": connection_options(settings.redis_url),
+                "prefix": settings.queue_prefix,
+                "concurrency": 1,
+            },
+        )
+        counts = queue.getJobCounts
+        try:
+            await queue.add("boom", {}, {"attempts": 1})
+            await wait_for(lambda: _count(counts("failed"), "failed", 1))
+            await queue.add("block", {})
+            await wait_for(lambda: _count(counts("active"), "active", 1))
+            two_minutes_ago = int(time.time() * 1000) - 120_000
+            await queue.add("waits", {}, {"timestamp": two_minutes_ago})  # head of the list
+            await queue.add("waits", {})
+            await queue.add("waits", {}, {"priority": 3})  # prioritized: waiting too
+            await queue.add("later", {}, {"delay": 600_000})
+            return await asyncio.to_thread(queue_metrics.handler, {}, FakeContext())
+        finally:
+            release.set()
+            await worker.close()
+            await queue.close()
+
+    result = asyncio.run(scenario())
+    assert (result["waiting"], result["active"], result["delayed"], result["failed"]) == (
+        3,
+        1,
+        1,
+        1,
+    )
+    assert 120 <= result["oldest_waiting_age_s"] < 150
+
+    published = _published(moto_endpoint, settings)
+    assert published["Waiting"] == [3.0]
+    assert published["Active"] == [1.0]
+    assert published["Delayed"] == [1.0]
+    assert published["Failed"] == [1.0]
+    (age,) = published["OldestWaitingAge"]
+    assert 120 <= age < 150
+
+
+async def _count(pending, state: str, expected: int) -> bool:
+    return (await pending)[state] == expected
+
+
+def test_an_empty_queue_publishes_zeros(metrics_settings, moto_endpoint):
+    from lambdas import queue_metrics
+
+    result = queue_metrics.handler({}, FakeContext())
+    assert result["waiting"] == result["oldest_waiting_age_s"] == 0
+    published = _published(moto_endpoint, metrics_settings)
+    assert published["Waiting"] == [0.0] and published["OldestWaitingAge"] == [0.0]
+
+
+def test_queue_metrics_fail_loudly_when_redis_is_down(metrics_settings, moto_endpoint, monkeypatch):
+    """No datapoint rather than zeros: zeros would scale the workers in during an outage."""
+    from lambdas import queue_metrics
+
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    runtime.reset()
+    with pytest.raises(TimeoutError):
+        queue_metrics.handler({}, FakeContext(timeout_s=3.5))
+    queue_metrics.close()
+    assert _published(moto_endpoint, metrics_settings)["Waiting"] == []
+
+
+def test_waiting_since_counts_from_the_last_attempt_of_a_retried_job():
+    from lambdas.queue_metrics import waiting_since_ms
+
+    assert waiting_since_ms(SimpleNamespace(timestamp=1_000, delay=0, processedOn=None)) == 1_000
+    assert waiting_since_ms(SimpleNamespace(timestamp=1_000, delay=500, processedOn=None)) == 1_500
+    assert waiting_since_ms(SimpleNamespace(timestamp=1_000, delay=0, processedOn=9_000)) == 9_000
+
+
+# --- reconciler -------------------------------------------------------------------------------
+
+
+ORPHAN_ETAG = "d41d8cd98f00b204e9800998ecf8427e"
+
+
+def reconcile() -> dict:
+    from lambdas import reconciler
+
+    return reconciler.handler({}, FakeContext())
+
+
+def _uploaded(settings, bucket: str, **kwargs) -> dict:
+    """An upload the enqueue Lambda marked uploaded but never got to queue."""
+    key = insert_upload(settings, bucket, **kwargs)
+    sql(
+        settings,
+        "UPDATE uploads SET state = 'uploaded', size_actual = size_announced, etag = %s"
+        " WHERE key = %s",
+        "0123456789abcdef0123456789abcdef",
+        key,
+    )
+    return upload_row(settings, key)
+
+
+def _enqueue(settings, name: str, ref: JobRef) -> str:
+    async def go() -> str:
+        async with producer(settings) as prod:
+            return await prod.enqueue(name, ref)
+
+    return asyncio.run(go())
+
+
+def _lose(settings, *job_ids: str) -> None:
+    """Remove jobs from Redis, as a failover that lost the newest writes would."""
+
+    async def remove(queue) -> None:
+        for jid in job_ids:
+            await queue.remove(jid)
+
+    queue_call(settings, remove)
+    assert not set(job_ids) & set(queue_jobs(settings))
+
+
+def _events(settings, jid: str) -> list[dict]:
+    return sql(settings, "SELECT state, attempt, message FROM job_events WHERE job_id = %s", jid)
+
+
+def test_uploads_in_s3_without_jobs_are_enqueued_once(lambda_env, settings, bucket):
+    image = _uploaded(settings, bucket, filename="a.png", content_type="image/png")
+    document = _uploaded(settings, bucket, filename="b.pdf", content_type="application/pdf")
+    queued = _uploaded(settings, bucket)  # queued, but its job rows are gone
+    sql(settings, "UPDATE uploads SET state = 'queued' WHERE id = %s", queued["id"])
+    fresh = _uploaded(settings, bucket)  # too recent: the enqueue Lambda may still be on it
+    pending = insert_upload(settings, bucket)  # never arrived: nothing to do
+    age_rows(settings, "uploads", settings.reconcile_after_s + 60, f"id <> '{fresh['id']}'")
+
+    report = reconcile()
+    counts = [report[name] for name in ("uploads_checked", "uploads_requeued", "jobs_enqueued")]
+    assert counts == [3, 3, 4]
+    assert upload_row(settings, image["key"])["state"] == "queued"
+    assert upload_row(settings, document["key"])["state"] == "queued"
+    assert upload_row(settings, fresh["key"])["state"] == "uploaded"
+    assert upload_row(settings, pending)["state"] == "pending"
+    rows = job_rows(settings)
+    assert sorted((r["upload_id"], r["name"]) for r in rows) == sorted(
+        [
+            (image["id"], INSPECT),
+            (image["id"], THUMBNAIL),
+            (document["id"], INSPECT),
+            (queued["id"], INSPECT),
+        ]
+    )
+    jobs = queue_jobs(settings)
+    assert set(jobs) == {r["id"] for r in rows}
+    # the same ids the enqueue Lambda derives from the object (bucket, key, ETag)
+    ref = JobRef(bucket, document["key"], etag=document["etag"])
+    assert job_id(INSPECT, ref) in jobs
+
+    again = reconcile()
+    assert again["uploads_checked"] == again["jobs_enqueued"] == again["jobs_requeued"] == 0
+    assert set(queue_jobs(settings)) == set(jobs)
+
+
+def test_a_lost_active_job_is_requeued_and_then_runs(lambda_env, settings, bucket):
+    lost = _enqueue(settings, "noop", JobRef("test-bucket", "lost"))
+    healthy = _enqueue(settings, "noop", JobRef("test-bucket", "healthy"))
+    sql(settings, "UPDATE jobs SET state = 'active', attempt = 3, worker_id = 'w-gone'")
+    _lose(settings, lost)
+    age_rows(settings, "jobs", settings.reconcile_after_s + 60)
+
+    report = reconcile()
+    assert (report["jobs_checked"], report["jobs_missing"], report["jobs_requeued"]) == (2, 1, 1)
+    rows = {r["id"]: r for r in job_rows(settings)}
+    assert (rows[lost]["state"], rows[lost]["attempt"], rows[lost]["worker_id"]) == (
+        "queued",
+        0,
+        None,
+    )
+    assert rows[healthy]["state"] == "active" and rows[healthy]["attempt"] == 3  # untouched
+    last = _events(settings, lost)[-1]
+    assert last["state"] == "queued" and "missing from the queue (was active)" in last["message"]
+    assert len(_events(settings, healthy)) == 1
+    assert set(queue_jobs(settings)) == {lost, healthy}
+
+    again = reconcile()  # idempotent: the job is back in the queue
+    assert again["jobs_missing"] == again["jobs_requeued"] == 0
+    assert len(_events(settings, lost)) == 2
+
+    async def run_it():
+        async with running_worker(settings):
+            return await wait_for_state(settings, lost, "completed")
+
+    # attempt reset to 0: the new run's status writes (attempt 1) are accepted
+    assert asyncio.run(run_it())["attempt"] == 1
+
+
+def test_queued_and_retrying_rows_missing_from_redis_are_requeued_with_their_reference(
+    lambda_env, settings, bucket
+):
+    upload = _uploaded(settings, bucket, filename="a.png", content_type="image/png")
+    version = "3HL4kqtJlcpXroDTDmJ+rmSpXd3d"  # a versioned bucket's event: version id + ETag
+    sql(settings, "UPDATE uploads SET version_id = %s, etag = 'x'", version)
+    versioned = JobRef(
+        bucket, upload["key"], version, "x", owner=upload["owner"], upload_id=upload["id"]
+    )
+    first = _enqueue(settings, INSPECT, versioned)
+    orphan = _enqueue(settings, "noop", JobRef("b", "k", etag=f'"{ORPHAN_ETAG}"'))
+    sql(settings, "UPDATE jobs SET state = 'retrying', attempt = 1 WHERE id = %s", orphan)
+    _lose(settings, first, orphan)
+    age_rows(settings, "jobs", settings.reconcile_after_s + 60)
+
+    assert reconcile()["jobs_requeued"] == 2
+    jobs = queue_jobs(settings)
+    assert JobRef.from_data(jobs[first].data) == versioned
+    assert jobs[orphan].data == {"bucket": "b", "key": "k", "etag": ORPHAN_ETAG}
+
+
+def test_in_flight_rows_are_checked_page_by_page_from_a_cursor(
+    lambda_env, settings, bucket, monkeypatch
+):
+    """More in-flight rows than the per-run limit: the healthy ones first in id order must not
+    hide the lost one behind them."""
+    monkeypatch.setenv("OFFLOAD_RECONCILE_LIMIT", "2")
+    ids = sorted(_enqueue(settings, "noop", JobRef("b", f"k{i}")) for i in range(5))
+    _lose(settings, ids[-1])
+    age_rows(settings, "jobs", settings.reconcile_after_s + 60)
+
+    reports = [reconcile() for _ in range(3)]
+    assert [r["jobs_checked"] for r in reports] == [2, 2, 1]
+    assert [r["jobs_requeued"] for r in reports] == [0, 0, 1]
+    assert [r["cursor_wrapped"] for r in reports] == [False, False, True]
+    assert set(queue_jobs(settings)) == set(ids)
+    assert reconcile()["jobs_checked"] == 2  # wrapped: from the start again
+
+
+def test_reconciler_repairs_what_the_enqueue_lambda_left_during_a_redis_outage(
+    lambda_env, settings, s3, bucket, monkeypatch
+):
+    from lambdas import enqueue
+    from tests.support.events import s3_body, s3_record, sqs_event, sqs_record
+
+    key = insert_upload(settings, bucket, size=5)
+    etag = s3.put_object(Bucket=bucket, Key=key, Body=b"hello")["ETag"].strip('"')
+    good_redis = settings.redis_url
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S", "1")
+    runtime.reset()
+    event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)), "m")])
+    assert enqueue.handler(event, FakeContext())["batchItemFailures"] == [{"itemIdentifier": "m"}]
+    # ... the message then ends in the DLQ; Redis comes back
+    monkeypatch.setenv("REDIS_URL", good_redis)
+    runtime.reset()
+    age_rows(settings, "uploads", settings.reconcile_after_s + 60)
+    age_rows(settings, "jobs", settings.reconcile_after_s + 60)
+
+    report = reconcile()
+    assert report["uploads_requeued"] == 1 and report["jobs_requeued"] == 1
+    assert upload_row(settings, key)["state"] == "queued"
+    (row,) = job_rows(settings)
+    assert set(queue_jobs(settings)) == {row["id"]}
+
+
+def test_a_job_row_is_rebuilt_into_the_reference_that_gives_its_id():
+    def row(name: str, ref: JobRef, **upload) -> dict:
+        return {
+            "id": job_id(name, ref),
+            "name": name,
+            "bucket": ref.bucket,
+            "key": ref.key,
+            "owner": ref.owner,
+            "upload_id": ref.upload_id,
+            "revision": ref.revision or None,
+            "upload_version_id": upload.get("version_id"),
+            "upload_etag": upload.get("etag"),
+        }
+
+    etag_only = JobRef("b", "k", etag="0123456789abcdef0123456789abcdef-12")
+    version_only = JobRef("b", "k", version_id="v.1_abc")
+    bare = JobRef("b", "k")
+    for ref in (etag_only, version_only, bare):
+        assert ref_for_job_row(row("noop", ref)) == ref
+    both = JobRef("b", "k", version_id="v2", etag="e", owner="o", upload_id="u")
+    assert ref_for_job_row(row(INSPECT, both, version_id="v2", etag="e")) == both
+    broken = row("noop", etag_only) | {"key": "another"}
+    assert ref_for_job_row(broken) is None
