@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 import boto3
 import pytest
+import redis
 from bullmq import Worker
 
 from lambdas import runtime
@@ -157,7 +158,7 @@ def test_queue_metrics_fail_loudly_when_redis_is_down(metrics_settings, moto_end
 
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     runtime.reset()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(redis.exceptions.ConnectionError):  # fails fast, not at the timeout
         queue_metrics.handler({}, FakeContext(timeout_s=3.5))
     queue_metrics.close()
     assert _published(moto_endpoint, metrics_settings)["Waiting"] == []
