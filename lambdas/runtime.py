@@ -21,14 +21,15 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
-from psycopg_pool import AsyncConnectionPool
-
-from offload.db.pool import create_pool
-from offload.db.status import StatusStore
-from offload.db.uploads import UploadStore
 from offload.settings import Settings
 
+# PostgreSQL (psycopg, ~150 ms) and bullmq (~200 ms) are imported by the first call that needs
+# them, so a function that uses only one of them does not pay for both at cold start.
 if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from offload.db.status import StatusStore
+    from offload.db.uploads import UploadStore
     from offload.queue import Producer
 
 T = TypeVar("T")
@@ -84,6 +85,8 @@ async def pool() -> AsyncConnectionPool:
     """One connection per container: a Lambda handles one request at a time."""
     global _pool
     if _pool is None:
+        from offload.db.pool import create_pool
+
         current = settings()
         _pool = create_pool(current.database_url, current.database_schema, max_size=1)
         await _pool.open(wait=False)
@@ -91,17 +94,21 @@ async def pool() -> AsyncConnectionPool:
 
 
 async def uploads() -> UploadStore:
+    from offload.db.uploads import UploadStore
+
     return UploadStore(await pool())
 
 
 async def statuses() -> StatusStore:
+    from offload.db.status import StatusStore
+
     return StatusStore(await pool())
 
 
 async def producer() -> Producer:
     global _producer
     if _producer is None:
-        from offload.queue import Producer  # bullmq costs ~200 ms: only paths that enqueue pay
+        from offload.queue import Producer
 
         _producer = Producer(settings(), await pool())
     return _producer

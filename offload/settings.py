@@ -12,6 +12,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 
 class SettingsError(ValueError):
@@ -49,6 +50,22 @@ def _retention(env: Mapping[str, str], name: str, default: dict[str, int]) -> bo
     if isinstance(value, dict) and set(value) <= {"age", "count"}:
         return value
     raise SettingsError(f"{name} must be true, false, a count or {{age, count}}, got {raw!r}")
+
+
+def _database_url_from_parts(env: Mapping[str, str]) -> str | None:
+    """ECS injects secrets one value at a time, and an RDS secret holds parts, not a URL: the
+    worker gets DATABASE_HOST/PORT/NAME/SSLMODE as plain values and DATABASE_USER/PASSWORD
+    from the secret."""
+    host = env.get("DATABASE_HOST")
+    if not host:
+        return None
+    user = quote(env.get("DATABASE_USER", ""), safe="")
+    password = quote(env.get("DATABASE_PASSWORD", ""), safe="")
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    return (
+        f"postgresql://{auth}{host}:{env.get('DATABASE_PORT', '5432')}/"
+        f"{env.get('DATABASE_NAME', 'postgres')}?sslmode={env.get('DATABASE_SSLMODE', 'require')}"
+    )
 
 
 def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -122,7 +139,9 @@ class Settings:
         return cls(
             redis_url=env.get("REDIS_URL", defaults.redis_url),
             redis_auth_token=env.get("REDIS_AUTH_TOKEN") or None,
-            database_url=env.get("DATABASE_URL", defaults.database_url),
+            database_url=env.get("DATABASE_URL")
+            or _database_url_from_parts(env)
+            or defaults.database_url,
             database_schema=env.get("OFFLOAD_DB_SCHEMA", defaults.database_schema),
             queue_name=env.get("OFFLOAD_QUEUE_NAME", defaults.queue_name),
             queue_prefix=_hash_tagged(env.get("OFFLOAD_QUEUE_PREFIX", "offload")),

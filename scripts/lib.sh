@@ -416,3 +416,19 @@ EOF
 	(cd / && runuser -u postgres -- "$bindir/pg_ctl" -D "$dir/data" -l "$dir/postgresql.log" \
 		-w -t 60 start >/dev/null) || die "PostgreSQL failed to start; see $dir/postgresql.log"
 }
+
+# The pinned CDK CLI (cdk-cli/package-lock.json), installed with `npm ci` when missing or stale.
+# Only `cdk` needs it; `python app.py` and the tests synthesise without it.
+ensure_cdk_cli() {
+	if ! command -v npm >/dev/null 2>&1; then
+		log "npm not found: scripts/cdk.sh needs Node.js 20+ (python app.py synthesises without it)"
+		return 1
+	fi
+	local stamp="$REPO_ROOT/cdk-cli/node_modules/.offload-lock.sha256" wanted
+	wanted="$(sha256sum "$REPO_ROOT/cdk-cli/package-lock.json" | cut -d' ' -f1)"
+	if [ ! -x "$REPO_ROOT/cdk-cli/node_modules/.bin/cdk" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+		log "installing the pinned CDK CLI (npm ci --prefix cdk-cli)"
+		npm ci --prefix "$REPO_ROOT/cdk-cli" --no-audit --no-fund --loglevel=error >&2
+		printf '%s\n' "$wanted" >"$stamp"
+	fi
+}

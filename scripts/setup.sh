@@ -84,4 +84,7 @@ case "$PG_RC" in
 esac
 log "PostgreSQL reachable at $PG_WHERE, database $PG_DB"
 
+# --- 5: the pinned CDK CLI --------------------------------------------------------------------
+ensure_cdk_cli || true
+
 log "ready in $((($(date +%s%N) - started_ns) / 1000000)) ms"

@@ -129,3 +129,20 @@ def test_producer_fails_fast_when_redis_is_down(settings):
     with pytest.raises(redis.exceptions.ConnectionError, match=r"(?i)connect"):
         asyncio.run(scenario())
     assert time.monotonic() - started < 10
+
+
+def test_database_url_from_injected_parts():
+    settings = Settings.from_env(
+        {
+            "DATABASE_HOST": "db.internal",
+            "DATABASE_PORT": "5433",
+            "DATABASE_NAME": "offload",
+            "DATABASE_USER": "app",
+            "DATABASE_PASSWORD": "p@ss/word",
+        }
+    )
+    assert settings.database_url == (
+        "postgresql://app:p%40ss%2Fword@db.internal:5433/offload?sslmode=require"
+    )
+    explicit = Settings.from_env({"DATABASE_URL": "postgresql://x@y/z", "DATABASE_HOST": "h"})
+    assert explicit.database_url == "postgresql://x@y/z"

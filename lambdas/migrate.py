@@ -1,0 +1,35 @@
+"""Schema migrations on deploy: the CloudFormation custom resource behind
+``stacks/migrations.py`` (through CDK's provider framework, which answers CloudFormation).
+
+Create/Update apply pending migrations (``offload.db.migrate.migrate``: idempotent, advisory
+lock); Delete does nothing (the schema outlives the stack). It re-runs whenever a migration
+file changes (the resource's ``MigrationsHash`` property). The URL comes from
+DATABASE_SECRET_ARN (+ DATABASE_PROXY_HOST) like every Lambda. A failure raises, so
+CloudFormation fails the deploy before new code rolls out.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from lambdas import runtime
+from offload.db.migrate import migrate
+from offload.logs import configure_logging
+
+log = logging.getLogger("offload.migrate")
+
+
+def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    configure_logging()
+    settings = runtime.settings()
+    schema = (event.get("ResourceProperties") or {}).get("Schema") or settings.database_schema
+    physical_id = f"offload-schema-{schema}"
+    if event.get("RequestType") == "Delete":
+        return {"PhysicalResourceId": event.get("PhysicalResourceId") or physical_id}
+    applied = migrate(settings.database_url, schema)
+    log.info("schema %s up to date, %d migration(s) applied", schema, len(applied))
+    return {
+        "PhysicalResourceId": physical_id,
+        "Data": {"Applied": ",".join(str(v) for v in applied) or "none"},
+    }

@@ -1,0 +1,212 @@
+"""Lambda code packaging without Docker.
+
+One asset holds the code of every function: the dependencies of ``lambdas/requirements.txt``
+installed for the Lambda platform (CPython 3.12, manylinux x86_64 wheels only), plus the
+``offload/`` and ``lambdas/`` packages. Handlers are ``lambdas.<module>.handler``.
+
+``PipLocalBundling`` is the local bundler CDK tries first (``BundlingOptions.local``): it
+pip-installs the requirements once into ``.cdk-cache/lambda-deps/<hash>/`` (the hash covers
+the requirements files, the target platform and Python version), then hard-links that tree
+into the asset directory and copies the two packages in. Repeat synths are therefore fast and
+need no network; only a change of the requirements reaches PyPI again. The Docker image is only
+the fallback, for a machine where the local bundler cannot run.
+
+Nothing here imports the handlers: the asset is built from files only.
+
+The asset hash is computed here (``AssetHashType.CUSTOM``) from the dependency hash and the
+contents of ``offload/`` and ``lambdas/``, so CDK never fingerprints the whole repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import jsii
+from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
+from aws_cdk import aws_lambda as lambda_
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REQUIREMENTS = "lambdas/requirements.txt"
+PACKAGES = ("offload", "lambdas")
+PYTHON_VERSION = "3.12"
+PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
+RUNTIME = lambda_.Runtime.PYTHON_3_12
+ARCHITECTURE = lambda_.Architecture.X86_64
+DEFAULT_CACHE_DIR = REPO_ROOT / ".cdk-cache" / "lambda-deps"
+# Installed by some wheels but never imported by a handler: left out of the bundle.
+_PRUNE_TOP_LEVEL = ("bin", "node_modules")
+_SKIP_NAMES = ("__pycache__",)
+_SKIP_SUFFIXES = (".pyc", ".pyo")
+
+
+def _requirement_files(path: Path) -> list[Path]:
+    """``path`` and every file it includes with ``-r`` / ``-c`` (recursively)."""
+    seen: list[Path] = []
+    pending = [path.resolve()]
+    while pending:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.append(current)
+        for line in current.read_text(encoding="utf-8").splitlines():
+            parts = line.split("#", 1)[0].split()
+            if len(parts) == 2 and parts[0] in ("-r", "-c", "--requirement", "--constraint"):
+                pending.append((current.parent / parts[1]).resolve())
+    return seen
+
+
+def dependencies_hash(requirements: Path) -> str:
+    digest = hashlib.sha256()
+    digest.update(f"python={PYTHON_VERSION};platforms={','.join(PLATFORMS)};v1\n".encode())
+    for path in sorted(_requirement_files(requirements)):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _package_files(root: Path, packages: Iterable[str]) -> Iterator[Path]:
+    for package in packages:
+        for dirpath, dirnames, filenames in os.walk(root / package):
+            dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_NAMES)
+            for filename in sorted(filenames):
+                if not filename.endswith(_SKIP_SUFFIXES):
+                    yield Path(dirpath) / filename
+
+
+def source_hash(root: Path = REPO_ROOT, packages: Iterable[str] = PACKAGES) -> str:
+    """Hash of the packaged sources (paths and contents), ignoring byte code."""
+    digest = hashlib.sha256()
+    for path in _package_files(root, packages):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """Hard-link ``src`` into ``dst`` (copy when the two are on different file systems)."""
+
+    def link(source: str, target: str) -> None:
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+
+    shutil.copytree(src, dst, copy_function=link, dirs_exist_ok=True)
+
+
+@jsii.implements(ILocalBundling)
+class PipLocalBundling:
+    """Builds the Lambda asset on this machine, with pip and a local dependency cache."""
+
+    def __init__(
+        self,
+        *,
+        repo_root: Path = REPO_ROOT,
+        requirements: str = REQUIREMENTS,
+        packages: tuple[str, ...] = PACKAGES,
+        cache_dir: Path | None = None,
+    ) -> None:
+        self.repo_root = repo_root
+        self.requirements = repo_root / requirements
+        self.packages = packages
+        env_cache = os.environ.get("OFFLOAD_CDK_CACHE_DIR")
+        self.cache_dir = cache_dir or (Path(env_cache) if env_cache else DEFAULT_CACHE_DIR)
+
+    def dependencies_dir(self) -> Path:
+        """The cached dependency tree for the current requirements, installed when missing."""
+        target = self.cache_dir / dependencies_hash(self.requirements)
+        if target.is_dir():
+            return target
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=self.cache_dir))
+        try:
+            command = [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-compile",
+                "--only-binary=:all:",
+                "--implementation",
+                "cp",
+                "--python-version",
+                PYTHON_VERSION,
+                *(arg for platform in PLATFORMS for arg in ("--platform", platform)),
+                "--target",
+                str(staging),
+                "-r",
+                str(self.requirements),
+            ]
+            result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    "pip could not install the Lambda dependencies for "
+                    f"{PLATFORMS[0]} / cp{PYTHON_VERSION}:\n{result.stderr[-4000:]}"
+                )
+            for name in _PRUNE_TOP_LEVEL:
+                shutil.rmtree(staging / name, ignore_errors=True)
+            try:
+                staging.rename(target)
+            except OSError:  # another synth installed the same tree meanwhile
+                if not target.is_dir():
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def build(self, output_dir: Path) -> None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _link_tree(self.dependencies_dir(), output_dir)
+        for path in _package_files(self.repo_root, self.packages):
+            target = output_dir / path.relative_to(self.repo_root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+
+    def try_bundle(self, output_dir: str, options: BundlingOptions) -> bool:
+        self.build(Path(output_dir))
+        return True
+
+
+def docker_bundling_command() -> list[str]:
+    """The fallback: the same install and copy inside the SAM build image."""
+    return [
+        "bash",
+        "-c",
+        "pip install --no-compile --no-cache-dir -r lambdas/requirements.txt -t /asset-output"
+        " && rm -rf /asset-output/bin /asset-output/node_modules"
+        " && cp -r offload lambdas /asset-output/"
+        " && find /asset-output -name __pycache__ -prune -exec rm -rf {} +",
+    ]
+
+
+def lambda_code(*, skip_bundling: bool = False) -> lambda_.Code:
+    """The code asset every function uses (``lambdas.<module>.handler``).
+
+    ``skip_bundling`` (context ``offload:skipBundling``, for template tests only) stages the
+    bare ``lambdas/`` directory instead: same handlers and template, no dependencies.
+    """
+    if skip_bundling:
+        return lambda_.Code.from_asset(
+            str(REPO_ROOT / "lambdas"), exclude=["__pycache__", "*.pyc", "requirements.txt"]
+        )
+    bundler = PipLocalBundling()
+    asset_hash = hashlib.sha256(
+        (dependencies_hash(bundler.requirements) + source_hash(REPO_ROOT, PACKAGES)).encode()
+    ).hexdigest()
+    return lambda_.Code.from_asset(
+        str(REPO_ROOT),
+        asset_hash_type=AssetHashType.CUSTOM,
+        asset_hash=asset_hash,
+        bundling=BundlingOptions(
+            image=DockerImage.from_registry(RUNTIME.bundling_image.image),
+            command=docker_bundling_command(),
+            local=bundler,
+        ),
+    )

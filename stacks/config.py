@@ -1,0 +1,326 @@
+"""Per-environment settings of the CDK app, read from ``cdk.json`` context.
+
+``cdk.json`` holds one block per environment under ``offload:environments``; the environment
+is chosen with ``-c env=dev`` (or ``-c offload:env=prod``; default ``dev``). Every key is
+required and unknown keys are refused, so a typo in ``cdk.json`` fails synth instead of
+silently falling back to a default. Nothing here is account specific: the stacks are
+environment-agnostic and synth never needs credentials.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from constructs import Node
+
+ENVIRONMENTS_KEY = "offload:environments"
+ENV_KEYS = ("env", "offload:env")
+SKIP_BUNDLING_KEY = "offload:skipBundling"
+
+_RETENTION = {
+    1: logs.RetentionDays.ONE_DAY,
+    3: logs.RetentionDays.THREE_DAYS,
+    5: logs.RetentionDays.FIVE_DAYS,
+    7: logs.RetentionDays.ONE_WEEK,
+    14: logs.RetentionDays.TWO_WEEKS,
+    30: logs.RetentionDays.ONE_MONTH,
+    60: logs.RetentionDays.TWO_MONTHS,
+    90: logs.RetentionDays.THREE_MONTHS,
+    120: logs.RetentionDays.FOUR_MONTHS,
+    150: logs.RetentionDays.FIVE_MONTHS,
+    180: logs.RetentionDays.SIX_MONTHS,
+    365: logs.RetentionDays.ONE_YEAR,
+    400: logs.RetentionDays.THIRTEEN_MONTHS,
+    545: logs.RetentionDays.EIGHTEEN_MONTHS,
+    731: logs.RetentionDays.TWO_YEARS,
+}
+
+_ARCHIVE_CLASSES = {
+    "GLACIER_IR": s3.StorageClass.GLACIER_INSTANT_RETRIEVAL,
+    "GLACIER": s3.StorageClass.GLACIER,
+    "DEEP_ARCHIVE": s3.StorageClass.DEEP_ARCHIVE,
+}
+
+
+class ConfigError(ValueError):
+    """cdk.json context is missing, misspelt or out of range."""
+
+
+def log_retention(days: int) -> logs.RetentionDays:
+    try:
+        return _RETENTION[days]
+    except KeyError:
+        raise ConfigError(
+            f"log retention of {days} days is not one CloudWatch Logs offers "
+            f"(choose one of {sorted(_RETENTION)})"
+        ) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkConfig:
+    cidr: str
+    max_azs: int
+    nat_gateways: int
+    flow_log_retention_days: int
+
+    def validate(self) -> None:
+        if self.max_azs < 2:
+            raise ConfigError("network.maxAzs must be >= 2 (Multi-AZ data stores need two)")
+        if not 1 <= self.nat_gateways <= self.max_azs:
+            raise ConfigError("network.natGateways must be between 1 and maxAzs")
+        log_retention(self.flow_log_retention_days)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StorageConfig:
+    uploads_archive_after_days: int
+    processed_archive_after_days: int
+    archive_storage_class: str
+    abort_incomplete_multipart_after_days: int
+    noncurrent_version_expiration_days: int
+    access_log_retention_days: int
+    events_max_receive_count: int
+
+    @property
+    def archive_class(self) -> s3.StorageClass:
+        return _ARCHIVE_CLASSES[self.archive_storage_class]
+
+    def validate(self) -> None:
+        if self.archive_storage_class not in _ARCHIVE_CLASSES:
+            raise ConfigError(
+                f"storage.archiveStorageClass must be one of {list(_ARCHIVE_CLASSES)}"
+            )
+        for name in ("uploads_archive_after_days", "processed_archive_after_days"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"storage.{name} must be >= 1")
+        if self.abort_incomplete_multipart_after_days < 1:
+            raise ConfigError("storage.abortIncompleteMultipartAfterDays must be >= 1")
+        if self.noncurrent_version_expiration_days < 1:
+            raise ConfigError("storage.noncurrentVersionExpirationDays must be >= 1")
+        if self.events_max_receive_count < 1:
+            raise ConfigError("storage.eventsMaxReceiveCount must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RedisConfig:
+    engine_version: str
+    parameter_group_family: str
+    node_type: str
+    nodes: int
+    snapshot_retention_days: int
+
+    @property
+    def multi_az(self) -> bool:
+        """Automatic failover and Multi-AZ need a replica: two nodes or more."""
+        return self.nodes >= 2
+
+    def validate(self) -> None:
+        if not 1 <= self.nodes <= 6:
+            raise ConfigError("redis.nodes must be between 1 and 6 (a primary and replicas)")
+        if not self.engine_version.startswith("7."):
+            raise ConfigError("redis.engineVersion must be a Redis OSS 7.x version")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatabaseConfig:
+    instance_type: str
+    allocated_storage_gib: int
+    max_allocated_storage_gib: int
+    multi_az: bool
+    backup_retention_days: int
+    rotation_days: int
+    database_name: str
+    schema: str
+
+    def validate(self) -> None:
+        if self.backup_retention_days < 1:
+            raise ConfigError("database.backupRetentionDays must be >= 1")
+        if self.max_allocated_storage_gib < self.allocated_storage_gib:
+            raise ConfigError("database.maxAllocatedStorageGib must be >= allocatedStorageGib")
+        if not 1 <= self.rotation_days <= 365:
+            raise ConfigError("database.rotationDays must be between 1 and 365")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkersConfig:
+    cpu: int
+    memory_mib: int
+    min_tasks: int
+    max_tasks: int
+    concurrency: int
+    spot: bool
+    scale_in_after_idle_minutes: int
+
+    def validate(self) -> None:
+        if self.min_tasks < 0 or self.max_tasks < max(1, self.min_tasks):
+            raise ConfigError("workers: need 0 <= minTasks <= maxTasks and maxTasks >= 1")
+        if self.concurrency < 1:
+            raise ConfigError("workers.concurrency must be >= 1")
+        if self.scale_in_after_idle_minutes < 1:
+            raise ConfigError("workers.scaleInAfterIdleMinutes must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ApiConfig:
+    throttle_rate_limit: int
+    throttle_burst_limit: int
+    enqueue_reserved_concurrency: int
+    enqueue_batch_size: int
+
+    def validate(self) -> None:
+        if self.enqueue_reserved_concurrency < 1:
+            raise ConfigError("api.enqueueReservedConcurrency must be >= 1")
+        if not 1 <= self.enqueue_batch_size <= 10_000:
+            raise ConfigError("api.enqueueBatchSize must be between 1 and 10000")
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuthConfig:
+    threat_protection: bool
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True, kw_only=True)
+class ObservabilityConfig:
+    log_retention_days: int
+    alarm_email: str
+    oldest_waiting_age_alarm_seconds: int
+
+    def validate(self) -> None:
+        log_retention(self.log_retention_days)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvConfig:
+    name: str
+    termination_protection: bool
+    retain_stateful_resources: bool
+    web_origins: tuple[str, ...]
+    network: NetworkConfig
+    storage: StorageConfig
+    redis: RedisConfig
+    database: DatabaseConfig
+    workers: WorkersConfig
+    api: ApiConfig
+    auth: AuthConfig
+    observability: ObservabilityConfig
+
+    @property
+    def is_prod(self) -> bool:
+        return self.name == "prod"
+
+    @property
+    def log_retention(self) -> logs.RetentionDays:
+        return log_retention(self.observability.log_retention_days)
+
+    def validate(self) -> None:
+        if not self.web_origins:
+            raise ConfigError("webOrigins must name at least one origin (CORS)")
+        for origin in self.web_origins:
+            if origin == "*" or not origin.startswith(("https://", "http://localhost")):
+                raise ConfigError(f"web origin {origin!r} must be https:// (or http://localhost)")
+        for section in (
+            self.network,
+            self.storage,
+            self.redis,
+            self.database,
+            self.workers,
+            self.api,
+            self.auth,
+            self.observability,
+        ):
+            section.validate()
+
+
+def _snake(camel: str) -> str:
+    out = []
+    for char in camel:
+        if char.isupper():
+            out.append("_" + char.lower())
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], raw: Any, where: str) -> T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be an object")
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = _snake(key)
+        if name not in fields:
+            raise ConfigError(f"unknown key {where}.{key}")
+        values[name] = value
+    missing = [n for n in fields if n not in values and n != "name"]
+    if missing:
+        raise ConfigError(f"{where} is missing {missing}")
+    return cls(**values)
+
+
+_SECTIONS = {
+    "network": NetworkConfig,
+    "storage": StorageConfig,
+    "redis": RedisConfig,
+    "database": DatabaseConfig,
+    "workers": WorkersConfig,
+    "api": ApiConfig,
+    "auth": AuthConfig,
+    "observability": ObservabilityConfig,
+}
+
+
+def parse(name: str, raw: Any) -> EnvConfig:
+    """One environment's block of ``offload:environments`` as a validated EnvConfig."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"environment {name!r} must be an object")
+    top = dict(raw)
+    sections = {
+        key: _build(cls, top.pop(key, None), f"{name}.{key}") for key, cls in _SECTIONS.items()
+    }
+    if "webOrigins" in top:
+        top["webOrigins"] = tuple(top["webOrigins"])
+    rest = _build(_TopLevel, top, name)
+    config = EnvConfig(name=name, **dataclasses.asdict(rest), **sections)
+    config.validate()
+    return config
+
+
+@dataclass(frozen=True, kw_only=True)
+class _TopLevel:
+    termination_protection: bool
+    retain_stateful_resources: bool
+    web_origins: tuple[str, ...]
+
+
+def env_name(node: Node) -> str:
+    for key in ENV_KEYS:
+        value = node.try_get_context(key)
+        if value:
+            return str(value)
+    return "dev"
+
+
+def load(node: Node) -> EnvConfig:
+    """The configuration of the environment chosen by context (``-c env=NAME``)."""
+    environments = node.try_get_context(ENVIRONMENTS_KEY)
+    if not isinstance(environments, dict) or not environments:
+        raise ConfigError(f"cdk.json context has no {ENVIRONMENTS_KEY!r} block")
+    name = env_name(node)
+    if name not in environments:
+        raise ConfigError(f"unknown environment {name!r}: cdk.json defines {sorted(environments)}")
+    return parse(name, environments[name])
+
+
+def skip_bundling(node: Node) -> bool:
+    value = node.try_get_context(SKIP_BUNDLING_KEY)
+    return value is True or str(value).lower() == "true"

@@ -1,0 +1,212 @@
+"""PostgreSQL on RDS: the source of truth for uploads and job status.
+
+- PostgreSQL 16, minor version pinned (upgrades are deliberate: bump ``ENGINE_VERSION``).
+- Encrypted storage, TLS required (``rds.force_ssl``), isolated subnets.
+- Credentials generated into Secrets Manager, rotated on a schedule (single user).
+- RDS Proxy (secret auth, TLS required) for the Lambdas; the Fargate workers, long-lived with
+  small pools, connect to the instance directly.
+- Backups; Multi-AZ and deletion protection where the environment asks (prod).
+
+Stateful: ``DatabaseStack`` has termination protection where the environment asks for it;
+never rename the construct ids.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_rds as rds
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from stacks.base import OffloadStack
+from stacks.config import DatabaseConfig, EnvConfig
+from stacks.nag import acknowledge
+from stacks.network import Network
+
+ENGINE_VERSION = rds.PostgresEngineVersion.VER_16_13
+POSTGRES_PORT = 5432
+MASTER_USER = "offload_admin"
+
+
+class Database(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: DatabaseConfig,
+        instance_identifier: str,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        proxy_clients: list[ec2.ISecurityGroup],
+        direct_clients: list[ec2.ISecurityGroup],
+        log_retention: logs.RetentionDays,
+        removal_policy: RemovalPolicy,
+        deletion_protection: bool,
+    ) -> None:
+        super().__init__(scope, id)
+        engine = rds.DatabaseInstanceEngine.postgres(version=ENGINE_VERSION)
+        self.security_group = ec2.SecurityGroup(
+            self,
+            "SecurityGroup",
+            vpc=vpc,
+            description="offload PostgreSQL: from its proxy, the workers and the rotation only",
+            allow_all_outbound=False,
+        )
+        self.proxy_security_group = ec2.SecurityGroup(
+            self,
+            "ProxySecurityGroup",
+            vpc=vpc,
+            description="offload RDS Proxy: from the Lambdas only",
+        )
+        # (the proxy -> instance rule is added by add_proxy below, the rotation function's by
+        # add_rotation_single_user)
+        for client in direct_clients:
+            self.security_group.add_ingress_rule(
+                client, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from an offload workload"
+            )
+        for client in proxy_clients:
+            self.proxy_security_group.add_ingress_rule(
+                client, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL (TLS) from the Lambdas"
+            )
+
+        parameters = rds.ParameterGroup(
+            self,
+            "Parameters",
+            engine=engine,
+            description="offload PostgreSQL: TLS only",
+            parameters={"rds.force_ssl": "1", "log_min_duration_statement": "1000"},
+        )
+        # Log groups made here (not by a LogRetention custom resource) so they have a retention
+        # from the start; RDS writes to /aws/rds/instance/<identifier>/<log>.
+        log_groups = [
+            logs.LogGroup(
+                self,
+                f"{name.capitalize()}Log",
+                log_group_name=f"/aws/rds/instance/{instance_identifier}/{name}",
+                retention=log_retention,
+                removal_policy=RemovalPolicy.DESTROY,
+            )
+            for name in ("postgresql", "upgrade")
+        ]
+        self.instance = rds.DatabaseInstance(
+            self,
+            "Instance",
+            engine=engine,
+            instance_identifier=instance_identifier,
+            instance_type=ec2.InstanceType(config.instance_type),
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[self.security_group],
+            credentials=rds.Credentials.from_generated_secret(MASTER_USER),
+            database_name=config.database_name,
+            port=POSTGRES_PORT,
+            storage_encrypted=True,
+            storage_type=rds.StorageType.GP3,
+            allocated_storage=config.allocated_storage_gib,
+            max_allocated_storage=config.max_allocated_storage_gib,
+            multi_az=config.multi_az,
+            backup_retention=Duration.days(config.backup_retention_days),
+            preferred_backup_window="02:00-03:00",
+            preferred_maintenance_window="sun:03:00-sun:04:00",
+            deletion_protection=deletion_protection,
+            removal_policy=(
+                RemovalPolicy.SNAPSHOT if removal_policy == RemovalPolicy.RETAIN else removal_policy
+            ),
+            delete_automated_backups=removal_policy != RemovalPolicy.RETAIN,
+            parameter_group=parameters,
+            cloudwatch_logs_exports=["postgresql", "upgrade"],
+            auto_minor_version_upgrade=False,  # the minor version is pinned in code
+            iam_authentication=True,
+            copy_tags_to_snapshot=True,
+            publicly_accessible=False,
+            ca_certificate=rds.CaCertificate.RDS_CA_RSA2048_G1,
+        )
+        for group in log_groups:
+            self.instance.node.add_dependency(group)
+        assert self.instance.secret is not None
+        self.secret: secretsmanager.ISecret = self.instance.secret
+
+        self.rotation = self.instance.add_rotation_single_user(
+            automatically_after=Duration.days(config.rotation_days),
+        )
+
+        self.proxy = self.instance.add_proxy(
+            "Proxy",
+            secrets=[self.secret],
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[self.proxy_security_group],
+            require_tls=True,
+            iam_auth=False,
+            client_password_auth_type=rds.ClientPasswordAuthType.POSTGRES_SCRAM_SHA_256,
+            idle_client_timeout=Duration.minutes(30),
+            max_connections_percent=80,
+            borrow_timeout=Duration.seconds(30),
+        )
+
+        acknowledge(
+            self.instance,
+            "AwsSolutions-RDS11",
+            "Default port kept: the security group admits only the proxy, the workers and the "
+            "rotation function, and every client assumes 5432.",
+        )
+        if not config.multi_az:
+            acknowledge(
+                self.instance,
+                "AwsSolutions-RDS3",
+                "Single-AZ in this (non-production) environment to save cost; prod is Multi-AZ.",
+            )
+        if not deletion_protection:
+            acknowledge(
+                self.instance,
+                "AwsSolutions-RDS10",
+                "No deletion protection in this (non-production) environment so it can be torn "
+                "down; prod has it.",
+            )
+
+    @property
+    def proxy_host(self) -> str:
+        return self.proxy.endpoint
+
+    @property
+    def host(self) -> str:
+        return self.instance.db_instance_endpoint_address
+
+    @property
+    def port(self) -> str:
+        return self.instance.db_instance_endpoint_port
+
+
+class DatabaseStack(OffloadStack):
+    """RDS PostgreSQL, its credentials and rotation, and RDS Proxy (stateful)."""
+
+    stateful = True
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: EnvConfig,
+        network: Network,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, id, config=config, **kwargs)
+        self.database = Database(
+            self,
+            "Database",
+            config=config.database,
+            instance_identifier=f"offload-{config.name}",
+            vpc=network.vpc,
+            subnets=network.data_subnets,
+            proxy_clients=[network.lambdas_sg],
+            direct_clients=[network.workers_sg],
+            log_retention=config.log_retention,
+            removal_policy=self.stateful_removal_policy,
+            deletion_protection=config.retain_stateful_resources,
+        )

@@ -1,0 +1,49 @@
+"""Names of the custom CloudWatch metrics the runtime publishes (namespace ``Offload``,
+dimension ``Queue`` = the bullmq queue name), in one place for the scaling policy, the
+dashboard and the alarms.
+
+- Published every minute by the queue-metrics Lambda (``lambdas.queue_metrics.handler``):
+  ``Waiting``, ``Active``, ``Delayed``, ``Failed`` (job counts) and ``OldestWaitingAge``
+  (seconds the oldest waiting job has waited).
+- Published by the workers as EMF (``offload/metrics.py``): ``JobsCompleted``, ``JobsFailed``
+  (counts) and ``JobDuration`` (milliseconds).
+- Published by the Lambdas as EMF (Powertools, extra dimension ``service``), e.g. the enqueue
+  function's ``MessagesMalformed`` (docs/lambdas.md).
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration
+from aws_cdk import aws_cloudwatch as cloudwatch
+
+NAMESPACE = "Offload"
+QUEUE_DIMENSION = "Queue"
+
+WAITING = "Waiting"
+ACTIVE = "Active"
+DELAYED = "Delayed"
+FAILED = "Failed"
+OLDEST_WAITING_AGE = "OldestWaitingAge"
+JOBS_COMPLETED = "JobsCompleted"
+JOBS_FAILED = "JobsFailed"
+JOB_DURATION = "JobDuration"
+
+ONE_MINUTE = Duration.minutes(1)
+
+
+def queue_metric(
+    name: str,
+    queue_name: str,
+    *,
+    statistic: str = "Maximum",
+    period: Duration = ONE_MINUTE,
+    label: str | None = None,
+) -> cloudwatch.Metric:
+    return cloudwatch.Metric(
+        namespace=NAMESPACE,
+        metric_name=name,
+        dimensions_map={QUEUE_DIMENSION: queue_name},
+        statistic=statistic,
+        period=period,
+        label=label,
+    )

@@ -1,0 +1,112 @@
+"""The VPC: public, private-with-egress (Lambdas, workers, endpoints) and isolated (ElastiCache,
+RDS) subnets over two or more AZs, NAT gateways (one in dev), an S3 gateway endpoint, interface
+endpoints for every AWS API the workloads call, flow logs, and the workloads' security groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import RemovalPolicy
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from stacks.base import OffloadStack
+from stacks.config import EnvConfig, NetworkConfig, log_retention
+
+PUBLIC = "Public"
+APP = "App"
+DATA = "Data"
+
+# Interface endpoints: what the Lambdas and the Fargate tasks call without going through NAT.
+INTERFACE_ENDPOINTS = {
+    "EcrApi": ec2.InterfaceVpcEndpointAwsService.ECR,
+    "EcrDocker": ec2.InterfaceVpcEndpointAwsService.ECR_DOCKER,
+    "Logs": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_LOGS,
+    "SecretsManager": ec2.InterfaceVpcEndpointAwsService.SECRETS_MANAGER,
+    "Sqs": ec2.InterfaceVpcEndpointAwsService.SQS,
+    "Monitoring": ec2.InterfaceVpcEndpointAwsService.CLOUDWATCH_MONITORING,
+}
+
+
+class Network(Construct):
+    def __init__(self, scope: Construct, id: str, *, config: NetworkConfig) -> None:
+        super().__init__(scope, id)
+        self.vpc = ec2.Vpc(
+            self,
+            "Vpc",
+            ip_addresses=ec2.IpAddresses.cidr(config.cidr),
+            max_azs=config.max_azs,
+            nat_gateways=config.nat_gateways,
+            subnet_configuration=[
+                ec2.SubnetConfiguration(
+                    name=PUBLIC, subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24
+                ),
+                ec2.SubnetConfiguration(
+                    name=APP, subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
+                ),
+                ec2.SubnetConfiguration(
+                    name=DATA, subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=24
+                ),
+            ],
+            gateway_endpoints={
+                "S3": ec2.GatewayVpcEndpointOptions(service=ec2.GatewayVpcEndpointAwsService.S3)
+            },
+        )
+        flow_logs = logs.LogGroup(
+            self,
+            "FlowLogs",
+            retention=log_retention(config.flow_log_retention_days),
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        self.vpc.add_flow_log(
+            "FlowLog",
+            destination=ec2.FlowLogDestination.to_cloud_watch_logs(flow_logs),
+            traffic_type=ec2.FlowLogTrafficType.ALL,
+        )
+
+        endpoint_sg = ec2.SecurityGroup(
+            self,
+            "EndpointSecurityGroup",
+            vpc=self.vpc,
+            description="Interface endpoints: HTTPS from inside the VPC",
+            allow_all_outbound=False,
+        )
+        endpoint_sg.add_ingress_rule(
+            ec2.Peer.ipv4(config.cidr), ec2.Port.tcp(443), "HTTPS from the VPC"
+        )
+        for name, service in INTERFACE_ENDPOINTS.items():
+            self.vpc.add_interface_endpoint(
+                name,
+                service=service,
+                subnets=ec2.SubnetSelection(subnet_group_name=APP),
+                security_groups=[endpoint_sg],
+                private_dns_enabled=True,
+                open=False,  # the shared group above already admits the VPC on 443
+            )
+
+        # The workloads' security groups live here, so the data stores' groups (in their own
+        # stacks) can admit exactly these and nothing else.
+        self.workers_sg = ec2.SecurityGroup(
+            self, "WorkersSecurityGroup", vpc=self.vpc, description="offload Fargate workers"
+        )
+        self.lambdas_sg = ec2.SecurityGroup(
+            self, "LambdasSecurityGroup", vpc=self.vpc, description="offload Lambda functions"
+        )
+
+    @property
+    def app_subnets(self) -> ec2.SubnetSelection:
+        return ec2.SubnetSelection(subnet_group_name=APP)
+
+    @property
+    def data_subnets(self) -> ec2.SubnetSelection:
+        return ec2.SubnetSelection(subnet_group_name=DATA)
+
+
+class NetworkStack(OffloadStack):
+    """VPC, endpoints, flow logs and workload security groups."""
+
+    def __init__(self, scope: Construct, id: str, *, config: EnvConfig, **kwargs: Any) -> None:
+        super().__init__(scope, id, config=config, **kwargs)
+        self.network = Network(self, "Network", config=config.network)

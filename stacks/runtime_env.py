@@ -1,0 +1,20 @@
+"""The environment variables the runtime reads (``offload/settings.py``,
+``lambdas/runtime.py``), as the stacks set them. One place, so the Lambdas and the workers
+agree on the queue and the metrics."""
+
+from __future__ import annotations
+
+QUEUE_NAME = "uploads"
+QUEUE_PREFIX = "offload"  # settings wrap it as the hash tag "{offload}" (cluster-mode safe)
+
+
+def queue_env(*, redis_url: str, schema: str, log_level: str = "INFO") -> dict[str, str]:
+    """What every runtime component shares: the queue, the schema, metrics, logs."""
+    return {
+        "REDIS_URL": redis_url,
+        "OFFLOAD_QUEUE_NAME": QUEUE_NAME,
+        "OFFLOAD_QUEUE_PREFIX": QUEUE_PREFIX,
+        "OFFLOAD_DB_SCHEMA": schema,
+        "OFFLOAD_METRICS_NAMESPACE": "Offload",
+        "LOG_LEVEL": log_level,
+    }

@@ -1,0 +1,286 @@
+"""The Fargate workers: ``python -m fargate_worker`` from ``fargate_worker/Dockerfile``.
+
+- The image is a ``ContainerImage.from_asset`` of the repository root (``.dockerignore``
+  keeps only ``offload/``, ``fargate_worker/`` and the requirements): synth only stages it,
+  ``cdk deploy`` builds and pushes it.
+- Stop timeout 120 s (Fargate's maximum between SIGTERM and SIGKILL; the worker's own grace,
+  ``OFFLOAD_SHUTDOWN_GRACE_S``, is shorter); container health check
+  ``python -m fargate_worker.health``.
+- Secrets are injected by ECS from Secrets Manager (the task role cannot read them).
+- The task role reads ``uploads/*``, writes ``processed/*`` and sets its own task's scale-in
+  protection, nothing else.
+- Autoscaling on the queue backlog only (never on CPU: busy tasks would be killed): waiting
+  jobs per running task, from the queue-metrics Lambda's ``Waiting`` metric and Container
+  Insights' ``RunningTaskCount``. Out in steps, fast, from zero on a backlog of one; in by one
+  task at a time after the queue has been empty for a while. Minimum 0.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import Duration, RemovalPolicy, Stack
+from aws_cdk import aws_applicationautoscaling as appscaling
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from stacks.base import OffloadStack
+from stacks.bundling import REPO_ROOT
+from stacks.config import EnvConfig, WorkersConfig
+from stacks.database import Database
+from stacks.metrics import WAITING, queue_metric
+from stacks.nag import acknowledge
+from stacks.network import Network
+from stacks.queue import RedisQueue
+from stacks.runtime_env import QUEUE_NAME, queue_env
+from stacks.storage import UploadStorage
+
+STOP_TIMEOUT = Duration.seconds(120)
+SHUTDOWN_GRACE_S = 100  # < STOP_TIMEOUT: running jobs get this long after SIGTERM
+HEALTH_COMMAND = ["CMD", "python", "-m", "fargate_worker.health"]
+DOCKERFILE = "fargate_worker/Dockerfile"
+
+
+def worker_image() -> ecs.ContainerImage:
+    return ecs.ContainerImage.from_asset(
+        str(REPO_ROOT),
+        file=DOCKERFILE,
+        platform=ecr_assets.Platform.LINUX_AMD64,
+        # .dockerignore already keeps the build context small; these keep CDK's fingerprint
+        # from walking big directories at all.
+        exclude=[".venv", "node_modules", "cdk-cli", "cdk.out", ".cdk-cache", ".git", "tests"],
+    )
+
+
+def backlog_per_task(*, queue_name: str, cluster_name: str, service_name: str) -> Any:
+    """Waiting jobs per running task; with no task running, the waiting count itself (so a
+    backlog of one scales out from zero). No data from the queue-metrics Lambda means no
+    data here (the alarms stay put) rather than a fake zero."""
+    tasks = cloudwatch.Metric(
+        namespace="ECS/ContainerInsights",
+        metric_name="RunningTaskCount",
+        dimensions_map={"ClusterName": cluster_name, "ServiceName": service_name},
+        statistic="Average",
+        period=Duration.minutes(1),
+    )
+    return cloudwatch.MathExpression(
+        expression="IF(FILL(tasks, 0) > 1, waiting / FILL(tasks, 0), waiting)",
+        using_metrics={"waiting": queue_metric(WAITING, queue_name), "tasks": tasks},
+        label="Waiting jobs per running task",
+        period=Duration.minutes(1),
+    )
+
+
+class Workers(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: WorkersConfig,
+        image: ecs.ContainerImage,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        security_group: ec2.ISecurityGroup,
+        storage: UploadStorage,
+        redis_url: str,
+        redis_auth_token: secretsmanager.ISecret,
+        database: Database,
+        database_name: str,
+        schema: str,
+        log_retention: logs.RetentionDays,
+    ) -> None:
+        super().__init__(scope, id)
+        self.cluster = ecs.Cluster(
+            self,
+            "Cluster",
+            vpc=vpc,
+            enable_fargate_capacity_providers=True,
+            container_insights_v2=ecs.ContainerInsights.ENABLED,
+        )
+        self.task_definition = ecs.FargateTaskDefinition(
+            self,
+            "Task",
+            cpu=config.cpu,
+            memory_limit_mib=config.memory_mib,
+            runtime_platform=ecs.RuntimePlatform(
+                operating_system_family=ecs.OperatingSystemFamily.LINUX,
+                cpu_architecture=ecs.CpuArchitecture.X86_64,
+            ),
+        )
+        log_group = logs.LogGroup(
+            self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
+        )
+        environment = {
+            **queue_env(redis_url=redis_url, schema=schema),
+            "OFFLOAD_CONCURRENCY": str(config.concurrency),
+            "OFFLOAD_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
+            "UPLOAD_BUCKET": storage.bucket.bucket_name,
+            # PostgreSQL, directly (not through the proxy): the worker builds its DSN from
+            # these and the two secrets below.
+            "DATABASE_HOST": database.host,
+            "DATABASE_PORT": database.port,
+            "DATABASE_NAME": database_name,
+            "DATABASE_SSLMODE": "require",
+        }
+        self.container = self.task_definition.add_container(
+            "Worker",
+            image=image,
+            essential=True,
+            environment=environment,
+            secrets={
+                "REDIS_AUTH_TOKEN": ecs.Secret.from_secrets_manager(redis_auth_token),
+                "DATABASE_USER": ecs.Secret.from_secrets_manager(database.secret, "username"),
+                "DATABASE_PASSWORD": ecs.Secret.from_secrets_manager(database.secret, "password"),
+            },
+            logging=ecs.LogDrivers.aws_logs(stream_prefix="worker", log_group=log_group),
+            health_check=ecs.HealthCheck(
+                command=HEALTH_COMMAND,
+                interval=Duration.seconds(30),
+                timeout=Duration.seconds(5),
+                retries=3,
+                start_period=Duration.seconds(60),
+            ),
+            stop_timeout=STOP_TIMEOUT,
+        )
+        acknowledge(
+            self.task_definition,
+            "AwsSolutions-ECS2",
+            "Only non-secret settings are plain environment variables; the Redis token and "
+            "the database credentials are injected from Secrets Manager.",
+        )
+
+        spot = [ecs.CapacityProviderStrategy(capacity_provider="FARGATE_SPOT", weight=3)]
+        on_demand = [ecs.CapacityProviderStrategy(capacity_provider="FARGATE", weight=1)]
+        self.service = ecs.FargateService(
+            self,
+            "Service",
+            cluster=self.cluster,
+            task_definition=self.task_definition,
+            desired_count=config.min_tasks,
+            min_healthy_percent=100,
+            max_healthy_percent=200,
+            circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
+            capacity_provider_strategies=spot + on_demand if config.spot else on_demand,
+            vpc_subnets=subnets,
+            security_groups=[security_group],
+            assign_public_ip=False,
+            platform_version=ecs.FargatePlatformVersion.LATEST,
+            enable_ecs_managed_tags=True,
+            propagate_tags=ecs.PropagatedTagSource.SERVICE,
+        )
+
+        self._grant_task_role(storage)
+        self._autoscale(config)
+
+    def _grant_task_role(self, storage: UploadStorage) -> None:
+        role = self.task_definition.task_role
+        stack = Stack.of(self)
+        role.add_managed_policy(storage.read_uploads_policy)
+        role.add_managed_policy(storage.write_processed_policy)
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                sid="OwnTaskScaleInProtection",
+                actions=["ecs:UpdateTaskProtection", "ecs:GetTaskProtection"],
+                resources=[
+                    stack.format_arn(
+                        service="ecs",
+                        resource="task",
+                        resource_name=f"{self.cluster.cluster_name}/*",
+                    )
+                ],
+            )
+        )
+        cluster_ref = stack.resolve(self.cluster.node.default_child.logical_id)  # type: ignore[union-attr]
+        acknowledge(
+            role,
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:ecs:<AWS::Region>:"
+            f"<AWS::AccountId>:task/<{cluster_ref}>/*]",
+            "Scale-in protection of its own task: task ids are only known at run time, so the "
+            "resource is every task of this cluster.",
+        )
+        acknowledge(
+            self.task_definition.obtain_execution_role(),
+            "AwsSolutions-IAM5[Resource::*]",
+            "ecr:GetAuthorizationToken (pulling the image) takes no resource ARN.",
+        )
+
+    def _autoscale(self, config: WorkersConfig) -> None:
+        self.scaling = self.service.auto_scale_task_count(
+            min_capacity=config.min_tasks, max_capacity=config.max_tasks
+        )
+        self.backlog_per_task = backlog_per_task(
+            queue_name=QUEUE_NAME,
+            cluster_name=self.cluster.cluster_name,
+            service_name=self.service.service_name,
+        )
+        per_task = config.concurrency
+        self.scaling.scale_on_metric(
+            "ScaleOutOnBacklog",
+            metric=self.backlog_per_task,
+            scaling_steps=[
+                appscaling.ScalingInterval(upper=1, change=0),
+                appscaling.ScalingInterval(lower=1, change=1),
+                appscaling.ScalingInterval(lower=2 * per_task, change=2),
+                appscaling.ScalingInterval(lower=8 * per_task, change=5),
+            ],
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            metric_aggregation_type=appscaling.MetricAggregationType.MAXIMUM,
+            evaluation_periods=1,
+            cooldown=Duration.seconds(60),
+        )
+        idle = config.scale_in_after_idle_minutes
+        self.scaling.scale_on_metric(
+            "ScaleInWhenIdle",
+            metric=self.backlog_per_task,
+            scaling_steps=[
+                appscaling.ScalingInterval(upper=0, change=-1),
+                appscaling.ScalingInterval(lower=1, change=0),
+            ],
+            adjustment_type=appscaling.AdjustmentType.CHANGE_IN_CAPACITY,
+            metric_aggregation_type=appscaling.MetricAggregationType.MAXIMUM,
+            evaluation_periods=idle,
+            datapoints_to_alarm=idle,
+            cooldown=Duration.minutes(5),
+        )
+
+
+class WorkersStack(OffloadStack):
+    """ECS cluster and the autoscaled Fargate worker service."""
+
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: EnvConfig,
+        network: Network,
+        storage: UploadStorage,
+        queue: RedisQueue,
+        database: Database,
+        image: ecs.ContainerImage | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(scope, id, config=config, **kwargs)
+        self.workers = Workers(
+            self,
+            "Workers",
+            config=config.workers,
+            image=image or worker_image(),
+            vpc=network.vpc,
+            subnets=network.app_subnets,
+            security_group=network.workers_sg,
+            storage=storage,
+            redis_url=queue.url,
+            redis_auth_token=queue.auth_token,
+            database=database,
+            database_name=config.database.database_name,
+            schema=config.database.schema,
+            log_retention=config.log_retention,
+        )

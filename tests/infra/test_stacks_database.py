@@ -1,0 +1,100 @@
+"""RDS PostgreSQL, credentials rotation, RDS Proxy, and the migrations custom resource."""
+
+from __future__ import annotations
+
+import json
+
+from stacks.migrations import migrations_hash
+from tests.infra.conftest import Synth
+
+
+def test_postgres_16_pinned_encrypted_private(each_env: Synth) -> None:
+    db = each_env.one(each_env.stacks.database, "AWS::RDS::DBInstance")
+    assert db["Engine"] == "postgres"
+    assert db["EngineVersion"].startswith("16.") and db["EngineVersion"].count(".") == 1
+    assert db["AutoMinorVersionUpgrade"] is False
+    assert db["StorageEncrypted"] is True
+    assert db["PubliclyAccessible"] is False
+    assert db["BackupRetentionPeriod"] >= 1
+    group = each_env.one(each_env.stacks.database, "AWS::RDS::DBSubnetGroup")
+    assert all("DataSubnet" in json.dumps(subnet) for subnet in group["SubnetIds"])
+
+
+def test_tls_is_required(each_env: Synth) -> None:
+    params = each_env.one(each_env.stacks.database, "AWS::RDS::DBParameterGroup")
+    assert params["Parameters"]["rds.force_ssl"] == "1"
+    proxy = each_env.one(each_env.stacks.database, "AWS::RDS::DBProxy")
+    assert proxy["RequireTLS"] is True
+    assert proxy["EngineFamily"] == "POSTGRESQL"
+    [auth] = proxy["Auth"]
+    assert auth["AuthScheme"] == "SECRETS"
+
+
+def test_multi_az_backups_and_deletion_protection_in_prod(dev: Synth, prod: Synth) -> None:
+    db = dev.one(dev.stacks.database, "AWS::RDS::DBInstance")
+    assert (db["MultiAZ"], db["DeletionProtection"]) == (False, False)
+    db = prod.one(prod.stacks.database, "AWS::RDS::DBInstance")
+    assert (db["MultiAZ"], db["DeletionProtection"], db["BackupRetentionPeriod"]) == (
+        True,
+        True,
+        14,
+    )
+    instance = prod.resources(prod.stacks.database, "AWS::RDS::DBInstance")
+    assert next(iter(instance.values()))["DeletionPolicy"] == "Snapshot"
+    assert prod.stacks.database.termination_protection is True
+
+
+def test_generated_credentials_are_rotated(each_env: Synth) -> None:
+    stack = each_env.stacks.database
+    secret = each_env.one(stack, "AWS::SecretsManager::Secret")
+    assert "GenerateSecretString" in secret
+    rotation = each_env.one(stack, "AWS::SecretsManager::RotationSchedule")
+    assert rotation["RotationRules"]["ScheduleExpression"] == "rate(30 days)"
+
+
+def test_only_the_proxy_and_workers_reach_the_instance(dev: Synth) -> None:
+    stack = dev.stacks.database
+    ingress = [
+        r["Properties"] for r in dev.resources(stack, "AWS::EC2::SecurityGroupIngress").values()
+    ]
+    for rule in ingress:
+        assert "CidrIp" not in rule
+        port = rule["FromPort"]
+        assert port == 5432 or port == {"Fn::GetAtt": [port["Fn::GetAtt"][0], "Endpoint.Port"]}
+    sources = " ".join(json.dumps(r["SourceSecurityGroupId"]) for r in ingress)
+    assert "WorkersSecurityGroup" in sources
+    assert "LambdasSecurityGroup" in sources
+    assert "ProxySecurityGroup" in sources
+    assert "RotationSingleUserSecurityGroup" in sources
+    # proxy, workers, rotation -> instance; lambdas -> proxy (never the instance)
+    assert len(ingress) == 4
+    for rule in ingress:
+        if "LambdasSecurityGroup" in json.dumps(rule["SourceSecurityGroupId"]):
+            assert "ProxySecurityGroup" in json.dumps(rule["GroupId"])
+
+
+def test_migrations_run_on_deploy_and_when_a_migration_changes(dev: Synth) -> None:
+    stack = dev.stacks.migrations
+    resource = dev.one(stack, "Custom::OffloadSchemaMigrations")
+    assert resource["MigrationsHash"] == migrations_hash()
+    assert resource["Schema"] == "offload"
+    functions = dev.resources(stack, "AWS::Lambda::Function")
+    [migrate] = [
+        f for f in functions.values() if f["Properties"]["Handler"] == "lambdas.migrate.handler"
+    ]
+    env = migrate["Properties"]["Environment"]["Variables"]
+    assert {"DATABASE_SECRET_ARN", "DATABASE_PROXY_HOST", "OFFLOAD_DB_SCHEMA"} <= set(env)
+
+
+def test_new_code_deploys_after_the_migrations(dev: Synth) -> None:
+    stacks = dev.stacks
+    assert stacks.migrations in stacks.api.dependencies
+    assert stacks.migrations in stacks.workers.dependencies
+    assert stacks.database in stacks.migrations.dependencies
+
+
+def test_migrations_hash_follows_the_files(tmp_path) -> None:
+    (tmp_path / "0001_a.sql").write_text("create table a ();")
+    before = migrations_hash(tmp_path)
+    (tmp_path / "0002_b.sql").write_text("create table b ();")
+    assert migrations_hash(tmp_path) != before

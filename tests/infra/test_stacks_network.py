@@ -1,0 +1,79 @@
+"""Network: subnets over two AZs, NAT count per environment, endpoints, flow logs."""
+
+from __future__ import annotations
+
+import json
+
+from aws_cdk.assertions import Match
+
+from tests.infra.conftest import Synth
+
+
+def test_three_subnet_tiers_in_two_azs(each_env: Synth) -> None:
+    stack = each_env.stacks.network
+    subnets = each_env.resources(stack, "AWS::EC2::Subnet")
+    tiers = {}
+    for subnet in subnets.values():
+        tags = {t["Key"]: t["Value"] for t in subnet["Properties"]["Tags"]}
+        tiers.setdefault(tags["aws-cdk:subnet-type"], []).append(subnet)
+    assert {name: len(group) for name, group in tiers.items()} == {
+        "Public": 2,
+        "Private": 2,
+        "Isolated": 2,
+    }
+    azs = {json.dumps(s["Properties"]["AvailabilityZone"]) for s in tiers["Isolated"]}
+    assert len(azs) == 2
+
+
+def test_one_nat_gateway_in_dev_two_in_prod(dev: Synth, prod: Synth) -> None:
+    dev.template(dev.stacks.network).resource_count_is("AWS::EC2::NatGateway", 1)
+    prod.template(prod.stacks.network).resource_count_is("AWS::EC2::NatGateway", 2)
+
+
+def test_isolated_subnets_have_no_route_to_the_internet(dev: Synth) -> None:
+    routes = dev.resources(dev.stacks.network, "AWS::EC2::Route")
+    for route in routes.values():
+        table = json.dumps(route["Properties"]["RouteTableId"])
+        if "DataSubnet" in table:
+            assert "NatGatewayId" not in route["Properties"]
+            assert "GatewayId" not in route["Properties"]
+
+
+def test_gateway_and_interface_endpoints(dev: Synth) -> None:
+    endpoints = dev.resources(dev.stacks.network, "AWS::EC2::VPCEndpoint")
+    services = {}
+    for endpoint in endpoints.values():
+        props = endpoint["Properties"]
+        name = json.dumps(props["ServiceName"])
+        services[name] = props.get("VpcEndpointType", "Gateway")
+    gateway = [n for n, kind in services.items() if kind == "Gateway"]
+    assert len(gateway) == 1 and ".s3" in gateway[0]
+    interface = " ".join(n for n, kind in services.items() if kind == "Interface")
+    for service in ("ecr.api", "ecr.dkr", "logs", "secretsmanager", "sqs", "monitoring"):
+        assert f".{service}" in interface, service
+    for endpoint in endpoints.values():
+        if endpoint["Properties"].get("VpcEndpointType") == "Interface":
+            assert endpoint["Properties"]["PrivateDnsEnabled"] is True
+
+
+def test_endpoint_security_group_admits_only_https_from_the_vpc(dev: Synth) -> None:
+    template = dev.template(dev.stacks.network)
+    template.has_resource_properties(
+        "AWS::EC2::SecurityGroup",
+        {
+            "GroupDescription": Match.string_like_regexp("Interface endpoints"),
+            "SecurityGroupIngress": [
+                Match.object_like({"CidrIp": "10.40.0.0/16", "FromPort": 443, "ToPort": 443})
+            ],
+        },
+    )
+
+
+def test_flow_logs_to_a_log_group_with_retention(dev: Synth, prod: Synth) -> None:
+    for synth, days in ((dev, 7), (prod, 90)):
+        template = synth.template(synth.stacks.network)
+        template.has_resource_properties(
+            "AWS::EC2::FlowLog",
+            {"ResourceType": "VPC", "TrafficType": "ALL", "LogDestinationType": "cloud-watch-logs"},
+        )
+        template.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": days})

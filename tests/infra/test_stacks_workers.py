@@ -1,0 +1,149 @@
+"""Workers: the Fargate service, its container, least-privilege task role, backlog scaling."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from stacks.workers import HEALTH_COMMAND
+from tests.infra.conftest import Synth
+
+
+def container(synth: Synth) -> dict[str, Any]:
+    task = synth.one(synth.stacks.workers, "AWS::ECS::TaskDefinition")
+    [definition] = task["ContainerDefinitions"]
+    return definition
+
+
+def test_image_is_the_worker_dockerfile_staged_not_built(dev: Synth) -> None:
+    manifest = json.loads((dev.outdir / f"{dev.stacks.workers.stack_name}.assets.json").read_text())
+    [image] = manifest["dockerImages"].values()
+    assert image["source"]["dockerFile"] == "fargate_worker/Dockerfile"
+    staged = dev.outdir / image["source"]["directory"]
+    assert (staged / "fargate_worker" / "Dockerfile").is_file()
+    assert (staged / "offload" / "settings.py").is_file()
+    assert not (staged / ".venv").exists() and not (staged / "tests").exists()
+    assert "cdk-hnb659fds-container-assets" in json.dumps(container(dev)["Image"])
+
+
+def test_stop_timeout_and_health_check(each_env: Synth) -> None:
+    definition = container(each_env)
+    assert definition["StopTimeout"] == 120
+    assert definition["HealthCheck"]["Command"] == HEALTH_COMMAND
+    assert definition["LogConfiguration"]["LogDriver"] == "awslogs"
+    env = {e["Name"]: e["Value"] for e in definition["Environment"]}
+    assert int(env["OFFLOAD_SHUTDOWN_GRACE_S"]) < 120
+
+
+def test_secrets_are_injected_from_secrets_manager(dev: Synth) -> None:
+    definition = container(dev)
+    secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in definition["Secrets"]}
+    assert set(secrets) == {"REDIS_AUTH_TOKEN", "DATABASE_USER", "DATABASE_PASSWORD"}
+    assert "RedisAuthToken" in secrets["REDIS_AUTH_TOKEN"]
+    assert ":username::" in secrets["DATABASE_USER"]
+    assert ":password::" in secrets["DATABASE_PASSWORD"]
+    env = {e["Name"]: json.dumps(e["Value"]) for e in definition["Environment"]}
+    assert env["REDIS_URL"].startswith('{"Fn::Join": ["", ["rediss://"')
+    for name in ("DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME", "UPLOAD_BUCKET"):
+        assert name in env
+    assert not any("PASSWORD" in name or "TOKEN" in name for name in env)
+
+
+def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
+    service = dev.one(dev.stacks.workers, "AWS::ECS::Service")
+    assert service["DesiredCount"] == 0
+    network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert network["AssignPublicIp"] == "DISABLED"
+    assert all("AppSubnet" in json.dumps(s) for s in network["Subnets"])
+    assert "WorkersSecurityGroup" in json.dumps(network["SecurityGroups"])
+    providers = {s["CapacityProvider"] for s in service["CapacityProviderStrategy"]}
+    assert providers == {"FARGATE_SPOT", "FARGATE"}
+    prod_service = prod.one(prod.stacks.workers, "AWS::ECS::Service")
+    assert {s["CapacityProvider"] for s in prod_service["CapacityProviderStrategy"]} == {"FARGATE"}
+    cluster = dev.one(dev.stacks.workers, "AWS::ECS::Cluster")
+    assert {"Name": "containerInsights", "Value": "enabled"} in cluster["ClusterSettings"]
+
+
+def test_task_role_least_privilege(dev: Synth) -> None:
+    stack = dev.stacks.workers
+    task = dev.one(stack, "AWS::ECS::TaskDefinition")
+    task_role_id = task["TaskRoleArn"]["Fn::GetAtt"][0]
+    role = dev.json(stack)["Resources"][task_role_id]["Properties"]
+    attached = json.dumps(role["ManagedPolicyArns"])
+    assert "ReadUploadsPolicy" in attached and "WriteProcessedPolicy" in attached
+    assert "ManageUploadsPolicy" not in attached
+    policies = [
+        p["Properties"]
+        for p in dev.resources(stack, "AWS::IAM::Policy").values()
+        if {"Ref": task_role_id} in p["Properties"]["Roles"]
+    ]
+    [statement] = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    assert sorted(statement["Action"]) == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+    assert ":task/" in json.dumps(statement["Resource"])
+    # No secret access for the task role: ECS injects the secrets with the execution role.
+    assert "secretsmanager" not in json.dumps(policies)
+
+
+def scaling(synth: Synth) -> tuple[dict, dict[str, dict], dict[str, dict]]:
+    stack = synth.stacks.workers
+    target = synth.one(stack, "AWS::ApplicationAutoScaling::ScalableTarget")
+    policies = synth.resources(stack, "AWS::ApplicationAutoScaling::ScalingPolicy")
+    alarms = synth.resources(stack, "AWS::CloudWatch::Alarm")
+    return target, policies, alarms
+
+
+def alarm_for(policy_id: str, alarms: dict[str, dict]) -> dict:
+    [alarm] = [
+        a for a in alarms.values() if a["Properties"]["AlarmActions"] == [{"Ref": policy_id}]
+    ]
+    return alarm["Properties"]
+
+
+def test_scaling_allows_zero_tasks(dev: Synth, prod: Synth) -> None:
+    for synth, maximum in ((dev, 3), (prod, 20)):
+        target, _, _ = scaling(synth)
+        assert (target["MinCapacity"], target["MaxCapacity"]) == (0, maximum)
+
+
+def test_scales_out_in_steps_from_a_backlog_of_one(dev: Synth) -> None:
+    _, policies, alarms = scaling(dev)
+    [(policy_id, out)] = [(k, p) for k, p in policies.items() if "ScaleOut" in k]
+    config = out["Properties"]["StepScalingPolicyConfiguration"]
+    steps = config["StepAdjustments"]
+    assert steps[0] == {
+        "MetricIntervalLowerBound": 0,
+        "MetricIntervalUpperBound": 3,
+        "ScalingAdjustment": 1,
+    }
+    assert [s["ScalingAdjustment"] for s in steps] == [1, 2, 5]
+    assert config["AdjustmentType"] == "ChangeInCapacity"
+    alarm = alarm_for(policy_id, alarms)
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert alarm["EvaluationPeriods"] == 1
+    metrics = {m["Id"]: m for m in alarm["Metrics"]}
+    waiting = metrics["waiting"]["MetricStat"]["Metric"]
+    assert waiting["Namespace"] == "Offload" and waiting["MetricName"] == "Waiting"
+    assert waiting["Dimensions"] == [{"Name": "Queue", "Value": "uploads"}]
+    # With no task running, the expression is the waiting count itself: 1 job -> scale out.
+    assert (
+        metrics["expr_1"]["Expression"]
+        == "IF(FILL(tasks, 0) > 1, waiting / FILL(tasks, 0), waiting)"
+    )
+
+
+def test_scales_in_slowly_when_idle_and_never_on_cpu(dev: Synth) -> None:
+    _, policies, alarms = scaling(dev)
+    [(policy_id, scale_in)] = [(k, p) for k, p in policies.items() if "ScaleIn" in k]
+    config = scale_in["Properties"]["StepScalingPolicyConfiguration"]
+    assert config["StepAdjustments"] == [{"MetricIntervalUpperBound": 0, "ScalingAdjustment": -1}]
+    assert config["Cooldown"] == 300
+    alarm = alarm_for(policy_id, alarms)
+    assert (alarm["Threshold"], alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (
+        0,
+        15,
+        15,
+    )
+    assert alarm["ComparisonOperator"] == "LessThanOrEqualToThreshold"
+    assert len(policies) == 2  # no target tracking on CPU or memory
+    assert "CPUUtilization" not in json.dumps(alarms)

@@ -1,0 +1,49 @@
+"""The deploy-time migrations custom resource handler against real PostgreSQL."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from lambdas import migrate as migrate_handler
+from lambdas import runtime
+from offload.db.migrate import discover
+from tests.support.servers import unique_name
+
+
+@pytest.fixture
+def schema(database_url, monkeypatch):
+    name = unique_name("cr")
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("OFFLOAD_DB_SCHEMA", name)
+    runtime.reset()
+    yield name
+    runtime.reset()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+def test_create_update_delete(schema):
+    created = migrate_handler.handler({"RequestType": "Create"}, None)
+    assert created["PhysicalResourceId"] == f"offload-schema-{schema}"
+    assert created["Data"]["Applied"] == ",".join(str(m.version) for m in discover())
+    updated = migrate_handler.handler(
+        {"RequestType": "Update", "PhysicalResourceId": created["PhysicalResourceId"]}, None
+    )
+    assert updated["Data"]["Applied"] == "none"
+    deleted = migrate_handler.handler(
+        {"RequestType": "Delete", "PhysicalResourceId": created["PhysicalResourceId"]}, None
+    )
+    assert deleted == {"PhysicalResourceId": created["PhysicalResourceId"]}
+
+
+def test_schema_from_resource_properties(schema):
+    other = schema + "_p"
+    try:
+        result = migrate_handler.handler(
+            {"RequestType": "Create", "ResourceProperties": {"Schema": other}}, None
+        )
+        assert result["PhysicalResourceId"] == f"offload-schema-{other}"
+    finally:
+        with psycopg.connect(runtime.settings().database_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
