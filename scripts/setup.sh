@@ -87,4 +87,11 @@ log "PostgreSQL reachable at $PG_WHERE, database $PG_DB"
 # --- 5: the pinned CDK CLI --------------------------------------------------------------------
 ensure_cdk_cli || true
 
+# --- 6: the Lambdas' dependencies for the Lambda platform (cdk synth stays offline after) --
+if [ -z "$(ls -A .cdk-cache/lambda-deps 2>/dev/null)" ]; then
+	log "fetching the Lambda dependencies for the Lambda platform into .cdk-cache/"
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 "$VENV_PY" -c \
+		"from stacks.bundling import PipLocalBundling; PipLocalBundling().dependencies_dir()"
+fi
+
 log "ready in $((($(date +%s%N) - started_ns) / 1000000)) ms"
