@@ -32,7 +32,7 @@ from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import InvalidJobData, JobRef
 from offload.metrics import MetricsEmitter
-from offload.redis_conn import connection_options
+from offload.redis_conn import connection_options, redact
 from offload.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,9 @@ class OffloadWorker:
             heartbeat(self.settings.health_file, self.settings.health_interval_s, self._health)
         )
         log.info(
-            "worker started",
+            "worker started on %s, queue %s",
+            redact(self.settings.redis_url),  # never the credentials
+            self.settings.queue_name,
             extra={
                 "worker_id": self.worker_id,
                 "state": f"concurrency={self.settings.concurrency}",
