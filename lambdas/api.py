@@ -233,10 +233,30 @@ def list_jobs() -> Response:
     return _json(
         200,
         {
-            "jobs": [job_queries.job_view(row) for row in rows],
+            "jobs": [_job_answer(owner, row) for row in rows],
             "nextCursor": job_queries.encode_cursor(next_cursor) if next_cursor else None,
         },
     )
+
+
+def _job_answer(owner: str, row: Any) -> dict[str, Any]:
+    """A job as the API shows it, with ``links``: presigned GETs of a completed job's outputs."""
+    from offload.aws import s3_client
+    from offload.db.job_queries import job_view
+
+    view = job_view(row)
+    view["links"] = []
+    if row.state == "completed" and row.upload_id:
+        settings = _runtime().settings()
+        view["links"] = uploads.result_links(
+            s3_client(settings.s3_endpoint_url),
+            settings.upload_bucket,
+            owner,
+            row.upload_id,
+            row.result,
+            settings.url_expiry_s,
+        )
+    return view
 
 
 async def _owned_job(owner: str, job_id: str) -> Any:
@@ -251,9 +271,7 @@ async def _owned_job(owner: str, job_id: str) -> Any:
 @app.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     owner = _caller()
-    from offload.db.job_queries import job_view
-
-    return _json(200, job_view(_runtime().run(_owned_job(owner, job_id))))
+    return _json(200, _job_answer(owner, _runtime().run(_owned_job(owner, job_id))))
 
 
 async def _retry(owner: str, job_id: str) -> Any:
@@ -279,12 +297,10 @@ async def _retry(owner: str, job_id: str) -> Any:
 @app.post("/jobs/<job_id>/retry")
 def retry_job(job_id: str) -> Response:
     owner = _caller()
-    from offload.db.job_queries import job_view
-
     row = _runtime().run(_retry(owner, job_id))
     logger.info("job retried", extra={"job_id": job_id})
     _count("JobsRetried")
-    return _json(200, job_view(row))
+    return _json(200, _job_answer(owner, row))
 
 
 # --- errors -----------------------------------------------------------------------------------

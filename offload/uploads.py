@@ -294,6 +294,25 @@ def presign_parts(
     ]
 
 
+def result_links(
+    s3: Any, bucket: str, owner: str, upload_id: str, result: Any, expires_s: int
+) -> list[dict[str, str]]:
+    """Presigned GETs for the outputs a job's result names (its ``*_key`` values). Only keys
+    under this owner's upload's output prefix are signed: a result never opens anything
+    else, whatever a processor wrote into it."""
+    if not isinstance(result, dict):
+        return []
+    prefix = UploadKey(owner, upload_id, "-").output_key("")
+    links = []
+    for field_name, key in sorted(result.items()):
+        if field_name.endswith("_key") and isinstance(key, str) and key.startswith(prefix):
+            url = s3.generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires_s
+            )
+            links.append({"name": key.rsplit("/", 1)[-1], "url": url})
+    return links
+
+
 def list_uploaded_parts(
     s3: Any, bucket: str, key: str, multipart_id: str, page_size: int | None = None
 ) -> list[dict[str, Any]] | None:

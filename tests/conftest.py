@@ -13,6 +13,7 @@ import boto3
 import pytest
 import redis
 
+from offload_local.stack import delete_keys, drop_schema
 from tests.support import servers
 
 
@@ -55,10 +56,7 @@ def queue_prefix(redis_url: str) -> Iterator[str]:
     """A hash-tagged prefix of this test's own; its keys are deleted afterwards."""
     prefix = "{" + servers.unique_name("test") + "}"
     yield prefix
-    client = redis.Redis.from_url(redis_url)
-    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-    for start in range(0, len(keys), 500):
-        client.delete(*keys[start : start + 500])
+    delete_keys(redis_url, prefix)
 
 
 @pytest.fixture
@@ -103,3 +101,16 @@ def lambda_env(settings, moto_endpoint, bucket, monkeypatch):
     runtime.reset()
     yield env
     runtime.reset()
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory):
+    """The whole pipeline (python -m offload_local) on this test session's own schema, queue
+    prefix and work directory; logs under its workdir/logs when a test fails."""
+    from tests.support.local_stack import LocalStack, start_options
+
+    workdir = tmp_path_factory.mktemp("local-stack")
+    with LocalStack(start_options(workdir)) as stack:
+        yield stack
+    drop_schema(stack.info.database_url, stack.options.schema)
+    delete_keys(stack.info.redis_url, stack.options.queue_prefix)

@@ -1,0 +1,82 @@
+"""``python -m offload_local``: run the local stack until Ctrl-C (see README, "Local stack")."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from offload_local.stack import LocalStack, StackOptions
+
+
+def parse_args(argv: list[str] | None = None) -> StackOptions:
+    defaults = StackOptions()
+    parser = argparse.ArgumentParser(prog="python -m offload_local", description=__doc__)
+    parser.add_argument("--workers", type=int, default=defaults.workers, help="worker processes")
+    parser.add_argument(
+        "--concurrency", type=int, default=defaults.worker_concurrency, help="jobs per worker"
+    )
+    parser.add_argument("--host", default=defaults.host, help="gateway address")
+    parser.add_argument("--port", type=int, default=defaults.port, help="gateway port (0: any)")
+    parser.add_argument("--workdir", type=Path, default=defaults.workdir, help="logs and state")
+    parser.add_argument("--user", default=defaults.demo_user, help="demo user's e-mail")
+    parser.add_argument("--password", help="demo user's password (default: a random one)")
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.concurrency < 1:
+        parser.error("--workers and --concurrency must be at least 1")
+    return StackOptions(
+        workers=args.workers,
+        worker_concurrency=args.concurrency,
+        host=args.host,
+        port=args.port,
+        workdir=args.workdir,
+        demo_user=args.user,
+        demo_password=args.password,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse_args(argv)
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        filename=options.workdir / "stack.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    stopping = threading.Event()
+    # SIGTERM as Ctrl-C: both stop the stack in order.
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    print("offload local stack: starting moto, Redis, PostgreSQL, Lambdas, workers...", flush=True)
+    with LocalStack(options) as stack:
+        info = stack.info
+        assert info is not None
+        print(
+            f"""
+  Web page     {info.web_url}
+  Sign in as   {info.username}
+  Password     {info.password}
+
+  API          {info.api_url}   (Authorization: a Cognito ID token)
+  CLI          .venv/bin/python -m offload --site {info.web_url} upload FILE...
+               (asks for the password; or set OFFLOAD_USERNAME / OFFLOAD_PASSWORD)
+  AWS (moto)   {info.moto_endpoint}   bucket {info.bucket}
+  Redis        {info.redis_url}   queue prefix {info.queue_prefix}
+  PostgreSQL   schema {info.schema}
+  Logs         {info.logdir}/   (lambda-*.log, worker-*.log, moto.log; ../stack.log)
+
+Ctrl-C stops everything.""",
+            flush=True,
+        )
+        with contextlib.suppress(KeyboardInterrupt):
+            stopping.wait()
+        print("\nstopping: workers drain their jobs first...", flush=True)
+    print("stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

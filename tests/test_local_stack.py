@@ -1,0 +1,124 @@
+"""End to end through the local stack (python -m offload_local): the API behind the gateway
+and its Cognito check, presigned uploads to S3 over HTTP, the S3 event through SQS to the
+enqueue Lambda, a worker, and the status the API shows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import pytest
+
+from offload_local import aws_resources
+from tests.support.local_stack import ApiClient, http, wait_until
+
+MiB = 1 << 20
+pytestmark = pytest.mark.timeout(240)
+
+
+def _finished_jobs(client: ApiClient, upload_id: str) -> list[dict] | None:
+    answer = client.call("GET", "/jobs?limit=100")
+    assert answer.status == 200, answer.body
+    jobs = [job for job in answer.body["jobs"] if job["uploadId"] == upload_id]
+    if jobs and all(job["state"] in ("completed", "failed") for job in jobs):
+        return jobs
+    return None
+
+
+def test_multipart_upload_reaches_completed_with_the_right_sha256(local_stack, tmp_path):
+    info = local_stack.info
+    client = ApiClient(info)
+    data = os.urandom(21 * MiB)
+    announced = {"filename": "big sample.bin", "size": len(data), "contentType": "video/mp4"}
+    created = client.call("POST", "/uploads", announced)
+    assert created.status == 201, created.body
+    upload = created.body
+    assert upload["type"] == "multipart" and upload["partCount"] >= 3
+    parts = []
+    for part in upload["partUrls"]:
+        start = (part["partNumber"] - 1) * upload["partSize"]
+        answer = http("PUT", part["url"], data[start : start + upload["partSize"]])
+        assert answer.status == 200
+        parts.append({"partNumber": part["partNumber"], "etag": answer.headers["etag"]})
+    done = client.call("POST", f"/uploads/{upload['id']}/complete", {"parts": parts})
+    assert done.status == 200, done.body
+
+    jobs = wait_until(lambda: _finished_jobs(client, upload["id"]), what="jobs finished")
+    inspect = next(job for job in jobs if job["name"] == "inspect")
+    assert inspect["state"] == "completed", inspect
+    assert inspect["progress"] == 100
+    assert inspect["result"]["sha256"] == hashlib.sha256(data).hexdigest()
+    manifest_link = next(link for link in inspect["links"] if link["name"] == "manifest.json")
+    fetched = http("GET", manifest_link["url"]).body
+    manifest = fetched if isinstance(fetched, dict) else json.loads(fetched)
+    assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["size"] == len(data)
+    row = client.call("GET", f"/uploads/{upload['id']}").body
+    assert row["state"] == "queued" and row["sizeActual"] == len(data)
+
+
+def test_single_upload_by_presigned_post_is_processed(local_stack):
+    client = ApiClient(local_stack.info)
+    data = b"id,name\n1,offload\n"
+    created = client.call(
+        "POST", "/uploads", {"filename": "rows.csv", "size": len(data), "contentType": "text/csv"}
+    )
+    assert created.status == 201, created.body
+    post = created.body["post"]
+    boundary = "offload-boundary"
+    form = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in post["fields"].items()
+    )
+    form += (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="rows.csv"\r\n'
+        f"Content-Type: text/csv\r\n\r\n"
+    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    answer = http(
+        "POST", post["url"], form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+    )
+    assert answer.status in (200, 204), answer.body
+    jobs = wait_until(lambda: _finished_jobs(client, created.body["id"]), what="jobs finished")
+    inspect = next(job for job in jobs if job["name"] == "inspect")
+    assert inspect["state"] == "completed"
+    assert inspect["result"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_the_gateway_checks_the_cognito_token(local_stack):
+    info = local_stack.info
+    url = info.api_url + "/jobs"
+    assert http("GET", url).status == 401
+    assert http("GET", url, headers={"Authorization": "not-a-token"}).status == 401
+    token = ApiClient(info).token
+    header, payload, signature = token.split(".")
+    forged = f"{header}.{payload}.{signature[::-1]}"
+    assert http("GET", url, headers={"Authorization": forged}).status == 401
+    assert http("GET", url, headers={"Authorization": f"Bearer {token}"}).status == 200
+    unknown = http("GET", info.api_url + "/nothing-here", headers={"Authorization": token})
+    assert unknown.status == 403  # API Gateway: "Missing Authentication Token"
+
+
+def test_each_user_sees_only_their_own_jobs(local_stack):
+    info = local_stack.info
+    pool = aws_resources.UserPool(info.user_pool_id, info.client_id)
+    other = aws_resources.create_user(info.moto_endpoint, pool, "other@example.com")
+    mine = ApiClient(info).call("GET", "/jobs?limit=100").body["jobs"]
+    theirs = ApiClient(info, other.username, other.password)
+    assert theirs.call("GET", "/jobs").body["jobs"] == []
+    for job in mine:
+        assert theirs.call("GET", f"/jobs/{job['id']}").status == 404
+
+
+def test_a_malformed_event_ends_in_the_dead_letter_queue(local_stack):
+    info = local_stack.info
+    sqs = aws_resources.client("sqs", info.moto_endpoint)
+    sqs.send_message(QueueUrl=info.events_queue_url, MessageBody="{not json")
+
+    def in_dlq():
+        return sqs.receive_message(QueueUrl=info.events_dlq_url, WaitTimeSeconds=1).get(
+            "Messages"
+        )
+
+    messages = wait_until(in_dlq, timeout_s=60, what="the bad event in the DLQ")
+    assert messages[0]["Body"] == "{not json"
