@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The local worker demo (README): setup, then scripts/worker_demo.py from the venv.
-# Extra arguments go to the demo, e.g. `scripts/demo.sh --big-mb 100`.
+# The local demo (README): setup, then the whole pipeline on this machine until Ctrl-C
+# (python -m offload_local). Extra arguments go to it, e.g. `scripts/demo.sh --workers 4`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m scripts.worker_demo "$@"
+exec .venv/bin/python -m offload_local "$@"

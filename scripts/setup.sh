@@ -4,7 +4,9 @@
 #   2. .venv with requirements-dev.txt (skipped while .venv/.requirements.sha256 matches);
 #   3. Redis reachable at REDIS_URL (default redis://127.0.0.1:6379/0);
 #   4. PostgreSQL reachable at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test),
-#      and the URL's database created.
+#      and the URL's database created;
+#   5. the pinned CDK CLI, and the Lambdas' dependencies for the Lambda platform;
+#   6. with --browser (the test command): Debian's chromium, for the browser test.
 # A local server that is not running is started (installed from Debian's packages first when
 # missing): that needs root. Remote URLs are only checked.
 set -euo pipefail
@@ -12,6 +14,14 @@ set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
+
+with_browser=0
+for arg in "$@"; do
+	case "$arg" in
+	--browser) with_browser=1 ;;
+	*) die "unknown option $arg (setup.sh [--browser])" ;;
+	esac
+done
 
 REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 DATABASE_URL="${DATABASE_URL:-postgresql://postgres@127.0.0.1:5432/test}"
@@ -92,6 +102,15 @@ if [ -z "$(ls -A .cdk-cache/lambda-deps 2>/dev/null)" ]; then
 	log "fetching the Lambda dependencies for the Lambda platform into .cdk-cache/"
 	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 "$VENV_PY" -c \
 		"from stacks.bundling import PipLocalBundling; PipLocalBundling().dependencies_dir()"
+fi
+
+# --- 7: a browser for the web page's test (Playwright drives it; it never downloads one) -----
+if [ "$with_browser" = 1 ]; then
+	if [ -x "${OFFLOAD_CHROMIUM:-/usr/bin/chromium}" ]; then
+		log "chromium: ${OFFLOAD_CHROMIUM:-/usr/bin/chromium}"
+	else
+		apt_install chromium
+	fi
 fi
 
 log "ready in $((($(date +%s%N) - started_ns) / 1000000)) ms"

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
 
-bash scripts/setup.sh
+bash scripts/setup.sh --browser
 # shellcheck source=/dev/null
 source .venv/bin/activate
 

@@ -114,3 +114,12 @@ def local_stack(tmp_path_factory):
         yield stack
     drop_schema(stack.info.database_url, stack.options.schema)
     delete_keys(stack.info.redis_url, stack.options.queue_prefix)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (``rep_call``), for fixtures that keep evidence of
+    a failure (the browser test's screenshot)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

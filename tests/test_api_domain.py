@@ -20,6 +20,7 @@ from offload.uploads import (
     normalize_content_type,
     parse_create_request,
     plan_parts,
+    result_links,
     single_upload_limit,
     valid_upload_id,
 )
@@ -125,3 +126,28 @@ def test_cursor_round_trip_is_exact():
 def test_bad_cursors_are_refused(token):
     with pytest.raises(InvalidCursor):
         decode_cursor(token)
+
+
+def test_result_links_sign_only_the_uploads_own_outputs():
+    import boto3
+    from botocore.config import Config
+
+    s3 = boto3.client(
+        "s3",
+        config=Config(signature_version="s3v4"),
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+    result = {
+        "manifest_key": "processed/user-a/up1/manifest.json",
+        "thumbnail_key": "processed/user-a/up1/thumbnail.jpg",
+        "other_key": "processed/user-b/up9/manifest.json",  # another user's output
+        "source_key": "uploads/user-a/up1/file.bin",  # not an output
+        "sha256": "processed/user-a/up1/not-a-key-field",
+    }
+    links = result_links(s3, "bkt", "user-a", "up1", result, 60)
+    assert [link["name"] for link in links] == ["manifest.json", "thumbnail.jpg"]
+    assert "processed/user-a/up1/manifest.json" in links[0]["url"]
+    assert "X-Amz-Expires=60" in links[0]["url"]
+    assert result_links(s3, "bkt", "user-a", "up1", None, 60) == []
