@@ -25,6 +25,12 @@ def parse_args(argv: list[str] | None = None) -> StackOptions:
     parser.add_argument("--workdir", type=Path, default=defaults.workdir, help="logs and state")
     parser.add_argument("--user", default=defaults.demo_user, help="demo user's e-mail")
     parser.add_argument("--password", help="demo user's password (default: a random one)")
+    parser.add_argument(
+        "--schema", default=defaults.schema, help="PostgreSQL schema (emptied at start)"
+    )
+    parser.add_argument(
+        "--queue-prefix", default=defaults.queue_prefix, help="Redis key prefix (emptied at start)"
+    )
     args = parser.parse_args(argv)
     if args.workers < 1 or args.concurrency < 1:
         parser.error("--workers and --concurrency must be at least 1")
@@ -36,6 +42,8 @@ def parse_args(argv: list[str] | None = None) -> StackOptions:
         workdir=args.workdir,
         demo_user=args.user,
         demo_password=args.password,
+        schema=args.schema,
+        queue_prefix=args.queue_prefix,
     )
 
 

@@ -1,0 +1,88 @@
+"""The local stack's own parts: throwaway servers when the configured ones do not answer, and
+`python -m offload_local` starting, answering and stopping cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from offload_local import servers
+from offload_local.stack import drop_schema
+from tests.support.servers import database_url, unique_name
+
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
+UNREACHABLE_PG = "postgresql://postgres@127.0.0.1:1/test"
+
+
+def test_a_throwaway_redis_when_the_configured_one_does_not_answer(tmp_path):
+    with servers.redis_server(UNREACHABLE_REDIS, tmp_path) as url:
+        assert url != UNREACHABLE_REDIS
+        client = redis.Redis.from_url(url)
+        assert client.ping()
+        client.close()
+    assert not servers.redis_answers(url)  # stopped with the context
+
+
+def test_a_throwaway_postgres_when_the_configured_one_does_not_answer(tmp_path):
+    with servers.postgres_server(UNREACHABLE_PG, tmp_path) as url:
+        assert url != UNREACHABLE_PG
+        with psycopg.connect(url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert not servers.postgres_answers(url)
+
+
+def test_the_configured_servers_are_used_when_they_answer(tmp_path):
+    url = "redis://127.0.0.1:6379/0"
+    with servers.redis_server(url, tmp_path) as used:
+        assert used == url
+
+
+@pytest.mark.timeout(120)
+def test_run_command_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
+    schema = unique_name("cli")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "offload_local", "--port", "0", "--workers", "2"),
+            *("--workdir", str(tmp_path), "--schema", schema, "--queue-prefix", f"{{{schema}}}"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = []
+    try:
+        deadline = time.monotonic() + 60
+        while not any("Ctrl-C stops everything" in line for line in output):
+            assert time.monotonic() < deadline, "".join(output)
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "".join(output)
+            output.append(line)
+        text = "".join(output)
+        assert "Web page" in text and "Password" in text
+        info = json.loads((tmp_path / "stack.json").read_text())
+        with urllib.request.urlopen(info["web_url"] + "config.json", timeout=5) as answer:
+            assert json.load(answer)["clientId"] == info["client_id"]
+        children = psutil.Process(proc.pid).children(recursive=True)
+        names = " ".join(" ".join(child.cmdline()) for child in children)
+        assert names.count("fargate_worker") >= 2 and "moto.server" in names
+
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, rest
+        assert "stopped." in rest
+        _gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [" ".join(p.cmdline()) for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        drop_schema(database_url(), schema)
