@@ -72,9 +72,13 @@ def test_single_upload_by_presigned_post_is_processed(local_stack):
         for name, value in post["fields"].items()
     )
     form += (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="rows.csv"\r\n'
-        f"Content-Type: text/csv\r\n\r\n"
-    ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="rows.csv"\r\n'
+            f"Content-Type: text/csv\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     answer = http(
         "POST", post["url"], form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
     )
@@ -116,9 +120,7 @@ def test_a_malformed_event_ends_in_the_dead_letter_queue(local_stack):
     sqs.send_message(QueueUrl=info.events_queue_url, MessageBody="{not json")
 
     def in_dlq():
-        return sqs.receive_message(QueueUrl=info.events_dlq_url, WaitTimeSeconds=1).get(
-            "Messages"
-        )
+        return sqs.receive_message(QueueUrl=info.events_dlq_url, WaitTimeSeconds=1).get("Messages")
 
     messages = wait_until(in_dlq, timeout_s=60, what="the bad event in the DLQ")
     assert messages[0]["Body"] == "{not json"
