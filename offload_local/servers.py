@@ -60,9 +60,8 @@ def moto_server(log_path: Path | None = None, port: int | None = None) -> Iterat
         stdout=log,
         stderr=subprocess.STDOUT,
         process_group=0,  # Ctrl-C reaches the stack, which stops this in order
-        # The bucket's own CORS rules answer browsers, as in AWS: moto's blanket CORS would
-        # hide a missing rule (and S3 answers preflights by those rules only).
-        env={**os.environ, "MOTO_DISABLE_GLOBAL_CORS": "true"},
+        # moto's global CORS stays on: Cognito in AWS answers browsers' preflights, and so must
+        # moto's. S3 answers with the bucket's CORS rules where it has them (ETag exposed).
     )
     endpoint = f"http://127.0.0.1:{port}"
     try:

@@ -64,7 +64,9 @@ class UserDirectory(Construct):
         )
         self.client = self.user_pool.add_client(
             "WebClient",
-            auth_flows=cognito.AuthFlow(user_srp=True),
+            # The web page and the CLI sign in with USER_PASSWORD_AUTH (the password goes to
+            # Cognito over TLS, never to our API); SRP stays allowed for SDK-based clients.
+            auth_flows=cognito.AuthFlow(user_srp=True, user_password=True),
             generate_secret=False,  # a browser cannot keep a secret
             prevent_user_existence_errors=True,
             enable_token_revocation=True,

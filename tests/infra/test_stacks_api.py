@@ -25,6 +25,8 @@ def test_user_pool_is_invite_only_with_strong_passwords(each_env: Synth) -> None
     client = each_env.one(each_env.stacks.auth, "AWS::Cognito::UserPoolClient")
     assert client["GenerateSecret"] is False
     assert "ALLOW_USER_SRP_AUTH" in client["ExplicitAuthFlows"]
+    # What the web page and the CLI use:
+    assert "ALLOW_USER_PASSWORD_AUTH" in client["ExplicitAuthFlows"]
     assert client["PreventUserExistenceErrors"] == "ENABLED"
 
 
