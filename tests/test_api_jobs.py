@@ -170,8 +170,8 @@ def test_get_job_shows_state_and_error_but_not_the_stack(lambda_env, settings):
     assert "poison job" in body["error"]
     assert body["createdAt"] and body["startedAt"] and body["finishedAt"] and body["updatedAt"]
     assert set(body) == {
-        "id", "name", "uploadId", "state", "progress", "attempts", "maxAttempts", "result",
-        "error", "createdAt", "startedAt", "finishedAt", "updatedAt",
+        "id", "name", "uploadId", "filename", "state", "progress", "attempts", "maxAttempts",
+        "result", "error", "links", "createdAt", "startedAt", "finishedAt", "updatedAt",
     }  # fmt: skip
     assert job_row(settings, failed)["error_stack"]  # stored, but never shown
     assert "Traceback" not in str(body) and "error_stack" not in str(body)

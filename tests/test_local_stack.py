@@ -47,6 +47,7 @@ def test_multipart_upload_reaches_completed_with_the_right_sha256(local_stack, t
     jobs = wait_until(lambda: _finished_jobs(client, upload["id"]), what="jobs finished")
     inspect = next(job for job in jobs if job["name"] == "inspect")
     assert inspect["state"] == "completed", inspect
+    assert inspect["filename"] == "big sample.bin"
     assert inspect["progress"] == 100
     assert inspect["result"]["sha256"] == hashlib.sha256(data).hexdigest()
     manifest_link = next(link for link in inspect["links"] if link["name"] == "manifest.json")

@@ -147,12 +147,12 @@ function safeLinks(job) {
 }
 
 function fileLabel(job) {
-  return nameOf(job.uploadId) || `upload ${job.uploadId}`;
+  return job.filename || nameOf(job.uploadId) || `upload ${job.uploadId}`;
 }
 
 function buildRow(job, onRetry) {
   const percent = job.state === "completed" ? 100 : Math.max(0, Math.min(100, Number(job.progress) || 0));
-  const name = nameOf(job.uploadId);
+  const name = job.filename || nameOf(job.uploadId);
   return el(
     "tr",
     {

@@ -43,11 +43,13 @@ class JobRow:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    filename: str | None = None  # the upload's, so a client can name the job's file
 
 
 _COLUMNS = (
     "id, name, upload_id, state, attempt, max_attempts, progress, result, error_message,"
-    " created_at, started_at, finished_at, updated_at"
+    " created_at, started_at, finished_at, updated_at,"
+    " (SELECT u.filename FROM uploads u WHERE u.id = jobs.upload_id) AS filename"
 )
 
 
@@ -89,6 +91,7 @@ def job_view(row: JobRow) -> dict[str, Any]:
         "id": row.id,
         "name": row.name,
         "uploadId": row.upload_id,
+        "filename": row.filename,
         "state": row.state,
         "progress": row.progress,
         "attempts": row.attempt,
