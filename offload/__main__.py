@@ -1,0 +1,16 @@
+"""``python -m offload``: the command-line uploader (offload/client/cli.py).
+
+Exit codes: 0 success (every job completed), 1 an upload was rejected or a job failed,
+2 usage error, 3 authentication failed, 4 the API refused a request (4xx, message printed),
+5 network or server error after retries, 6 timed out waiting for the jobs, 130 interrupted
+(Ctrl-C keeps the resume state: re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from offload.client.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The upload and status API (docs/api.md) over urllib3, with errors a user can act on:
+4xx -> :class:`ApiError` (the API's message and field), 401 after one token refresh ->
+:class:`AuthError`, no answer or 5xx after retries -> :class:`UnavailableError`."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+from urllib.parse import quote, urlencode
+
+import urllib3
+
+from offload.client.errors import ApiError, AuthError, UnavailableError
+
+RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+
+class TokenSource(Protocol):
+    describe: str
+
+    def token(self) -> str: ...
+
+    def refresh(self, rejected: str) -> bool: ...
+
+
+def new_pool(maxsize: int = 16) -> urllib3.PoolManager:
+    """One pool for the API and S3: ``maxsize`` connections per host, never blocking."""
+    return urllib3.PoolManager(
+        num_pools=8,
+        maxsize=maxsize,
+        retries=False,
+        timeout=urllib3.Timeout(connect=10, read=120),
+    )
+
+
+def backoff_s(attempt: int, first_s: float = 0.5, cap_s: float = 10.0) -> float:
+    """Exponential backoff with full jitter: attempt 1 waits up to ``first_s``, then doubles."""
+    return random.uniform(0, min(cap_s, first_s * 2 ** (attempt - 1)))
+
+
+class Api:
+    def __init__(
+        self,
+        api_url: str,
+        auth: TokenSource,
+        pool: urllib3.PoolManager,
+        tries: int = 4,
+        timeout_s: float = 60.0,
+    ):
+        self.api_url = api_url.rstrip("/")
+        self.auth = auth
+        self.pool = pool
+        self.tries = tries
+        self.timeout_s = timeout_s
+
+    def call(self, method: str, path: str, body: Any = None) -> Any:
+        """One API call; the parsed JSON answer on 2xx. Retries 429/5xx and connection errors
+        (every route is safe to repeat: a repeated POST /uploads leaves an unused pending row
+        at worst, which expires)."""
+        url = self.api_url + path
+        data = None if body is None else json.dumps(body).encode()
+        refreshed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            token = self.auth.token()
+            headers = {"Authorization": token, "Accept": "application/json"}
+            if data is not None:
+                headers["Content-Type"] = "application/json"
+            try:
+                answer = self.pool.request(
+                    method, url, body=data, headers=headers, timeout=self.timeout_s
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                if attempt >= self.tries:
+                    raise UnavailableError(
+                        f"no answer from the API ({method} {path}): {_reason(exc)}"
+                    ) from exc
+                time.sleep(backoff_s(attempt))
+                continue
+            status = answer.status
+            if status == 401:
+                if not refreshed and self.auth.refresh(token):
+                    refreshed = True
+                    attempt -= 1
+                    continue
+                raise AuthError(f"the API refused {self.auth.describe} (HTTP 401): sign in again")
+            if status in RETRY_STATUSES and attempt < self.tries:
+                time.sleep(backoff_s(attempt))
+                continue
+            parsed = _json(answer.data)
+            message = parsed.get("message") if isinstance(parsed, dict) else None
+            if 200 <= status < 300:
+                return parsed
+            if 400 <= status < 500 and status not in RETRY_STATUSES:
+                field = parsed.get("field") if isinstance(parsed, dict) else None
+                raise ApiError(status, str(message or answer.reason or "refused"), field)
+            raise UnavailableError(
+                f"the API failed ({method} {path}): HTTP {status}: {message or answer.reason}"
+            )
+
+    # --- uploads --------------------------------------------------------------------------
+
+    def create_upload(self, filename: str, size: int, content_type: str) -> dict[str, Any]:
+        return self.call(
+            "POST", "/uploads", {"filename": filename, "size": size, "contentType": content_type}
+        )
+
+    def get_upload(self, upload_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/uploads/{_segment(upload_id)}")
+
+    def part_urls(self, upload_id: str, numbers: list[int]) -> dict[str, Any]:
+        return self.call("POST", f"/uploads/{_segment(upload_id)}/parts", {"partNumbers": numbers})
+
+    def complete(self, upload_id: str, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        return self.call("POST", f"/uploads/{_segment(upload_id)}/complete", {"parts": parts})
+
+    def abort(self, upload_id: str) -> dict[str, Any]:
+        return self.call("DELETE", f"/uploads/{_segment(upload_id)}")
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def jobs_page(self, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+        query = {"limit": str(limit)}
+        if cursor:
+            query["cursor"] = cursor
+        return self.call("GET", "/jobs?" + urlencode(query))
+
+    def iter_jobs(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
+        """Every job of the caller, newest first, page after page."""
+        cursor = None
+        while True:
+            page = self.jobs_page(page_size, cursor)
+            yield from page.get("jobs", [])
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return
+
+    def get_job(self, job_id: str) -> dict[str, Any]:
+        return self.call("GET", f"/jobs/{_segment(job_id)}")
+
+    def retry_job(self, job_id: str) -> dict[str, Any]:
+        return self.call("POST", f"/jobs/{_segment(job_id)}/retry")
+
+
+def _segment(value: str) -> str:
+    return quote(value, safe="")
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _reason(exc: Exception) -> str:
+    reason = getattr(exc, "reason", None)
+    return str(reason or exc)

@@ -1,0 +1,359 @@
+"""The command-line uploader (python -m offload) against the local stack: real Cognito (moto),
+the API behind the gateway, presigned uploads to S3, the worker, run as a subprocess the way a
+user or a script runs it; plus unit tests of its pure parts."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from offload.client import transfer
+from offload.client.config import config_from_site
+from offload.client.progress import ProgressBar
+from offload.client.state import FileIdentity, StateStore, UploadState
+
+ROOT = Path(__file__).resolve().parents[1]
+MiB = 1 << 20
+
+
+# --- running the CLI ---------------------------------------------------------------------------
+
+
+def cli_env(info, state_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+    env.update(
+        OFFLOAD_SITE=info.web_url,
+        OFFLOAD_USERNAME=info.username,
+        OFFLOAD_PASSWORD=info.password,
+        OFFLOAD_STATE_DIR=str(state_dir),
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 60, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "offload", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        input=stdin,
+    )
+
+
+def random_file(path: Path, size: int) -> str:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def only_upload(completed: subprocess.CompletedProcess[str]) -> dict:
+    doc = json.loads(completed.stdout)
+    assert len(doc["uploads"]) == 1, doc
+    return doc["uploads"][0]
+
+
+def inspect_job(upload: dict) -> dict:
+    return next(job for job in upload["jobs"] if job["name"] == "inspect")
+
+
+@pytest.fixture
+def env(local_stack, tmp_path):
+    return cli_env(local_stack.info, tmp_path / "state")
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+def test_multipart_upload_waits_for_the_jobs_and_reports_the_sha256(env, tmp_path):
+    path = tmp_path / "clip.mp4"
+    sha256 = random_file(path, 21 * MiB + 12345)
+    done = run_cli(env, "upload", "--json", "--parallel", "4", str(path))
+    assert done.returncode == 0, done.stderr
+    upload = only_upload(done)
+    assert upload["type"] == "multipart" and upload["partCount"] == 5
+    assert upload["contentType"] == "video/mp4"  # guessed from the name
+    assert (upload["resumedParts"], upload["sentParts"]) == (0, 5)
+    assert upload["state"] == "queued"
+    job = inspect_job(upload)
+    assert job["state"] == "completed", job
+    assert job["result"]["sha256"] == sha256
+    assert job["result"]["size"] == path.stat().st_size
+    assert [link["name"] for link in job["links"]] == ["manifest.json"]
+    assert not list((tmp_path / "state").glob("*.json")), "state file left after completion"
+
+
+def test_single_upload_human_output(env, tmp_path):
+    path = tmp_path / "rows.csv"
+    path.write_bytes(b"id,name\n1,offload\n")
+    sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
+    done = run_cli(env, "upload", str(path))
+    assert done.returncode == 0, done.stderr
+    assert "(single, 18 B) queued" in done.stdout
+    assert re.search(rf"inspect\s+completed\s+sha256={sha256}", done.stdout), done.stdout
+    assert "manifest.json: http" in done.stdout
+    assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal
+
+
+def test_a_wrong_password_exits_3(local_stack, tmp_path):
+    env = cli_env(local_stack.info, tmp_path, OFFLOAD_PASSWORD="Wrong-password-1!")
+    done = run_cli(env, "jobs")
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.startswith("offload: error: sign-in refused")
+    assert "NotAuthorizedException" in done.stderr
+    assert done.stdout == ""
+
+
+def test_a_token_the_api_refuses_exits_3(local_stack, tmp_path):
+    env = cli_env(local_stack.info, tmp_path, OFFLOAD_TOKEN="not-a-token")
+    done = run_cli(env, "jobs")
+    assert done.returncode == 3, done.stderr
+    assert "HTTP 401" in done.stderr
+
+
+def test_the_password_can_come_from_stdin(local_stack, tmp_path):
+    env = cli_env(local_stack.info, tmp_path)
+    del env["OFFLOAD_PASSWORD"]
+    done = run_cli(
+        env, "jobs", "--json", "--password-stdin", stdin=local_stack.info.password + "\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "jobs" in json.loads(done.stdout)
+    missing = run_cli(env, "jobs")  # no password anywhere, no terminal to ask on
+    assert missing.returncode == 2
+    assert "no password" in missing.stderr
+
+
+def test_what_the_api_refuses_exits_4_with_its_message(env, tmp_path):
+    path = tmp_path / "tool.exe"
+    path.write_bytes(b"MZ" + b"\0" * 100)
+    done = run_cli(env, "upload", "--content-type", "application/x-msdownload", str(path))
+    assert done.returncode == 4, done.stderr
+    assert "HTTP 400" in done.stderr and "(field contentType)" in done.stderr
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    done = run_cli(env, "upload", str(empty))
+    assert done.returncode == 4, done.stderr
+    assert "(field size)" in done.stderr
+    assert run_cli(env, "status", "NoSuchUpload12345678").returncode == 4
+
+
+def test_usage_errors_exit_2_without_touching_the_network(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+    nowhere = run_cli(env, "--username", "u", "jobs")
+    assert nowhere.returncode == 2 and "--site" in nowhere.stderr
+    missing = run_cli(env, "--api", "http://127.0.0.1:9/", "upload", str(tmp_path / "nope.bin"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip().endswith("nope.bin: no such file")
+    bad = run_cli(env, "upload", "--parallel", "0", "x")
+    assert bad.returncode == 2
+    assert "exit codes:" in run_cli(env, "--help").stdout
+
+
+def test_status_and_jobs(env, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"hello\n" * 100)
+    started = run_cli(env, "upload", "--json", "--no-wait", str(path))
+    assert started.returncode == 0, started.stderr
+    upload = only_upload(started)
+    assert "jobs" not in upload  # --no-wait
+    status = run_cli(env, "status", "--json", "--wait", upload["uploadId"])
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert shown["uploadId"] == upload["uploadId"] and shown["state"] == "queued"
+    job = inspect_job(shown)
+    assert job["state"] == "completed"
+    assert job["result"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    listed = run_cli(env, "jobs", "--json", "--limit", "100")
+    assert listed.returncode == 0, listed.stderr
+    assert job["id"] in [j["id"] for j in json.loads(listed.stdout)["jobs"]]
+    one_page = json.loads(run_cli(env, "jobs", "--json", "--limit", "1").stdout)
+    assert len(one_page["jobs"]) == 1 and one_page["nextCursor"]
+    everything = json.loads(run_cli(env, "jobs", "--json", "--limit", "1", "--all").stdout)
+    assert len(everything["jobs"]) >= 2 and everything["nextCursor"] is None
+    assert job["id"] in [j["id"] for j in everything["jobs"]]
+    table = run_cli(env, "jobs", "--upload", upload["uploadId"])
+    assert table.returncode == 0
+    assert job["id"] in table.stdout and table.stdout.count("\n") == 2  # header + one job
+
+
+def test_resume_after_the_cli_is_killed_mid_upload(local_stack, env, tmp_path):
+    from tests.support.local_stack import ApiClient, wait_until
+
+    client = ApiClient(local_stack.info)
+    state_dir = tmp_path / "state"
+    path = tmp_path / "big.bin"
+    sha256 = random_file(path, 40 * MiB)
+    # One part at a time at 10 MiB/s: ~0.5 s a part, time to see parts land before the kill.
+    SLOW = ("--parallel", "1", "--limit-rate", "10")  # noqa: N806
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "offload", "upload", "--json", *SLOW, str(path)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        state_file = wait_until(lambda: list(state_dir.glob("*.json")), 30, "the state file")[0]
+        upload_id = json.loads(state_file.read_text())["upload_id"]
+
+        def parts_in_s3() -> list:
+            return client.call("GET", f"/uploads/{upload_id}").body["uploadedParts"]
+
+        wait_until(lambda: len(parts_in_s3()) >= 2, 30, "two parts in S3")
+        cli.send_signal(signal.SIGKILL)
+        cli.wait(10)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+        cli.communicate()
+    assert cli.returncode == -signal.SIGKILL
+    held = parts_in_s3()
+    assert 2 <= len(held) < 8, held
+    assert state_file.exists()
+
+    resumed = run_cli(env, "upload", "--json", str(path))
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming upload {upload_id}: {len(held)} of 8 parts already in S3" in resumed.stderr
+    upload = only_upload(resumed)
+    assert upload["uploadId"] == upload_id
+    assert upload["resumedParts"] == len(held)
+    assert upload["sentParts"] == 8 - len(held)
+    assert upload["sentBytes"] == (8 - len(held)) * 5 * MiB
+    assert inspect_job(upload)["result"]["sha256"] == sha256
+    assert not state_file.exists()
+
+
+def test_the_id_token_is_refreshed_once_when_the_api_refuses_it(local_stack):
+    from offload.client.api import Api, new_pool
+    from offload.client.auth import CognitoSession
+    from offload.client.config import ClientConfig, config_from_site
+
+    info = local_stack.info
+    config: ClientConfig = config_from_site(info.web_url, info.web_config())
+    session = CognitoSession(config, info.username, info.password)
+    good = session.token()
+    session._id_token = "expired"  # as if it had expired
+    api = Api(config.api_url, session, new_pool())
+    assert "jobs" in api.jobs_page(1)
+    assert session.token() not in ("expired", "")
+    assert session.token().count(".") == 2 and good.count(".") == 2
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+
+def test_part_ranges_cover_the_file_exactly():
+    size, part = 21 * MiB + 7, 5 * MiB
+    count = transfer.part_count(size, part)
+    assert count == 5
+    ranges = [transfer.part_range(n, part, size) for n in range(1, count + 1)]
+    assert ranges[0] == (0, part) and ranges[-1] == (20 * MiB, MiB + 7)
+    assert sum(length for _, length in ranges) == size
+    assert all(a + la == b for (a, la), (b, _) in itertools.pairwise(ranges))
+    assert transfer.part_count(part, part) == 1 and transfer.part_count(1, part) == 1
+    with pytest.raises(ValueError):
+        transfer.part_range(6, part, size)
+
+
+def test_site_config_resolves_api_base_against_the_site():
+    site = {"apiBase": "/api", "region": "eu-west-1", "clientId": "abc", "cognitoEndpoint": ""}
+    local = config_from_site("http://127.0.0.1:8000", site)
+    assert local.api_url == "http://127.0.0.1:8000/api"
+    assert (local.client_id, local.region, local.cognito_endpoint) == ("abc", "eu-west-1", None)
+    cloud = config_from_site(
+        "https://files.example.com/app/",
+        {**site, "apiBase": "https://x.execute-api.eu-west-1.amazonaws.com/prod/"},
+    )
+    assert cloud.api_url == "https://x.execute-api.eu-west-1.amazonaws.com/prod"
+    assert config_from_site("https://h/app/", {**site, "apiBase": "api"}).api_url == (
+        "https://h/app/api"
+    )
+
+
+def test_state_file_round_trip_and_a_changed_file_is_not_resumed(tmp_path):
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 10)
+    store = StateStore(tmp_path / "state")
+    identity = FileIdentity.of(path)
+    state = UploadState("up1", "http://api", identity.path, 10, identity.mtime_ns, 5, 2)
+    store.save(state)
+    assert store.load(identity, "http://api") == state
+    assert store.load(identity, "http://other-api") is None
+    os.utime(path, ns=(identity.mtime_ns, identity.mtime_ns + 1_000_000))
+    assert store.load(FileIdentity.of(path), "http://api") is None  # changed since
+    assert store.delete_upload("up1") == 1
+    assert store.load(identity, "http://api") is None
+
+
+class FakeSource:
+    batch = 3
+
+    def __init__(self, expires_in: float = 900):
+        self.calls: list[list[int]] = []
+        self.expires_in = expires_in
+
+    def part_urls(self, numbers):
+        self.calls.append(list(numbers))
+        return {n: f"u{n}-{len(self.calls)}" for n in numbers}, time.time() + self.expires_in
+
+
+def test_part_urls_are_fetched_by_batch_and_replaced_before_expiry():
+    source = FakeSource()
+    urls = transfer.PartUrls(source, [1, 2, 3, 4, 5, 6, 7])
+    assert [urls.get(n) for n in (1, 2, 3)] == ["u1-1", "u2-1", "u3-1"]
+    assert urls.get(5) == "u5-2" and source.calls == [[1, 2, 3], [5, 6, 7]]
+    assert urls.get(4) == "u4-3"
+    urls.forget(4, "u4-3")  # a failed attempt: the next one gets a fresh URL
+    assert urls.get(4) == "u4-4"
+    short = FakeSource(expires_in=30)  # inside the margin: never reused
+    urls = transfer.PartUrls(short, [1, 2])
+    urls.get(1)
+    urls.get(1)
+    assert len(short.calls) == 2
+
+
+def test_progress_line_and_rate_limit():
+    bar = ProgressBar("file.bin", 100 * MiB, done=50 * MiB)
+    bar.started -= 2
+    bar.done += 20 * MiB
+    line = bar.line(width=100)
+    assert "70.0%" in line and "70.0 MiB/100.0 MiB" in line and "10.0 MiB/s" in line
+    assert "ETA 0:03" in line
+    limit = transfer.RateLimit(20 * MiB)
+    started = time.monotonic()
+    threads = [threading.Thread(target=lambda: [limit.take(MiB) for _ in range(3)]) for _ in "ab"]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 0.2 <= time.monotonic() - started < 1.0  # 6 MiB at 20 MiB/s, the first one free
+
+
+def test_nothing_outside_the_cli_imports_the_client():
+    """The Lambdas and the worker import offload/: the client must stay out of their way."""
+    offenders = []
+    for folder in ("offload", "lambdas", "fargate_worker"):
+        for source in (ROOT / folder).rglob("*.py"):
+            if "client" in source.relative_to(ROOT).parts or source.name == "__main__.py":
+                continue
+            if re.search(r"offload\.client|from offload import client", source.read_text()):
+                offenders.append(str(source))
+    assert offenders == []
