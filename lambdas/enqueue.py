@@ -28,10 +28,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Coroutine
 from typing import Any
 
-import psycopg
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
 from aws_lambda_powertools.metrics import MetricUnit
@@ -41,9 +41,6 @@ from aws_lambda_powertools.utilities.batch import (
     process_partial_response,
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from psycopg_pool import PoolTimeout
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lambdas import runtime
 from lambdas.tracing import traced
@@ -69,8 +66,26 @@ copy_config_to_registered_loggers(source_logger=logger, include={"offload"})
 # timeout would send the whole batch back, including the records that succeeded).
 SAFETY_MARGIN_S = 2.0
 
-_REDIS_ERRORS = (RedisConnectionError, RedisTimeoutError)
-_DATABASE_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout)
+# The errors that mean "this dependency is unavailable", by module and class name. psycopg and
+# redis (~250 ms together) are loaded by the first record that reaches PostgreSQL (runtime.pool)
+# and Redis (runtime.producer), not by this import: a batch of test events, skipped keys or
+# malformed messages never loads them. An error from either library means it is loaded, so the
+# classes are looked up in sys.modules when an error is classified (a library that is not
+# loaded raised nothing: no class to match).
+_REDIS_ERRORS = {"redis.exceptions": ("ConnectionError", "TimeoutError")}
+_DATABASE_ERRORS = {
+    "psycopg": ("OperationalError", "InterfaceError"),
+    "psycopg_pool": ("PoolTimeout",),
+}
+
+
+def _loaded(errors: dict[str, tuple[str, ...]]) -> tuple[type[BaseException], ...]:
+    return tuple(
+        getattr(module, name)
+        for module_name, names in errors.items()
+        if (module := sys.modules.get(module_name)) is not None
+        for name in names
+    )
 
 
 class DependencyUnavailable(RuntimeError):
@@ -112,10 +127,10 @@ def _run(coro: Coroutine[Any, Any, Outcome], context: Any) -> Outcome:
         reason = f"no answer within {budget:.1f}s"
         _deps.trip(_deps.stage, reason)
         raise DependencyUnavailable(f"{_deps.stage}: {reason}") from exc
-    except _REDIS_ERRORS as exc:
+    except _loaded(_REDIS_ERRORS) as exc:
         _deps.trip("redis", exc.__class__.__name__)
         raise
-    except _DATABASE_ERRORS as exc:
+    except _loaded(_DATABASE_ERRORS) as exc:
         _deps.trip("postgres", exc.__class__.__name__)
         raise
 

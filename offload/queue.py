@@ -9,19 +9,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
 from bullmq import Queue
-from psycopg_pool import AsyncConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
-from offload.db.pool import create_pool
-from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import JobRef, job_id
 from offload.redis_conn import connection_options
 from offload.settings import Settings
+
+# The status store (psycopg, ~100-150 ms to import) is loaded with the first Producer, which
+# needs a pool and so PostgreSQL anyway: a process that only reads the queue (the queue
+# metrics Lambda) does not pay for psycopg.
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
 
 # Producers answer requests (API Gateway gives up after 29 s, an SQS batch has its budget):
 # with bullmq's own client a refused connection is retried 20 times with backoff up to 20 s,
@@ -57,6 +60,8 @@ def open_queue(settings: Settings) -> Queue:
 
 class Producer:
     def __init__(self, settings: Settings, pool: AsyncConnectionPool):
+        from offload.db.status import StatusStore
+
         self.settings = settings
         self.queue = open_queue(settings)
         self.store = StatusStore(pool)
@@ -67,6 +72,8 @@ class Producer:
         """Record the job as queued (PostgreSQL first: it is the source of truth the reconciler
         replays from), then add it to Redis under its deterministic id. Adding the same object
         version twice is a no-op in both places. Returns the job id."""
+        from offload.db.status import JobIdentity  # loaded with the store (__init__)
+
         identity = JobIdentity(job_id(name, ref), name, self.settings.queue_name, ref)
         opts = {
             **self.settings.default_job_options(),
@@ -85,6 +92,8 @@ class Producer:
 async def producer(settings: Settings) -> AsyncIterator[Producer]:
     """A producer with a pool of its own, for scripts and tests (long-lived processes share
     their pool instead)."""
+    from offload.db.pool import create_pool
+
     pool = create_pool(settings.database_url, settings.database_schema, max_size=2)
     await pool.open(wait=False)
     made = Producer(settings, pool)

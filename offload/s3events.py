@@ -25,14 +25,18 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
-from psycopg_pool import AsyncConnectionPool
-
-from offload.db.uploads import Upload, UploadStore
 from offload.jobs import INSPECT, THUMBNAIL, JobRef, job_id
 from offload.keys import UPLOADS_PREFIX, KeyLayoutError, UploadKey
+
+# Annotations only: parsing needs no database, and the acceptance functions are handed a store
+# and a pool by their caller (so psycopg is loaded by whoever opens the pool, not by this import).
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
+    from offload.db.uploads import Upload, UploadStore
 
 log = logging.getLogger(__name__)
 

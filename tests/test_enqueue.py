@@ -320,3 +320,38 @@ def test_postgres_down_fails_the_records(lambda_env, settings, s3, bucket, monke
     assert failed_ids(invoke(sqs_event(records))) == {"m0", "m1", "m2"}
     assert time.monotonic() - started < 5
     assert queue_jobs(settings) == {}
+
+
+def test_handler_imports_load_only_what_their_cold_path_needs():
+    """Fresh interpreters: the enqueue handler loads psycopg and redis/bullmq with the first
+    record that needs them (not at import); the queue metrics handler, which never touches
+    PostgreSQL, never loads psycopg."""
+    import subprocess
+    import sys
+
+    from tests.support.apigw import REPO_ROOT
+
+    script = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+heavy = ("boto3", "psycopg", "psycopg_pool", "redis", "bullmq", "aws_xray_sdk")
+print(json.dumps([m for m in heavy if m in sys.modules]))
+"""
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(REPO_ROOT),
+        "POWERTOOLS_TRACE_DISABLED": "1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    loaded = {}
+    for module in ("lambdas.enqueue", "lambdas.queue_metrics"):
+        out = subprocess.run(
+            [sys.executable, "-c", script, module],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+        )
+        assert out.returncode == 0, out.stderr
+        loaded[module] = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == {"lambdas.enqueue": [], "lambdas.queue_metrics": ["redis", "bullmq"]}
