@@ -47,6 +47,10 @@ def parse_args(argv: list[str] | None = None) -> StackOptions:
     )
 
 
+def _still_stopping(*_: object) -> None:
+    print("still stopping: workers drain their jobs first...", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
     options.workdir.mkdir(parents=True, exist_ok=True)
@@ -69,8 +73,8 @@ def main(argv: list[str] | None = None) -> int:
   Password     {info.password}
 
   API          {info.api_url}   (Authorization: a Cognito ID token)
-  CLI          .venv/bin/python -m offload --site {info.web_url} upload FILE...
-               (asks for the password; or set OFFLOAD_USERNAME / OFFLOAD_PASSWORD)
+  CLI          .venv/bin/python -m offload --site {info.web_url} \\
+                 --username {info.username} upload FILE...   (asks for the password)
   AWS (moto)   {info.moto_endpoint}   bucket {info.bucket}
   Redis        {info.redis_url}   queue prefix {info.queue_prefix}
   PostgreSQL   schema {info.schema}
@@ -81,6 +85,8 @@ Ctrl-C stops everything.""",
         )
         with contextlib.suppress(KeyboardInterrupt):
             stopping.wait()
+        # A second Ctrl-C must not cut the shutdown short and leave servers behind.
+        signal.signal(signal.SIGINT, _still_stopping)
         print("\nstopping: workers drain their jobs first...", flush=True)
     print("stopped.", flush=True)
     return 0

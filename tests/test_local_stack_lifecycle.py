@@ -47,7 +47,7 @@ def test_the_configured_servers_are_used_when_they_answer(tmp_path):
 
 
 @pytest.mark.timeout(120)
-def test_run_command_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
+def test_run_command_starts_everything_and_stops_cleanly_on_ctrl_c_even_twice(tmp_path):
     schema = unique_name("cli")
     proc = subprocess.Popen(
         [
@@ -76,6 +76,8 @@ def test_run_command_starts_everything_and_stops_cleanly_on_ctrl_c(tmp_path):
         assert names.count("fargate_worker") >= 2 and "moto.server" in names
 
         proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # an impatient second Ctrl-C
         rest, _ = proc.communicate(timeout=60)
         assert proc.returncode == 0, rest
         assert "stopped." in rest
