@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python bench/upload_throughput.py [--size-mb 1024] [--runs 2] [--parallel 8]
+    python bench/upload_throughput.py [--size-mb 1024] [--runs 2] [--parallel 4]
 
 It starts a moto S3 server, creates a bucket and writes a file of ``--size-mb`` MiB (random
 bytes) to a temporary directory, then, in the same run, uploads that file to the same endpoint:
@@ -10,18 +10,20 @@ bytes) to a temporary directory, then, in the same run, uploads that file to the
 (a) **boto3**: ``S3Client.upload_file`` with the default ``TransferConfig`` (its settings are
     printed): the TransferManager, threads, its own part size;
 (b) **offload**: the CLI's engine (``offload/client/transfer.py``: ``put_parts``, the code
-    ``python -m offload upload`` runs), ``--parallel`` threads, the part size the API would
-    choose for this size, each part PUT to a presigned URL.
+    ``python -m offload upload`` runs), ``--parallel`` threads, the part size an API with
+    default settings hands out for this size (``plan_parts(size, Settings().part_size_bytes)``:
+    ``OFFLOAD_PART_SIZE_MIB``'s default, 16 MiB, or more for files too large for 10,000 parts of
+    that size), each part PUT to a presigned URL.
 
 Transfer against transfer: in (b) the presigned part URLs and the create/complete calls come
 from boto3 directly (a small adapter in place of the API), so no API Lambda, PostgreSQL or
 Cognito is in the loop. Both timings cover create, every part and complete. ``--runs`` repeats
 the pair, alternating which goes first; each object is deleted after its run.
 
-The part sizes differ by default: boto3 uses 8 MiB, the API hands out 5 MiB parts (its
-smallest, up to ~48.8 GiB), and moto's cost is per request as much as per byte, so 5 MiB
-parts are slower against moto whatever the client. ``--part-mb 8`` (our engine at boto3's part
-size) or ``--boto3-chunk-mb 5`` (boto3 at the API's) compare the engines at equal part sizes.
+The part sizes differ by default: boto3 uses 8 MiB, the API 16 MiB (both are printed). moto's
+cost is per request as much as per byte, so smaller parts are slower against moto whatever the
+client. ``--part-mb 8`` (our engine at boto3's part size) or ``--boto3-chunk-mb 16`` (boto3 at
+the API's) compare the engines at equal part sizes.
 "client CPU" is this process's CPU time during the upload (moto's own is not counted).
 Target: ratio offload/boto3 >= 1.0. Figures are printed, not asserted. The last line,
 ``RESULT ...``, is machine-parsable.
@@ -41,6 +43,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the project is not installed
+
+from offload.client.transfer import DEFAULT_PARALLEL  # noqa: E402 (after the sys.path line)
 
 MIB = 1 << 20
 BUCKET = "bench-upload-throughput"
@@ -126,9 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=int, default=1024, help="file size in MiB")
     parser.add_argument("--runs", type=int, default=2, help="pairs of uploads (order alternates)")
-    parser.add_argument("--parallel", type=int, default=8, help="the CLI's --parallel (default 8)")
     parser.add_argument(
-        "--part-mb", type=int, default=0, help="our part size (default: what the API would choose)"
+        "--parallel",
+        type=int,
+        default=DEFAULT_PARALLEL,
+        help=f"the CLI's --parallel (default {DEFAULT_PARALLEL})",
+    )
+    parser.add_argument(
+        "--part-mb",
+        type=int,
+        default=0,
+        help="our part size (default: what an API with default settings hands out)",
     )
     parser.add_argument(
         "--boto3-chunk-mb",
@@ -141,11 +153,15 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
     from boto3.s3.transfer import TransferConfig
 
+    from offload.settings import Settings
     from offload.uploads import plan_parts
     from offload_local.servers import moto_server
 
     size = args.size_mb * MIB
-    part_size = args.part_mb * MIB if args.part_mb else plan_parts(size).part_size
+    # What a deployment with default settings hands out for this size (not this machine's
+    # environment: the figure is about the default).
+    api_part_size = plan_parts(size, Settings().part_size_bytes).part_size
+    part_size = args.part_mb * MIB if args.part_mb else api_part_size
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -164,7 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"offload engine (put_parts): parallel={args.parallel}, part size {part_size // MIB} MiB"
-        " (the API's choice for this size), presigned part URLs from boto3 (no API in the loop)"
+        f" ({'CHANGED; ' if args.part_mb else ''}the API's default for this size:"
+        f" {api_part_size // MIB} MiB), presigned part URLs from boto3 (no API in the loop)"
+    )
+    print(
+        f"part sizes: boto3 {config.multipart_chunksize / MIB:g} MiB"
+        f" ({-(-size // config.multipart_chunksize)} parts),"
+        f" offload {part_size / MIB:g} MiB ({-(-size // part_size)} parts)"
     )
     rates: dict[str, list[float]] = {"boto3": [], "offload": []}
     with tempfile.TemporaryDirectory(prefix="offload-bench-") as tmp, moto_server() as endpoint:
@@ -207,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"RESULT size_mb={args.size_mb} runs={args.runs} boto3_mbps={boto3_rate:.1f} "
         f"offload_mbps={ours:.1f} ratio={ours / boto3_rate:.3f} parallel={args.parallel} "
-        f"part_mb={part_size // MIB}"
+        f"part_mb={part_size / MIB:g} boto3_part_mb={config.multipart_chunksize / MIB:g}"
     )
     return 0
 

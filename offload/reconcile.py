@@ -47,7 +47,7 @@ _ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 _UPLOAD_COLUMNS = (
     "u.id, u.owner, u.bucket, u.key, u.filename, u.content_type, u.size_announced,"
     " u.size_actual, u.etag, u.version_id, u.multipart_upload_id, u.state, u.error,"
-    " u.created_at, u.updated_at"
+    " u.created_at, u.updated_at, u.part_size"
 )
 
 STRANDED_UPLOADS = f"""

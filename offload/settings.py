@@ -14,12 +14,19 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+MiB = 1 << 20
+# OFFLOAD_PART_SIZE_MIB bounds: S3 parts (all but the last) are 5 MiB to 5 GiB.
+PART_SIZE_MIB_MIN = 5
+PART_SIZE_MIB_MAX = 5 * 1024
+
 
 class SettingsError(ValueError):
     """A setting is present but unusable; raised at start-up, never mid-job."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 0, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -29,6 +36,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from exc
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
@@ -115,6 +124,10 @@ class Settings:
     upload_bucket: str = ""
     max_upload_bytes: int = 50 * 1024**3
     single_upload_max_bytes: int = 100 * 1024**2
+    # The smallest part size a new multipart upload gets (whole MiB; larger files get larger
+    # parts, so that 10,000 parts hold them). Fixed per upload when it is created (stored on
+    # its row), so changing it never affects uploads in flight.
+    part_size_bytes: int = 16 * MiB
     allowed_content_types: tuple[str, ...] = (
         "image/*",
         "video/*",
@@ -178,6 +191,14 @@ class Settings:
             max_upload_bytes=_int(env, "OFFLOAD_MAX_UPLOAD_BYTES", defaults.max_upload_bytes, 1),
             single_upload_max_bytes=_int(
                 env, "OFFLOAD_SINGLE_UPLOAD_MAX_BYTES", defaults.single_upload_max_bytes, 1
+            ),
+            part_size_bytes=MiB
+            * _int(
+                env,
+                "OFFLOAD_PART_SIZE_MIB",
+                defaults.part_size_bytes // MiB,
+                minimum=PART_SIZE_MIB_MIN,
+                maximum=PART_SIZE_MIB_MAX,
             ),
             allowed_content_types=_csv(env, "OFFLOAD_ALLOWED_CONTENT_TYPES")
             or defaults.allowed_content_types,

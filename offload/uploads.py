@@ -6,9 +6,13 @@ URLs, and sends the bytes straight to S3.
 * Files up to ``single_upload_max_bytes`` get one presigned **POST** whose policy pins the key,
   the Content-Type and the exact size (``content-length-range`` [size, size]); a presigned PUT
   could not cap the size.
-* Larger files get an S3 **multipart upload**: the part size is a pure function of the file
-  size (see :func:`plan_parts`), so it never has to be stored, and part URLs are handed out in
-  batches. The client can ask which parts S3 already has (resume), then complete or abort.
+* Larger files get an S3 **multipart upload** with part URLs handed out in batches. The part
+  size is chosen when the upload is created (:func:`plan_parts`: at least
+  ``part_size_bytes``, more when 10,000 parts would not hold the file) and stored on the row;
+  every later request plans from the stored size (:func:`upload_plan`), so changing the setting
+  never breaks an upload in flight. Rows created before the size was stored have none and keep
+  the rule they were created under (5 MiB minimum). The client can ask which parts S3 already
+  has (resume), then complete or abort.
 
 Every lookup is scoped by the caller's ``sub``; an upload of someone else looks exactly like an
 upload that does not exist (:class:`NotFound`), so ids cannot be probed.
@@ -228,15 +232,28 @@ class PartPlan:
         return self.size - self.part_size * (self.part_count - 1)
 
 
-def plan_parts(size: int) -> PartPlan:
-    """The smallest whole-MiB part size of at least 5 MiB that needs at most 10,000 parts.
-    Deterministic in ``size`` alone, so the plan is recomputed, never stored."""
+def plan_parts(size: int, min_part_bytes: int = MIN_PART_BYTES) -> PartPlan:
+    """The smallest whole-MiB part size of at least ``min_part_bytes`` (itself whole MiB,
+    5 MiB..5 GiB) that needs at most 10,000 parts: ``max(min_part_bytes, the smallest whole
+    MiB that needs at most 10,000 parts)``. Pure: the same arguments give the same plan."""
     if not 0 < size <= MAX_OBJECT_BYTES:
         raise ValueError(f"size {size} is outside 1..{MAX_OBJECT_BYTES}")
-    part_size = max(MIN_PART_BYTES, -(-size // MAX_PARTS))
+    if min_part_bytes % MiB or not MIN_PART_BYTES <= min_part_bytes <= MAX_PART_BYTES:
+        raise ValueError(
+            f"min_part_bytes {min_part_bytes} is not a whole number of MiB in 5 MiB..5 GiB"
+        )
+    part_size = max(min_part_bytes, -(-size // MAX_PARTS))
     part_size = -(-part_size // MiB) * MiB
     assert part_size <= MAX_PART_BYTES
     return PartPlan(size=size, part_size=part_size, part_count=-(-size // part_size))
+
+
+def upload_plan(upload: Upload) -> PartPlan:
+    """The plan of an existing multipart upload: from the part size stored on its row when it
+    was created (the plan of that size is that size: it already fits 10,000 parts). Rows from
+    before the part size was stored (migration 0002) have none: they were planned with the
+    5 MiB minimum, and keep it."""
+    return plan_parts(upload.size_announced or 0, upload.part_size or MIN_PART_BYTES)
 
 
 def new_upload_id() -> str:
@@ -380,7 +397,7 @@ def upload_view(upload: Upload) -> dict[str, Any]:
     if upload.error:
         view["error"] = upload.error
     if upload.multipart_upload_id and upload.size_announced:
-        plan = plan_parts(upload.size_announced)
+        plan = upload_plan(upload)
         view["partSize"] = plan.part_size
         view["partCount"] = plan.part_count
     return view
@@ -424,7 +441,10 @@ class UploadService:
         key = UploadKey.build(owner, upload_id, request.filename)
         single = request.size <= single_upload_limit(self.settings)
         multipart_id = None
+        part_size = None
         if not single:
+            # Chosen now, stored with the row: later requests plan from the stored size.
+            part_size = plan_parts(request.size, self.settings.part_size_bytes).part_size
             multipart_id = self.s3.create_multipart_upload(
                 Bucket=self.bucket, Key=str(key), ContentType=request.content_type
             )["UploadId"]
@@ -438,6 +458,7 @@ class UploadService:
                 content_type=request.content_type,
                 size_announced=request.size,
                 multipart_upload_id=multipart_id,
+                part_size=part_size,
             )
         except BaseException:
             # No row, no way to ever complete it: do not leave it behind. Best effort (the
@@ -480,7 +501,7 @@ class UploadService:
         upload = await self._owned(owner, upload_id)
         multipart_id = self._multipart(upload, "sign")
         self._pending(upload, "uploaded to")
-        plan = plan_parts(upload.size_announced or 0)
+        plan = upload_plan(upload)
         numbers = parse_part_numbers(body, plan, self.settings.part_url_batch)
         return {
             "id": upload.id,
@@ -505,7 +526,7 @@ class UploadService:
         if upload.state in ("uploaded", "queued"):
             raise Conflict("upload is already completed")
         self._pending(upload, "completed")
-        plan = plan_parts(upload.size_announced or 0)
+        plan = upload_plan(upload)
         parts = parse_completed_parts(body, plan)
         # Check what S3 holds against the plan before assembling anything: an object of the
         # wrong size is refused here rather than after the fact by the enqueue path.

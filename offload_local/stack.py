@@ -53,9 +53,14 @@ class StackOptions:
     events_visibility_timeout_s: int = 60
     worker_grace_s: float = 30.0
     # Extra settings for the Lambdas and workers. Multipart from 8 MiB up, so that files of a
-    # demo's size take the multipart path (AWS deployments default to 100 MiB).
+    # demo's size take the multipart path (AWS deployments default to 100 MiB), in parts of
+    # 5 MiB (S3's smallest; deployments default to 16 MiB), so that a demo file of ~20 MB is
+    # several parts: parallel parts, progress and resume show on files that small.
     env: dict[str, str] = field(
-        default_factory=lambda: {"OFFLOAD_SINGLE_UPLOAD_MAX_BYTES": str(8 * 1024 * 1024)}
+        default_factory=lambda: {
+            "OFFLOAD_SINGLE_UPLOAD_MAX_BYTES": str(8 * 1024 * 1024),
+            "OFFLOAD_PART_SIZE_MIB": "5",
+        }
     )
 
 

@@ -81,7 +81,8 @@ def settings(redis_url: str, database_url: str, pg_schema: str, queue_prefix: st
 def lambda_env(settings, moto_endpoint, bucket, monkeypatch):
     """Environment of a Lambda container for handler tests: this test's Redis prefix and
     schema, the moto endpoints, Powertools without X-Ray; the container state is reset
-    before and after, as on a cold start."""
+    before and after, as on a cold start. Parts of 5 MiB (S3's smallest, not the 16 MiB
+    default), so that multipart tests get several parts from a few MiB of data."""
     from lambdas import runtime
 
     env = {
@@ -91,6 +92,7 @@ def lambda_env(settings, moto_endpoint, bucket, monkeypatch):
         "OFFLOAD_QUEUE_PREFIX": settings.queue_prefix,
         "OFFLOAD_QUEUE_NAME": settings.queue_name,
         "UPLOAD_BUCKET": bucket,
+        "OFFLOAD_PART_SIZE_MIB": "5",
         "S3_ENDPOINT_URL": moto_endpoint,
         "POWERTOOLS_TRACE_DISABLED": "1",
         "POWERTOOLS_SERVICE_NAME": "offload-test",

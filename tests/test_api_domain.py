@@ -8,13 +8,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from offload.db.job_queries import Cursor, InvalidCursor, decode_cursor, encode_cursor
-from offload.settings import Settings
+from offload.db.uploads import Upload
+from offload.settings import Settings, SettingsError
 from offload.uploads import (
     MAX_OBJECT_BYTES,
     MAX_PARTS,
     MIN_PART_BYTES,
     InvalidRequest,
     MiB,
+    PartPlan,
     content_type_allowed,
     new_upload_id,
     normalize_content_type,
@@ -22,6 +24,7 @@ from offload.uploads import (
     plan_parts,
     result_links,
     single_upload_limit,
+    upload_plan,
     valid_upload_id,
 )
 
@@ -40,19 +43,22 @@ SIZES = [
 ]
 
 
+@pytest.mark.parametrize("minimum", [MIN_PART_BYTES, 16 * MiB, 5 * 1024 * MiB])
 @pytest.mark.parametrize("size", SIZES)
-def test_part_plan_fits_s3_limits(size):
-    plan = plan_parts(size)
+def test_part_plan_fits_s3_limits(size, minimum):
+    plan = plan_parts(size, minimum)
     assert plan.part_count <= MAX_PARTS
-    assert plan.part_size >= MIN_PART_BYTES and plan.part_size % MiB == 0
+    assert plan.part_size >= minimum and plan.part_size % MiB == 0
     assert plan.part_size <= 5 * 1024 * MiB
     assert plan.part_size * (plan.part_count - 1) < size <= plan.part_size * plan.part_count
     last = plan.part_bytes(plan.part_count)
     assert 0 < last <= plan.part_size
     assert sum(plan.part_bytes(n) for n in range(1, plan.part_count + 1)) == size
     # the smallest whole-MiB part size that works: one MiB less would need too many parts
-    if plan.part_size > MIN_PART_BYTES:
+    if plan.part_size > minimum:
         assert -(-size // (plan.part_size - MiB)) > MAX_PARTS
+    # the plan of its own part size is the same plan (what a stored part size relies on)
+    assert plan_parts(size, plan.part_size) == plan
 
 
 def test_part_plan_examples():
@@ -63,6 +69,59 @@ def test_part_plan_examples():
     for bad in (0, -1, MAX_OBJECT_BYTES + 1):
         with pytest.raises(ValueError):
             plan_parts(bad)
+
+
+def test_part_plan_with_a_minimum_part_size():
+    plan = plan_parts(16 * MiB + 1, 16 * MiB)
+    assert (plan.part_size, plan.part_count, plan.part_bytes(2)) == (16 * MiB, 2, 1)
+    assert plan_parts(MiB, 16 * MiB) == PartPlan(size=MiB, part_size=16 * MiB, part_count=1)
+    # the minimum holds up to 10,000 parts of it; beyond, the smallest whole MiB that fits
+    assert plan_parts(16 * MiB * MAX_PARTS, 16 * MiB).part_size == 16 * MiB
+    assert plan_parts(16 * MiB * MAX_PARTS + 1, 16 * MiB).part_size == 17 * MiB
+    assert plan_parts(200 * 1024**3, 16 * MiB).part_size == 21 * MiB
+    assert plan_parts(MAX_OBJECT_BYTES, 16 * MiB).part_size == 525 * MiB
+    for bad in (0, 4 * MiB, 5 * MiB + 1, 16 * MiB - 1, 5 * 1024 * MiB + MiB):
+        with pytest.raises(ValueError, match="min_part_bytes"):
+            plan_parts(16 * MiB, bad)
+
+
+def _row(size: int, part_size: int | None) -> Upload:
+    now = datetime.now(UTC)
+    return Upload(
+        id="u", owner="o", bucket="b", key="k", filename="f", content_type="video/mp4",
+        size_announced=size, size_actual=None, etag=None, version_id=None,
+        multipart_upload_id="mpu", state="pending", error=None, created_at=now, updated_at=now,
+        part_size=part_size,
+    )  # fmt: skip
+
+
+def test_upload_plan_uses_the_stored_part_size_else_the_5_mib_rule():
+    size = 100 * MiB + 1
+    assert upload_plan(_row(size, 16 * MiB)) == PartPlan(size, 16 * MiB, 7)
+    assert upload_plan(_row(size, 8 * MiB)) == PartPlan(size, 8 * MiB, 13)
+    # rows from before migration 0002: the rule they were created under
+    assert upload_plan(_row(size, None)) == PartPlan(size, 5 * MiB, 21)
+    big = 60 * 1024**3
+    assert upload_plan(_row(big, None)) == plan_parts(big) == PartPlan(big, 7 * MiB, 8778)
+
+
+def test_part_size_setting_default_and_bounds():
+    assert Settings().part_size_bytes == 16 * MiB
+    assert Settings.from_env({}).part_size_bytes == 16 * MiB
+    assert Settings.from_env({"OFFLOAD_PART_SIZE_MIB": ""}).part_size_bytes == 16 * MiB
+    assert Settings.from_env({"OFFLOAD_PART_SIZE_MIB": "5"}).part_size_bytes == 5 * MiB
+    assert Settings.from_env({"OFFLOAD_PART_SIZE_MIB": "64"}).part_size_bytes == 64 * MiB
+    assert Settings.from_env({"OFFLOAD_PART_SIZE_MIB": "5120"}).part_size_bytes == 5 * 1024**3
+    for bad, why in [
+        ("4", ">= 5"),
+        ("0", ">= 5"),
+        ("-16", ">= 5"),
+        ("5121", "<= 5120"),
+        ("16.5", "integer"),
+        ("16MiB", "integer"),
+    ]:
+        with pytest.raises(SettingsError, match=f"OFFLOAD_PART_SIZE_MIB must be.*{why}"):
+            Settings.from_env({"OFFLOAD_PART_SIZE_MIB": bad})
 
 
 def test_single_limit_is_capped_by_s3():

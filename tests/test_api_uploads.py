@@ -343,3 +343,126 @@ def test_multipart_upload_is_aborted_when_its_row_cannot_be_stored(
                                             "contentType": "application/octet-stream"})  # fmt: skip
     assert answer.status == 503 and set(answer.body) == {"message"}
     assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+# --- part size: chosen at creation, stored on the row ------------------------------------------
+
+
+def use_default_part_size(monkeypatch) -> None:
+    """Drop lambda_env's OFFLOAD_PART_SIZE_MIB=5: the container sees the deployed default."""
+    from lambdas import runtime
+
+    monkeypatch.delenv("OFFLOAD_PART_SIZE_MIB")
+    runtime.settings.cache_clear()
+
+
+def send_parts(view: dict, payload: bytes, part_size: int, numbers: list[int]) -> dict[int, str]:
+    """PUT each part's bytes (cut at ``part_size``) with fresh URLs from ``/parts``."""
+    urls = call("POST", f"/uploads/{view['id']}/parts", body={"partNumbers": numbers})
+    assert urls.status == 200, urls.body
+    return {
+        p["partNumber"]: put_part(p["url"], chunk(payload, part_size, p["partNumber"]))
+        for p in urls.body["partUrls"]
+    }
+
+
+def complete_parts(upload_id: str, etags: dict[int, str]):
+    return call(
+        "POST",
+        f"/uploads/{upload_id}/complete",
+        body={"parts": [{"partNumber": n, "etag": e} for n, e in sorted(etags.items())]},
+    )
+
+
+def test_default_part_size_is_16_mib_and_stored(
+    lambda_env, settings, s3, bucket, monkeypatch, payload
+):
+    use_default_part_size(monkeypatch)
+    view = start_multipart(monkeypatch)
+    assert (view["partSize"], view["partCount"]) == (16 * MiB, 2)
+    assert [p["partNumber"] for p in view["partUrls"]] == [1, 2]
+    assert upload_row(settings, view["id"])["part_size"] == 16 * MiB
+    status = call("GET", f"/uploads/{view['id']}").body
+    assert (status["partSize"], status["partCount"]) == (16 * MiB, 2)
+    # a part number of a 5 MiB plan does not exist in this one
+    assert call("POST", f"/uploads/{view['id']}/parts", body={"partNumbers": [3]}).status == 400
+
+    etags = send_parts(view, payload, 16 * MiB, [1, 2])
+    done = complete_parts(view["id"], etags)
+    assert done.status == 200, done.body
+    assert done.body["etag"].strip('"').endswith("-2")
+    stored = s3.get_object(Bucket=bucket, Key=view["key"])
+    assert hashlib.sha256(stored["Body"].read()).digest() == hashlib.sha256(payload).digest()
+
+    # a single-request upload has no part size
+    configure(monkeypatch, OFFLOAD_SINGLE_UPLOAD_MAX_BYTES=1000)
+    small = {"filename": "a.txt", "size": 3, "contentType": "text/plain"}
+    single = call("POST", "/uploads", body=small)
+    assert single.status == 201 and "partSize" not in single.body
+    assert upload_row(settings, single.body["id"])["part_size"] is None
+
+
+def test_part_size_setting_is_a_minimum(lambda_env, settings, monkeypatch):
+    """A file too large for 10,000 parts of the setting gets the smallest whole MiB that fits.
+    (No bytes are sent: the plan is all this checks.)"""
+    configure(monkeypatch, OFFLOAD_PART_SIZE_MIB=8, OFFLOAD_MAX_UPLOAD_BYTES=200 * 1024**3)
+    body = {"filename": "huge.bin", "contentType": "application/octet-stream"}
+    fits = call("POST", "/uploads", body=body | {"size": 80 * 1024**3}).body
+    assert (fits["partSize"], fits["partCount"]) == (9 * MiB, 9103)  # 8 MiB: 10,240 parts
+    assert upload_row(settings, fits["id"])["part_size"] == 9 * MiB
+    small = call("POST", "/uploads", body=body | {"size": 200 * MiB}).body
+    assert (small["partSize"], small["partCount"]) == (8 * MiB, 25)
+    assert upload_row(settings, small["id"])["part_size"] == 8 * MiB
+
+
+def test_changing_the_setting_does_not_break_an_upload_in_flight(
+    lambda_env, settings, s3, bucket, monkeypatch, payload
+):
+    view = start_multipart(monkeypatch)  # OFFLOAD_PART_SIZE_MIB=5 (lambda_env)
+    assert (view["partSize"], view["partCount"]) == (5 * MiB, 4)
+    assert upload_row(settings, view["id"])["part_size"] == 5 * MiB
+
+    configure(monkeypatch, OFFLOAD_PART_SIZE_MIB=16)  # a deploy changes the setting
+    # new uploads get the new size ...
+    assert start_multipart(monkeypatch)["partSize"] == 16 * MiB
+    # ... while this one keeps its own: resume, more URLs and complete all plan with 5 MiB
+    status = call("GET", f"/uploads/{view['id']}").body
+    assert (status["partSize"], status["partCount"]) == (5 * MiB, 4)
+    etags = send_parts(view, payload, 5 * MiB, [2, 3, 4])
+    # part 1 cut as a 16 MiB plan would: complete checks sizes against the stored 5 MiB
+    etags |= send_parts(view, payload, 16 * MiB, [1])
+    wrong = complete_parts(view["id"], etags)
+    assert wrong.status == 400 and f"part 1 has {16 * MiB} bytes, expected {5 * MiB}" in (
+        wrong.message
+    )
+    etags |= send_parts(view, payload, 5 * MiB, [1])
+    done = complete_parts(view["id"], etags)
+    assert done.status == 200, done.body
+    assert (done.body["partSize"], done.body["partCount"]) == (5 * MiB, 4)
+    assert done.body["etag"].strip('"').endswith("-4")
+    stored = s3.get_object(Bucket=bucket, Key=view["key"])
+    assert hashlib.sha256(stored["Body"].read()).digest() == hashlib.sha256(payload).digest()
+
+
+def test_upload_from_before_the_part_size_was_stored_keeps_the_5_mib_rule(
+    lambda_env, settings, s3, bucket, monkeypatch, payload
+):
+    """A row created before migration 0002 has no part_size: it was planned with 5 MiB parts
+    and must still be served that way, whatever OFFLOAD_PART_SIZE_MIB says now."""
+    view = start_multipart(monkeypatch)
+    with psycopg.connect(
+        settings.database_url, options=f"-c search_path={settings.database_schema}"
+    ) as conn:
+        conn.execute("UPDATE uploads SET part_size = NULL WHERE id = %s", (view["id"],))
+    assert upload_row(settings, view["id"])["part_size"] is None
+    use_default_part_size(monkeypatch)  # the new code runs with the 16 MiB default
+
+    status = call("GET", f"/uploads/{view['id']}").body
+    assert (status["partSize"], status["partCount"]) == (5 * MiB, 4)
+    assert status["multipartOpen"] is True
+    etags = send_parts(view, payload, 5 * MiB, [1, 2, 3, 4])  # 3 and 4: outside a 16 MiB plan
+    done = complete_parts(view["id"], etags)
+    assert done.status == 200, done.body
+    assert (done.body["partSize"], done.body["partCount"]) == (5 * MiB, 4)
+    assert s3.head_object(Bucket=bucket, Key=view["key"])["ContentLength"] == SIZE
+    assert upload_row(settings, view["id"])["part_size"] is None  # nothing rewrote the row

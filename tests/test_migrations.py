@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from offload.db.migrate import discover, migrate
 from tests.support.harness import REPO_ROOT
@@ -71,3 +72,81 @@ def test_badly_named_migration_is_refused(tmp_path: Path):
 def test_schema_name_is_validated(database_url):
     with pytest.raises(ValueError, match="schema name"):
         migrate(database_url, 'x"; DROP TABLE jobs; --')
+
+
+# --- 0002: uploads.part_size ------------------------------------------------------------------
+
+PART_SIZE_MIGRATION = 2
+
+
+def _up_to(directory: Path, version: int) -> Path:
+    """A migrations directory holding this repository's migrations up to ``version``."""
+    for migration in discover():
+        if migration.version <= version:
+            (directory / migration.path.name).write_text(migration.path.read_text())
+    return directory
+
+
+def _connect(database_url: str, schema: str) -> psycopg.Connection:
+    return psycopg.connect(database_url, autocommit=True, options=f"-c search_path={schema}")
+
+
+def _insert_upload(conn: psycopg.Connection, upload_id: str, **columns: object) -> None:
+    row = {"id": upload_id, "owner": "o", "bucket": "b", "key": f"uploads/o/{upload_id}/f"}
+    row |= {"filename": "f", "size_announced": 100, "multipart_upload_id": "mpu", **columns}
+    conn.execute(
+        sql.SQL("INSERT INTO uploads ({}) VALUES ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, row)),
+            sql.SQL(", ").join(sql.Placeholder() * len(row)),
+        ),
+        list(row.values()),
+    )
+
+
+def test_part_size_migration_on_a_database_with_uploads_in_flight(
+    database_url, fresh_schema, tmp_path
+):
+    """0002 onto a schema at 0001 holding an upload (as a deploy finds it), from four runners
+    at once: applied once, the old row keeps no part size, the column takes the new ones."""
+    assert migrate(database_url, fresh_schema, _up_to(tmp_path, 1)) == [1]
+    with _connect(database_url, fresh_schema) as conn:
+        _insert_upload(conn, "before")
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: migrate(database_url, fresh_schema), range(4)))
+    assert sorted(v for result in results for v in result) == [PART_SIZE_MIGRATION]
+    assert migrate(database_url, fresh_schema) == []  # and again: nothing to do
+
+    with _connect(database_url, fresh_schema) as conn:
+        assert conn.execute("SELECT part_size FROM uploads WHERE id = 'before'").fetchone() == (
+            None,
+        )
+        versions = conn.execute("SELECT version, name FROM schema_migrations ORDER BY 1")
+        assert versions.fetchall() == [(1, "uploads_and_jobs"), (2, "upload_part_size")]
+        _insert_upload(conn, "mib16", part_size=16 << 20)
+        _insert_upload(conn, "gib5", part_size=5 << 30)
+        for bad in (4 << 20, (5 << 20) + 1, (5 << 30) + (1 << 20)):
+            with pytest.raises(psycopg.errors.CheckViolation, match="uploads_part_size_check"):
+                _insert_upload(conn, f"bad-{bad}", part_size=bad)
+        rows = conn.execute("SELECT id, part_size FROM uploads ORDER BY id").fetchall()
+    assert rows == [("before", None), ("gib5", 5 << 30), ("mib16", 16 << 20)]
+
+
+def test_part_size_migration_sql_can_run_twice(database_url, fresh_schema):
+    """The file itself is idempotent too (a column added by hand, a half-known state): its
+    second run changes nothing and fails nothing."""
+    migrate(database_url, fresh_schema)
+    sql_text = next(m for m in discover() if m.version == PART_SIZE_MIGRATION).path.read_text()
+    with _connect(database_url, fresh_schema) as conn:
+        conn.execute(sql_text)
+        conn.execute(sql_text)
+        checks = conn.execute(
+            "SELECT count(*) FROM pg_constraint WHERE conrelid = 'uploads'::regclass"
+            " AND conname LIKE 'uploads_part_size%'"
+        ).fetchone()
+        column = conn.execute(
+            "SELECT data_type, is_nullable FROM information_schema.columns"
+            " WHERE table_schema = %s AND table_name = 'uploads' AND column_name = 'part_size'",
+            (fresh_schema,),
+        ).fetchall()
+    assert checks == (1,)
+    assert column == [("bigint", "YES")]

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from offload.client import errors, report
+from offload.client import errors, report, transfer
 from offload.client.errors import AuthError, CliError, UsageError
 
 DESCRIPTION = """\
@@ -125,7 +125,12 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
     up = command("upload", "upload files, then wait for their jobs", cmd_upload)
     up.add_argument("files", nargs="+", type=Path, metavar="FILE")
     up.add_argument("--content-type", help="media type (default: guessed from the name)")
-    up.add_argument("--parallel", type=_positive_int, default=8, help="parts in flight (default 8)")
+    up.add_argument(
+        "--parallel",
+        type=_positive_int,
+        default=transfer.DEFAULT_PARALLEL,
+        help=f"parts in flight (default {transfer.DEFAULT_PARALLEL})",
+    )
     up.add_argument("--tries", type=_positive_int, default=5, help="attempts per part (default 5)")
     up.add_argument(
         "--limit-rate", type=_rate, metavar="MIB_S", help="at most this many MiB/s in total"
@@ -174,7 +179,9 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
 
 
 class Session:
-    def __init__(self, args: argparse.Namespace, env: Env, parallel: int = 8):
+    def __init__(
+        self, args: argparse.Namespace, env: Env, parallel: int = transfer.DEFAULT_PARALLEL
+    ):
         from offload.client import api, config
 
         self.args = args

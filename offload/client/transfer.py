@@ -28,6 +28,9 @@ from offload.client.api import backoff_s
 from offload.client.errors import TransferError
 
 MiB = 1 << 20
+# Parts in flight by default: 4 x 16 MiB keeps a fast link busy (rclone's default is 4 too);
+# more threads mostly contend for the same link and, against a local server, the same CPUs.
+DEFAULT_PARALLEL = 4
 CHUNK = MiB  # bytes per socket write: progress and rate limiting granularity
 URL_MARGIN_S = 60.0  # a URL this close to its expiry is replaced before use
 RETRY_STATUSES = {0, 403, 408, 429, 500, 502, 503, 504}  # 403: an expired URL, among others
@@ -206,7 +209,7 @@ def put_parts(
     part_size: int,
     numbers: list[int],
     urls: PartUrls,
-    parallel: int = 8,
+    parallel: int = DEFAULT_PARALLEL,
     tries: int = 5,
     progress: Progress | None = None,
     rate: RateLimit | None = None,

@@ -88,7 +88,7 @@ class Uploader:
         pool: urllib3.PoolManager,
         *,
         store: StateStore | None,
-        parallel: int = 8,
+        parallel: int = transfer.DEFAULT_PARALLEL,
         tries: int = 5,
         rate: transfer.RateLimit | None = None,
         progress: ProgressFactory | None = None,

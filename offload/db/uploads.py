@@ -37,11 +37,14 @@ class Upload:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    # A multipart upload's part size, chosen when it was created (migration 0002). None for a
+    # single upload, and for multipart uploads created before the column existed.
+    part_size: int | None = None
 
 
 _COLUMNS = (
     "id, owner, bucket, key, filename, content_type, size_announced, size_actual, etag,"
-    " version_id, multipart_upload_id, state, error, created_at, updated_at"
+    " version_id, multipart_upload_id, state, error, created_at, updated_at, part_size"
 )
 
 
@@ -66,12 +69,13 @@ class UploadStore:
         content_type: str,
         size_announced: int,
         multipart_upload_id: str | None = None,
+        part_size: int | None = None,
     ) -> Upload:
         row = await self._fetch_one(
             f"INSERT INTO uploads (id, owner, bucket, key, filename, content_type,"
-            f" size_announced, multipart_upload_id)"
+            f" size_announced, multipart_upload_id, part_size)"
             f" VALUES (%(id)s, %(owner)s, %(bucket)s, %(key)s, %(filename)s, %(content_type)s,"
-            f" %(size)s, %(mpu)s) RETURNING {_COLUMNS}",
+            f" %(size)s, %(mpu)s, %(part_size)s) RETURNING {_COLUMNS}",
             {
                 "id": upload_id,
                 "owner": owner,
@@ -81,6 +85,7 @@ class UploadStore:
                 "content_type": content_type,
                 "size": size_announced,
                 "mpu": multipart_upload_id,
+                "part_size": part_size,
             },
         )
         assert row is not None

@@ -32,7 +32,10 @@ def start_options(workdir: Path, **overrides: Any) -> StackOptions:
         worker_grace_s=10,
         events_visibility_timeout_s=2,
         env={
+            # as StackOptions' own default: multipart from 8 MiB, 5 MiB parts (several parts
+            # for a file of ~20 MiB)
             "OFFLOAD_SINGLE_UPLOAD_MAX_BYTES": str(8 * 1024 * 1024),
+            "OFFLOAD_PART_SIZE_MIB": "5",
             "OFFLOAD_BACKOFF_MS": "200",
             "OFFLOAD_DRAIN_DELAY_S": "1",
         },
