@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -47,12 +48,30 @@ def parse_args(argv: list[str] | None = None) -> StackOptions:
     )
 
 
+def _port_free(host: str, port: int) -> bool:
+    """Checked before anything starts, so a taken port fails fast and clearly."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def _still_stopping(*_: object) -> None:
     print("still stopping: workers drain their jobs first...", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_args(argv)
+    if options.port and not _port_free(options.host, options.port):
+        print(
+            f"offload_local: error: {options.host}:{options.port} is taken; "
+            "choose another with --port N (0: any free port)",
+            file=sys.stderr,
+        )
+        return 2
     options.workdir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
         filename=options.workdir / "stack.log",

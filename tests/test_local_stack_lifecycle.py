@@ -88,3 +88,20 @@ def test_run_command_starts_everything_and_stops_cleanly_on_ctrl_c_even_twice(tm
             proc.kill()
             proc.wait()
         drop_schema(database_url(), schema)
+
+
+def test_a_taken_port_fails_fast_with_a_clear_message():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "offload_local", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert done.returncode == 2
+    assert f"127.0.0.1:{port} is taken" in done.stderr and "--port" in done.stderr
