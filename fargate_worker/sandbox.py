@@ -11,10 +11,14 @@ recycled after ``max_jobs`` jobs, and killed on timeout or cancellation.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
 import logging
 import multiprocessing
 import os
+import pickle
 import signal
+import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -36,12 +40,10 @@ log = logging.getLogger(__name__)
 _MP = multiprocessing.get_context("forkserver")
 _PRELOAD = ("fargate_worker.sandbox_child", "fargate_worker.context")
 START_TIMEOUT_S = 60.0
+_HEADER = struct.Struct("!i")
+_LONG_HEADER = struct.Struct("!Q")
+_READ_SIZE = 1 << 16
 RESPAWN_BACKOFF_S = (0.5, 1, 2, 5, 10)
-
-
-def _wake(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -69,6 +71,12 @@ class SandboxProcess:
             daemon=True,
         )
         self._child_conn = child_conn
+        self._reading = False
+        self._buffer = bytearray()
+        self._messages: collections.deque[tuple] = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._eof = False
+        self._unreadable = ""
 
     @property
     def pid(self) -> int | None:
@@ -81,24 +89,73 @@ class SandboxProcess:
     async def start(self) -> None:
         self.process.start()
         self._child_conn.close()
+        # The child's messages are read by a reader callback that stays registered for the
+        # child's life (no poll + add/remove reader per message: these are syscalls).
+        asyncio.get_running_loop().add_reader(self._conn.fileno(), self._on_readable)
+        self._reading = True
         message = await asyncio.wait_for(self._recv(), START_TIMEOUT_S)
         if message[0] != "ready":
             raise SandboxCrashed(f"sandbox child sent {message[0]!r} instead of 'ready'")
 
-    async def _recv(self) -> tuple:
-        loop = asyncio.get_running_loop()
-        fd = self._conn.fileno()
-        while not self._conn.poll():
-            readable = loop.create_future()
-            loop.add_reader(fd, _wake, readable)
-            try:
-                await readable
-            finally:
-                loop.remove_reader(fd)
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            # no running loop, or the pipe is already closed: nothing left to unregister
+            with contextlib.suppress(RuntimeError, OSError, ValueError):
+                asyncio.get_running_loop().remove_reader(self._conn.fileno())
+
+    def _on_readable(self) -> None:
+        """Read what the pipe has and split it into messages (multiprocessing.Connection's
+        framing, which the child's ``send`` writes: a 4-byte big-endian length, or -1 and an
+        8-byte one for messages over 2 GiB, then the pickle)."""
         try:
-            return self._conn.recv()
-        except (EOFError, OSError):
-            raise SandboxCrashed(await self._exit_description()) from None
+            data = os.read(self._conn.fileno(), _READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._eof = True
+            self._stop_reading()
+        else:
+            self._buffer += data
+            try:
+                self._split_messages()
+            except Exception as exc:  # a message that does not unpickle: the child is unusable
+                self._unreadable = f"unreadable message from the sandbox child: {exc!r}"
+                self._eof = True
+                self._stop_reading()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done() and (self._messages or self._eof):
+            waiter.set_result(None)
+
+    def _split_messages(self) -> None:
+        buffer = self._buffer
+        while len(buffer) >= 4:
+            (size,) = _HEADER.unpack_from(buffer)
+            start = 4
+            if size == -1:
+                if len(buffer) < 12:
+                    return
+                (size,) = _LONG_HEADER.unpack_from(buffer, 4)
+                start = 12
+            if len(buffer) < start + size:
+                return
+            self._messages.append(pickle.loads(buffer[start : start + size]))
+            del buffer[: start + size]
+
+    async def _recv(self) -> tuple:
+        while not self._messages:
+            if self._unreadable:
+                raise SandboxCrashed(self._unreadable)
+            if self._eof:
+                raise SandboxCrashed(await self._exit_description())
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._messages.popleft()
 
     async def _exit_description(self) -> str:
         for _ in range(200):  # the pipe closed, so the exit is a matter of milliseconds
@@ -129,6 +186,7 @@ class SandboxProcess:
     def kill(self) -> None:
         if self.process.is_alive():
             self.process.kill()
+        self._stop_reading()
         self._conn.close()
 
     async def dispose(self) -> None:
@@ -209,9 +267,8 @@ class SandboxPool:
         self._busy.add(box)
         healthy = False
         try:
-            result = await asyncio.wait_for(
-                box.run(job_id, name, attempt, data, on_progress), timeout_s
-            )
+            async with asyncio.timeout(timeout_s):
+                result = await box.run(job_id, name, attempt, data, on_progress)
             healthy = True
             return result
         except TimeoutError:

@@ -143,6 +143,10 @@ async def wait_for_state(
 
 
 async def queue_job_in_state(queue: Queue, job_id: str, state: str) -> Any:
-    """The queue's job once it is in ``state`` (it moves just after its status is stored)."""
-    job = await queue.getJob(job_id)
-    return job if job is not None and await job.getState() == state else None
+    """The queue's job once it is in ``state`` (it moves just after its status is stored).
+    The state is read first: a job read before its move would carry the previous attempt's
+    fields (attemptsMade, failedReason) even though it is in ``state`` by the time it is
+    checked."""
+    if await queue.getJobState(job_id) != state:
+        return None
+    return await queue.getJob(job_id)
