@@ -53,8 +53,8 @@ def proxy_event(
     domain: str = "localhost",
     request_id: str | None = None,
 ) -> dict[str, Any]:
-    """The event; ``claims`` (the verified token's) go to ``requestContext.authorizer``, with
-    every value a string, as the Cognito authorizer passes them."""
+    """The event; ``claims`` go to ``requestContext.authorizer`` as given (the Cognito
+    authorizer passes strings only: see :func:`authorizer_claims`)."""
     resource, path_parameters = match_resource(path)
     resource = resource or path
     request_id = request_id or str(uuid.uuid4())
@@ -77,7 +77,7 @@ def proxy_event(
         "apiId": "local",
     }
     if claims is not None:
-        context["authorizer"] = {"claims": {k: _claim_text(v) for k, v in claims.items()}}
+        context["authorizer"] = {"claims": dict(claims)}
     return {
         "resource": resource,
         "path": path,
@@ -94,10 +94,13 @@ def proxy_event(
     }
 
 
-def _claim_text(value: Any) -> str:
-    if isinstance(value, list):
-        return ",".join(str(v) for v in value)
-    return str(value)
+def authorizer_claims(token_claims: Mapping[str, Any]) -> dict[str, str]:
+    """A verified token's claims as the Cognito authorizer hands them on: every value a
+    string (lists joined with commas)."""
+    return {
+        name: ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        for name, value in token_claims.items()
+    }
 
 
 @dataclass

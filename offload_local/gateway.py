@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from offload_local.apigw import http_answer, match_resource, proxy_event
+from offload_local.apigw import authorizer_claims, http_answer, match_resource, proxy_event
 from offload_local.cognito_auth import CognitoAuthorizer, Unauthorized
 
 API_PREFIX = "/api"
@@ -139,7 +139,7 @@ class _Handler(BaseHTTPRequestHandler):
             query=parse_qs(raw_query, keep_blank_values=True) or None,
             body=text if body else None,
             is_base64=is_base64,
-            claims=claims,
+            claims=authorizer_claims(claims),
             source_ip=self.client_address[0],
             domain=self.headers.get("Host", "localhost"),
         )

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import base64
 import json
-import re
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from offload_local.apigw import proxy_event
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
+DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
 
-# The API's resources, as declared in API Gateway (path parameters in braces).
-RESOURCES = (
-    "/uploads",
-    "/uploads/{id}",
-    "/uploads/{id}/parts",
-    "/uploads/{id}/complete",
-    "/jobs",
-    "/jobs/{id}",
-    "/jobs/{id}/retry",
-)
 _NOT_GIVEN: Any = object()
-
-
-def _match_resource(path: str) -> tuple[str, dict[str, str] | None]:
-    for resource in RESOURCES:
-        pattern = "^" + re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(resource)) + "$"
-        if match := re.match(pattern, path):
-            return resource, (match.groupdict() or None)
-    return path, None  # unknown to API Gateway: the test sends it anyway
 
 
 def event(
@@ -48,19 +32,18 @@ def event(
     claims: dict[str, Any] | None = None,
     request_id: str | None = None,
 ) -> dict[str, Any]:
-    """A REST API (v1) proxy event. ``body`` is JSON-encoded, ``raw_body`` sent as is;
-    ``sub=None`` leaves the authorizer claims out (as a misconfigured route would)."""
-    resource, path_parameters = _match_resource(path)
+    """A REST API (v1) proxy event as API Gateway builds it (``offload_local.apigw``, which the
+    local gateway uses too). ``body`` is JSON-encoded, ``raw_body`` sent as is; ``sub=None``
+    leaves the authorizer claims out (as a misconfigured route would)."""
     if body is not _NOT_GIVEN:
         raw_body = json.dumps(body)
     if raw_body is not None and base64_body:
         raw_body = base64.b64encode(raw_body.encode()).decode()
-    request_id = request_id or str(uuid.uuid4())
     all_headers = {
         "Accept": "application/json",
         "Authorization": "eyJraWQiOiJ0ZXN0In0.eyJzdWIiOiJ0ZXN0In0.c2lnbmF0dXJl",
         "Content-Type": "application/json",
-        "Host": "abc123.execute-api.us-east-1.amazonaws.com",
+        "Host": DOMAIN,
         "User-Agent": "pytest",
         "X-Amzn-Trace-Id": "Root=1-5f84c7a9-0e5b1e2a3b4c5d6e7f809010",
         "X-Forwarded-For": "203.0.113.7",
@@ -68,9 +51,9 @@ def event(
         "X-Forwarded-Proto": "https",
         **(headers or {}),
     }
-    authorizer: dict[str, Any] | None = None
+    all_claims: dict[str, Any] | None = None
     if sub is not None or claims is not None:
-        all_claims = {
+        all_claims = claims or {
             "sub": sub,
             "cognito:username": sub,
             "email": f"{sub}@example.com",
@@ -79,43 +62,19 @@ def event(
             "aud": "exampleclientid",
             "auth_time": str(int(time.time())),
         }
-        if claims is not None:
-            all_claims = claims
-        authorizer = {"claims": all_claims}
-    now = time.time()
-    return {
-        "resource": resource,
-        "path": path,
-        "httpMethod": method,
-        "headers": all_headers,
-        "multiValueHeaders": {name: [value] for name, value in all_headers.items()},
-        "queryStringParameters": query or None,
-        "multiValueQueryStringParameters": (
-            {name: [value] for name, value in query.items()} if query else None
-        ),
-        "pathParameters": path_parameters,
-        "stageVariables": None,
-        "requestContext": {
-            "resourceId": "abc123",
-            "resourcePath": resource,
-            "httpMethod": method,
-            "extendedRequestId": request_id[:16] + "=",
-            "requestTime": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-            "path": f"/prod{path}",
-            "accountId": "123456789012",
-            "protocol": "HTTP/1.1",
-            "stage": "prod",
-            "domainPrefix": "abc123",
-            "requestTimeEpoch": int(now * 1000),
-            "requestId": request_id,
-            "identity": {"sourceIp": "203.0.113.7", "userAgent": "pytest"},
-            "domainName": "abc123.execute-api.us-east-1.amazonaws.com",
-            "apiId": "abc123",
-            **({"authorizer": authorizer} if authorizer is not None else {}),
-        },
-        "body": raw_body,
-        "isBase64Encoded": base64_body,
-    }
+    return proxy_event(
+        method,
+        path,
+        headers=all_headers,
+        query={name: [value] for name, value in query.items()} if query else None,
+        body=raw_body,
+        is_base64=base64_body,
+        claims=all_claims,
+        source_ip="203.0.113.7",
+        stage="prod",
+        domain=DOMAIN,
+        request_id=request_id,
+    )
 
 
 @dataclass
