@@ -60,7 +60,7 @@ def create_event_queues(
 ) -> EventQueues:
     sqs = client("sqs", endpoint)
     dlq_url = sqs.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-    dlq_arn = _queue_arn(sqs, dlq_url)
+    dlq_arn = queue_arn(sqs, dlq_url)
     url = sqs.create_queue(
         QueueName=name,
         Attributes={
@@ -70,24 +70,24 @@ def create_event_queues(
             ),
         },
     )["QueueUrl"]
-    return EventQueues(url, _queue_arn(sqs, url), dlq_url)
+    return EventQueues(url, queue_arn(sqs, url), dlq_url)
 
 
-def _queue_arn(sqs: Any, url: str) -> str:
+def queue_arn(sqs: Any, url: str) -> str:
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     return attributes["Attributes"]["QueueArn"]
 
 
-def notify_object_created(endpoint: str, bucket: str, queues: EventQueues) -> None:
+def notify_object_created(s3: Any, bucket: str, target_queue_arn: str) -> None:
     """ObjectCreated under uploads/ to the events queue; S3's s3:TestEvent is left for the
     enqueue Lambda to skip, as in AWS."""
-    client("s3", endpoint).put_bucket_notification_configuration(
+    s3.put_bucket_notification_configuration(
         Bucket=bucket,
         NotificationConfiguration={
             "QueueConfigurations": [
                 {
                     "Id": "uploads",
-                    "QueueArn": queues.arn,
+                    "QueueArn": target_queue_arn,
                     "Events": ["s3:ObjectCreated:*"],
                     "Filter": {
                         "Key": {"FilterRules": [{"Name": "prefix", "Value": UPLOADS_PREFIX}]}

@@ -29,8 +29,8 @@ class FunctionError(RuntimeError):
 class LambdaContext:
     """The context object a Lambda handler receives (what Powertools and our handlers read)."""
 
-    function_name: str
-    timeout_s: float
+    function_name: str = "offload-local"
+    timeout_s: float = 60.0
     memory_limit_in_mb: int = 512
     function_version: str = "$LATEST"
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))

@@ -47,12 +47,16 @@ def sqs_record(
     }
 
 
+def sqs_event(records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"Records": records}
+
+
 def from_sqs_messages(
     messages: list[dict[str, Any]], queue_arn: str = DEFAULT_QUEUE_ARN
 ) -> dict[str, Any]:
     """A Lambda SQS event from messages received with boto3 (``receive_message``)."""
-    return {
-        "Records": [
+    return sqs_event(
+        [
             sqs_record(
                 message["Body"],
                 message["MessageId"],
@@ -63,7 +67,7 @@ def from_sqs_messages(
             )
             for message in messages
         ]
-    }
+    )
 
 
 class SqsPoller:

@@ -155,7 +155,9 @@ class LocalStack:
             port=opts.port,
         )
         aws_resources.create_bucket(moto, opts.bucket, [gateway.url])
-        aws_resources.notify_object_created(moto, opts.bucket, queues)
+        aws_resources.notify_object_created(
+            aws_resources.client("s3", moto), opts.bucket, queues.arn
+        )
         self.info = StackInfo(
             web_url=gateway.url + "/",
             api_url=gateway.url + "/api",

@@ -6,14 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import time
-import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from offload_local.apigw import proxy_event
+from offload_local.containers import LambdaContext
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["LambdaContext"]  # handler tests pass it to the API Lambda
 DOMAIN = "abc123.execute-api.us-east-1.amazonaws.com"
 
 _NOT_GIVEN: Any = object()
@@ -78,20 +79,6 @@ def event(
 
 
 @dataclass
-class LambdaContext:
-    function_name: str = "offload-api"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 512
-    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:offload-api"
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = "/aws/lambda/offload-api"
-    log_stream_name: str = "2026/11/23/[$LATEST]0123456789abcdef"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 30_000
-
-
-@dataclass
 class ApiResponse:
     status: int
     body: Any
@@ -107,7 +94,7 @@ def call(method: str, path: str, **kwargs: Any) -> ApiResponse:
     """Build the event, run ``lambdas.api.handler`` in-process, decode the JSON answer."""
     from lambdas import api
 
-    raw = api.handler(event(method, path, **kwargs), LambdaContext())
+    raw = api.handler(event(method, path, **kwargs), LambdaContext("offload-api", 29.0))
     text = raw.get("body") or ""
     if raw.get("isBase64Encoded"):
         text = base64.b64decode(text).decode()

@@ -1,4 +1,4 @@
-"""Lambda-side test helpers: a fake LambdaContext, SQS event batches (from real moto messages or
+"""Lambda-side test helpers: a LambdaContext, SQS event batches (from real moto messages or
 hand-made in AWS's format), S3 -> SQS notification wiring in moto, upload rows, and reads of
 the queue and the status tables."""
 
@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -18,72 +17,13 @@ from psycopg.rows import dict_row
 from offload.keys import UploadKey
 from offload.queue import open_queue
 from offload.settings import Settings
+from offload_local.aws_resources import REGION, notify_object_created, queue_arn
+from offload_local.containers import LambdaContext
+from offload_local.sqs_poller import from_sqs_messages, sqs_event, sqs_record
 
-REGION = "us-east-1"
-QUEUE_ARN = f"arn:aws:sqs:{REGION}:123456789012:offload-events"
-
-
-@dataclass
-class FakeContext:
-    """What Powertools and our handlers read from a LambdaContext."""
-
-    function_name: str = "offload-test"
-    function_version: str = "$LATEST"
-    memory_limit_in_mb: int = 512
-    timeout_s: float = 60.0
-    aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
-    log_group_name: str = "/aws/lambda/offload-test"
-    log_stream_name: str = "2026/01/01/[$LATEST]0123456789abcdef"
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def invoked_function_arn(self) -> str:
-        return f"arn:aws:lambda:{REGION}:123456789012:function:{self.function_name}"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self.timeout_s - (time.monotonic() - self.started)) * 1000))
-
-
-# --- SQS events -------------------------------------------------------------------------------
-
-
-def sqs_record(body: str, message_id: str | None = None, receive_count: int = 1) -> dict[str, Any]:
-    """One record of a Lambda SQS event, as Lambda delivers it."""
-    now_ms = str(int(time.time() * 1000))
-    return {
-        "messageId": message_id or str(uuid.uuid4()),
-        "receiptHandle": uuid.uuid4().hex,
-        "body": body,
-        "attributes": {
-            "ApproximateReceiveCount": str(receive_count),
-            "SentTimestamp": now_ms,
-            "SenderId": "AIDAEXAMPLE",
-            "ApproximateFirstReceiveTimestamp": now_ms,
-        },
-        "messageAttributes": {},
-        "md5OfBody": "",
-        "eventSource": "aws:sqs",
-        "eventSourceARN": QUEUE_ARN,
-        "awsRegion": REGION,
-    }
-
-
-def sqs_event(records: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"Records": records}
-
-
-def from_sqs_messages(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    """A Lambda SQS event from messages received with boto3 (``receive_message``)."""
-    return sqs_event(
-        [
-            sqs_record(
-                message["Body"],
-                message["MessageId"],
-                int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1")),
-            )
-            for message in messages
-        ]
-    )
+# The local stack's: the same context object and SQS event format for handler tests.
+FakeContext = LambdaContext
+__all__ = ["FakeContext", "from_sqs_messages", "sqs_event", "sqs_record"]
 
 
 def failed_ids(response: dict[str, Any]) -> set[str]:
@@ -155,25 +95,10 @@ def s3_test_event_body(bucket: str) -> str:
 
 
 def wire_notifications(s3: Any, sqs: Any, bucket: str) -> str:
-    """An SQS queue receiving the bucket's ObjectCreated events under uploads/; returns its URL
-    with the s3:TestEvent already drained."""
+    """An SQS queue receiving the bucket's ObjectCreated events under uploads/ (the local
+    stack's wiring); returns its URL."""
     url = sqs.create_queue(QueueName=f"{bucket}-events")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    s3.put_bucket_notification_configuration(
-        Bucket=bucket,
-        NotificationConfiguration={
-            "QueueConfigurations": [
-                {
-                    "Id": "uploads",
-                    "QueueArn": arn,
-                    "Events": ["s3:ObjectCreated:*"],
-                    "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": "uploads/"}]}},
-                }
-            ]
-        },
-    )
+    notify_object_created(s3, bucket, queue_arn(sqs, url))
     return url
 
 
