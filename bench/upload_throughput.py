@@ -74,21 +74,10 @@ class Boto3PartUrls:
         self.expires_s, self.batch = expires_s, batch
 
     def part_urls(self, numbers: list[int]) -> tuple[dict[int, str], float]:
-        urls = {
-            n: self.s3.generate_presigned_url(
-                "upload_part",
-                Params={
-                    "Bucket": BUCKET,
-                    "Key": self.key,
-                    "UploadId": self.upload_id,
-                    "PartNumber": n,
-                },
-                ExpiresIn=self.expires_s,
-                HttpMethod="PUT",
-            )
-            for n in numbers
-        }
-        return urls, time.time() + self.expires_s
+        from offload.uploads import presign_parts  # what the API hands out
+
+        parts = presign_parts(self.s3, BUCKET, self.key, self.upload_id, numbers, self.expires_s)
+        return {part["partNumber"]: part["url"] for part in parts}, time.time() + self.expires_s
 
 
 def run_boto3(s3: Any, path: Path, key: str, config: Any) -> float:
