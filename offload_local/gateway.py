@@ -5,6 +5,7 @@ the Cognito token, builds the REST proxy event and passes it to the API Lambda's
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import mimetypes
@@ -129,8 +130,6 @@ class _Handler(BaseHTTPRequestHandler):
             text = body.decode("utf-8")
             is_base64 = False
         except UnicodeDecodeError:
-            import base64
-
             text, is_base64 = base64.b64encode(body).decode(), True
         event = proxy_event(
             self.command,

@@ -198,10 +198,9 @@ class LocalStack:
             opts.workers,
             {
                 **os.environ,
-                **runtime_env,
                 "OFFLOAD_CONCURRENCY": str(opts.worker_concurrency),
                 "OFFLOAD_SHUTDOWN_GRACE_S": str(int(opts.worker_grace_s)),
-                **opts.env,
+                **runtime_env,  # ends with opts.env, which may override the two above
             },
             logdir,
             workdir,
