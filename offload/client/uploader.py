@@ -8,7 +8,8 @@ import mimetypes
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -136,8 +137,7 @@ class Uploader:
         created = self.api.create_upload(path.name, identity.size, content_type)
         outcome = UploadOutcome(str(path), created)
         if created["type"] == "single":
-            bar = self._bar(path, identity.size, 0)
-            try:
+            with self._bar(path, identity.size, 0) as bar:
                 transfer.post_single(
                     pool=self.pool,
                     post=created["post"],
@@ -150,9 +150,6 @@ class Uploader:
                     rate=self.rate,
                     cancel=self.cancel,
                 )
-            finally:
-                if bar:
-                    bar.close()
             outcome.sent_parts, outcome.sent_bytes = 1, identity.size
             return outcome
         part_size, part_count = int(created["partSize"]), int(created["partCount"])
@@ -243,8 +240,7 @@ class Uploader:
         held: dict[int, str],
         already: int = 0,
     ) -> dict[int, str]:
-        bar = self._bar(path, identity.size, already)
-        try:
+        with self._bar(path, identity.size, already) as bar:
             sent = transfer.put_parts(
                 pool=self.pool,
                 fd=fd,
@@ -258,9 +254,6 @@ class Uploader:
                 rate=self.rate,
                 cancel=self.cancel,
             )
-        finally:
-            if bar:
-                bar.close()
         if os.stat(fd).st_mtime_ns != identity.mtime_ns:
             raise UsageError(f"{path}: the file changed while it was being uploaded")
         return {**held, **sent}
@@ -283,5 +276,12 @@ class Uploader:
         if self.store:
             self.store.delete(identity, self.api.api_url)
 
-    def _bar(self, path: Path, total: int, already: int) -> Any:
-        return self.progress(path.name, total, already) if self.progress else None
+    @contextmanager
+    def _bar(self, path: Path, total: int, already: int) -> Iterator[Any]:
+        """The file's progress bar (None without one), closed however the transfer ends."""
+        bar = self.progress(path.name, total, already) if self.progress else None
+        try:
+            yield bar
+        finally:
+            if bar:
+                bar.close()
