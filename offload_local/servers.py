@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -93,6 +93,17 @@ def postgres_answers(url: str) -> bool:
     return True
 
 
+def _wait_started(
+    proc: subprocess.Popen, answers: Callable[[str], bool], url: str, timeout_s: float, what: str
+) -> None:
+    """Until the server just started answers at ``url``; it exiting or a timeout is an error."""
+    deadline = time.monotonic() + timeout_s
+    while not answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"did not start: {what}")
+        time.sleep(0.1)
+
+
 @contextmanager
 def redis_server(url: str | None, workdir: Path) -> Iterator[str]:
     """``url`` when a Redis answers there, else a throwaway ``redis-server`` on a free port
@@ -116,11 +127,7 @@ def redis_server(url: str | None, workdir: Path) -> Iterator[str]:
     )
     started = f"redis://127.0.0.1:{port}/0"
     try:
-        deadline = time.monotonic() + 15
-        while not redis_answers(started):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start; see {workdir / 'redis.log'}")
-            time.sleep(0.1)
+        _wait_started(proc, redis_answers, started, 15, f"redis-server; see {workdir}/redis.log")
         yield started
     finally:
         stop_process(proc)
@@ -189,11 +196,7 @@ def postgres_server(url: str | None, workdir: Path) -> Iterator[str]:
     )
     started = f"postgresql://postgres@127.0.0.1:{port}/postgres"
     try:
-        deadline = time.monotonic() + 30
-        while not postgres_answers(started):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"PostgreSQL did not start; see {log_path}")
-            time.sleep(0.2)
+        _wait_started(proc, postgres_answers, started, 30, f"PostgreSQL; see {log_path}")
         yield started
     finally:
         stop_process(proc, timeout_s=20)  # SIGTERM is PostgreSQL's "smart" shutdown
