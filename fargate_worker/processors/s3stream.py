@@ -11,12 +11,13 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, Any
 
 from botocore.exceptions import ClientError
 
 from fargate_worker.errors import PermanentJobError
+from fargate_worker.processors.readahead import DEFAULT_DEPTH, ReadAhead
 from offload.jobs import JobRef
 
 DEFAULT_CHUNK_SIZE = 1 << 20  # 1 MiB: large enough to amortise per-chunk overhead, small in RAM
@@ -48,12 +49,24 @@ class S3Object:
     etag: str | None
     version_id: str | None
     body: Any
+    _readers: list[ReadAhead[bytes]] = field(default_factory=list, repr=False)
 
-    def chunks(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[bytes]:
+    def chunks(
+        self, chunk_size: int = DEFAULT_CHUNK_SIZE, read_ahead: int = DEFAULT_DEPTH
+    ) -> Iterator[bytes]:
         """Yield the body in chunks of ``chunk_size`` bytes (the last may be shorter); raise
-        StreamSizeMismatch at the end if the total differs from ContentLength."""
+        StreamSizeMismatch at the end if the total differs from ContentLength.
+
+        With ``read_ahead`` > 0, a thread reads up to that many chunks ahead of the caller, so
+        the network and the caller's work overlap (``readahead``); 0 reads in the caller's
+        thread. At most ``read_ahead + 2`` chunks are in memory (queued, being read, in use)."""
+        source: Iterator[bytes] = self.body.iter_chunks(chunk_size)
+        if read_ahead > 0:
+            reader = ReadAhead(source, read_ahead, name=f"s3-read:{self.ref.key[-40:]}")
+            self._readers.append(reader)
+            source = iter(reader)
         received = 0
-        for chunk in self.body.iter_chunks(chunk_size):
+        for chunk in source:
             received += len(chunk)
             yield chunk
         if received != self.content_length:
@@ -61,6 +74,11 @@ class S3Object:
                 f"s3://{self.ref.bucket}/{self.ref.key}: read {received} bytes, "
                 f"ContentLength is {self.content_length}"
             )
+
+    def stop_reading(self) -> None:
+        """Stop the read-ahead threads of ``chunks``, also when the caller left the loop early."""
+        for reader in self._readers:
+            reader.stop()
 
 
 def _unquote(etag: str | None) -> str | None:
@@ -102,6 +120,7 @@ def open_object(s3: Any, ref: JobRef) -> Iterator[S3Object]:
             raise permanent from exc
         raise
     body = response["Body"]
+    obj: S3Object | None = None
     try:
         etag = _unquote(response.get("ETag"))
         if ref.etag and etag != _unquote(ref.etag):
@@ -111,7 +130,7 @@ def open_object(s3: Any, ref: JobRef) -> Iterator[S3Object]:
                 f"s3://{ref.bucket}/{ref.key}: object was replaced since the job was queued "
                 f"(etag {etag}, expected {_unquote(ref.etag)})"
             )
-        yield S3Object(
+        obj = S3Object(
             ref=ref,
             content_length=int(response["ContentLength"]),
             content_type=response.get("ContentType"),
@@ -119,7 +138,10 @@ def open_object(s3: Any, ref: JobRef) -> Iterator[S3Object]:
             version_id=response.get("VersionId") or ref.version_id,
             body=body,
         )
+        yield obj
     finally:
+        if obj is not None:
+            obj.stop_reading()  # no thread may still read the body once it is closed
         body.close()
 
 
