@@ -17,6 +17,10 @@ and this run's own migrated PostgreSQL schema; both are removed at the end. A ro
 3. timed: resume the queue and wait until the worker has emitted ``completed`` N times.
 Rounds alternate baseline / ours; the ratio is median(ours) / median(baseline).
 
+``--parts`` adds two rounds per round, each a bare bullmq Worker with one of our per-job costs:
+``status`` (the processor writes the active and completed rows, as OffloadWorker does) and
+``sandbox`` (the no-op runs in a sandbox child). They show where the gap to the baseline goes.
+
 Worker logs and EMF lines go to ``--worker-output`` (default: /dev/null) at ``--log-level``
 (default INFO, as in production), so their formatting cost is measured without flooding the
 terminal. Environment: REDIS_URL, DATABASE_URL (defaults as in tests/support/servers.py).
@@ -43,8 +47,11 @@ import psycopg
 import redis.asyncio as aioredis
 from bullmq import Queue, Worker
 
+from fargate_worker.sandbox import SandboxPool
 from fargate_worker.worker import OffloadWorker, worker_options
 from offload.db import schema_options
+from offload.db.pool import create_pool
+from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import JobRef, job_id
 from offload.logs import JsonFormatter
 from offload.redis_conn import connection_options
@@ -54,6 +61,7 @@ from tests.support import servers
 JOB_NAME = "noop"
 PROCESSOR_MODULES = ("tests.support.processors",)
 TARGET_RATIO = 0.7
+PARTS = ("status", "sandbox")
 
 
 @dataclass
@@ -144,11 +152,17 @@ async def wait_done(done: Completions, timeout_s: float, what: str) -> None:
         raise RuntimeError(f"{what}: {done.failed} jobs failed")
 
 
-async def start_baseline(settings: Settings, done: Completions) -> Callable[[], Awaitable[None]]:
-    async def noop(job: Any, token: str) -> dict:
-        return {"ok": True}
+Processor = Callable[[Any, str], Awaitable[Any]]
 
-    worker = Worker(settings.queue_name, noop, worker_options(settings))
+
+async def noop(job: Any, token: str) -> dict:
+    return {"ok": True}
+
+
+async def start_bare(
+    settings: Settings, done: Completions, process: Processor = noop
+) -> Callable[[], Awaitable[None]]:
+    worker = Worker(settings.queue_name, process, worker_options(settings))
     # The same connection-level fix OffloadWorker applies (bullmq-py gap 2).
     await worker.backend.connection.getRedisVersion()
     if worker.backend.blocking_connection is not None:
@@ -160,6 +174,44 @@ async def start_baseline(settings: Settings, done: Completions) -> Callable[[], 
     async def stop() -> None:
         await worker.close()
         await asyncio.gather(run_task, return_exceptions=True)
+
+    return stop
+
+
+async def start_part(
+    kind: str, settings: Settings, done: Completions
+) -> Callable[[], Awaitable[None]]:
+    """A bare Worker paying one of OffloadWorker's per-job costs (see ``--parts``)."""
+    if kind == "status":
+        pool = create_pool(
+            settings.database_url, settings.database_schema, max_size=settings.concurrency + 1
+        )
+        await pool.open(wait=True)
+        store = StatusStore(pool)
+
+        async def write_status(job: Any, token: str) -> dict:
+            identity = JobIdentity(
+                job.id, job.name, settings.queue_name, JobRef.from_data(job.data)
+            )
+            await store.mark_active(identity, 1, 1, "bench")
+            await store.mark_completed(job.id, 1, {"ok": True})
+            return {"ok": True}
+
+        stop_worker = await start_bare(settings, done, write_status)
+        close_part = pool.close
+    else:
+        sandbox = SandboxPool(settings, settings.concurrency)
+        await sandbox.start()
+
+        async def in_sandbox(job: Any, token: str) -> Any:
+            return await sandbox.run(job.id, job.name, 1, job.data, 60, lambda _: None)
+
+        stop_worker = await start_bare(settings, done, in_sandbox)
+        close_part = sandbox.close
+
+    async def stop() -> None:
+        await stop_worker()
+        await close_part()
 
     return stop
 
@@ -197,8 +249,10 @@ async def run_round(
         await queue.pause()
         if kind == "ours":
             stop = await start_ours(settings, done, sink)
+        elif kind == "baseline":
+            stop = await start_bare(settings, done)
         else:
-            stop = await start_baseline(settings, done)
+            stop = await start_part(kind, settings, done)
 
         # Warm-up: children, connection pools and code paths all used once before timing.
         warmup = max(args.warmup, 0)
@@ -226,7 +280,7 @@ async def run_round(
         if any(left.values()):
             raise RuntimeError(f"{kind}: jobs left in the queue after the round: {left}")
         extra: dict[str, Any] = {}
-        if kind == "ours":
+        if kind in ("ours", "status"):
             extra = check_status_rows(settings, args.jobs + warmup)
         return RoundResult(kind, args.jobs, seconds, cpu_seconds, extra)
     finally:
@@ -276,12 +330,14 @@ def configure_worker_logging(level: str, sink: TextIO) -> None:
 
 
 async def bench(args: argparse.Namespace, schema: str, prefix: str, sink: TextIO) -> int:
-    kinds = {"both": ("baseline", "ours"), "baseline": ("baseline",), "ours": ("ours",)}
+    kinds = {"both": ("baseline", "ours"), "baseline": ("baseline",), "ours": ("ours",)}[args.only]
+    if args.parts:
+        kinds = (*kinds, *PARTS)
     results: list[RoundResult] = []
     load_before = os.getloadavg()[0]
     try:
         for index in range(1, args.rounds + 1):
-            for kind in kinds[args.only]:
+            for kind in kinds:
                 result = await run_round(kind, index, args, schema, prefix, sink)
                 results.append(result)
                 print(
@@ -315,9 +371,11 @@ def report(args: argparse.Namespace, results: list[RoundResult], load: tuple[flo
     labels = {
         "baseline": "bare bullmq Worker (async no-op)",
         "ours": "OffloadWorker (sandbox + status)",
+        "status": "  part: bare + status rows",
+        "sandbox": "  part: bare + sandbox child",
     }
     medians: dict[str, float] = {}
-    for kind in ("baseline", "ours"):
+    for kind in labels:
         values = rates(kind)
         if not values:
             continue
@@ -336,9 +394,15 @@ def report(args: argparse.Namespace, results: list[RoundResult], load: tuple[flo
             f"ratio ours/baseline: {ratio:.3f} (median), {best:.3f} (best); "
             f"{verdict} the {TARGET_RATIO} target"
         )
+    parts = ""
+    for kind in PARTS:
+        if kind in medians and baseline:
+            print(f"ratio {kind} part/baseline: {medians[kind] / baseline:.3f} (median)")
+            parts += f" {kind}_part_ratio={medians[kind] / baseline:.3f}"
     print(
         f"RESULT jobs={args.jobs} concurrency={args.concurrency} "
         f"baseline_jobs_per_s={baseline:.1f} offload_jobs_per_s={ours:.1f} ratio={ratio:.3f}"
+        + parts
     )
 
 
@@ -357,6 +421,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chunk", type=int, default=1000, help="jobs per addBulk call")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per timed round")
     parser.add_argument("--only", choices=("both", "baseline", "ours"), default="both")
+    parser.add_argument(
+        "--parts", action="store_true", help="also time bare + status rows, bare + sandbox"
+    )
     parser.add_argument("--log-level", default="INFO", help="worker log level (production: INFO)")
     parser.add_argument("--worker-output", default=os.devnull, help="where worker logs/EMF go")
     args = parser.parse_args(argv)
