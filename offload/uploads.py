@@ -487,7 +487,10 @@ class UploadService:
     async def get(self, owner: str, upload_id: str) -> dict[str, Any]:
         upload = await self._owned(owner, upload_id)
         view = upload_view(upload)
-        if upload.multipart_upload_id and upload.state == "pending":
+        if upload.state != "pending":
+            return view
+        parts = None
+        if upload.multipart_upload_id:
             parts = list_uploaded_parts(
                 self.s3, self.bucket, upload.key, upload.multipart_upload_id
             )
@@ -495,6 +498,11 @@ class UploadService:
             # enqueue path, or aborted by the lifecycle rule): nothing left to resume.
             view["uploadedParts"] = parts or []
             view["multipartOpen"] = parts is not None
+        # The row stays pending until the S3 event is processed (seconds, longer when the
+        # enqueue path is down): say whether S3 already holds the object, so a client that
+        # resumes after a crash waits for its job instead of uploading the file again. An open
+        # multipart upload means the object is not there yet (its key is this upload's own).
+        view["completed"] = parts is None and object_exists(self.s3, self.bucket, upload.key)
         return view
 
     async def part_urls(self, owner: str, upload_id: str, body: Any) -> dict[str, Any]:

@@ -100,6 +100,8 @@ def test_single_upload_with_presigned_post(lambda_env, settings, s3, bucket, mon
     assert row["owner"] == "user-a" and row["state"] == "pending"
     assert row["size_announced"] == len(content) and row["multipart_upload_id"] is None
     assert row["bucket"] == bucket and row["key"] == view["key"]
+    before_bytes = call("GET", f"/uploads/{view['id']}").body
+    assert before_bytes["state"] == "pending" and before_bytes["completed"] is False
 
     response = requests.post(
         post["url"],
@@ -111,6 +113,9 @@ def test_single_upload_with_presigned_post(lambda_env, settings, s3, bucket, mon
     stored = s3.get_object(Bucket=bucket, Key=view["key"])
     assert stored["Body"].read() == content
     assert stored["ContentType"] == "text/csv"
+    # Before the S3 event is processed the row is still pending, but S3 has the object.
+    after_bytes = call("GET", f"/uploads/{view['id']}").body
+    assert after_bytes["state"] == "pending" and after_bytes["completed"] is True
 
     # a single upload has no parts to sign or complete
     assert call("POST", f"/uploads/{view['id']}/parts", body={"partNumbers": [1]}).status == 409
@@ -153,6 +158,7 @@ def test_multipart_upload_resumed_after_losing_the_client(
     status = call("GET", f"/uploads/{upload_id}")
     assert status.status == 200
     assert status.body["state"] == "pending" and status.body["multipartOpen"] is True
+    assert status.body["completed"] is False
     assert status.body["partCount"] == 4 and status.body["partSize"] == 5 * MiB
     uploaded = status.body["uploadedParts"]
     assert [(p["partNumber"], p["size"]) for p in uploaded] == [(1, 5 * MiB), (2, 5 * MiB)]
@@ -185,6 +191,7 @@ def test_multipart_upload_resumed_after_losing_the_client(
     after = call("GET", f"/uploads/{upload_id}")
     assert after.body["state"] == "pending"
     assert after.body["multipartOpen"] is False and after.body["uploadedParts"] == []
+    assert after.body["completed"] is True  # not to be mistaken for an aborted upload
     again = call(
         "POST",
         f"/uploads/{upload_id}/complete",
@@ -219,7 +226,7 @@ def test_abort_multipart_upload(lambda_env, settings, s3, bucket, monkeypatch, p
 
     status = call("GET", f"/uploads/{view['id']}")
     assert status.status == 200 and status.body["state"] == "aborted"
-    assert "uploadedParts" not in status.body
+    assert "uploadedParts" not in status.body and "completed" not in status.body
     assert call("DELETE", f"/uploads/{view['id']}").status == 200  # idempotent
     more = call("POST", f"/uploads/{view['id']}/parts", body={"partNumbers": [2]})
     assert more.status == 409 and "aborted" in more.message
@@ -227,6 +234,22 @@ def test_abort_multipart_upload(lambda_env, settings, s3, bucket, monkeypatch, p
         "POST", f"/uploads/{view['id']}/complete", body={"parts": [{"partNumber": 1, "etag": "x"}]}
     )
     assert done.status == 409
+
+
+def test_multipart_upload_expired_by_the_lifecycle_rule_is_not_completed(
+    lambda_env, settings, s3, bucket, monkeypatch, payload
+):
+    """S3 forgets a multipart upload both when it is completed and when the lifecycle rule
+    aborts it: ``completed`` tells the two apart for a client deciding whether to upload
+    again."""
+    view = start_multipart(monkeypatch)
+    put_part(view["partUrls"][0]["url"], chunk(payload, view["partSize"], 1))
+    multipart_id = upload_row(settings, view["id"])["multipart_upload_id"]
+    s3.abort_multipart_upload(Bucket=bucket, Key=view["key"], UploadId=multipart_id)
+
+    status = call("GET", f"/uploads/{view['id']}").body
+    assert status["state"] == "pending" and status["multipartOpen"] is False
+    assert status["completed"] is False
 
 
 def test_abort_single_upload_before_bytes_arrive(lambda_env, settings):

@@ -303,6 +303,50 @@ def test_state_file_round_trip_and_a_changed_file_is_not_resumed(tmp_path):
     assert store.load(identity, "http://api") is None
 
 
+class NewUploadStarted(Exception):
+    pass
+
+
+class PendingUploadApi:
+    """The API's answer for a pending upload S3 no longer knows as a multipart upload."""
+
+    api_url = "http://api"
+
+    def __init__(self, view: dict):
+        self.view = view
+
+    def get_upload(self, upload_id: str) -> dict:
+        return self.view
+
+    def create_upload(self, *args: object) -> dict:
+        raise NewUploadStarted
+
+
+@pytest.mark.parametrize("completed", [True, False])
+def test_resume_of_an_upload_s3_already_completed_does_not_upload_again(tmp_path, completed):
+    """Killed after ``complete`` but before its state file was deleted: S3 has the object, the
+    row is still pending (its event not processed yet) and S3 no longer knows the multipart
+    upload, exactly as when the lifecycle rule aborted it. Only ``completed`` tells them apart."""
+    from offload.client.uploader import Uploader
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"x" * 10)
+    store = StateStore(tmp_path / "state")
+    identity = FileIdentity.of(path)
+    store.save(UploadState("up1", "http://api", identity.path, 10, identity.mtime_ns, 5, 2))
+    view = {"id": "up1", "state": "pending", "multipartOpen": False, "uploadedParts": []}
+    api = PendingUploadApi(view | {"completed": completed})
+    uploader = Uploader(api, pool=None, store=store)  # type: ignore[arg-type]
+
+    if completed:
+        outcome = uploader.upload(path)
+        assert outcome.upload_id == "up1" and outcome.sent_parts == 0
+    else:
+        with pytest.raises(NewUploadStarted):
+            uploader.upload(path)  # expired: nothing to resume, the file is uploaded again
+    assert store.load(identity, "http://api") is None
+
+
 class FakeSource:
     batch = 3
 

@@ -274,7 +274,8 @@ export class UploadTask {
       signal,
     );
     this.upload = upload;
-    if (upload.state === "uploaded" || upload.state === "queued") {
+    // completed: S3 has the object and its event is on the way (the row is still pending).
+    if (upload.state === "uploaded" || upload.state === "queued" || upload.completed) {
       forgetUpload(this.id);
       this.note = "S3 already has this file";
       return this.finish("done");
@@ -284,7 +285,7 @@ export class UploadTask {
       this.gone = true;
       throw new Error(
         upload.state === "pending"
-          ? "S3 no longer has this multipart upload (completed or expired); retry to upload again"
+          ? "S3 no longer has this multipart upload (it expired); retry to upload again"
           : `the upload is ${upload.state}${upload.error ? ` (${upload.error})` : ""}; retry to upload again`,
       );
     }
@@ -409,9 +410,7 @@ export class UploadTask {
       if (!(err instanceof ApiError && err.status === 409)) throw err;
       const upload = await this.api.get(`/uploads/${this.id}`, { signal });
       const completed =
-        upload.state === "uploaded" ||
-        upload.state === "queued" ||
-        (upload.state === "pending" && upload.multipartOpen === false);
+        upload.state === "uploaded" || upload.state === "queued" || upload.completed === true;
       if (!completed) {
         forgetUpload(this.id);
         this.gone = true;

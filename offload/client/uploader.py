@@ -194,7 +194,8 @@ class Uploader:
             self.note(f"{path}: upload {state.upload_id} no longer exists; starting a new one")
             self._forget(identity)
             return None
-        if upload["state"] in ("uploaded", "queued"):
+        # "completed": S3 has the object, its event is not processed yet (the row is pending).
+        if upload["state"] in ("uploaded", "queued") or upload.get("completed"):
             self.note(f"{path}: upload {state.upload_id} was already completed")
             self._forget(identity)
             return UploadOutcome(str(path), upload, resumed_parts=state.part_count)
