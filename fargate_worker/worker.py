@@ -151,7 +151,10 @@ class OffloadWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.registry: dict[str, processors.Processor] = {}
         self.pool = create_pool(
-            settings.database_url, settings.database_schema, max_size=settings.concurrency + 1
+            settings.database_url,
+            settings.database_schema,
+            max_size=settings.concurrency + 1,
+            schema_from_role=settings.database_schema_from_role,
         )
         self.store = StatusStore(self.pool)
         self.sandbox = SandboxPool(settings, settings.concurrency)

@@ -27,7 +27,10 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     physical_id = f"offload-schema-{schema}"
     if event.get("RequestType") == "Delete":
         return {"PhysicalResourceId": event.get("PhysicalResourceId") or physical_id}
-    applied = migrate(settings.database_url, schema)
+    # Through RDS Proxy the Lambdas find the schema by their role's default search_path.
+    applied = migrate(
+        settings.database_url, schema, role_default=settings.database_schema_from_role
+    )
     log.info("schema %s up to date, %d migration(s) applied", schema, len(applied))
     return {
         "PhysicalResourceId": physical_id,

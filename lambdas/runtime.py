@@ -69,9 +69,10 @@ def settings() -> Settings:
     base = Settings.from_env()
     overrides: dict[str, Any] = {}
     if arn := os.environ.get("DATABASE_SECRET_ARN"):
-        overrides["database_url"] = database_url_from_secret(
-            _secret_string(arn), os.environ.get("DATABASE_PROXY_HOST")
-        )
+        proxy_host = os.environ.get("DATABASE_PROXY_HOST")
+        overrides["database_url"] = database_url_from_secret(_secret_string(arn), proxy_host)
+        if proxy_host:  # RDS Proxy refuses startup options: see offload.db.pool.create_pool
+            overrides["database_schema_from_role"] = True
     if arn := os.environ.get("REDIS_AUTH_SECRET_ARN"):
         overrides["redis_auth_token"] = _secret_string(arn)
     return replace(base, **overrides) if overrides else base
@@ -88,7 +89,12 @@ async def pool() -> AsyncConnectionPool:
         from offload.db.pool import create_pool
 
         current = settings()
-        _pool = create_pool(current.database_url, current.database_schema, max_size=1)
+        _pool = create_pool(
+            current.database_url,
+            current.database_schema,
+            max_size=1,
+            schema_from_role=current.database_schema_from_role,
+        )
         await _pool.open(wait=False)
     return _pool
 

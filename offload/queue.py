@@ -94,7 +94,12 @@ async def producer(settings: Settings) -> AsyncIterator[Producer]:
     their pool instead)."""
     from offload.db.pool import create_pool
 
-    pool = create_pool(settings.database_url, settings.database_schema, max_size=2)
+    pool = create_pool(
+        settings.database_url,
+        settings.database_schema,
+        max_size=2,
+        schema_from_role=settings.database_schema_from_role,
+    )
     await pool.open(wait=False)
     made = Producer(settings, pool)
     try:

@@ -77,6 +77,15 @@ def _database_url_from_parts(env: Mapping[str, str]) -> str | None:
     )
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
+
+
 def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
@@ -95,6 +104,10 @@ class Settings:
     redis_auth_token: str | None = field(default=None, repr=False)
     database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/test", repr=False)
     database_schema: str = "offload"
+    # True where the connection cannot carry libpq startup options (RDS Proxy refuses them,
+    # so do PgBouncer and most poolers): the schema is then the database role's default
+    # search_path, which the migrations set (offload.db.migrate), instead of "-c search_path".
+    database_schema_from_role: bool = False
     queue_name: str = "uploads"
     queue_prefix: str = "{offload}"
     concurrency: int = 2
@@ -156,6 +169,7 @@ class Settings:
             or _database_url_from_parts(env)
             or defaults.database_url,
             database_schema=env.get("OFFLOAD_DB_SCHEMA", defaults.database_schema),
+            database_schema_from_role=_flag(env, "OFFLOAD_DB_SCHEMA_FROM_ROLE"),
             queue_name=env.get("OFFLOAD_QUEUE_NAME", defaults.queue_name),
             queue_prefix=_hash_tagged(env.get("OFFLOAD_QUEUE_PREFIX", "offload")),
             concurrency=_int(env, "OFFLOAD_CONCURRENCY", defaults.concurrency, minimum=1),

@@ -100,7 +100,15 @@ class SchemaMigrations(Construct):
             "Schema",
             service_token=self.provider.service_token,
             resource_type="Custom::OffloadSchemaMigrations",
-            properties={"Schema": schema, "MigrationsHash": migrations_hash()},
+            properties={
+                "Schema": schema,
+                "MigrationsHash": migrations_hash(),
+                # The Lambdas reach PostgreSQL through RDS Proxy, which refuses libpq startup
+                # options, so the migration also makes the schema their role's default
+                # search_path (lambdas/migrate.py, because DATABASE_PROXY_HOST is set). Only a
+                # marker here: a new property re-runs the resource on existing deployments.
+                "SchemaFromRole": "true",
+            },
         )
 
 

@@ -4,6 +4,10 @@ Migrations are the numbered ``.sql`` files beside this module, applied in order,
 own transaction together with its row in ``schema_migrations``. A session-level advisory lock
 serialises concurrent runners (two tasks of a deploy starting at once), and applied versions
 are skipped, so running it twice, or from two processes at once, is safe.
+
+With ``role_default`` the schema also becomes the connecting role's default search_path in
+this database (``ALTER ROLE CURRENT_USER IN DATABASE ... SET search_path``), for connections
+that cannot pin it with a startup option: through RDS Proxy (``offload.db.pool``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from offload.db import schema_options
+from offload.db import check_schema_name
 from offload.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -47,9 +51,15 @@ def discover(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
-def migrate(database_url: str, schema: str, directory: Path = MIGRATIONS_DIR) -> list[int]:
+def migrate(
+    database_url: str,
+    schema: str,
+    directory: Path = MIGRATIONS_DIR,
+    *,
+    role_default: bool = False,
+) -> list[int]:
     """Apply pending migrations; returns the versions this call applied."""
-    schema_options(schema)  # validates the name before it reaches SQL
+    check_schema_name(schema)  # before the name reaches SQL
     lock_key = zlib.crc32(f"offload-migrate:{schema}".encode())
     applied: list[int] = []
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -74,9 +84,24 @@ def migrate(database_url: str, schema: str, directory: Path = MIGRATIONS_DIR) ->
                     )
                 log.info("applied migration %04d_%s", migration.version, migration.name)
                 applied.append(migration.version)
+            if role_default:
+                _set_role_search_path(conn, schema)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
     return applied
+
+
+def _set_role_search_path(conn: psycopg.Connection, schema: str) -> None:
+    """New sessions of this role in this database start with ``schema`` as their search_path
+    (sessions already open keep theirs). Idempotent; any role may set its own defaults."""
+    row = conn.execute("SELECT current_database()").fetchone()
+    assert row is not None
+    conn.execute(
+        sql.SQL("ALTER ROLE CURRENT_USER IN DATABASE {} SET search_path = {}").format(
+            sql.Identifier(row[0]), sql.Identifier(schema)
+        )
+    )
+    log.info("schema %s is now the default search_path of this role in %s", schema, row[0])
 
 
 def main() -> int:
@@ -84,7 +109,11 @@ def main() -> int:
 
     configure_logging()
     settings = Settings.from_env()
-    applied = migrate(settings.database_url, settings.database_schema)
+    applied = migrate(
+        settings.database_url,
+        settings.database_schema,
+        role_default=settings.database_schema_from_role,
+    )
     log.info(
         "schema %s is up to date (%d migration(s) applied now)",
         settings.database_schema,

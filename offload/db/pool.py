@@ -15,7 +15,7 @@ from typing import TypeVar
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from offload.db import schema_options
+from offload.db import check_schema_name, schema_options
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -23,20 +23,56 @@ T = TypeVar("T")
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
 
 
-def create_pool(database_url: str, schema: str, max_size: int = 4) -> AsyncConnectionPool:
+class WrongSchema(psycopg.OperationalError):
+    """A connection that should find the schema through its role's default search_path does
+    not: the migrations that set it have not run for this role and database."""
+
+
+def create_pool(
+    database_url: str, schema: str, max_size: int = 4, *, schema_from_role: bool = False
+) -> AsyncConnectionPool:
     """A closed pool; ``await pool.open(wait=False)`` before use. No per-checkout liveness
     check (it costs a round trip per statement): a broken connection fails its statement, the
-    pool discards it on return, and callers retry what must land."""
+    pool discards it on return, and callers retry what must land.
+
+    ``schema_from_role``: for RDS Proxy (or another pooler), which refuses libpq startup
+    options ("RDS Proxy currently doesn't support command-line options") and pins the session
+    to one database connection on a ``SET`` or a named prepared statement. Connections then
+    carry no options and prepare nothing; the schema comes from the role's default search_path
+    (set by the migrations), checked once per new connection."""
+    kwargs: dict[str, object] = {"autocommit": True}
+    configure = None
+    if schema_from_role:
+        kwargs["prepare_threshold"] = None
+        configure = _expect_schema(check_schema_name(schema))
+    else:
+        kwargs["options"] = schema_options(schema)
     return AsyncConnectionPool(
         database_url,
         min_size=1,
         max_size=max(1, max_size),
-        kwargs={"autocommit": True, "options": schema_options(schema)},
+        kwargs=kwargs,
+        configure=configure,
         timeout=5.0,
         reconnect_timeout=24 * 3600,
         open=False,
         name="offload",
     )
+
+
+def _expect_schema(schema: str) -> Callable[[psycopg.AsyncConnection], Awaitable[None]]:
+    async def check(conn: psycopg.AsyncConnection) -> None:
+        cursor = await conn.execute("SELECT current_schema()")
+        row = await cursor.fetchone()
+        found = row[0] if row else None
+        if found != schema:
+            raise WrongSchema(
+                f"connection's schema is {found!r}, expected {schema!r}: its role has no default"
+                " search_path for this database yet; run the migrations with"
+                " OFFLOAD_DB_SCHEMA_FROM_ROLE=true (the deploy's migration step does)"
+            )
+
+    return check
 
 
 async def until_stored(

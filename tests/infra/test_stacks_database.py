@@ -78,6 +78,7 @@ def test_migrations_run_on_deploy_and_when_a_migration_changes(dev: Synth) -> No
     resource = dev.one(stack, "Custom::OffloadSchemaMigrations")
     assert resource["MigrationsHash"] == migrations_hash()
     assert resource["Schema"] == "offload"
+    assert resource["SchemaFromRole"] == "true"
     functions = dev.resources(stack, "AWS::Lambda::Function")
     [migrate] = [
         f for f in functions.values() if f["Properties"]["Handler"] == "lambdas.migrate.handler"
