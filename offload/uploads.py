@@ -257,8 +257,11 @@ def upload_plan(upload: Upload) -> PartPlan:
 
 
 def new_upload_id() -> str:
-    """128 random bits, url-safe (a valid key segment)."""
-    return secrets.token_urlsafe(16)
+    """128 random bits, url-safe (a valid key segment). Never starting with "-": command lines
+    (``offload status <id>``) would read such an id as an option."""
+    while (upload_id := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return upload_id
 
 
 def valid_upload_id(upload_id: str) -> bool:

@@ -165,6 +165,8 @@ def test_create_request_keeps_the_raw_filename_for_the_key_builder():
 def test_upload_ids_are_random_key_segments():
     ids = {new_upload_id() for _ in range(1000)}
     assert len(ids) == 1000 and all(valid_upload_id(i) and len(i) == 22 for i in ids)
+    # 1 in 64 would start with "-", which `offload status <id>` would take for an option.
+    assert not any(i.startswith("-") for i in ids)
     assert not valid_upload_id("../x") and not valid_upload_id("") and not valid_upload_id("a.b")
 
 
