@@ -184,6 +184,9 @@ def test_status_and_jobs(env, tmp_path):
     listed = run_cli(env, "jobs", "--json", "--limit", "100")
     assert listed.returncode == 0, listed.stderr
     assert job["id"] in [j["id"] for j in json.loads(listed.stdout)["jobs"]]
+    other = tmp_path / "other.txt"  # a second job, whatever ran before this test
+    other.write_bytes(b"other\n")
+    assert run_cli(env, "upload", "--json", str(other)).returncode == 0
     one_page = json.loads(run_cli(env, "jobs", "--json", "--limit", "1").stdout)
     assert len(one_page["jobs"]) == 1 and one_page["nextCursor"]
     everything = json.loads(run_cli(env, "jobs", "--json", "--limit", "1", "--all").stdout)
