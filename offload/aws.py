@@ -6,6 +6,7 @@ tests; in AWS it is unset.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 _CLIENTS: dict[tuple[str, str | None], Any] = {}
@@ -23,10 +24,24 @@ def client(service: str, endpoint_url: str | None = None) -> Any:
             config=Config(
                 retries={"mode": "standard", "max_attempts": 5},
                 signature_version="s3v4" if service == "s3" else None,
+                # Presigned URLs otherwise name the global host (<bucket>.s3.amazonaws.com),
+                # which answers a new bucket outside us-east-1 with a 307 redirect for up to a
+                # day: browsers' CORS preflights do not follow it. Virtual-hosted addressing
+                # gives <bucket>.s3.<region>.amazonaws.com. An endpoint override (moto) keeps
+                # botocore's choice: path style for an IP address.
+                s3={"addressing_style": "virtual"}
+                if service == "s3" and not _endpoint_overridden(endpoint_url)
+                else None,
             ),
         )
         _CLIENTS[(service, endpoint_url)] = cached
     return cached
+
+
+def _endpoint_overridden(endpoint_url: str | None) -> bool:
+    return bool(
+        endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    )
 
 
 def s3_client(endpoint_url: str | None = None) -> Any:

@@ -132,6 +132,7 @@ class QueueLambdas(Construct):
             memory_size=1024,
         )
         self.api.role.add_managed_policy(storage.manage_uploads_policy)  # type: ignore[union-attr]
+        self.api.role.add_managed_policy(storage.read_processed_policy)  # type: ignore[union-attr]
         database.secret.grant_read(self.api)
         queue.auth_token.grant_read(self.api)  # POST /jobs/{id}/retry enqueues
 

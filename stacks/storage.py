@@ -203,6 +203,16 @@ class UploadStorage(Construct):
 
         uploads = self.bucket.arn_for_objects(f"{UPLOADS_PREFIX}*")
         processed = self.bucket.arn_for_objects(f"{PROCESSED_PREFIX}*")
+
+        def tell_missing_from_forbidden() -> iam.PolicyStatement:
+            # Without ListBucket, S3 answers 403 instead of 404 for a missing key, and the
+            # caller could not tell "not there (yet)" from "forbidden".
+            return iam.PolicyStatement(
+                sid="TellMissingFromForbidden",
+                actions=["s3:ListBucket"],
+                resources=[self.bucket.bucket_arn],
+            )
+
         self.read_uploads_policy = policy(
             "ReadUploadsPolicy",
             "offload: read uploaded originals (uploads/*)",
@@ -210,6 +220,16 @@ class UploadStorage(Construct):
                 sid="ReadUploads",
                 actions=["s3:GetObject", "s3:GetObjectVersion"],
                 resources=[uploads],
+            ),
+            tell_missing_from_forbidden(),
+        )
+        # The API presigns GETs of a completed job's outputs: a presigned URL carries its
+        # signer's permissions, so without this every result link would answer 403.
+        self.read_processed_policy = policy(
+            "ReadProcessedPolicy",
+            "offload: presign downloads of processing outputs (processed/*)",
+            iam.PolicyStatement(
+                sid="ReadProcessed", actions=["s3:GetObject"], resources=[processed]
             ),
         )
         self.write_processed_policy = policy(
@@ -234,13 +254,7 @@ class UploadStorage(Construct):
                 ],
                 resources=[uploads],
             ),
-            # Without ListBucket, HEAD of a missing key answers 403 instead of 404, and the
-            # API could not tell "not uploaded yet" from "forbidden".
-            iam.PolicyStatement(
-                sid="TellMissingFromForbidden",
-                actions=["s3:ListBucket"],
-                resources=[self.bucket.bucket_arn],
-            ),
+            tell_missing_from_forbidden(),
         )
 
 

@@ -212,3 +212,27 @@ def test_result_links_sign_only_the_uploads_own_outputs():
     assert "processed/user-a/up1/manifest.json" in links[0]["url"]
     assert "X-Amz-Expires=60" in links[0]["url"]
     assert result_links(s3, "bkt", "user-a", "up1", None, 60) == []
+
+
+def test_presigned_urls_name_the_buckets_regional_host(monkeypatch):
+    """Signed offline, no endpoint override (as in AWS): the global host would answer a new
+    bucket outside us-east-1 with a 307 that a browser's CORS preflight cannot follow."""
+    from offload import aws
+    from offload.uploads import presign_parts, presign_post
+
+    monkeypatch.setattr(aws, "_CLIENTS", {})
+    for name, value in {
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "secret",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    s3 = aws.s3_client()
+    host = "https://offload-uploads.s3.eu-west-1.amazonaws.com/"
+    assert presign_post(s3, "offload-uploads", "uploads/a/b/c.bin", "text/plain", 3, 60)[
+        "url"
+    ].startswith(host)
+    [part] = presign_parts(s3, "offload-uploads", "uploads/a/b/c.bin", "mpu", [1], 60)
+    assert part["url"].startswith(host + "uploads/a/b/c.bin?")

@@ -181,6 +181,8 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     statements, managed = role_statements(dev, "lambdas.api.handler")
     assert actions(statements) == xray | secrets
     assert "ManageUploadsPolicy" in managed and "ReadUploadsPolicy" not in managed
+    # result links are presigned GETs of processed/*: the signer needs s3:GetObject there
+    assert "ReadProcessedPolicy" in managed and "Write" not in managed
 
     statements, managed = role_statements(dev, "lambdas.enqueue.handler")
     sqs = {a for a in actions(statements) if a.startswith("sqs:")}

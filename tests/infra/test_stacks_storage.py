@@ -163,3 +163,5 @@ def test_access_policies_are_scoped_to_prefixes(dev: Synth) -> None:
     assert resource_suffix(by_sid["WriteProcessed"]) == "/processed/*"
     assert resource_suffix(by_sid["PresignAndManageUploads"]) == "/uploads/*"
     assert by_sid["TellMissingFromForbidden"]["Action"] == "s3:ListBucket"
+    assert by_sid["ReadProcessed"]["Action"] == "s3:GetObject"
+    assert resource_suffix(by_sid["ReadProcessed"]) == "/processed/*"
