@@ -28,6 +28,7 @@ from fargate_worker.errors import PermanentJobError
 from fargate_worker.health import heartbeat
 from fargate_worker.protection import TaskProtection
 from fargate_worker.sandbox import SandboxPool
+from offload.db.credentials import database_url_source
 from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import InvalidJobData, JobRef
@@ -151,7 +152,7 @@ class OffloadWorker:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.registry: dict[str, processors.Processor] = {}
         self.pool = create_pool(
-            settings.database_url,
+            database_url_source(settings),
             settings.database_schema,
             max_size=settings.concurrency + 1,
             schema_from_role=settings.database_schema_from_role,

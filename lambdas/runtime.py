@@ -6,21 +6,22 @@ them, so each container runs every invocation on the same long-lived loop instea
 ``asyncio.run`` (which would close the loop, and the connections with it, after each call).
 
 Secrets: Lambda cannot inject Secrets Manager values into environment variables, so when
-``DATABASE_SECRET_ARN`` / ``REDIS_AUTH_SECRET_ARN`` are set, the values are fetched once per
-container (cold start) and never logged.
+``DATABASE_SECRET_ARN`` / ``REDIS_AUTH_SECRET_ARN`` are set, the values are fetched at cold
+start and never logged; the pool reads the database secret again before a new connection
+when its copy is a few seconds old, so a rotation does not cut a warm container off.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 from collections.abc import Coroutine
 from dataclasses import replace
 from functools import cache
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote
 
+from offload import aws
+from offload.db.credentials import database_url_source, resolve_database_url
 from offload.settings import Settings
 
 # PostgreSQL (psycopg, ~150 ms) and bullmq (~200 ms) are imported by the first call that needs
@@ -44,37 +45,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return _loop.run_until_complete(coro)
 
 
-def _secret_string(arn: str) -> str:
-    import boto3
-
-    client = boto3.client("secretsmanager", endpoint_url=os.environ.get("SECRETS_ENDPOINT_URL"))
-    return client.get_secret_value(SecretId=arn)["SecretString"]
-
-
-def database_url_from_secret(secret: str, host_override: str | None = None) -> str:
-    """An RDS-format secret (username, password, host, port, dbname) as a libpq URL; the host
-    is replaced by the RDS Proxy endpoint when one is given."""
-    fields = json.loads(secret)
-    host = host_override or fields["host"]
-    user = quote(fields["username"], safe="")
-    password = quote(fields["password"], safe="")
-    return (
-        f"postgresql://{user}:{password}@{host}:{fields.get('port', 5432)}/"
-        f"{fields.get('dbname', 'postgres')}?sslmode=require"
-    )
-
-
 @cache
 def settings() -> Settings:
     base = Settings.from_env()
     overrides: dict[str, Any] = {}
-    if arn := os.environ.get("DATABASE_SECRET_ARN"):
-        proxy_host = os.environ.get("DATABASE_PROXY_HOST")
-        overrides["database_url"] = database_url_from_secret(_secret_string(arn), proxy_host)
-        if proxy_host:  # RDS Proxy refuses startup options: see offload.db.pool.create_pool
-            overrides["database_schema_from_role"] = True
+    if base.database_secret_arn:  # read now; the pool reads it again when it may have rotated
+        overrides["database_url"] = resolve_database_url(base)
     if arn := os.environ.get("REDIS_AUTH_SECRET_ARN"):
-        overrides["redis_auth_token"] = _secret_string(arn)
+        overrides["redis_auth_token"] = aws.secret_string(arn)
     return replace(base, **overrides) if overrides else base
 
 
@@ -90,7 +68,7 @@ async def pool() -> AsyncConnectionPool:
 
         current = settings()
         _pool = create_pool(
-            current.database_url,
+            database_url_source(current, initial=current.database_url),
             current.database_schema,
             max_size=1,
             schema_from_role=current.database_schema_from_role,

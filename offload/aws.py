@@ -46,3 +46,10 @@ def _endpoint_overridden(endpoint_url: str | None) -> bool:
 
 def s3_client(endpoint_url: str | None = None) -> Any:
     return client("s3", endpoint_url)
+
+
+def secret_string(arn: str) -> str:
+    """A Secrets Manager secret's current value (``SECRETS_ENDPOINT_URL`` overrides the
+    endpoint: moto). Never logged."""
+    secrets = client("secretsmanager", os.environ.get("SECRETS_ENDPOINT_URL"))
+    return secrets.get_secret_value(SecretId=arn)["SecretString"]

@@ -92,10 +92,11 @@ class Producer:
 async def producer(settings: Settings) -> AsyncIterator[Producer]:
     """A producer with a pool of its own, for scripts and tests (long-lived processes share
     their pool instead)."""
+    from offload.db.credentials import database_url_source
     from offload.db.pool import create_pool
 
     pool = create_pool(
-        settings.database_url,
+        database_url_source(settings),
         settings.database_schema,
         max_size=2,
         schema_from_role=settings.database_schema_from_role,

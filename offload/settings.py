@@ -104,6 +104,11 @@ class Settings:
     redis_auth_token: str | None = field(default=None, repr=False)
     database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/test", repr=False)
     database_schema: str = "offload"
+    # An RDS secret (username, password, host, port, dbname) to connect with instead of
+    # database_url, read again when it may have rotated (offload.db.credentials); and the RDS
+    # Proxy endpoint that replaces the secret's host (the Lambdas).
+    database_secret_arn: str | None = None
+    database_proxy_host: str | None = None
     # True where the connection cannot carry libpq startup options (RDS Proxy refuses them,
     # so do PgBouncer and most poolers): the schema is then the database role's default
     # search_path, which the migrations set (offload.db.migrate), instead of "-c search_path".
@@ -169,7 +174,11 @@ class Settings:
             or _database_url_from_parts(env)
             or defaults.database_url,
             database_schema=env.get("OFFLOAD_DB_SCHEMA", defaults.database_schema),
-            database_schema_from_role=_flag(env, "OFFLOAD_DB_SCHEMA_FROM_ROLE"),
+            database_secret_arn=env.get("DATABASE_SECRET_ARN") or None,
+            database_proxy_host=env.get("DATABASE_PROXY_HOST") or None,
+            # RDS Proxy refuses startup options: behind it the schema comes from the role.
+            database_schema_from_role=_flag(env, "OFFLOAD_DB_SCHEMA_FROM_ROLE")
+            or bool(env.get("DATABASE_PROXY_HOST")),
             queue_name=env.get("OFFLOAD_QUEUE_NAME", defaults.queue_name),
             queue_prefix=_hash_tagged(env.get("OFFLOAD_QUEUE_PREFIX", "offload")),
             concurrency=_int(env, "OFFLOAD_CONCURRENCY", defaults.concurrency, minimum=1),

@@ -6,9 +6,12 @@
 - Stop timeout 120 s (Fargate's maximum between SIGTERM and SIGKILL; the worker's own grace,
   ``OFFLOAD_SHUTDOWN_GRACE_S``, is shorter); container health check
   ``python -m fargate_worker.health``.
-- Secrets are injected by ECS from Secrets Manager (the task role cannot read them).
-- The task role reads ``uploads/*``, writes ``processed/*`` and sets its own task's scale-in
-  protection, nothing else.
+- The Redis AUTH token is injected by ECS from Secrets Manager. The database secret is read
+  by the worker itself (``DATABASE_SECRET_ARN``), again whenever its pool opens a connection
+  and its copy is a few seconds old: the secret rotates, and a password injected at task
+  start would lock a long-running task out of PostgreSQL after the first rotation.
+- The task role reads ``uploads/*`` and the database secret, writes ``processed/*`` and sets
+  its own task's scale-in protection, nothing else.
 - Autoscaling on the queue backlog only (never on CPU: busy tasks would be killed): waiting
   jobs per running task, from the queue-metrics Lambda's ``Waiting`` metric and Container
   Insights' ``RunningTaskCount``. Out in steps, fast, from zero on a backlog of one; in by one
@@ -92,7 +95,6 @@ class Workers(Construct):
         redis_url: str,
         redis_auth_token: secretsmanager.ISecret,
         database: Database,
-        database_name: str,
         schema: str,
         log_retention: logs.RetentionDays,
     ) -> None:
@@ -122,12 +124,9 @@ class Workers(Construct):
             "OFFLOAD_CONCURRENCY": str(config.concurrency),
             "OFFLOAD_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
             "UPLOAD_BUCKET": storage.bucket.bucket_name,
-            # PostgreSQL, directly (not through the proxy): the worker builds its DSN from
-            # these and the two secrets below.
-            "DATABASE_HOST": database.host,
-            "DATABASE_PORT": database.port,
-            "DATABASE_NAME": database_name,
-            "DATABASE_SSLMODE": "require",
+            # PostgreSQL, directly (not through the proxy): host, port, database and the
+            # current credentials from the secret (offload.db.credentials).
+            "DATABASE_SECRET_ARN": database.secret.secret_arn,
         }
         self.container = self.task_definition.add_container(
             "Worker",
@@ -136,8 +135,6 @@ class Workers(Construct):
             environment=environment,
             secrets={
                 "REDIS_AUTH_TOKEN": ecs.Secret.from_secrets_manager(redis_auth_token),
-                "DATABASE_USER": ecs.Secret.from_secrets_manager(database.secret, "username"),
-                "DATABASE_PASSWORD": ecs.Secret.from_secrets_manager(database.secret, "password"),
             },
             logging=ecs.LogDrivers.aws_logs(stream_prefix="worker", log_group=log_group),
             health_check=ecs.HealthCheck(
@@ -152,8 +149,8 @@ class Workers(Construct):
         acknowledge(
             self.task_definition,
             "AwsSolutions-ECS2",
-            "Only non-secret settings are plain environment variables; the Redis token and "
-            "the database credentials are injected from Secrets Manager.",
+            "Only non-secret settings are plain environment variables; the Redis token is "
+            "injected from Secrets Manager and the database credentials are read from it.",
         )
 
         spot = [ecs.CapacityProviderStrategy(capacity_provider="FARGATE_SPOT", weight=3)]
@@ -177,6 +174,7 @@ class Workers(Construct):
         )
 
         self._grant_task_role(storage)
+        database.secret.grant_read(self.task_definition.task_role)
         self._autoscale(config)
 
     def _grant_task_role(self, storage: UploadStorage) -> None:
@@ -280,7 +278,6 @@ class WorkersStack(OffloadStack):
             redis_url=queue.url,
             redis_auth_token=queue.auth_token,
             database=database,
-            database_name=config.database.database_name,
             schema=config.database.schema,
             log_retention=config.log_retention,
         )

@@ -7,11 +7,14 @@ other's data and can run against a shared server.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 
 import boto3
+import psycopg
 import pytest
 import redis
+from psycopg.conninfo import make_conninfo
 
 from offload_local.stack import delete_keys, drop_schema
 from tests.support import servers
@@ -125,3 +128,21 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+@pytest.fixture
+def app_role(database_url):
+    """(URL that logs in as a new role, role name): a login role of the test's own on the real
+    server, so role-level settings touch nothing else; dropped with all it owns."""
+    role = servers.unique_name("role")
+    password = secrets.token_hex(16)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        database = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+        conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
+    try:
+        yield make_conninfo(database_url, user=role, password=password), role
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f"DROP OWNED BY {role} CASCADE")  # its schema, tables, grants
+            conn.execute(f"DROP ROLE {role}")

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 
 import boto3
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import PoolTimeout
 
 from lambdas import runtime
@@ -26,23 +25,6 @@ from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import JobRef
 from offload.settings import Settings, SettingsError
 from tests.support.servers import unique_name
-
-
-@pytest.fixture
-def app_role(database_url):
-    """(URL that logs in as a new role, role name); the role owns nothing else."""
-    role = unique_name("role")
-    password = secrets.token_hex(16)
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        database = conn.execute("SELECT current_database()").fetchone()[0]
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-        conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
-    try:
-        yield make_conninfo(database_url, user=role, password=password), role
-    finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f"DROP OWNED BY {role} CASCADE")  # its schema, tables, grants
-            conn.execute(f"DROP ROLE {role}")
 
 
 def _session_schema(url: str) -> str:

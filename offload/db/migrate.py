@@ -109,8 +109,10 @@ def main() -> int:
 
     configure_logging()
     settings = Settings.from_env()
+    from offload.db.credentials import resolve_database_url
+
     applied = migrate(
-        settings.database_url,
+        resolve_database_url(settings),
         settings.database_schema,
         role_default=settings.database_schema_from_role,
     )

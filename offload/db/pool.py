@@ -29,7 +29,11 @@ class WrongSchema(psycopg.OperationalError):
 
 
 def create_pool(
-    database_url: str, schema: str, max_size: int = 4, *, schema_from_role: bool = False
+    database_url: str | Callable[[], Awaitable[str]],
+    schema: str,
+    max_size: int = 4,
+    *,
+    schema_from_role: bool = False,
 ) -> AsyncConnectionPool:
     """A closed pool; ``await pool.open(wait=False)`` before use. No per-checkout liveness
     check (it costs a round trip per statement): a broken connection fails its statement, the
@@ -39,7 +43,10 @@ def create_pool(
     options ("RDS Proxy currently doesn't support command-line options") and pins the session
     to one database connection on a ``SET`` or a named prepared statement. Connections then
     carry no options and prepare nothing; the schema comes from the role's default search_path
-    (set by the migrations), checked once per new connection."""
+    (set by the migrations), checked once per new connection.
+
+    ``database_url`` may be a coroutine function, called before each new connection: how
+    credentials that rotate reach the pool (``offload.db.credentials``)."""
     kwargs: dict[str, object] = {"autocommit": True}
     configure = None
     if schema_from_role:

@@ -35,18 +35,17 @@ def test_stop_timeout_and_health_check(each_env: Synth) -> None:
     assert int(env["OFFLOAD_SHUTDOWN_GRACE_S"]) < 120
 
 
-def test_secrets_are_injected_from_secrets_manager(dev: Synth) -> None:
+def test_secrets_come_from_secrets_manager(dev: Synth) -> None:
     definition = container(dev)
     secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in definition["Secrets"]}
-    assert set(secrets) == {"REDIS_AUTH_TOKEN", "DATABASE_USER", "DATABASE_PASSWORD"}
+    assert set(secrets) == {"REDIS_AUTH_TOKEN"}
     assert "RedisAuthToken" in secrets["REDIS_AUTH_TOKEN"]
-    assert ":username::" in secrets["DATABASE_USER"]
-    assert ":password::" in secrets["DATABASE_PASSWORD"]
     env = {e["Name"]: json.dumps(e["Value"]) for e in definition["Environment"]}
     assert env["REDIS_URL"].startswith('{"Fn::Join": ["", ["rediss://"')
-    for name in ("DATABASE_HOST", "DATABASE_PORT", "DATABASE_NAME", "UPLOAD_BUCKET"):
-        assert name in env
-    assert not any("PASSWORD" in name or "TOKEN" in name for name in env)
+    # The database secret is read by the worker (it rotates): its ARN, never its values.
+    assert "DatabaseInstanceSecretAttachment" in env["DATABASE_SECRET_ARN"]
+    assert "UPLOAD_BUCKET" in env
+    assert not any("PASSWORD" in name or "TOKEN" in name or "USER" in name for name in env)
 
 
 def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
@@ -77,11 +76,18 @@ def test_task_role_least_privilege(dev: Synth) -> None:
         for p in dev.resources(stack, "AWS::IAM::Policy").values()
         if {"Ref": task_role_id} in p["Properties"]["Roles"]
     ]
-    [statement] = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
-    assert sorted(statement["Action"]) == ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
-    assert ":task/" in json.dumps(statement["Resource"])
-    # No secret access for the task role: ECS injects the secrets with the execution role.
-    assert "secretsmanager" not in json.dumps(policies)
+    statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
+    by_actions = {tuple(sorted(s["Action"])): s for s in statements}
+    assert set(by_actions) == {
+        ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection"),
+        ("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"),
+    }
+    protection = by_actions["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
+    assert ":task/" in json.dumps(protection["Resource"])
+    # The database secret only (read again after a rotation); ECS injects the Redis token.
+    secret = by_actions["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
+    assert "RedisAuthToken" not in json.dumps(secret["Resource"])
+    assert "Database" in json.dumps(secret["Resource"])
 
 
 def scaling(synth: Synth) -> tuple[dict, dict[str, dict], dict[str, dict]]:
