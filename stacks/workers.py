@@ -160,7 +160,11 @@ class Workers(Construct):
             "Service",
             cluster=self.cluster,
             task_definition=self.task_definition,
-            desired_count=config.min_tasks,
+            # No DesiredCount in the template: CloudFormation then keeps the running count on
+            # every update (a value here would reset the autoscaled fleet to it on each deploy,
+            # aws/aws-cdk#3919); a new service starts one task, which scales in when idle. The
+            # minimum is the scalable target's (min_tasks).
+            desired_count=None,
             min_healthy_percent=100,
             max_healthy_percent=200,
             circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),

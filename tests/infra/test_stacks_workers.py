@@ -50,7 +50,8 @@ def test_secrets_come_from_secrets_manager(dev: Synth) -> None:
 
 def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
     service = dev.one(dev.stacks.workers, "AWS::ECS::Service")
-    assert service["DesiredCount"] == 0
+    # Omitted, so a deploy keeps the autoscaled count instead of resetting it.
+    assert "DesiredCount" not in service
     network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
     assert network["AssignPublicIp"] == "DISABLED"
     assert all("AppSubnet" in json.dumps(s) for s in network["Subnets"])
