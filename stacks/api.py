@@ -220,6 +220,7 @@ class UploadApi(Construct):
         scope: Construct,
         id: str,
         *,
+        name: str,
         config: ApiConfig,
         handler: lambda_.IFunction,
         user_pool: cognito.IUserPool,
@@ -233,6 +234,9 @@ class UploadApi(Construct):
         self.rest_api = apigw.RestApi(
             self,
             "Api",
+            # API Gateway's metrics are per API name: one of its own per environment, or the
+            # 5XX alarm would add up every API called "Api" in the account and region.
+            rest_api_name=name,
             description="offload upload and status API",
             endpoint_types=[apigw.EndpointType.REGIONAL],
             cloud_watch_role=True,
@@ -378,6 +382,7 @@ class ApiStack(OffloadStack):
         self.api = UploadApi(
             self,
             "UploadApi",
+            name=f"offload-{config.name}",
             config=config.api,
             handler=self.functions.api,
             user_pool=user_pool,

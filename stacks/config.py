@@ -222,6 +222,10 @@ class EnvConfig:
     def validate(self) -> None:
         if not self.web_origins:
             raise ConfigError("webOrigins must name at least one origin (CORS)")
+        if len(self.web_origins) > 1:
+            # API Gateway's own error answers (401 from the authorizer, 429, 5xx) carry one
+            # fixed Access-Control-Allow-Origin: a page on a second origin could not read them.
+            raise ConfigError("webOrigins must name exactly one origin (the web page's)")
         for origin in self.web_origins:
             if origin == "*" or not origin.startswith(("https://", "http://localhost")):
                 raise ConfigError(f"web origin {origin!r} must be https:// (or http://localhost)")

@@ -95,7 +95,12 @@ export class Auth {
 
   finish(answer, username) {
     if (answer.ChallengeName === "NEW_PASSWORD_REQUIRED") {
-      throw new NewPasswordRequired(username, answer.Session);
+      // A pool that signs in by e-mail knows the user by a generated id: the challenge's
+      // answer must name that id (Cognito sends it as USER_ID_FOR_SRP; moto as USERNAME),
+      // not the e-mail address typed in.
+      const params = answer.ChallengeParameters || {};
+      const userId = params.USER_ID_FOR_SRP || params.USERNAME || username;
+      throw new NewPasswordRequired(userId, answer.Session);
     }
     if (!answer.AuthenticationResult) {
       // e.g. SOFTWARE_TOKEN_MFA: this page does not implement MFA sign-in.

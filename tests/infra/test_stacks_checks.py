@@ -70,6 +70,8 @@ def test_config_rejects_unknown_and_missing_keys() -> None:
         parse("dev", {**raw, "observability": {**raw["observability"], "logRetentionDays": 8}})
     with pytest.raises(ConfigError, match="web origin"):
         parse("dev", {**raw, "webOrigins": ["*"]})
+    with pytest.raises(ConfigError, match="exactly one origin"):
+        parse("dev", {**raw, "webOrigins": ["https://a.example.com", "https://b.example.com"]})
 
 
 def test_environment_comes_from_context() -> None:

@@ -101,10 +101,24 @@ def test_dlq_alarm_on_the_first_message(dev: Synth) -> None:
     assert "UploadEventsDlq" in json.dumps(dlq["Dimensions"])
 
 
-def test_topic_requires_tls(dev: Synth) -> None:
+def test_topic_requires_tls_and_lets_the_alarms_publish(dev: Synth) -> None:
     policy = dev.one(dev.stacks.observability, "AWS::SNS::TopicPolicy")
     statements = policy["PolicyDocument"]["Statement"]
     assert any(
         s["Effect"] == "Deny" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
         for s in statements
     )
+    # The topic policy replaces SNS's default one: CloudWatch needs its own Allow.
+    [allow] = [s for s in statements if s["Effect"] == "Allow"]
+    assert allow["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert allow["Action"] == "sns:Publish"
+    assert allow["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+
+
+def test_the_5xx_alarm_watches_this_environments_api_only(dev: Synth, prod: Synth) -> None:
+    """API Gateway's metrics are keyed by API name: each environment names its own."""
+    for synth, name in ((dev, "offload-dev"), (prod, "offload-prod")):
+        api = synth.one(synth.stacks.api, "AWS::ApiGateway::RestApi")
+        assert api["Name"] == name
+        [alarm] = [a for key, a in alarms(synth).items() if "Api5xx" in key]
+        assert {"Name": "ApiName", "Value": name} in alarm["Properties"]["Dimensions"]
