@@ -95,11 +95,10 @@ export class Auth {
 
   finish(answer, username) {
     if (answer.ChallengeName === "NEW_PASSWORD_REQUIRED") {
-      // A pool that signs in by e-mail knows the user by a generated id: the challenge's
-      // answer must name that id (Cognito sends it as USER_ID_FOR_SRP; moto as USERNAME),
-      // not the e-mail address typed in.
-      const params = answer.ChallengeParameters || {};
-      const userId = params.USER_ID_FOR_SRP || params.USERNAME || username;
+      // A pool that signs in by e-mail knows the user by a generated id, which Cognito sends
+      // as USER_ID_FOR_SRP: the challenge's answer names that id, not the e-mail typed in.
+      // (moto sends no USER_ID_FOR_SRP here and accepts the e-mail: the local stack.)
+      const userId = answer.ChallengeParameters?.USER_ID_FOR_SRP || username;
       throw new NewPasswordRequired(userId, answer.Session);
     }
     if (!answer.AuthenticationResult) {
