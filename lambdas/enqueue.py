@@ -63,8 +63,10 @@ logging.getLogger("offload")  # registered now, so the copy below finds it
 copy_config_to_registered_loggers(source_logger=logger, include={"offload"})
 
 # Time kept back so the partial-batch answer is returned before the function times out (a
-# timeout would send the whole batch back, including the records that succeeded).
-SAFETY_MARGIN_S = 2.0
+# timeout would send the whole batch back, including the records that succeeded). A budget
+# that runs out while a PostgreSQL query hangs ends up to ~10 s late: psycopg first sends the
+# server a cancel request, then waits for the query to end (5 s each at most).
+SAFETY_MARGIN_S = 12.0
 
 # The errors that mean "this dependency is unavailable", by module and class name. psycopg and
 # redis (~250 ms together) are loaded by the first record that reaches PostgreSQL (runtime.pool)

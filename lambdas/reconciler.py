@@ -30,7 +30,9 @@ metrics = Metrics()
 logging.getLogger("offload")  # registered now, so the copy below finds it
 copy_config_to_registered_loggers(source_logger=logger, include={"offload"})
 
-SAFETY_MARGIN_S = 2.0
+# Kept back from the run's budget: a cancelled PostgreSQL query can take ~10 s to give the
+# connection up (psycopg's cancel request, then its wait for the query), see lambdas/enqueue.
+SAFETY_MARGIN_S = 12.0
 _METRICS = {
     "UploadsRequeued": "uploads_requeued",
     "JobsEnqueuedByReconciler": "jobs_enqueued",

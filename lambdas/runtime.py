@@ -72,6 +72,7 @@ async def pool() -> AsyncConnectionPool:
             current.database_schema,
             max_size=1,
             schema_from_role=current.database_schema_from_role,
+            check_on_checkout=True,  # idle between invocations: RDS Proxy closes idle clients
         )
         await _pool.open(wait=False)
     return _pool

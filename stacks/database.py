@@ -146,7 +146,9 @@ class Database(Construct):
             client_password_auth_type=rds.ClientPasswordAuthType.POSTGRES_SCRAM_SHA_256,
             idle_client_timeout=Duration.minutes(30),
             max_connections_percent=80,
-            borrow_timeout=Duration.seconds(30),
+            # Below API Gateway's 29 s: a saturated pool answers the API Lambda in time for it
+            # to return 503, instead of API Gateway timing the request out with 504.
+            borrow_timeout=Duration.seconds(20),
         )
 
         acknowledge(

@@ -112,3 +112,34 @@ def test_a_secret_arn_in_the_settings_makes_the_pool_read_the_secret():
     assert database_url_source(Settings(database_url="postgresql://x@y/z")) == "postgresql://x@y/z"
     source = database_url_source(Settings(database_secret_arn="arn:db"))
     assert isinstance(source, SecretDatabaseUrl)
+
+
+def test_a_checked_pool_replaces_a_connection_closed_while_idle(database_url):
+    """RDS Proxy closes client connections idle for 30 minutes; a Lambda container's pool
+    checks its connection before handing it out, so the next invocation is not the one that
+    finds out. Without the check, the first statement fails."""
+
+    async def first_statement_after_the_close(check_on_checkout: bool) -> str:
+        pool = create_pool(database_url, "public", max_size=1, check_on_checkout=check_on_checkout)
+        await pool.open(wait=True, timeout=10)
+        try:
+            async with pool.connection() as conn:
+                pid = conn.info.backend_pid
+                params = conn.info.get_parameters()
+            with psycopg.connect(database_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            await asyncio.sleep(0.2)
+            try:
+                async with pool.connection() as conn:
+                    await conn.execute("SELECT 1")
+                    assert conn.info.backend_pid != pid
+            except psycopg.OperationalError:
+                return "failed"
+            # Dead peers are detected by the kernel within seconds, not minutes.
+            assert params["keepalives_idle"] == "30" and params["tcp_user_timeout"] == "30000"
+            return "fresh connection"
+        finally:
+            await pool.close()
+
+    assert asyncio.run(first_statement_after_the_close(True)) == "fresh connection"
+    assert asyncio.run(first_statement_after_the_close(False)) == "failed"

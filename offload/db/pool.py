@@ -23,6 +23,15 @@ T = TypeVar("T")
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
 
 
+_DEAD_PEER_DETECTION = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
+
+
 class WrongSchema(psycopg.OperationalError):
     """A connection that should find the schema through its role's default search_path does
     not: the migrations that set it have not run for this role and database."""
@@ -34,10 +43,11 @@ def create_pool(
     max_size: int = 4,
     *,
     schema_from_role: bool = False,
+    check_on_checkout: bool = False,
 ) -> AsyncConnectionPool:
-    """A closed pool; ``await pool.open(wait=False)`` before use. No per-checkout liveness
-    check (it costs a round trip per statement): a broken connection fails its statement, the
-    pool discards it on return, and callers retry what must land.
+    """A closed pool; ``await pool.open(wait=False)`` before use. By default no per-checkout
+    liveness check (it costs a round trip per statement): a broken connection fails its
+    statement, the pool discards it on return, and callers retry what must land.
 
     ``schema_from_role``: for RDS Proxy (or another pooler), which refuses libpq startup
     options ("RDS Proxy currently doesn't support command-line options") and pins the session
@@ -46,8 +56,17 @@ def create_pool(
     (set by the migrations), checked once per new connection.
 
     ``database_url`` may be a coroutine function, called before each new connection: how
-    credentials that rotate reach the pool (``offload.db.credentials``)."""
-    kwargs: dict[str, object] = {"autocommit": True}
+    credentials that rotate reach the pool (``offload.db.credentials``).
+
+    ``check_on_checkout``: one empty query before a connection is handed out, for processes
+    whose connection idles between uses (a Lambda container between invocations): RDS Proxy
+    closes client connections idle for longer than its idle timeout, and without the check the
+    first statement after a quiet spell would fail instead of getting a fresh connection.
+
+    TCP keepalives and a 30 s ``tcp_user_timeout`` make a connection whose peer vanished
+    without a reset (a failover) fail in seconds, so writes are retried, instead of hanging
+    until the kernel gives up (about 15 minutes)."""
+    kwargs: dict[str, object] = {"autocommit": True, **_DEAD_PEER_DETECTION}
     configure = None
     if schema_from_role:
         kwargs["prepare_threshold"] = None
@@ -60,6 +79,7 @@ def create_pool(
         max_size=max(1, max_size),
         kwargs=kwargs,
         configure=configure,
+        check=AsyncConnectionPool.check_connection if check_on_checkout else None,
         timeout=5.0,
         reconnect_timeout=24 * 3600,
         open=False,
