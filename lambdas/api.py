@@ -27,6 +27,7 @@ import json
 import os
 import re
 import warnings
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -246,8 +247,13 @@ def _job_answer(owner: str, row: Any) -> dict[str, Any]:
 
     view = job_view(row)
     view["links"] = []
+    view["outputsArchived"] = False
     if row.state == "completed" and row.upload_id:
         settings = _runtime().settings()
+        now = datetime.now(UTC)
+        if uploads.outputs_archived(row.finished_at, settings.processed_archive_after_days, now):
+            view["outputsArchived"] = True  # a link would answer InvalidObjectState
+            return view
         view["links"] = uploads.result_links(
             s3_client(settings.s3_endpoint_url),
             settings.upload_bucket,

@@ -158,6 +158,9 @@ class Settings:
         "application/octet-stream",
     )
     url_expiry_s: int = 900
+    # Days after which the lifecycle rule archives processing outputs (0: never): the API gives
+    # no download links for outputs of jobs finished that long ago.
+    processed_archive_after_days: int = 0
     part_url_batch: int = 100
     reconcile_after_s: int = 600
     reconcile_limit: int = 500
@@ -226,6 +229,9 @@ class Settings:
             allowed_content_types=_csv(env, "OFFLOAD_ALLOWED_CONTENT_TYPES")
             or defaults.allowed_content_types,
             url_expiry_s=_int(env, "OFFLOAD_URL_EXPIRY_S", defaults.url_expiry_s, 1),
+            processed_archive_after_days=_int(
+                env, "OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS", defaults.processed_archive_after_days
+            ),
             part_url_batch=_int(env, "OFFLOAD_PART_URL_BATCH", defaults.part_url_batch, 1),
             reconcile_after_s=_int(env, "OFFLOAD_RECONCILE_AFTER_S", defaults.reconcile_after_s, 1),
             reconcile_limit=_int(env, "OFFLOAD_RECONCILE_LIMIT", defaults.reconcile_limit, 1),

@@ -314,6 +314,15 @@ def presign_parts(
     ]
 
 
+def outputs_archived(finished_at: datetime | None, archive_after_days: int, now: datetime) -> bool:
+    """Whether a job's outputs may already be archived. S3 moves an object on the first
+    midnight (UTC) after it is ``archive_after_days`` old, so before that age every output is
+    still readable, and from then on none may be (outputs are written as the job finishes)."""
+    if archive_after_days <= 0 or finished_at is None:
+        return False
+    return now - finished_at >= timedelta(days=archive_after_days)
+
+
 def result_links(
     s3: Any, bucket: str, owner: str, upload_id: str, result: Any, expires_s: int
 ) -> list[dict[str, str]]:

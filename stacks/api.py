@@ -127,6 +127,7 @@ class QueueLambdas(Construct):
                 **database_env,
                 "UPLOAD_BUCKET": storage.bucket.bucket_name,
                 "OFFLOAD_CORS_ORIGIN": ",".join(web_origins),
+                "OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS": str(storage.processed_archive_after_days),
             },
             timeout=API_TIMEOUT,
             memory_size=1024,

@@ -41,6 +41,9 @@ class UploadStorage(Construct):
         removal_policy: RemovalPolicy,
     ) -> None:
         super().__init__(scope, id)
+        # The API stops handing out links to outputs old enough to be archived (Glacier
+        # objects answer a GET with InvalidObjectState until restored).
+        self.processed_archive_after_days = config.processed_archive_after_days
         self.access_logs = s3.Bucket(
             self,
             "AccessLogs",

@@ -236,3 +236,13 @@ def test_presigned_urls_name_the_buckets_regional_host(monkeypatch):
     ].startswith(host)
     [part] = presign_parts(s3, "offload-uploads", "uploads/a/b/c.bin", "mpu", [1], 60)
     assert part["url"].startswith(host + "uploads/a/b/c.bin?")
+
+
+def test_outputs_count_as_archived_from_the_archive_age_on():
+    from offload.uploads import outputs_archived
+
+    now = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    assert not outputs_archived(now - timedelta(days=89, hours=23), 90, now)
+    assert outputs_archived(now - timedelta(days=90), 90, now)
+    assert not outputs_archived(now - timedelta(days=900), 0, now)  # 0: never archived
+    assert not outputs_archived(None, 90, now)  # not finished

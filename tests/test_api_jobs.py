@@ -171,7 +171,8 @@ def test_get_job_shows_state_and_error_but_not_the_stack(lambda_env, settings):
     assert body["createdAt"] and body["startedAt"] and body["finishedAt"] and body["updatedAt"]
     assert set(body) == {
         "id", "name", "uploadId", "filename", "state", "progress", "attempts", "maxAttempts",
-        "result", "error", "links", "createdAt", "startedAt", "finishedAt", "updatedAt",
+        "result", "error", "links", "outputsArchived", "createdAt", "startedAt", "finishedAt",
+        "updatedAt",
     }  # fmt: skip
     assert job_row(settings, failed)["error_stack"]  # stored, but never shown
     assert "Traceback" not in str(body) and "error_stack" not in str(body)
@@ -248,3 +249,32 @@ def test_retry_when_the_queue_disagrees_is_409_and_changes_nothing(lambda_env, s
     answer = call("POST", f"/jobs/{gone}/retry")
     assert answer.status == 409 and "no longer in the queue" in answer.message
     assert job_row(settings, gone)["state"] == "failed"
+
+
+def test_no_links_to_outputs_the_lifecycle_rule_may_have_archived(
+    lambda_env, settings, monkeypatch
+):
+    """Archived objects answer a GET with InvalidObjectState: past the archive age the job
+    says so instead of handing out links that cannot work."""
+    from lambdas import runtime
+
+    monkeypatch.setenv("OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS", "90")
+    runtime.reset()
+    (job_id,) = asyncio.run(run_jobs(settings, [("noop", ref("user-a", 1), {})]))
+    manifest = '{"manifest_key": "processed/user-a/up001/manifest.json"}'
+
+    def finished_days_ago(days: int) -> dict:
+        sql(
+            settings,
+            "UPDATE jobs SET result = %s::jsonb, finished_at = now() - %s * interval '1 day'"
+            " WHERE id = %s",
+            (manifest, days, job_id),
+        )
+        return call("GET", f"/jobs/{job_id}").body
+
+    recent = finished_days_ago(89)
+    assert [link["name"] for link in recent["links"]] == ["manifest.json"]
+    assert recent["outputsArchived"] is False
+    old = finished_days_ago(91)
+    assert old["links"] == [] and old["outputsArchived"] is True
+    assert old["result"] == {"manifest_key": "processed/user-a/up001/manifest.json"}

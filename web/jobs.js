@@ -200,6 +200,10 @@ function details(job, onRetry) {
       ),
     );
   }
+  if (job.outputsArchived) {
+    const text = "Outputs archived: ask an administrator to restore them";
+    parts.push(el("p", { class: "archived" }, text));
+  }
   if (job.result && typeof job.result === "object") parts.push(resultSummary(job.result));
   if (job.error && (job.state === "failed" || job.state === "retrying")) {
     parts.push(el("p", { class: "job-error" }, job.error));

@@ -21,6 +21,7 @@ JOB_FIELDS = (
     "createdAt",
     "finishedAt",
     "links",
+    "outputsArchived",
 )
 
 
@@ -93,6 +94,8 @@ def upload_text(
         lines.append(job_line(job))
         for link in job.get("links") or []:
             lines.append(f"    {link.get('name')}: {link.get('url')}")
+        if job.get("outputsArchived"):
+            lines.append("    outputs archived: ask an administrator to restore them")
     return "\n".join(lines)
 
 

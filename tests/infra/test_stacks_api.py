@@ -124,6 +124,8 @@ def test_four_python_functions_in_the_vpc(dev: Synth) -> None:
     api_env = by_handler["lambdas.api.handler"]["Environment"]["Variables"]
     assert {"DATABASE_SECRET_ARN", "DATABASE_PROXY_HOST", "UPLOAD_BUCKET"} <= set(api_env)
     assert api_env["OFFLOAD_CORS_ORIGIN"] == "http://localhost:5173"
+    # the lifecycle rule's age, so the API stops linking to archived outputs
+    assert api_env["OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS"] == "90"
 
 
 def test_enqueue_event_source_batches_with_partial_failures(dev: Synth, prod: Synth) -> None:
