@@ -23,6 +23,7 @@ import psycopg
 from psycopg import sql
 
 from offload.db import check_schema_name
+from offload.db.credentials import resolve_database_url
 from offload.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -109,8 +110,6 @@ def main() -> int:
 
     configure_logging()
     settings = Settings.from_env()
-    from offload.db.credentials import resolve_database_url
-
     applied = migrate(
         resolve_database_url(settings),
         settings.database_schema,
