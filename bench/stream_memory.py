@@ -65,6 +65,7 @@ def child_baseline(endpoint: str, key: str, sha256: bool = False) -> dict[str, A
 
     client = s3_client(endpoint)
     digest = hashlib.sha256()
+    cpu_start = time.process_time()
     start = time.perf_counter()
     response = client.get_object(Bucket=BUCKET, Key=key)
     first_byte = time.perf_counter() - start
@@ -73,7 +74,12 @@ def child_baseline(endpoint: str, key: str, sha256: bool = False) -> dict[str, A
         size += len(chunk)
         if sha256:
             digest.update(chunk)
-    return {"seconds": time.perf_counter() - start, "first_byte_s": first_byte, "size": size}
+    return {
+        "seconds": time.perf_counter() - start,
+        "cpu_s": time.process_time() - cpu_start,
+        "first_byte_s": first_byte,
+        "size": size,
+    }
 
 
 def child_inspect(endpoint: str, key: str) -> dict[str, Any]:
@@ -93,15 +99,32 @@ def child_inspect(endpoint: str, key: str) -> dict[str, Any]:
         send_progress=progress.append,
     )
     ctx.s3  # noqa: B018 - create the client outside the timed section, as the baseline does
+    cpu_start = time.process_time()
     start = time.perf_counter()
     result = registry[INSPECT].fn(ctx)
     seconds = time.perf_counter() - start
+    cpu_s = time.process_time() - cpu_start
     if progress[-1] != 100:
         raise RuntimeError(f"inspect did not end its progress at 100: {progress[-5:]}")
-    return {"seconds": seconds, "size": result["size"], "sha256": result["sha256"]}
+    return {"seconds": seconds, "cpu_s": cpu_s, "size": result["size"], "sha256": result["sha256"]}
+
+
+def moto_cpu_s() -> float:
+    """CPU time used so far by this process's moto server child: what serving costs, on the
+    same 2 cores the reader needs."""
+    import psutil
+
+    servers = [
+        child for child in psutil.Process().children() if "moto.server" in " ".join(child.cmdline())
+    ]
+    if len(servers) != 1:
+        raise RuntimeError(f"expected one moto server child, found {len(servers)}")
+    times = servers[0].cpu_times()
+    return times.user + times.system
 
 
 def run_child(mode: str, endpoint: str, key: str) -> dict[str, Any]:
+    server_cpu_start = moto_cpu_s()
     out = subprocess.run(
         [sys.executable, __file__, "--child", mode, "--endpoint", endpoint, "--key", key],
         check=True,
@@ -109,7 +132,9 @@ def run_child(mode: str, endpoint: str, key: str) -> dict[str, Any]:
         text=True,
         cwd=ROOT,
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["server_cpu_s"] = moto_cpu_s() - server_cpu_start
+    return result
 
 
 # --- parent --------------------------------------------------------------------------------
@@ -177,6 +202,9 @@ def summarise(
     def rss(mode: str) -> float:
         return max(r["peak_rss_mb"] for r in runs[mode])
 
+    def cpu_per_gib(mode: str, what: str) -> float:
+        return statistics.median(r[what] for r in runs[mode]) * 1024 / size_mb
+
     baseline, hashed, inspect = rate("baseline"), rate("sha256"), rate("inspect")
     first_byte = statistics.median(r["first_byte_s"] for r in runs["baseline"])
     baseline_s = size_mb / baseline
@@ -194,6 +222,10 @@ def summarise(
         "baseline_rss_mb": rss("baseline"),
         "inspect_rss_mb": rss("inspect"),
         "first_byte_s": first_byte,
+        "baseline_cpu": cpu_per_gib("baseline", "cpu_s"),
+        "inspect_cpu": cpu_per_gib("inspect", "cpu_s"),
+        "baseline_server_cpu": cpu_per_gib("baseline", "server_cpu_s"),
+        "inspect_server_cpu": cpu_per_gib("inspect", "server_cpu_s"),
     }
 
 
@@ -220,12 +252,21 @@ def print_table(rows: list[dict[str, float]], hash_mbps: float) -> None:
         " vs +sha256 = inspect / (baseline read + hashlib.sha256 in one thread);"
         f" sha256 in memory on this machine: {hash_mbps:.0f} MiB/s (one core)"
     )
+    print()
+    print(f"CPU seconds per GiB read, on {os.cpu_count()} CPUs (reader process / moto server):")
+    for r in rows:
+        print(
+            f"{r['size_mb']:>8} MiB: baseline {r['baseline_cpu']:.2f} / "
+            f"{r['baseline_server_cpu']:.2f}, inspect {r['inspect_cpu']:.2f} / "
+            f"{r['inspect_server_cpu']:.2f}"
+        )
     for r in rows:
         print(
             f"RESULT size_mb={r['size_mb']} ratio={r['ratio']:.3f} ceiling={r['ceiling']:.3f} "
             f"inspect_rss_mb={r['inspect_rss_mb']:.1f} baseline_rss_mb={r['baseline_rss_mb']:.1f} "
             f"baseline_mbps={r['baseline_mbps']:.0f} sha256_mbps={r['sha256_mbps']:.0f} "
-            f"inspect_mbps={r['inspect_mbps']:.0f} ratio_vs_sha256={r['ratio_vs_sha256']:.3f}"
+            f"inspect_mbps={r['inspect_mbps']:.0f} ratio_vs_sha256={r['ratio_vs_sha256']:.3f} "
+            f"inspect_cpu_s_per_gib={r['inspect_cpu']:.2f}"
         )
 
 

@@ -165,7 +165,7 @@ def test_inspect_small_text_file_writes_a_manifest(moto_endpoint, s3, bucket) ->
 
 def test_inspect_streams_a_multi_chunk_object(moto_endpoint, s3, bucket, monkeypatch) -> None:
     monkeypatch.setattr(context_module, "PROGRESS_MIN_INTERVAL_S", 0)  # see every report
-    body = PNG_SIGNATURE + os.urandom(5 * 1024 * 1024)
+    body = PNG_SIGNATURE + os.urandom(5 * DEFAULT_CHUNK_SIZE)
     s3.put_object(Bucket=bucket, Key=UPLOAD_KEY, Body=body)
     ctx, progress = make_ctx(moto_endpoint, bucket, UPLOAD_KEY)
 

@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
-DEFAULT_DEPTH = 4
+DEFAULT_DEPTH = 2  # with 4 MiB chunks: enough to keep the reader busy while a chunk is hashed
 _POLL_S = 0.05  # how soon a reader blocked on a full queue notices it was stopped
 _END = object()
 
