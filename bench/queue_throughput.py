@@ -21,6 +21,12 @@ Rounds alternate baseline / ours; the ratio is median(ours) / median(baseline).
 ``status`` (the processor writes the active and completed rows, as OffloadWorker does) and
 ``sandbox`` (the no-op runs in a sandbox child). They show where the gap to the baseline goes.
 
+A second table says where each job's CPU went in the timed section, in ms per job: the
+worker process (event loop: bullmq, psycopg, sandbox pipes), its descendants (fork server and
+sandbox children), the PostgreSQL and Redis servers; and what the machine's cores, all busy
+all the time, could give each job at the target rate. A worker whose jobs need more CPU than
+that cannot meet the target on this machine, however its work is arranged.
+
 Worker logs and EMF lines go to ``--worker-output`` (default: /dev/null) at ``--log-level``
 (default INFO, as in production), so their formatting cost is measured without flooding the
 terminal. Environment: REDIS_URL, DATABASE_URL (defaults as in tests/support/servers.py).
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.machinery
 import logging
 import os
@@ -64,6 +71,38 @@ TARGET_RATIO = 0.7
 PARTS = ("status", "sandbox")
 
 
+CPU_GROUPS = ("worker", "sandbox", "postgres", "redis")
+
+
+def cpu_sample() -> dict[str, float]:
+    """CPU seconds used so far, by who uses them: this process (the worker's event loop:
+    bullmq, psycopg, sandbox pipes), its descendants (the fork server and sandbox children,
+    including children already reaped) and the PostgreSQL and Redis servers (every process of
+    theirs). Differences of two samples show where a round's CPU went on the shared cores."""
+    import psutil
+
+    def used(proc: psutil.Process, reaped: bool = False) -> float:
+        times = proc.cpu_times()
+        total = times.user + times.system
+        if reaped:
+            total += times.children_user + times.children_system
+        return total
+
+    sample = dict.fromkeys(CPU_GROUPS, 0.0)
+    me = psutil.Process()
+    sample["worker"] = used(me)
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # a child that exited meanwhile
+            sample["sandbox"] += used(child, reaped=True)
+    for proc in psutil.process_iter(["name"]):
+        name = proc.info["name"] or ""
+        group = "postgres" if name.startswith("postgres") else "redis" if "redis" in name else None
+        if group:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                sample[group] += used(proc)
+    return sample
+
+
 @dataclass
 class RoundResult:
     kind: str
@@ -71,6 +110,10 @@ class RoundResult:
     seconds: float
     cpu_seconds: float  # this process only (event loop + bullmq + psycopg), not the children
     extra: dict[str, Any] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by CPU_GROUPS
+
+    def cpu_ms_per_job(self, group: str) -> float:
+        return 1000 * self.cpu.get(group, 0.0) / self.jobs
 
     @property
     def jobs_per_s(self) -> float:
@@ -270,11 +313,14 @@ async def run_round(
 
         done.expect(args.jobs)
         cpu0 = time.process_time()
+        groups0 = cpu_sample()
         t0 = time.perf_counter()
         await queue.resume()
         await wait_done(done, args.timeout, kind)
         seconds = time.perf_counter() - t0
         cpu_seconds = time.process_time() - cpu0
+        groups1 = cpu_sample()
+        cpu = {group: groups1[group] - groups0[group] for group in CPU_GROUPS}
 
         left = await queue.getJobCounts("wait", "paused", "active", "delayed", "failed")
         if any(left.values()):
@@ -282,7 +328,7 @@ async def run_round(
         extra: dict[str, Any] = {}
         if kind in ("ours", "status"):
             extra = check_status_rows(settings, args.jobs + warmup)
-        return RoundResult(kind, args.jobs, seconds, cpu_seconds, extra)
+        return RoundResult(kind, args.jobs, seconds, cpu_seconds, extra, cpu)
     finally:
         if stop is not None:
             await stop()
@@ -394,6 +440,7 @@ def report(args: argparse.Namespace, results: list[RoundResult], load: tuple[flo
             f"ratio ours/baseline: {ratio:.3f} (median), {best:.3f} (best); "
             f"{verdict} the {TARGET_RATIO} target"
         )
+    print_cpu_table(results, labels, baseline)
     parts = ""
     for kind in PARTS:
         if kind in medians and baseline:
@@ -404,6 +451,30 @@ def report(args: argparse.Namespace, results: list[RoundResult], load: tuple[flo
         f"baseline_jobs_per_s={baseline:.1f} offload_jobs_per_s={ours:.1f} ratio={ratio:.3f}"
         + parts
     )
+
+
+def print_cpu_table(results: list[RoundResult], labels: dict[str, str], baseline: float) -> None:
+    """Where each job's CPU goes, in ms per job (median over rounds), and what the machine
+    could give a worker that meets the target: all its cores, busy all the time, shared by
+    every process of the run."""
+    print()
+    columns = (*CPU_GROUPS, "total")
+    header = f"{'CPU ms per job':<34}" + "".join(f"{column:>10}" for column in columns)
+    print(header)
+    print("-" * len(header))
+    for kind, label in labels.items():
+        rounds = [r for r in results if r.kind == kind]
+        if rounds:
+            figures = [statistics.median(r.cpu_ms_per_job(g) for r in rounds) for g in CPU_GROUPS]
+            print(f"{label:<34}" + "".join(f"{value:10.3f}" for value in (*figures, sum(figures))))
+    if baseline == baseline and baseline > 0:  # not NaN: the baseline ran
+        target_rate = TARGET_RATIO * baseline
+        budget_ms = 1000 * (os.cpu_count() or 1) / target_rate
+        print(
+            f"at the target ({TARGET_RATIO} x {baseline:.0f} = {target_rate:.0f} jobs/s) the "
+            f"{os.cpu_count()} CPUs have {budget_ms:.3f} ms of CPU per job in all, "
+            "busy 100 % of the time, for every process above"
+        )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
