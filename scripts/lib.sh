@@ -417,11 +417,39 @@ EOF
 		-w -t 60 start >/dev/null) || die "PostgreSQL failed to start; see $dir/postgresql.log"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Node.js: the CDK CLI runs on it, and so does aws-cdk-lib in Python (jsii starts a node process
+# at import), so synth, the infrastructure tests and the Lambda bundling step all need it.
+
+MIN_NODE_MAJOR=18
+
+# node_ok: node and npm on PATH, node >= MIN_NODE_MAJOR.
+node_ok() {
+	command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || return 1
+	local major
+	major="$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null)" || return 1
+	[ "${major:-0}" -ge "$MIN_NODE_MAJOR" ]
+}
+
+# ensure_node: Debian's nodejs and npm when node or npm is missing (or node is too old).
+ensure_node() {
+	node_ok && return 0
+	if command -v node >/dev/null 2>&1 && ! command -v npm >/dev/null 2>&1 &&
+		node -p 'process.versions.node' >/dev/null 2>&1; then
+		log "npm not found next to node $(node --version); installing Debian's npm"
+		apt_install npm
+	else
+		log "Node.js >= $MIN_NODE_MAJOR with npm not found; installing Debian's nodejs and npm"
+		apt_install nodejs npm
+	fi
+	node_ok || die "Node.js >= $MIN_NODE_MAJOR and npm are required (found: $(node --version 2>/dev/null || echo none)); install them and run setup again"
+}
+
 # The pinned CDK CLI (cdk-cli/package-lock.json), installed with `npm ci` when missing or stale.
 # Only `cdk` needs it; `python app.py` and the tests synthesise without it.
 ensure_cdk_cli() {
 	if ! command -v npm >/dev/null 2>&1; then
-		log "npm not found: scripts/cdk.sh needs Node.js 20+ (python app.py synthesises without it)"
+		log "npm not found: the CDK CLI needs Node.js >= $MIN_NODE_MAJOR and npm (scripts/setup.sh installs them)"
 		return 1
 	fi
 	local stamp="$REPO_ROOT/cdk-cli/node_modules/.offload-lock.sha256" wanted

@@ -5,7 +5,8 @@
 #   3. Redis reachable at REDIS_URL (default redis://127.0.0.1:6379/0);
 #   4. PostgreSQL reachable at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test),
 #      and the URL's database created;
-#   5. the pinned CDK CLI, and the Lambdas' dependencies for the Lambda platform;
+#   5. Node.js >= 18 with npm (Debian's nodejs and npm if missing: aws-cdk-lib runs on it), the
+#      pinned CDK CLI, and the Lambdas' dependencies for the Lambda platform;
 #   6. with --browser (the test command): Debian's chromium, for the browser test.
 # A local server that is not running is started (installed from Debian's packages first when
 # missing): that needs root. Remote URLs are only checked.
@@ -94,8 +95,9 @@ case "$PG_RC" in
 esac
 log "PostgreSQL reachable at $PG_WHERE, database $PG_DB"
 
-# --- 5: the pinned CDK CLI --------------------------------------------------------------------
-ensure_cdk_cli || true
+# --- 5: Node.js and the pinned CDK CLI -------------------------------------------------------
+ensure_node
+ensure_cdk_cli
 
 # --- 6: the Lambdas' dependencies for the Lambda platform (cdk synth stays offline after) --
 if [ -z "$(ls -A .cdk-cache/lambda-deps 2>/dev/null)" ]; then
