@@ -94,6 +94,25 @@ def test_poison_job_ends_failed_with_reason_and_stack(settings):
     assert states == ["queued", "active", "retrying", "active", "retrying", "active", "failed"]
 
 
+def test_error_message_with_a_nul_byte_is_stored(settings):
+    """PostgreSQL text refuses NUL: unsanitised, the outcome write raised and the row stayed
+    ``active`` while bullmq failed the job."""
+
+    async def scenario():
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "fail_with_nul", "k")
+            row = await wait_for_state(settings, job_id, "failed", timeout_s=30)
+            job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "failed"))
+            return row, job
+
+    row, job = asyncio.run(scenario())
+    assert "bad header: PNG\ufffd\ufffd where text was expected" in row["error_message"]
+    assert "\x00" not in row["error_message"] and "\x00" not in row["error_stack"]
+    assert row["attempt"] == job.attemptsMade == settings.default_attempts
+    states = [event["state"] for event in job_events(settings, row["id"])]
+    assert states == ["queued", "active", "retrying", "active", "retrying", "active", "failed"]
+
+
 def test_unknown_job_name_fails_once_without_retries(settings):
     async def scenario():
         async with producer(settings) as prod, running_worker(settings):

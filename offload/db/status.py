@@ -158,13 +158,17 @@ class StatusStore:
         return await self._finish(job_id, attempt, "completed", result=Jsonb(result))
 
     async def mark_retrying(self, job_id: str, attempt: int, message: str, stack: str) -> bool:
-        return await self._finish(
-            job_id, attempt, "retrying", error_message=message, error_stack=stack, message=message
-        )
+        return await self._finish_with_error(job_id, attempt, "retrying", message, stack)
 
     async def mark_failed(self, job_id: str, attempt: int, message: str, stack: str) -> bool:
+        return await self._finish_with_error(job_id, attempt, "failed", message, stack)
+
+    async def _finish_with_error(
+        self, job_id: str, attempt: int, state: str, message: str, stack: str
+    ) -> bool:
+        message, stack = _storable_text(message), _storable_text(stack)
         return await self._finish(
-            job_id, attempt, "failed", error_message=message, error_stack=stack, message=message
+            job_id, attempt, state, error_message=message, error_stack=stack, message=message
         )
 
     async def mark_requeued(
@@ -193,3 +197,9 @@ WITH changed AS (
 )"""
     + _EVENT
 )
+
+
+def _storable_text(text: str) -> str:
+    """PostgreSQL text cannot hold NUL, and an error message may quote binary input: unstored,
+    the failure would leave the row ``active`` while the queue has failed the job."""
+    return text.replace("\x00", "\N{REPLACEMENT CHARACTER}")

@@ -41,6 +41,12 @@ def fail_always(ctx: JobContext) -> dict:
     raise ValueError(f"poison job {ctx.job_id} attempt {ctx.attempt}")
 
 
+@processor("fail_with_nul")
+def fail_with_nul(ctx: JobContext) -> dict:
+    """An error quoting binary input: PostgreSQL text cannot hold its NUL byte."""
+    raise ValueError("bad header: PNG\x00\x00 where text was expected")
+
+
 @processor("fail_until")
 def fail_until(ctx: JobContext) -> dict:
     """Fails until attempt number ``key``, then succeeds."""
