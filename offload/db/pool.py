@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from offload.db import check_schema_name, schema_options
 
@@ -110,11 +110,14 @@ async def until_stored(
     initial_s: float = 0.2,
     max_s: float = 5.0,
 ) -> T:
-    """Run ``op`` until PostgreSQL answers: an outage delays an outcome, never loses it."""
+    """Run ``op`` until PostgreSQL answers: an outage delays an outcome, never loses it. A
+    closed pool is not an outage (it never reopens): that error goes to the caller."""
     delay = initial_s
     while True:
         try:
             return await op()
+        except PoolClosed:
+            raise
         except RETRYABLE as exc:
             log.warning(
                 "database write %s failed, retrying in %.1fs: %s",
