@@ -9,7 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 cd "$REPO_ROOT"
 
-export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=18,20
 [ -x .venv/bin/python ] || {
 	echo "cdk.sh: .venv is missing; run scripts/setup.sh first" >&2
 	exit 1

@@ -68,21 +68,23 @@ find_python() {
 	return 1
 }
 
-# ensure_python: print a Python >= MIN_PYTHON that can create venvs, installing it if needed.
+# ensure_python: set BASE_PYTHON to a Python >= MIN_PYTHON that can create venvs, installing it
+# if needed. (A variable, not output: in a $(...) subshell apt_install would forget that it
+# already ran apt-get update.)
 ensure_python() {
 	local py version
 	if ! py="$(find_python)"; then
-		log "no Python >= $MIN_PYTHON found; installing Debian's python3" >&2
-		apt_install python3 python3-venv >&2
+		log "no Python >= $MIN_PYTHON found; installing Debian's python3"
+		apt_install python3 python3-venv
 		py="$(find_python)" || die "Python >= $MIN_PYTHON is required (Debian's python3 is older)"
 	fi
 	if ! python_has_venv "$py"; then
 		version="$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
-		log "$py cannot create venvs; installing python$version-venv" >&2
-		apt_install "python$version-venv" >&2
+		log "$py cannot create venvs; installing python$version-venv"
+		apt_install "python$version-venv"
 		python_has_venv "$py" || die "$py still cannot create a venv (ensurepip missing)"
 	fi
-	printf '%s\n' "$py"
+	BASE_PYTHON="$py"
 }
 
 # requirements_hash FILE: sha256 over FILE, every file it includes (-r/-c, recursively) and the
@@ -421,6 +423,9 @@ EOF
 # Node.js: the CDK CLI runs on it, and so does aws-cdk-lib in Python (jsii starts a node process
 # at import), so synth, the infrastructure tests and the Lambda bundling step all need it.
 
+# 18: Debian 12's nodejs. jsii (aws-cdk-lib) has stopped supporting it and prints a banner
+# saying so, but runs; the scripts silence that banner for 18 and 20 with
+# JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION (a comma-separated list of major versions).
 MIN_NODE_MAJOR=18
 
 # node_ok: node and npm on PATH, node >= MIN_NODE_MAJOR.

@@ -37,9 +37,9 @@ else
 		log "$VENV_DIR is broken or too old; recreating it"
 		rm -rf "$VENV_DIR"
 	fi
-	base_python="$(ensure_python)"
-	log "creating $VENV_DIR with $base_python ($("$base_python" --version 2>&1))"
-	"$base_python" -m venv "$VENV_DIR"
+	ensure_python
+	log "creating $VENV_DIR with $BASE_PYTHON ($("$BASE_PYTHON" --version 2>&1))"
+	"$BASE_PYTHON" -m venv "$VENV_DIR"
 fi
 
 stamp="$VENV_DIR/.requirements.sha256"
@@ -102,7 +102,7 @@ ensure_cdk_cli
 # --- 6: the Lambdas' dependencies for the Lambda platform (cdk synth stays offline after) --
 if [ -z "$(ls -A .cdk-cache/lambda-deps 2>/dev/null)" ]; then
 	log "fetching the Lambda dependencies for the Lambda platform into .cdk-cache/"
-	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20 "$VENV_PY" -c \
+	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=18,20 "$VENV_PY" -c \
 		"from stacks.bundling import PipLocalBundling; PipLocalBundling().dependencies_dir()"
 fi
 

@@ -4,7 +4,7 @@
 # Lint, format and tests all run even when one fails; the exit status is non-zero if any failed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=20
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=18,20
 
 bash scripts/setup.sh --browser
 # shellcheck source=/dev/null
