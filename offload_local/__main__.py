@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import signal
 import socket
@@ -83,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     print("offload local stack: starting moto, Redis, PostgreSQL, Lambdas, workers...", flush=True)
     with LocalStack(options) as stack:
+        # Up: from now on Ctrl-C only asks for the stop, as SIGTERM does. A KeyboardInterrupt
+        # could land anywhere, even inside the shutdown (a second Ctrl-C right after the
+        # first), and cut it short.
+        signal.signal(signal.SIGINT, lambda *_: stopping.set())
         info = stack.info
         assert info is not None
         print(
@@ -102,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
 Ctrl-C stops everything.""",
             flush=True,
         )
-        with contextlib.suppress(KeyboardInterrupt):
-            stopping.wait()
+        stopping.wait()
         # A second Ctrl-C must not cut the shutdown short and leave servers behind.
         signal.signal(signal.SIGINT, _still_stopping)
         print("\nstopping: workers drain their jobs first...", flush=True)
