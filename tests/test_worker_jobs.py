@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import replace
+from typing import Any
 
 from tests.support.harness import (
     add,
@@ -75,15 +76,22 @@ def test_retries_with_exponential_backoff(settings):
     assert job_row(settings, job_id)["attempt"] == 4
 
 
-def test_poison_job_ends_failed_with_reason_and_stack(settings):
+def _run_until_failed(settings, name: str) -> tuple[dict, Any]:
+    """Add a ``name`` job, run a worker until the job is failed in PostgreSQL and in the
+    queue; returns its status row and its bullmq job."""
+
     async def scenario():
         async with producer(settings) as prod, running_worker(settings):
-            job_id = await add(prod, "fail_always", "k")
+            job_id = await add(prod, name, "k")
             row = await wait_for_state(settings, job_id, "failed", timeout_s=30)
             job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "failed"))
             return row, job
 
-    row, job = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_poison_job_ends_failed_with_reason_and_stack(settings):
+    row, job = _run_until_failed(settings, "fail_always")
     assert row["attempt"] == settings.default_attempts == 3
     assert "ValueError: poison job" in row["error_message"]
     assert "attempt 3" in row["error_message"]
@@ -97,15 +105,7 @@ def test_poison_job_ends_failed_with_reason_and_stack(settings):
 def test_error_message_with_a_nul_byte_is_stored(settings):
     """PostgreSQL text refuses NUL: unsanitised, the outcome write raised and the row stayed
     ``active`` while bullmq failed the job."""
-
-    async def scenario():
-        async with producer(settings) as prod, running_worker(settings):
-            job_id = await add(prod, "fail_with_nul", "k")
-            row = await wait_for_state(settings, job_id, "failed", timeout_s=30)
-            job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "failed"))
-            return row, job
-
-    row, job = asyncio.run(scenario())
+    row, job = _run_until_failed(settings, "fail_with_nul")
     assert "bad header: PNG\ufffd\ufffd where text was expected" in row["error_message"]
     assert "\x00" not in row["error_message"] and "\x00" not in row["error_stack"]
     assert row["attempt"] == job.attemptsMade == settings.default_attempts
@@ -114,14 +114,7 @@ def test_error_message_with_a_nul_byte_is_stored(settings):
 
 
 def test_unknown_job_name_fails_once_without_retries(settings):
-    async def scenario():
-        async with producer(settings) as prod, running_worker(settings):
-            job_id = await add(prod, "no_such_processor", "k")
-            row = await wait_for_state(settings, job_id, "failed")
-            job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "failed"))
-            return row, job
-
-    row, job = asyncio.run(scenario())
+    row, job = _run_until_failed(settings, "no_such_processor")
     assert row["attempt"] == 1
     assert "unknown job name 'no_such_processor'" in row["error_message"]
     assert job.attemptsMade == 1
