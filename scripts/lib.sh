@@ -436,17 +436,12 @@ node_ok() {
 	[ "${major:-0}" -ge "$MIN_NODE_MAJOR" ]
 }
 
-# ensure_node: Debian's nodejs and npm when node or npm is missing (or node is too old).
+# ensure_node: Debian's nodejs and npm when node or npm is missing (or node is too old); an
+# already installed Debian nodejs stays, and only npm is added.
 ensure_node() {
 	node_ok && return 0
-	if command -v node >/dev/null 2>&1 && ! command -v npm >/dev/null 2>&1 &&
-		node -p 'process.versions.node' >/dev/null 2>&1; then
-		log "npm not found next to node $(node --version); installing Debian's npm"
-		apt_install npm
-	else
-		log "Node.js >= $MIN_NODE_MAJOR with npm not found; installing Debian's nodejs and npm"
-		apt_install nodejs npm
-	fi
+	log "Node.js >= $MIN_NODE_MAJOR with npm not found; installing Debian's nodejs and npm"
+	apt_install nodejs npm
 	node_ok || die "Node.js >= $MIN_NODE_MAJOR and npm are required (found: $(node --version 2>/dev/null || echo none)); install them and run setup again"
 }
 
