@@ -52,6 +52,16 @@ class StackOptions:
     events_max_receive_count: int = 3
     events_visibility_timeout_s: int = 60
     worker_grace_s: float = 30.0
+    # Worker settings; None: the shipped default (offload.settings.Settings, what stacks/
+    # deploys). Fault tests shorten them so that stalled jobs come back within seconds.
+    worker_lock_duration_ms: int | None = None
+    worker_stalled_interval_ms: int | None = None
+    worker_max_stalled_count: int | None = None
+    # Age before the reconciler repairs a row (None: the shipped 600 s).
+    reconcile_after_s: int | None = None
+    # A worker that exits is replaced this long after, as the ECS service replaces a stopped
+    # task (None: not replaced).
+    worker_restart_delay_s: float | None = 1.0
     # Extra settings for the Lambdas and workers. Multipart from 8 MiB up, so that files of a
     # demo's size take the multipart path (AWS deployments default to 100 MiB), in parts of
     # 5 MiB (S3's smallest; deployments default to 16 MiB), so that a demo file of ~20 MB is
@@ -143,6 +153,7 @@ class LocalStack:
             "OFFLOAD_QUEUE_PREFIX": opts.queue_prefix,
             "UPLOAD_BUCKET": opts.bucket,
             "S3_ENDPOINT_URL": moto,
+            **_set_only(OFFLOAD_RECONCILE_AFTER_S=opts.reconcile_after_s),
             **opts.env,
         }
         self._start_functions(runtime_env, logdir)
@@ -200,10 +211,16 @@ class LocalStack:
                 **os.environ,
                 "OFFLOAD_CONCURRENCY": str(opts.worker_concurrency),
                 "OFFLOAD_SHUTDOWN_GRACE_S": str(int(opts.worker_grace_s)),
-                **runtime_env,  # ends with opts.env, which may override the two above
+                **_set_only(
+                    OFFLOAD_LOCK_DURATION_MS=opts.worker_lock_duration_ms,
+                    OFFLOAD_STALLED_INTERVAL_MS=opts.worker_stalled_interval_ms,
+                    OFFLOAD_MAX_STALLED_COUNT=opts.worker_max_stalled_count,
+                ),
+                **runtime_env,  # ends with opts.env, which may override the settings above
             },
             logdir,
             workdir,
+            restart_delay_s=opts.worker_restart_delay_s,
         )
         self.workers.start()
         # Registered last, so it runs first: workers drain before the servers go away.
@@ -245,6 +262,11 @@ class LocalStack:
 
     def stop(self) -> None:
         self._exit.close()
+
+
+def _set_only(**settings: float | None) -> dict[str, str]:
+    """The environment variables of the settings that are set (None: the shipped default)."""
+    return {name: str(value) for name, value in settings.items() if value is not None}
 
 
 def _aws_env(moto: str) -> dict[str, str]:

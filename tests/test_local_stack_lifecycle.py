@@ -105,3 +105,54 @@ def test_a_taken_port_fails_fast_with_a_clear_message():
         )
     assert done.returncode == 2
     assert f"127.0.0.1:{port} is taken" in done.stderr and "--port" in done.stderr
+
+
+def test_timing_options_reach_the_stack_options():
+    from offload_local.__main__ import parse_args
+
+    options = parse_args(
+        [
+            *("--lock-duration-ms", "2000", "--stalled-interval-ms", "1500"),
+            *("--max-stalled-count", "2", "--reconciler-every", "3", "--reconcile-after", "5"),
+            *("--grace", "4", "--restart-delay", "-1", "--redis-url", "redis://127.0.0.1:1/0"),
+            *("--env", "OFFLOAD_BACKOFF_MS=200", "--env", "EMPTY="),
+        ]
+    )
+    assert (options.worker_lock_duration_ms, options.worker_stalled_interval_ms) == (2000, 1500)
+    assert (options.worker_max_stalled_count, options.reconcile_after_s) == (2, 5)
+    assert (options.reconciler_every_s, options.worker_grace_s) == (3, 4)
+    assert options.worker_restart_delay_s is None
+    assert options.redis_url == "redis://127.0.0.1:1/0"
+    assert options.env["OFFLOAD_BACKOFF_MS"] == "200" and options.env["EMPTY"] == ""
+    assert options.env["OFFLOAD_PART_SIZE_MIB"] == "5"  # the stack's own defaults stay
+    shipped = parse_args([])
+    assert shipped.worker_lock_duration_ms is None and shipped.reconcile_after_s is None
+    with pytest.raises(SystemExit):
+        parse_args(["--env", "NO_EQUALS_SIGN"])
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_dies_is_replaced_as_the_ecs_service_does(settings, tmp_path):
+    from offload_local.workers import WorkerFleet
+    from tests.support.harness import env_for
+
+    fleet = WorkerFleet(2, env_for(settings), tmp_path, tmp_path, restart_delay_s=0.5)
+    fleet.start()
+    try:
+        first = fleet.pids()
+        killed = fleet.send_signal(1, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while fleet.pids()[1] == killed:
+            assert time.monotonic() < deadline, "worker 1 was not replaced"
+            time.sleep(0.1)
+        assert fleet.pids()[2] == first[2]  # the other one is left alone
+        assert [(e.slot, e.pid, e.returncode) for e in fleet.exits] == [
+            (1, killed, -signal.SIGKILL)
+        ]
+        assert psutil.Process(fleet.pids()[1]).cmdline()[-2:] == ["-m", "fargate_worker"]
+    finally:
+        fleet.stop(grace_s=10)
+    processes = [psutil.Process(pid) for pid in fleet.pids().values() if psutil.pid_exists(pid)]
+    _gone, alive = psutil.wait_procs(processes, timeout=5)
+    assert not alive
+    assert len(fleet.exits) == 1  # stopping the fleet replaces nothing
