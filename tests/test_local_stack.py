@@ -11,7 +11,7 @@ import os
 import pytest
 
 from offload_local import aws_resources
-from tests.support.local_stack import ApiClient, http, wait_until
+from tests.support.local_stack import ApiClient, http, presigned_post, wait_until
 
 MiB = 1 << 20
 pytestmark = pytest.mark.timeout(240)
@@ -66,24 +66,7 @@ def test_single_upload_by_presigned_post_is_processed(local_stack):
         "POST", "/uploads", {"filename": "rows.csv", "size": len(data), "contentType": "text/csv"}
     )
     assert created.status == 201, created.body
-    post = created.body["post"]
-    boundary = "offload-boundary"
-    form = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
-        for name, value in post["fields"].items()
-    )
-    form += (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="rows.csv"\r\n'
-            f"Content-Type: text/csv\r\n\r\n"
-        ).encode()
-        + data
-        + f"\r\n--{boundary}--\r\n".encode()
-    )
-    answer = http(
-        "POST", post["url"], form, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    )
-    assert answer.status in (200, 204), answer.body
+    presigned_post(created.body["post"], "rows.csv", data, "text/csv")
     jobs = wait_until(lambda: _finished_jobs(client, created.body["id"]), what="jobs finished")
     inspect = next(job for job in jobs if job["name"] == "inspect")
     assert inspect["state"] == "completed"

@@ -7,10 +7,13 @@ import json
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import urllib3
 
 from offload_local import aws_resources
 from offload_local.stack import LocalStack, StackInfo, StackOptions
@@ -53,9 +56,14 @@ class HttpAnswer:
 
 
 def http(
-    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+    method: str,
+    url: str,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    pool: urllib3.PoolManager | None = None,
 ) -> HttpAnswer:
-    """One request; JSON in and out when the body is not bytes. 4xx/5xx are answers too."""
+    """One request; JSON in and out when the body is not bytes. 4xx/5xx are answers too.
+    With ``pool``, over its kept-alive connections (as a browser sends its requests)."""
     data: bytes | None
     all_headers = dict(headers or {})
     if body is None or isinstance(body, bytes):
@@ -65,29 +73,78 @@ def http(
     else:
         data = json.dumps(body).encode()
         all_headers.setdefault("Content-Type", "application/json")
-    request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            status, raw, answer_headers = answer.status, answer.read(), answer.headers
-    except urllib.error.HTTPError as error:
-        status, raw, answer_headers = error.code, error.read(), error.headers
+    if pool is not None:
+        answer = pool.request(
+            method, url, body=data, headers=all_headers, retries=False, redirect=False
+        )
+        status, raw, answer_headers = answer.status, answer.data, answer.headers
+    else:
+        request = urllib.request.Request(url, data=data, method=method, headers=all_headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status, raw, answer_headers = answer.status, answer.read(), answer.headers
+        except urllib.error.HTTPError as error:
+            status, raw, answer_headers = error.code, error.read(), error.headers
     content_type = answer_headers.get("Content-Type", "")
     parsed: Any = json.loads(raw) if raw and "json" in content_type else raw
     return HttpAnswer(status, {k.lower(): v for k, v in answer_headers.items()}, parsed)
 
 
 class ApiClient:
-    """The stack's API as a signed-in user."""
+    """The stack's API as a signed-in user (over ``pool``'s connections when given)."""
 
-    def __init__(self, info: StackInfo, username: str | None = None, password: str | None = None):
+    def __init__(
+        self,
+        info: StackInfo,
+        username: str | None = None,
+        password: str | None = None,
+        pool: urllib3.PoolManager | None = None,
+    ):
         self.info = info
-        pool = aws_resources.UserPool(info.user_pool_id, info.client_id)
+        self.pool = pool
+        user_pool = aws_resources.UserPool(info.user_pool_id, info.client_id)
         self.token = aws_resources.id_token(
-            info.moto_endpoint, pool, username or info.username, password or info.password
+            info.moto_endpoint, user_pool, username or info.username, password or info.password
         )
 
     def call(self, method: str, path: str, body: Any = None) -> HttpAnswer:
-        return http(method, self.info.api_url + path, body, {"Authorization": self.token})
+        return http(
+            method, self.info.api_url + path, body, {"Authorization": self.token}, self.pool
+        )
+
+
+def presigned_post(
+    post: dict[str, Any],
+    filename: str,
+    data: bytes,
+    content_type: str,
+    pool: urllib3.PoolManager | None = None,
+) -> HttpAnswer:
+    """The browser's side of a presigned POST: every policy field, then the file (last, as S3
+    requires); raises unless S3 accepted it."""
+    boundary = "offload-boundary-" + uuid.uuid4().hex
+    form = b"".join(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in post["fields"].items()
+    )
+    form += (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"'
+            f"\r\nContent-Type: {content_type}\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    answer = http(
+        "POST",
+        post["url"],
+        form,
+        {"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        pool,
+    )
+    if answer.status not in (200, 201, 204):
+        raise AssertionError(f"S3 refused the presigned POST: {answer.status} {answer.body!r}")
+    return answer
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str = "") -> Any:
@@ -101,4 +158,4 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 60.0, what: str 
         time.sleep(0.2)
 
 
-__all__ = ["ApiClient", "LocalStack", "http", "start_options", "wait_until"]
+__all__ = ["ApiClient", "LocalStack", "http", "presigned_post", "start_options", "wait_until"]

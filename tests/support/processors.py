@@ -89,3 +89,27 @@ def ticker(ctx: JobContext) -> dict:
             out.write(f"{os.getpid()} {ctx.attempt} {time.time()}\n")
         time.sleep(0.05)
     return {"ticked": True}
+
+
+@processor("logged")
+def logged(ctx: JobContext) -> dict:
+    """Sleeps (``sleep/<seconds>/<n>``) or holds the CPU (``cpu/<seconds>/<n>``) as its key says,
+    and appends ``start`` and ``done`` lines (job id, attempt, pid, time) to the file named by
+    the bucket: system tests count the runs that really finished against the completions the
+    status rows show. ``<n>`` only makes the key, and so the job id, unique."""
+    kind, seconds, _ = ctx.ref.key.split("/", 2)
+    path = Path(ctx.ref.bucket)
+
+    def line(what: str) -> None:
+        with path.open("a") as out:  # one short write: O_APPEND keeps lines whole
+            out.write(f"{what} {ctx.job_id} {ctx.attempt} {os.getpid()} {time.time():.3f}\n")
+
+    line("start")
+    deadline = time.monotonic() + float(seconds)
+    if kind == "cpu":
+        while time.monotonic() < deadline:
+            sum(i * i for i in range(1000))
+    else:
+        time.sleep(float(seconds))
+    line("done")
+    return {"kind": kind, "seconds": float(seconds)}
