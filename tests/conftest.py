@@ -20,6 +20,16 @@ from offload_local.stack import delete_keys, drop_schema
 from tests.support import servers
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--system-long",
+        action="store_true",
+        default=bool(os.environ.get("OFFLOAD_SYSTEM_LONG")),
+        help="system tests (tests/system/) at full size with the shipped worker and reconciler "
+        "settings (also OFFLOAD_SYSTEM_LONG=1); default: the short versions CI runs",
+    )
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
     with servers.moto_server() as endpoint:

@@ -1,0 +1,46 @@
+"""Load through the whole system (``bench/system_load.py`` prints the same run's figures at
+full length): nothing is lost, the status API answers every poll, and the figures are there."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tests.support.system_load import LoadOptions, percentile, report, run_load
+from tests.support.system_stack import SystemConfig
+
+LOAD_CI = LoadOptions(
+    seconds=8, uploaders=4, backlog=16, warmup=8, idle_s=2, poll_only_s=2, drain_timeout_s=90
+)
+LOAD_LONG = LoadOptions(seconds=120)
+
+
+@pytest.mark.timeout(600)
+def test_uploads_under_load_all_complete_and_the_status_api_answers(system, long_run, figures):
+    options = LOAD_LONG if long_run else LOAD_CI
+    run = system(SystemConfig(workers=2, concurrency=2))  # shipped timings
+    result = run_load(run, options)
+    text = report(result)
+    print(text)
+    assert not result.failed, result.failed
+    assert result.uploads > 0
+    completed = run.sql("SELECT count(*) AS n FROM jobs WHERE state = 'completed'")[0]["n"]
+    assert completed == result.uploads + options.warmup, text
+    assert set(result.status_statuses) == {200}, result.status_statuses
+    assert len(result.legs["event_to_active"]) == result.uploads, "a job without its events"
+    assert all(value > 0 for value in result.legs["event_to_active"])
+    assert not math.isnan(result.ours_ms)
+    figures(
+        {
+            "uploads_per_min": round(result.per_minute),
+            "event_to_active_p50_ms": round(1000 * percentile(result.legs["event_to_active"], 0.5)),
+            "event_to_active_p99_ms": round(
+                1000 * percentile(result.legs["event_to_active"], 0.99)
+            ),
+            "status_p50_ms": round(1000 * percentile(result.status_latencies, 0.5), 1),
+            "status_p99_ms": round(1000 * percentile(result.status_latencies, 0.99), 1),
+            "ours_cpu_ms_per_upload": round(result.ours_ms, 2),
+            "ours_net_cpu_ms_per_upload": round(result.ours_net_ms, 2),
+        }
+    )
