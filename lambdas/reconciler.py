@@ -1,8 +1,8 @@
 """Reconciler Lambda (scheduled, e.g. every 5 minutes): re-enqueue what Redis lost.
 
 PostgreSQL is the source of truth; this function puts back into the queue the uploads that are
-in S3 without their jobs and the jobs PostgreSQL has in flight that the queue no longer knows
-(see ``offload.reconcile``). Work per run is bounded by ``OFFLOAD_RECONCILE_LIMIT`` rows per
+in S3 without their jobs and the jobs PostgreSQL has in flight that the queue no longer knows,
+and settles rows whose job the queue has already finished (see ``offload.reconcile``). Work per run is bounded by ``OFFLOAD_RECONCILE_LIMIT`` rows per
 repair (default 500); rows count as stuck after ``OFFLOAD_RECONCILE_AFTER_S`` (default 600 s).
 The counts are logged and published as EMF metrics (namespace ``OFFLOAD_METRICS_NAMESPACE``,
 dimension ``Queue``). A failure (PostgreSQL or Redis down) fails the invocation: the next
@@ -40,6 +40,7 @@ _METRICS = {
     "JobsMissing": "jobs_missing",
     "JobsRequeued": "jobs_requeued",
     "JobsUnrecoverable": "jobs_unrecoverable",
+    "JobsSettled": "jobs_settled",
 }
 
 

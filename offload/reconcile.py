@@ -15,7 +15,14 @@ Two repairs, each bounded per run:
    id. Rows are visited in id order from a cursor kept in Redis, so with more in-flight rows than
    the per-run limit every row is still checked, one page per run.
 
-Both repairs only touch rows older than ``reconcile_after_s``, leaving the normal path (row
+3. **Unsettled jobs.** The same in-flight rows whose job the queue has in a final state
+   (completed or failed) that no worker wrote: an outcome bullmq reached without our worker's
+   status write (a Node BullMQ worker, a job moved by hand or from Bull Board, a worker older
+   than the deferred-failure hook). The row takes the queue's outcome (result, or reason and
+   stack) with a ``job_events`` entry saying so. A job the queue still has in flight needs
+   nothing: the worker that runs it writes its row.
+
+All repairs only touch rows older than ``reconcile_after_s``, leaving the normal path (row
 written, then the job added a few milliseconds later) alone. Jobs are idempotent (same id, same
 output keys), so a repair that races a slow normal path costs at most a repeated run.
 Operators who remove a job from Redis by hand must also end its row (``failed``): otherwise
@@ -27,11 +34,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from offload.db.status import storable_text
 from offload.db.uploads import Upload, UploadStore
 from offload.jobs import JobRef, job_id
 from offload.queue import Producer
@@ -86,6 +96,23 @@ SELECT id, attempt, state, worker_id, %(message)s FROM changed
 """
 
 
+# The queue's final state, copied onto a row still in flight, under the same guard as REQUEUE.
+SETTLE = """
+WITH changed AS (
+    UPDATE jobs SET state = %(state)s, attempt = GREATEST(attempt, %(attempt)s),
+        result = %(result)s, error_message = %(error_message)s, error_stack = %(error_stack)s,
+        progress = CASE WHEN %(state)s = 'completed' THEN '100'::jsonb ELSE progress END,
+        finished_at = COALESCE(%(finished_at)s, now()), updated_at = now()
+    WHERE id = %(id)s AND state = %(seen_state)s AND updated_at = %(updated_at)s
+    RETURNING id, attempt, state, worker_id
+)
+INSERT INTO job_events (job_id, attempt, state, worker_id, message)
+SELECT id, attempt, state, worker_id, %(message)s FROM changed
+"""
+
+FINAL_STATES = ("completed", "failed")
+
+
 @dataclass
 class ReconcileReport:
     uploads_checked: int = 0
@@ -95,6 +122,7 @@ class ReconcileReport:
     jobs_missing: int = 0
     jobs_requeued: int = 0
     jobs_unrecoverable: int = 0
+    jobs_settled: int = 0
     cursor_wrapped: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -203,9 +231,14 @@ class Reconciler:
             },
             dict_row,
         )
+        queue = self.producer.queue
         for row in rows:
             report.jobs_checked += 1
-            if await self.producer.queue.getJob(row["id"]) is not None:
+            job = await queue.getJob(row["id"])
+            if job is not None:
+                # finishedOn is set only by a move to completed/failed (a retry clears it)
+                if job.finishedOn and (state := await queue.getJobState(job.id)) in FINAL_STATES:
+                    report.jobs_settled += await self._settle(row, job, state)
                 continue
             report.jobs_missing += 1
             result = await self._requeue(row)
@@ -240,3 +273,30 @@ class Reconciler:
         await self.producer.enqueue(row["name"], ref)
         log.warning("lost job re-enqueued", extra=fields)
         return "requeued"
+
+    async def _settle(self, row: dict[str, Any], job: Any, state: str) -> int:
+        """Copy the queue's final outcome onto the row; 1 if it moved, 0 if a worker wrote it
+        in between (the row is then the worker's business again)."""
+        failed = state == "failed"
+        message = f"settled by the reconciler: the queue has the job {state} (was {row['state']})"
+        params = {
+            "id": row["id"],
+            "seen_state": row["state"],
+            "updated_at": row["updated_at"],
+            "state": state,
+            "attempt": max(job.attemptsMade, job.attemptsStarted),
+            "result": None if failed else Jsonb(job.returnvalue),
+            "error_message": storable_text(job.failedReason) if failed else None,
+            "error_stack": storable_text(job.stacktrace[-1]) if failed and job.stacktrace else None,
+            "finished_at": datetime.fromtimestamp(job.finishedOn / 1000, UTC),
+            "message": message,
+        }
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(SETTLE, params)
+        if cursor.rowcount == 0:
+            return 0
+        log.warning(
+            "job row settled from the queue",
+            extra={"job_id": row["id"], "upload_id": row["upload_id"], "state": state},
+        )
+        return 1

@@ -197,10 +197,10 @@ def _uploaded(settings, bucket: str, **kwargs) -> dict:
     return upload_row(settings, key)
 
 
-def _enqueue(settings, name: str, ref: JobRef) -> str:
+def _enqueue(settings, name: str, ref: JobRef, opts: dict | None = None) -> str:
     async def go() -> str:
         async with producer(settings) as prod:
-            return await prod.enqueue(name, ref)
+            return await prod.enqueue(name, ref, opts)
 
     return asyncio.run(go())
 
@@ -378,3 +378,58 @@ def test_a_job_row_is_rebuilt_into_the_reference_that_gives_its_id():
     assert ref_for_job_row(row(INSPECT, both, version_id="v2", etag="e")) == both
     broken = row("noop", etag_only) | {"key": "another"}
     assert ref_for_job_row(broken) is None
+
+
+def _finish_outside_our_worker(settings, outcomes: dict[str, str]) -> None:
+    """Run jobs to the end with a bare bullmq worker, which writes no status (as a Node worker
+    or a job moved by hand would): ``outcomes`` maps a job id to "completed" or "failed"."""
+
+    async def run(queue) -> None:
+        async def process(job, token):
+            if outcomes[job.id] == "failed":
+                raise ValueError(f"failed outside: {job.id}")
+            return {"done": job.id}
+
+        worker = Worker(
+            settings.queue_name,
+            process,
+            {
+                "connection": connection_options(settings.redis_url),
+                "prefix": settings.queue_prefix,
+            },
+        )
+        try:
+            for jid, state in outcomes.items():
+                await wait_for(lambda jid=jid, state=state: _in_state(queue, jid, state))
+        finally:
+            await worker.close()
+
+    queue_call(settings, run)
+
+
+async def _in_state(queue, jid: str, state: str) -> bool:
+    return await queue.getJobState(jid) == state
+
+
+def test_in_flight_rows_whose_queue_job_is_final_are_settled(lambda_env, settings, bucket):
+    """A job that ended without our worker writing it (an older worker, Node BullMQ, a move by
+    hand) left its row in flight forever: the row follows the queue's final state."""
+    done = _enqueue(settings, "noop", JobRef("b", "done"))
+    broken = _enqueue(settings, "noop", JobRef("b", "broken", etag="e" * 32), {"attempts": 1})
+    waiting = _enqueue(settings, "noop", JobRef("b", "waiting"))
+    _finish_outside_our_worker(settings, {done: "completed", broken: "failed"})
+    sql(settings, "UPDATE jobs SET state = 'active', attempt = 1 WHERE id <> %s", waiting)
+    age_rows(settings, "jobs", settings.reconcile_after_s + 60)
+
+    report = reconcile()
+    assert (report["jobs_checked"], report["jobs_settled"], report["jobs_requeued"]) == (3, 2, 0)
+    rows = {r["id"]: r for r in job_rows(settings)}
+    assert (rows[done]["state"], rows[done]["result"]) == ("completed", {"done": done})
+    assert rows[done]["finished_at"] is not None
+    assert rows[broken]["state"] == "failed"
+    assert rows[broken]["error_message"] == f"failed outside: {broken}"
+    assert "ValueError" in rows[broken]["error_stack"]
+    assert rows[waiting]["state"] == "queued"  # the queue has it waiting: nothing to settle
+    last = _events(settings, done)[-1]
+    assert last["state"] == "completed" and "settled by the reconciler" in last["message"]
+    assert reconcile()["jobs_settled"] == 0  # settled rows are final: not checked again

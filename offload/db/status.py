@@ -3,7 +3,10 @@
 Rules that keep the row truthful:
 * one row per job id (upsert), whatever the number of attempts or workers;
 * a write carries the attempt number it belongs to, and is ignored when the row already belongs
-  to a later attempt, so a zombie attempt cannot overwrite the live one;
+  to a later attempt, so a zombie attempt cannot overwrite the live one; the start of an
+  attempt is also taken over a final row whatever its number, because a job retried from
+  outside (Node BullMQ, Bull Board) may start counting again at 1;
+* bullmq may end a job without running it (the stall limit): that outcome is written too;
 * outcome writes (active, retrying, completed, failed) retry until PostgreSQL answers: the
   caller only moves the job in the queue after the write returned, so an outage delays an
   outcome but never loses it. Progress is best effort: it is not an outcome.
@@ -54,7 +57,28 @@ WITH changed AS (
         state = 'active', attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
         worker_id = EXCLUDED.worker_id, started_at = now(), finished_at = NULL,
         progress = NULL, result = NULL, updated_at = now()
-    WHERE jobs.attempt <= EXCLUDED.attempt
+    WHERE jobs.attempt <= EXCLUDED.attempt OR jobs.state IN ('completed', 'failed')
+    RETURNING id, attempt, state, worker_id
+)"""
+    + _EVENT
+)
+
+# A job bullmq fails without running it (a deferred failure: the stall limit, a failed child of
+# a flow): the row may be at any in-flight state of the previous attempt, or missing.
+MARK_FAILED_UNRUN = (
+    """
+WITH changed AS (
+    INSERT INTO jobs (id, name, queue, upload_id, owner, bucket, key, revision, state,
+                      attempt, max_attempts, worker_id, error_message, finished_at)
+    VALUES (%(id)s, %(name)s, %(queue)s, %(upload_id)s, %(owner)s, %(bucket)s, %(key)s,
+            %(revision)s, 'failed', %(attempt)s, %(max_attempts)s, %(worker_id)s,
+            %(message)s, now())
+    ON CONFLICT (id) DO UPDATE SET
+        state = 'failed', attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
+        worker_id = EXCLUDED.worker_id, error_message = EXCLUDED.error_message,
+        error_stack = NULL, result = NULL, finished_at = now(), updated_at = now()
+    WHERE jobs.attempt < EXCLUDED.attempt
+       OR (jobs.attempt = EXCLUDED.attempt AND jobs.state <> 'failed')
     RETURNING id, attempt, state, worker_id
 )"""
     + _EVENT
@@ -131,6 +155,21 @@ class StatusStore:
         rows = await until_stored("active", job.job_id, lambda: self._execute(MARK_ACTIVE, params))
         return rows > 0
 
+    async def mark_failed_unrun(
+        self, job: JobIdentity, attempt: int, max_attempts: int, worker_id: str, message: str
+    ) -> bool:
+        """A job failed by bullmq itself, without a run (see MARK_FAILED_UNRUN)."""
+        params = job.columns() | {
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+            "worker_id": worker_id,
+            "message": storable_text(message),
+        }
+        rows = await until_stored(
+            "failed", job.job_id, lambda: self._execute(MARK_FAILED_UNRUN, params)
+        )
+        return rows > 0
+
     async def mark_progress(self, job_id: str, attempt: int, progress: Any) -> bool:
         """Best effort: one try, a failure is logged and dropped."""
         params = {"id": job_id, "attempt": attempt, "progress": Jsonb(progress)}
@@ -166,7 +205,7 @@ class StatusStore:
     async def _finish_with_error(
         self, job_id: str, attempt: int, state: str, message: str, stack: str
     ) -> bool:
-        message, stack = _storable_text(message), _storable_text(stack)
+        message, stack = storable_text(message), storable_text(stack)
         return await self._finish(
             job_id, attempt, state, error_message=message, error_stack=stack, message=message
         )
@@ -199,7 +238,7 @@ WITH changed AS (
 )
 
 
-def _storable_text(text: str) -> str:
+def storable_text(text: str) -> str:
     """PostgreSQL text cannot hold NUL, and an error message may quote binary input: unstored,
     the failure would leave the row ``active`` while the queue has failed the job."""
     return text.replace("\x00", "\N{REPLACEMENT CHARACTER}")

@@ -58,6 +58,7 @@ def env_for(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[
             "OFFLOAD_CONCURRENCY": str(settings.concurrency),
             "OFFLOAD_LOCK_DURATION_MS": str(settings.lock_duration_ms),
             "OFFLOAD_STALLED_INTERVAL_MS": str(settings.stalled_interval_ms),
+            "OFFLOAD_MAX_STALLED_COUNT": str(settings.max_stalled_count),
             "OFFLOAD_DRAIN_DELAY_S": str(settings.drain_delay_s),
             "OFFLOAD_ATTEMPTS": str(settings.default_attempts),
             "OFFLOAD_BACKOFF_MS": str(settings.default_backoff_ms),

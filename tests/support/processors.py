@@ -63,6 +63,15 @@ def crash_until(ctx: JobContext) -> dict:
     return {"attempt": ctx.attempt}
 
 
+@processor("slow_until")
+def slow_until(ctx: JobContext) -> dict:
+    """Sleeps a minute on attempts below ``key`` (long enough for a test to kill its worker),
+    then returns at once."""
+    if ctx.attempt < int(ctx.ref.key):
+        time.sleep(60)
+    return {"attempt": ctx.attempt}
+
+
 @processor("memory_error")
 def memory_error(ctx: JobContext) -> dict:
     if ctx.attempt < int(ctx.ref.key):
