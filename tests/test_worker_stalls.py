@@ -1,4 +1,5 @@
-"""Jobs that bullmq moves without calling the processor: the status row must follow them.
+"""Jobs that bullmq moves without calling the processor (the stall limit, retries and promotions
+made from outside, a crash loop): the status row must follow them.
 
 bullmq fails a job that stalled more than ``maxStalledCount`` times through a deferred failure
 (the stalled check marks the job, the next worker to fetch it fails it without running it), and
@@ -180,3 +181,19 @@ def test_abandoned_job_is_recovered_during_a_crash_loop(settings, tmp_path):
     # Recovery needs the lock to expire and two checks (one marks, the next moves), checks being
     # at most one per stalled interval across workers; plus a worker's start-up under load.
     assert recovered_after < lock_s + 2 * interval_s + 10, (recovered_after, workers)
+
+
+def test_a_retry_promoted_from_outside_is_followed(settings):
+    """Bull Board's "promote" moves a job waiting out its backoff straight to the wait list."""
+    settings = replace(settings, default_attempts=3, default_backoff_ms=120_000)
+
+    async def scenario():
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "fail_until", "2")  # attempt 1 fails, attempt 2 succeeds
+            await wait_for_state(settings, job_id, "retrying")
+            job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "delayed"))
+            await job.promote()
+            return await wait_for_state(settings, job_id, "completed", timeout_s=30)
+
+    row = asyncio.run(scenario())
+    assert (row["attempt"], row["result"]) == (2, {"attempt": 2})
