@@ -6,9 +6,6 @@ import json
 import time
 from urllib.parse import urlsplit
 
-import boto3
-import pytest
-
 from lambdas import runtime
 from offload.jobs import INSPECT, THUMBNAIL
 from tests.support.events import (
@@ -29,20 +26,12 @@ from tests.support.events import (
     upload_row,
     wire_notifications,
 )
+from tests.support.events import (
+    invoke_enqueue as invoke,
+)
 from tests.support.tcpproxy import TcpProxy
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 24
-
-
-def invoke(event: dict) -> dict:
-    from lambdas import enqueue
-
-    return enqueue.handler(event, FakeContext())
-
-
-@pytest.fixture
-def sqs(moto_endpoint):
-    return boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
 
 
 def _put(s3, bucket: str, key: str, body: bytes) -> str:
