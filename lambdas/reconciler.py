@@ -35,6 +35,7 @@ copy_config_to_registered_loggers(source_logger=logger, include={"offload"})
 SAFETY_MARGIN_S = 12.0
 _METRICS = {
     "UploadsRequeued": "uploads_requeued",
+    "UploadsDeferred": "uploads_deferred",
     "JobsEnqueuedByReconciler": "jobs_enqueued",
     "JobsChecked": "jobs_checked",
     "JobsMissing": "jobs_missing",

@@ -269,7 +269,9 @@ def test_uploaded_or_queued_upload_cannot_be_aborted_or_completed(
     from lambdas import runtime
 
     store = runtime.run(runtime.uploads())
-    runtime.run(store.mark_uploaded(view["id"], size_actual=SIZE, etag='"e-4"', version_id=None))
+    uploaded = runtime.run(
+        store.mark_uploaded(view["id"], size_actual=SIZE, etag='"e-4"', version_id=None)
+    )
     complete = call(
         "POST",
         f"/uploads/{view['id']}/complete",
@@ -279,7 +281,7 @@ def test_uploaded_or_queued_upload_cannot_be_aborted_or_completed(
     aborted = call("DELETE", f"/uploads/{view['id']}")
     assert aborted.status == 409
     assert upload_row(settings, view["id"])["state"] == "uploaded"
-    runtime.run(store.mark_queued(view["id"]))
+    runtime.run(store.mark_queued(uploaded))
     assert call("DELETE", f"/uploads/{view['id']}").status == 409
     assert call("GET", f"/uploads/{view['id']}").body["state"] == "queued"
 

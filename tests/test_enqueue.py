@@ -188,28 +188,6 @@ def test_test_events_other_prefixes_and_other_event_kinds_are_skipped(
     assert job_rows(settings) == [] and queue_jobs(settings) == {}
 
 
-def test_an_object_replaced_after_its_upload_was_queued_is_ignored(
-    lambda_env, settings, s3, bucket, caplog, capsys
-):
-    key = insert_upload(settings, bucket, size=5)
-    first = _put(s3, bucket, key, b"hello")
-    invoke(sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, first)))]))
-    second = _put(s3, bucket, key, b"HELLO")
-    caplog.clear()
-    capsys.readouterr()
-    response = invoke(sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, second)))]))
-    assert response["batchItemFailures"] == []
-    (ignored,) = [r for r in caplog.records if r.getMessage() == "event ignored"]
-    assert ignored.reason == "object replaced after its upload was queued"
-    assert ignored.etag == second
-    (emf,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
-    assert emf["ObjectsIgnored"] == [1.0] and "ObjectsAccepted" not in emf
-    row = upload_row(settings, key)
-    assert (row["state"], row["etag"]) == ("queued", first)
-    assert [r["revision"] for r in job_rows(settings)] == [first]
-    assert len(queue_jobs(settings)) == 1
-
-
 def test_the_object_is_headed_only_when_the_event_lacks_its_size(lambda_env, settings, s3, bucket):
     key = insert_upload(settings, bucket, size=5)
     etag = _put(s3, bucket, key, b"hello")
