@@ -188,6 +188,39 @@ def test_test_events_other_prefixes_and_other_event_kinds_are_skipped(
     assert job_rows(settings) == [] and queue_jobs(settings) == {}
 
 
+def test_objects_for_aborted_or_rejected_uploads_are_acknowledged_without_a_job(
+    lambda_env, settings, s3, sqs, bucket, caplog, capsys
+):
+    """A client may still send the bytes after its upload was aborted (or rejected): S3's real
+    event is acknowledged (retrying cannot change the answer), logged, and changes nothing."""
+    url = wire_notifications(s3, sqs, bucket)
+    aborted = insert_upload(settings, bucket, size=5, state="aborted")
+    rejected = insert_upload(settings, bucket, size=5, state="rejected")
+    sql(
+        settings,
+        "UPDATE uploads SET error = 'object is 7 bytes, 5 were announced', size_actual = 7"
+        " WHERE key = %s",
+        rejected,
+    )
+    before = {key: upload_row(settings, key) for key in (aborted, rejected)}
+    for key in before:
+        _put(s3, bucket, key, b"hello")
+    messages = receive_all(sqs, url, expected=3)  # TestEvent + the two objects
+    caplog.clear()
+    capsys.readouterr()
+
+    assert invoke(from_sqs_messages(messages)) == {"batchItemFailures": []}
+    assert {key: upload_row(settings, key) for key in before} == before  # updated_at too
+    assert job_rows(settings) == [] and queue_jobs(settings) == {}
+    ignored = {r.upload_id: r.reason for r in caplog.records if r.getMessage() == "event ignored"}
+    assert ignored == {
+        before[aborted]["id"]: "upload is aborted",
+        before[rejected]["id"]: "upload is rejected",
+    }
+    (emf,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
+    assert emf["ObjectsIgnored"] == [1.0, 1.0] and "ObjectsAccepted" not in emf
+
+
 def test_the_object_is_headed_only_when_the_event_lacks_its_size(lambda_env, settings, s3, bucket):
     key = insert_upload(settings, bucket, size=5)
     etag = _put(s3, bucket, key, b"hello")
