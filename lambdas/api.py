@@ -241,14 +241,16 @@ def list_jobs() -> Response:
 
 
 def _job_answer(owner: str, row: Any) -> dict[str, Any]:
-    """A job as the API shows it, with ``links``: presigned GETs of a completed job's outputs."""
+    """A job as the API shows it, with ``links``: presigned GETs of a completed job's outputs.
+    A superseded job (for an older version of its upload's object) gets none: its outputs'
+    keys are the upload's, and hold the newest version's outputs."""
     from offload.aws import s3_client
     from offload.db.job_queries import job_view
 
     view = job_view(row)
     view["links"] = []
     view["outputsArchived"] = False
-    if row.state == "completed" and row.upload_id:
+    if row.state == "completed" and row.upload_id and not row.superseded:
         settings = _runtime().settings()
         now = datetime.now(UTC)
         if uploads.outputs_archived(row.finished_at, settings.processed_archive_after_days, now):
@@ -287,6 +289,9 @@ async def _retry(owner: str, job_id: str) -> Any:
     row = await _owned_job(owner, job_id)
     if row.state != "failed":
         raise Conflict(f"job is {row.state}; only a failed job can be retried")
+    if row.superseded:
+        # Run again, it would write the upload's outputs over the newest version's.
+        raise Conflict("job is for an older version of the uploaded object; it cannot be retried")
     queue = (await runtime.producer()).queue
     job = await queue.getJob(job_id)
     if job is None:

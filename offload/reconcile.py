@@ -1,12 +1,15 @@
 """Reconciliation: PostgreSQL is the source of truth, Redis only dispatches.
 
-Two repairs, each bounded per run:
+Three repairs, each bounded per run:
 
 1. **Stranded uploads.** An upload whose object is in S3 (state ``uploaded``, or ``queued`` but
-   without job rows) for longer than ``reconcile_after_s``: its missing jobs are enqueued
-   (same deterministic ids as the enqueue Lambda's, so a late S3 event changes nothing) and
-   the row is marked ``queued``. This covers an enqueue Lambda that stored ``uploaded`` and then
-   lost Redis, and messages that ended in the DLQ after the row was updated.
+   without job rows for the object the row names) for longer than ``reconcile_after_s``: its
+   missing jobs are enqueued (same deterministic ids as the enqueue Lambda's, so a late S3
+   event changes nothing) and the row is marked ``queued``. This covers an enqueue Lambda that
+   stored ``uploaded`` and then lost Redis, messages that ended in the DLQ after the row was
+   updated, and a newer version whose jobs the enqueue Lambda deferred: it stays ``uploaded``
+   until no job of an older version is in flight (all versions write the same output keys,
+   and the newest must write last).
 2. **Lost jobs.** A job row ``queued``/``active``/``retrying`` not updated for
    ``reconcile_after_s`` whose job the queue no longer has (``Queue.getJob`` is None, e.g. the
    newest writes lost in an ElastiCache failover, or a ``queued`` row whose add never reached
@@ -14,7 +17,6 @@ Two repairs, each bounded per run:
    accepted) with a ``job_events`` entry saying why, then the job is added again under the same
    id. Rows are visited in id order from a cursor kept in Redis, so with more in-flight rows than
    the per-run limit every row is still checked, one page per run.
-
 3. **Unsettled jobs.** The same in-flight rows whose job the queue has in a final state
    (completed or failed) that no worker wrote: an outcome bullmq reached without our worker's
    status write (a Node BullMQ worker, a job moved by hand or from Bull Board, a worker older
@@ -42,16 +44,15 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.status import storable_text
-from offload.db.uploads import Upload, UploadStore
+from offload.db.uploads import Upload, UploadStore, revision_sql
 from offload.jobs import JobRef, job_id
 from offload.queue import Producer
-from offload.s3events import planned_jobs
+from offload.s3events import IN_FLIGHT, older_in_flight, planned_jobs, upload_jobs
 from offload.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 500
-IN_FLIGHT = ("queued", "active", "retrying")
 _ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 
 _UPLOAD_COLUMNS = (
@@ -64,12 +65,11 @@ STRANDED_UPLOADS = f"""
 SELECT {_UPLOAD_COLUMNS} FROM uploads u
 WHERE u.updated_at < now() - make_interval(secs => %(after_s)s)
   AND (u.state = 'uploaded'
-       OR (u.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id)))
+       OR (u.state = 'queued' AND NOT EXISTS (
+           SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.revision = {revision_sql("u")})))
 ORDER BY u.updated_at, u.id
 LIMIT %(limit)s
 """
-
-EXISTING_JOBS = "SELECT id FROM jobs WHERE id = ANY(%(ids)s)"
 
 IN_FLIGHT_JOBS = """
 SELECT j.id, j.name, j.upload_id, j.owner, j.bucket, j.key, j.revision, j.state, j.updated_at,
@@ -117,6 +117,7 @@ FINAL_STATES = ("completed", "failed")
 class ReconcileReport:
     uploads_checked: int = 0
     uploads_requeued: int = 0
+    uploads_deferred: int = 0
     jobs_enqueued: int = 0
     jobs_checked: int = 0
     jobs_missing: int = 0
@@ -197,20 +198,19 @@ class Reconciler:
         )
         for upload in uploads:
             report.uploads_checked += 1
+            jobs = await upload_jobs(self.pool, upload.id)
+            if older_in_flight(upload, jobs):
+                report.uploads_deferred += 1  # checked again on the next run
+                continue
             planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
-            existing = {
-                row["id"]
-                for row in await self._fetch(
-                    EXISTING_JOBS, {"ids": [jid for jid, _, _ in planned]}, dict_row
-                )
-            }
+            existing = {job.id for job in jobs}
             # Jobs with a row are repair 2's business (and re-adding a finished job whose Redis
             # entry was removed by retention would run it again).
             for jid, name, ref in planned:
                 if jid not in existing:
                     await self.producer.enqueue(name, ref)
                     report.jobs_enqueued += 1
-            if await self.uploads.mark_queued(upload.id) is not None:
+            if await self.uploads.mark_queued(upload) is not None:
                 report.uploads_requeued += 1
                 log.info(
                     "stranded upload queued",

@@ -29,6 +29,9 @@ from tests.support.events import (
     sql,
     upload_row,
 )
+from tests.support.events import (
+    invoke_reconciler as reconcile,
+)
 from tests.support.harness import producer, running_worker, wait_for, wait_for_state
 from tests.support.servers import unique_name
 
@@ -176,12 +179,6 @@ def test_waiting_since_counts_from_the_last_attempt_of_a_retried_job():
 
 
 ORPHAN_ETAG = "d41d8cd98f00b204e9800998ecf8427e"
-
-
-def reconcile() -> dict:
-    from lambdas import reconciler
-
-    return reconciler.handler({}, FakeContext())
 
 
 def _uploaded(settings, bucket: str, **kwargs) -> dict:
