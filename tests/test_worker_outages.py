@@ -8,7 +8,6 @@ import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
@@ -22,7 +21,7 @@ from tests.support.harness import (
     wait_for,
     wait_for_state,
 )
-from tests.support.tcpproxy import TcpProxy
+from tests.support.tcpproxy import proxy_for, url_through
 
 
 def _all_gone(processes: list[psutil.Process]) -> bool:
@@ -135,17 +134,9 @@ async def _completed_count(queue, expected: int) -> bool:
     return (await queue.getJobCounts("completed"))["completed"] == expected
 
 
-def _via_proxy(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    auth = netloc[0] + "@" if len(netloc) == 2 else ""
-    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
-
-
 def test_postgres_outage_loses_no_outcome(settings):
-    pg = urlsplit(settings.database_url)
-    proxy = TcpProxy(pg.hostname or "127.0.0.1", pg.port or 5432).start()
-    worker_settings = replace(settings, database_url=_via_proxy(settings.database_url, proxy.port))
+    proxy = proxy_for(settings.database_url, 5432)
+    worker_settings = replace(settings, database_url=url_through(settings.database_url, proxy.port))
 
     async def scenario():
         async with producer(settings) as prod:
@@ -194,9 +185,8 @@ def test_worker_process_exits_cleanly_on_sigint(settings, tmp_path):
 def test_redis_outage_mid_run_loses_no_job(settings):
     """The connection to Redis drops (as in a restart or failover) while a job runs and while
     the worker idles; once Redis is back, the running job and new ones complete."""
-    target = urlsplit(settings.redis_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
-    worker_settings = replace(settings, redis_url=_via_proxy(settings.redis_url, proxy.port))
+    proxy = proxy_for(settings.redis_url, 6379)
+    worker_settings = replace(settings, redis_url=url_through(settings.redis_url, proxy.port))
 
     async def scenario():
         async with producer(settings) as prod, running_worker(worker_settings):

@@ -15,6 +15,8 @@ Rules that keep the row truthful:
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -210,20 +212,42 @@ class StatusStore:
             job_id, attempt, state, error_message=message, error_stack=stack, message=message
         )
 
-    async def mark_requeued(
-        self, job_id: str, attempt: int, *, owner: str | None = None, message: str | None = None
-    ) -> bool:
-        """A failed job back to ``queued`` after a retry (see MARK_REQUEUED); False when the
-        row is no longer failed at ``attempt`` (a worker already took the retried job)."""
+    @asynccontextmanager
+    async def retry_claim(
+        self, job_id: str, attempt: int, *, owner: str, message: str
+    ) -> AsyncIterator[bool]:
+        """Claim a failed row for a user's retry (MARK_REQUEUED) and hold the claim while the
+        caller moves the job in the queue: the claim commits when the block ends, and is rolled
+        back when it raises. Yields False when the row is no longer failed at ``attempt``
+        (another retry claimed it, or a worker already ran it again): the caller must not
+        touch the queue then.
+
+        Holding the claim in an open transaction, rather than writing it and undoing it, is
+        what keeps the row truthful whatever fails in between:
+
+        * a concurrent claim waits on the row lock, then finds the row changed (one winner);
+        * a worker that takes the retried job at once waits on the lock too, and its
+          ``active`` (a later attempt) lands after the claim, never under it;
+        * if the queue refuses the retry, or Redis or PostgreSQL fails before the commit, the
+          row is still ``failed`` with its error: nothing to undo, so no undo that can fail.
+          The one inconsistency left is a retry Redis applied whose claim was lost (PostgreSQL
+          died before the commit, or Redis answered too late): the row says ``failed`` while
+          the job waits, until the worker that takes it writes ``active``; a retry meanwhile
+          gets 409 from the queue. A row is never ``queued`` for a job that is not.
+
+        One call, one try: the caller answers a request, so an outage is its caller's to retry
+        (503), unlike the worker's writes."""
         params = {"id": job_id, "attempt": attempt, "owner": owner, "message": message}
-        rows = await until_stored("requeued", job_id, lambda: self._execute(MARK_REQUEUED, params))
-        return rows > 0
+        async with self._pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(MARK_REQUEUED, params)
+            yield cursor.rowcount > 0
 
 
-# A failed job put back in the queue by a user's retry. Only a row that is still ``failed`` at
-# the attempt the caller saw moves, so a worker that has already picked the retried job up
-# (``active``, or even finished it again) is never overwritten. The attempt number is kept:
-# bullmq keeps counting attempts, and the row's guard on later writes relies on that.
+# A failed job put back in the queue by a user's retry (StatusStore.retry_claim). Only a row
+# that is still ``failed`` at the attempt the caller saw, and is the caller's, moves: a second
+# retry of the same failure, or one that comes after a worker has already run the job again,
+# changes nothing. The attempt number is kept: bullmq keeps counting attempts, and the row's
+# guard on later writes (a worker's ``active`` for attempt + 1) relies on that.
 MARK_REQUEUED = (
     """
 WITH changed AS (
@@ -231,7 +255,7 @@ WITH changed AS (
         state = 'queued', progress = NULL, result = NULL, error_message = NULL,
         error_stack = NULL, worker_id = NULL, finished_at = NULL, updated_at = now()
     WHERE id = %(id)s AND state = 'failed' AND attempt = %(attempt)s
-      AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+      AND owner = %(owner)s
     RETURNING id, attempt, state, worker_id
 )"""
     + _EVENT
