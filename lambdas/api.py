@@ -324,6 +324,10 @@ async def _retry(owner: str, job_id: str) -> Any:
             if await queue.getJob(job_id) is None:
                 raise Conflict(_GONE) from exc
             raise Conflict("job is not failed in the queue; it may still be finishing") from exc
+        # A fresh stall allowance: bullmq keeps the stall count across retries, so a job the
+        # stall limit failed would fail again at its next single crash. (Milliseconds after the
+        # move, long before a run could stall: that takes a whole lock duration.)
+        await queue.client.hdel(queue.toKey(job_id), "stc")
     return await _owned_job(owner, job_id)
 
 

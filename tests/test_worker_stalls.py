@@ -61,25 +61,34 @@ def test_a_job_stalled_past_the_limit_is_failed_in_postgres_too_and_can_run_agai
     settings = replace(
         settings, lock_duration_ms=1000, stalled_interval_ms=1000, max_stalled_count=1
     )
-    # slow on attempts 1 and 2 (each killed), quick from attempt 3 on; owned by the API's caller
-    ref = JobRef(bucket="b", key="3", owner="user-a")
+    # slow on attempts 1, 2 and 4 (each killed), quick from attempt 5; owned by the API's caller
+    ref = JobRef(bucket="b", key="5", owner="user-a")
+
+    async def crash(job_id: str, attempt: int, name: str) -> None:
+        worker = spawn_worker(settings, tmp_path / f"worker-{name}.log")
+        try:
+            await _active_at(settings, job_id, attempt, timeout_s=60)
+        finally:
+            _kill(worker)
 
     async def scenario():
         async with producer(settings) as prod:
             job_id = await prod.enqueue("slow_until", ref)
-            for attempt in (1, 2):  # two crashes during the same job
-                worker = spawn_worker(settings, tmp_path / f"worker-{attempt}.log")
-                try:
-                    await _active_at(settings, job_id, attempt, timeout_s=60)
-                finally:
-                    _kill(worker)
+            await crash(job_id, 1, "1")  # two crashes during the same job
+            await crash(job_id, 2, "2")
             worker = spawn_worker(settings, tmp_path / "worker-3.log")
             try:
                 failed = await wait_for(
                     lambda: queue_job_in_state(prod.queue, job_id, "failed"), timeout_s=60
                 )
                 row = await wait_for_state(settings, job_id, "failed", timeout_s=30)
-                retried = await asyncio.to_thread(apigw.call, "POST", f"/jobs/{job_id}/retry")
+            finally:
+                _kill(worker)
+            retried = await asyncio.to_thread(apigw.call, "POST", f"/jobs/{job_id}/retry")
+            # The retry starts with a fresh stall allowance: one crash does not fail it again.
+            await crash(job_id, 4, "4")
+            worker = spawn_worker(settings, tmp_path / "worker-5.log")
+            try:
                 done = await wait_for_state(settings, job_id, "completed", timeout_s=60)
             finally:
                 _kill(worker)
@@ -91,9 +100,12 @@ def test_a_job_stalled_past_the_limit_is_failed_in_postgres_too_and_can_run_agai
     assert row["finished_at"] is not None
     assert row["attempt"] == 3  # bullmq counted the start that found the deferred failure
     assert retried.status == 200, retried.body
-    assert done["attempt"] == 4 and done["result"] == {"attempt": 4}
+    assert done["attempt"] == 5 and done["result"] == {"attempt": 5}
     states = [event["state"] for event in job_events(settings, row["id"])]
-    assert states == ["queued", "active", "active", "failed", "queued", "active", "completed"]
+    assert states == [
+        *["queued", "active", "active", "failed"],
+        *["queued", "active", "active", "completed"],
+    ]
 
 
 def test_a_job_retried_from_outside_with_its_attempts_reset_is_followed(settings):
