@@ -98,3 +98,16 @@ def ticker(ctx: JobContext) -> dict:
             out.write(f"{os.getpid()} {ctx.attempt} {time.time()}\n")
         time.sleep(0.05)
     return {"ticked": True}
+
+
+@processor("gated")
+def gated(ctx: JobContext) -> dict:
+    """Runs until a file ``go`` exists in the directory named by the bucket, then appends
+    ``<job id> <attempt> <time>`` to ``done.log`` there: the test decides when the work ends
+    (e.g. during an outage) and sees when it did, however loaded the machine is."""
+    directory = Path(ctx.ref.bucket)
+    while not (directory / "go").exists():
+        time.sleep(0.02)
+    with (directory / "done.log").open("a") as out:
+        out.write(f"{ctx.job_id} {ctx.attempt} {time.time()}\n")
+    return {"attempt": ctx.attempt}
