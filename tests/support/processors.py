@@ -98,3 +98,14 @@ def ticker(ctx: JobContext) -> dict:
             out.write(f"{os.getpid()} {ctx.attempt} {time.time()}\n")
         time.sleep(0.05)
     return {"ticked": True}
+
+
+@processor("gated")
+def gated(ctx: JobContext) -> dict:
+    """Waits until the file ``go-<attempt>`` exists in the directory named by the bucket, then
+    reports progress and returns: lets a test decide when each attempt ends."""
+    gate = Path(ctx.ref.bucket) / f"go-{ctx.attempt}"
+    while not gate.exists():
+        time.sleep(0.05)
+    ctx.report_progress(50)
+    return {"attempt": ctx.attempt}
