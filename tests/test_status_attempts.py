@@ -17,7 +17,6 @@ from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -35,7 +34,7 @@ from tests.support.harness import (
     wait_for,
     wait_for_state,
 )
-from tests.support.tcpproxy import TcpProxy
+from tests.support.tcpproxy import proxy_for, url_through
 
 JOB = JobIdentity("job-1", "inspect", "uploads", JobRef("bucket", "uploads/a/b/c.bin"))
 
@@ -158,11 +157,6 @@ def test_a_new_run_starting_at_attempt_1_is_taken_over_a_final_row(settings, fin
 # --- with real workers ------------------------------------------------------------------------
 
 
-def _via_proxy(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(netloc=f"{parts.hostname}:{port}"))
-
-
 def _logged(caplog: pytest.LogCaptureFixture, message: str, job_id: str, attempt: int) -> bool:
     return any(
         record.getMessage() == message
@@ -183,9 +177,8 @@ def test_a_worker_that_lost_its_lock_cannot_overwrite_the_attempt_that_took_over
     settings = replace(
         settings, lock_duration_ms=2000, stalled_interval_ms=1000, max_stalled_count=1
     )
-    redis = urlsplit(settings.redis_url)
-    proxy = TcpProxy(redis.hostname or "127.0.0.1", redis.port or 6379).start()
-    settings_a = replace(settings, redis_url=_via_proxy(settings.redis_url, proxy.port))
+    proxy = proxy_for(settings.redis_url, 6379)
+    settings_a = replace(settings, redis_url=url_through(settings.redis_url, proxy.port))
     gates = tmp_path / "gates"
     gates.mkdir()
 
