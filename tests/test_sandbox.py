@@ -5,11 +5,16 @@ start. Real worker, Redis and PostgreSQL; real child processes."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+import itertools
+import logging
+import re
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
 
+from fargate_worker import sandbox
+from fargate_worker.errors import SandboxCrashed
 from offload.settings import Settings
 from tests.support.harness import (
     add,
@@ -120,3 +125,74 @@ def test_text_that_only_looks_like_an_escaped_nul_is_stored(settings):
     assert outcome.row["state"] == "completed", outcome.row["error_message"]
     assert outcome.row["result"] == {"text": "a \\u0000 in the text, and \\\\u0000"}
     assert outcome.job.returnvalue == outcome.row["result"]
+
+
+# --- children that will not start ------------------------------------------------------------
+
+_START_FAILED = re.compile(r"sandbox child failed to start \((.*)\), retrying in ([0-9.]+)s")
+
+
+def _start_failures(
+    caplog: pytest.LogCaptureFixture, since: int = 0
+) -> list[tuple[float, str, float]]:
+    """(when, why, announced delay) of each failed start the pool logged."""
+    found = []
+    for record in caplog.records[since:]:
+        match = _START_FAILED.fullmatch(record.getMessage())
+        if match:
+            found.append((record.created, match[1], float(match[2])))
+    return found
+
+
+async def _crash_a_child(pool: sandbox.SandboxPool) -> None:
+    """A job whose child dies mid-run: the pool replaces the child."""
+    with pytest.raises(SandboxCrashed):
+        await pool.run("crash", "crash_until", 1, {"bucket": "b", "key": "2"}, 60, print)
+
+
+def test_children_that_fail_to_start_are_respawned_with_growing_delays(
+    settings, monkeypatch, caplog
+):
+    """A replacement child that dies before it is ready (here: a LOG_LEVEL its logging refuses,
+    in the environment each new child gets from the worker) is started again after a delay
+    that grows along RESPAWN_BACKOFF_S and stays at its last value; a child that starts resets
+    the delays. Jobs wait for a child meanwhile, and run once one starts."""
+    monkeypatch.setattr(sandbox, "RESPAWN_BACKOFF_S", (0.2, 0.4, 0.8))
+    caplog.set_level(logging.ERROR, logger="fargate_worker.sandbox")
+    settings = replace(settings, concurrency=1)
+
+    async def scenario():
+        pool = sandbox.SandboxPool(settings, 1)
+        await pool.start()
+        try:
+            monkeypatch.setenv("LOG_LEVEL", "NO-SUCH-LEVEL")
+            await _crash_a_child(pool)
+            waiting = asyncio.ensure_future(
+                pool.run("j1", "noop", 1, {"bucket": "b", "key": "k"}, 60, print)
+            )
+            await wait_for(lambda: len(_start_failures(caplog)) >= 5, timeout_s=60)
+            failures = _start_failures(caplog)
+            assert not waiting.done() and pool.child_pids == []
+            monkeypatch.setenv("LOG_LEVEL", "INFO")
+            result = await asyncio.wait_for(waiting, 60)
+            # once a child has started, a new run of failures starts from the first delay
+            mark = len(caplog.records)
+            monkeypatch.setenv("LOG_LEVEL", "NO-SUCH-LEVEL")
+            await _crash_a_child(pool)
+            await wait_for(lambda: len(_start_failures(caplog, mark)) >= 2, timeout_s=60)
+            again = _start_failures(caplog, mark)
+            monkeypatch.setenv("LOG_LEVEL", "INFO")
+            await wait_for(lambda: len(pool.child_pids) == 1, timeout_s=60)
+            return failures, result, again
+        finally:
+            await pool.close()
+
+    failures, result, again = asyncio.run(scenario())
+    assert all(why == "child exited with code 1" for _, why, _ in failures), failures
+    delays = [delay for _, _, delay in failures]
+    assert delays[:5] == [0.2, 0.4, 0.8, 0.8, 0.8]  # growing, then capped
+    # each start came after the delay announced before it (a lower bound: no upper one)
+    for (at, _, delay), (next_at, _, _) in itertools.pairwise(failures):
+        assert next_at - at >= delay - 0.05, (delay, next_at - at)
+    assert result == {"ok": True}
+    assert [delay for _, _, delay in again[:2]] == [0.2, 0.4]  # reset by the successful start
