@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import JobRef
 from offload.settings import Settings
@@ -31,22 +29,13 @@ from tests.support.harness import (
     producer,
     queue_job_in_state,
     running_worker,
+    status_store,
     wait_for,
     wait_for_state,
 )
 from tests.support.tcpproxy import proxy_for, url_through
 
 JOB = JobIdentity("job-1", "inspect", "uploads", JobRef("bucket", "uploads/a/b/c.bin"))
-
-
-@asynccontextmanager
-async def status_store(settings: Settings) -> AsyncIterator[StatusStore]:
-    pool = create_pool(settings.database_url, settings.database_schema, max_size=2)
-    await pool.open(wait=True, timeout=10)
-    try:
-        yield StatusStore(pool)
-    finally:
-        await pool.close()
 
 
 def _snapshot(settings: Settings) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
