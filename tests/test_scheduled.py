@@ -32,13 +32,7 @@ from tests.support.events import (
     sql,
     upload_row,
 )
-from tests.support.harness import (
-    producer,
-    running_worker,
-    status_store,
-    wait_for,
-    wait_for_state,
-)
+from tests.support.harness import producer, running_worker, wait_for, wait_for_state
 from tests.support.servers import unique_name
 
 # --- queue metrics ----------------------------------------------------------------------------
@@ -446,6 +440,7 @@ def test_in_flight_rows_whose_queue_job_is_final_are_settled(lambda_env, setting
 
 def _started_by_our_worker(settings, jid: str, name: str, ref: JobRef) -> None:
     """The row our worker writes when it starts attempt 1 of job ``jid`` (then dies)."""
+    from tests.support.harness import status_store
 
     async def start() -> None:
         async with status_store(settings) as store:
