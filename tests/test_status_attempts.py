@@ -174,7 +174,7 @@ def test_a_worker_that_lost_its_lock_cannot_overwrite_the_attempt_that_took_over
     async def scenario():
         async with producer(settings) as prod:
             async with running_worker(settings_a) as worker_a:
-                job_id = await add(prod, "gated", "k", bucket=str(gates))
+                job_id = await add(prod, "gated_by_attempt", "k", bucket=str(gates))
                 first = await wait_for_state(settings, job_id, "active", timeout_s=30)
                 assert first["worker_id"] == worker_a.worker_id
                 proxy.cut()

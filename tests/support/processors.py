@@ -80,36 +80,8 @@ def slow_until(ctx: JobContext) -> dict:
     return {"attempt": ctx.attempt}
 
 
-@processor("memory_error")
-def memory_error(ctx: JobContext) -> dict:
-    if ctx.attempt < int(ctx.ref.key):
-        raise MemoryError("simulated out of memory")
-    return {"attempt": ctx.attempt}
-
-
-@processor("progress")
-def progress(ctx: JobContext) -> dict:
-    for percent in (10, 50, 90):
-        ctx.report_progress(percent)
-        time.sleep(0.3)
-    return {"done": True}
-
-
-@processor("ticker")
-def ticker(ctx: JobContext) -> dict:
-    """Appends a line to the file named by the bucket every 50 ms for ``key`` seconds: lets a
-    test see whether a child keeps writing after its worker died."""
-    path = Path(ctx.ref.bucket)
-    deadline = time.monotonic() + float(ctx.ref.key)
-    while time.monotonic() < deadline:
-        with path.open("a") as out:
-            out.write(f"{os.getpid()} {ctx.attempt} {time.time()}\n")
-        time.sleep(0.05)
-    return {"ticked": True}
-
-
-@processor("gated")
-def gated(ctx: JobContext) -> dict:
+@processor("gated_by_attempt")
+def gated_by_attempt(ctx: JobContext) -> dict:
     """Waits until the file ``go-<attempt>`` exists in the directory named by the bucket, then
     reports progress and returns: lets a test decide when each attempt ends."""
     gate = Path(ctx.ref.bucket) / f"go-{ctx.attempt}"
@@ -148,3 +120,31 @@ RESULTS = {
 def returns(ctx: JobContext) -> object:
     """Returns the result named by the job's key (see RESULTS)."""
     return RESULTS[ctx.ref.key]()
+
+
+@processor("memory_error")
+def memory_error(ctx: JobContext) -> dict:
+    if ctx.attempt < int(ctx.ref.key):
+        raise MemoryError("simulated out of memory")
+    return {"attempt": ctx.attempt}
+
+
+@processor("progress")
+def progress(ctx: JobContext) -> dict:
+    for percent in (10, 50, 90):
+        ctx.report_progress(percent)
+        time.sleep(0.3)
+    return {"done": True}
+
+
+@processor("ticker")
+def ticker(ctx: JobContext) -> dict:
+    """Appends a line to the file named by the bucket every 50 ms for ``key`` seconds: lets a
+    test see whether a child keeps writing after its worker died."""
+    path = Path(ctx.ref.bucket)
+    deadline = time.monotonic() + float(ctx.ref.key)
+    while time.monotonic() < deadline:
+        with path.open("a") as out:
+            out.write(f"{os.getpid()} {ctx.attempt} {time.time()}\n")
+        time.sleep(0.05)
+    return {"ticked": True}
