@@ -18,6 +18,8 @@ from bullmq import Queue
 from psycopg.rows import dict_row
 
 from fargate_worker.worker import OffloadWorker
+from offload.db.pool import create_pool
+from offload.db.status import StatusStore
 from offload.jobs import JobRef
 from offload.queue import Producer
 from offload.queue import producer as producer
@@ -93,6 +95,17 @@ async def running_worker(settings: Settings) -> AsyncIterator[OffloadWorker]:
         yield worker
     finally:
         await worker.shutdown(grace_s=5)
+
+
+@asynccontextmanager
+async def status_store(settings: Settings) -> AsyncIterator[StatusStore]:
+    """The worker's status store on a pool of its own: writes exactly as a worker makes them."""
+    pool = create_pool(settings.database_url, settings.database_schema, max_size=2)
+    await pool.open(wait=True, timeout=10)
+    try:
+        yield StatusStore(pool)
+    finally:
+        await pool.close()
 
 
 async def add(
