@@ -196,3 +196,36 @@ def test_children_that_fail_to_start_are_respawned_with_growing_delays(
         assert next_at - at >= delay - 0.05, (delay, next_at - at)
     assert result == {"ok": True}
     assert [delay for _, _, delay in again[:2]] == [0.2, 0.4]  # reset by the successful start
+
+
+def test_a_child_that_cannot_even_be_created_is_retried(settings, monkeypatch, caplog):
+    """Creating a child can fail before it starts (its pipe: no file descriptor left, EMFILE):
+    the pool retries with the same backoff instead of staying a child short for good."""
+    monkeypatch.setattr(sandbox, "RESPAWN_BACKOFF_S", (0.2,))
+    caplog.set_level(logging.ERROR, logger="fargate_worker.sandbox")
+    settings = replace(settings, concurrency=1)
+    real_pipe = sandbox._MP.Pipe
+    refusals = [OSError(24, "Too many open files")] * 2
+
+    def pipe(*args: Any, **kwargs: Any) -> Any:
+        if refusals:
+            raise refusals.pop()
+        return real_pipe(*args, **kwargs)
+
+    async def scenario():
+        pool = sandbox.SandboxPool(settings, 1)
+        await pool.start()
+        try:
+            monkeypatch.setattr(sandbox._MP, "Pipe", pipe)
+            await _crash_a_child(pool)
+            result = await asyncio.wait_for(
+                pool.run("j1", "noop", 1, {"bucket": "b", "key": "k"}, 60, print), 60
+            )
+            return result, pool.child_pids
+        finally:
+            await pool.close()
+
+    result, pids = asyncio.run(scenario())
+    assert result == {"ok": True} and len(pids) == 1
+    assert refusals == []
+    assert [why for _, why, _ in _start_failures(caplog)] == ["[Errno 24] Too many open files"] * 2
