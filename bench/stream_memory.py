@@ -117,8 +117,10 @@ def moto_cpu_s() -> float:
     same 2 cores the reader needs."""
     import psutil
 
+    from offload_local.servers import MOTO_MODULE
+
     servers = [
-        child for child in psutil.Process().children() if "moto.server" in " ".join(child.cmdline())
+        child for child in psutil.Process().children() if MOTO_MODULE in " ".join(child.cmdline())
     ]
     if len(servers) != 1:
         raise RuntimeError(f"expected one moto server child, found {len(servers)}")

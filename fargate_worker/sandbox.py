@@ -235,14 +235,19 @@ class SandboxPool:
     async def _spawn_with_retry(self) -> None:
         attempt = 0
         while not self._closed:
-            box = SandboxProcess(self._settings, self._settings.sandbox_max_jobs)
+            box: SandboxProcess | None = None
             try:
+                # inside the try: creating the child's pipe fails too when no file descriptor
+                # is left (EMFILE), and the pool must not stay a child short for good
+                box = SandboxProcess(self._settings, self._settings.sandbox_max_jobs)
                 await box.start()
             except asyncio.CancelledError:
-                box.kill()  # the pool is closing: no half-started child may outlive it
+                if box is not None:
+                    box.kill()  # the pool is closing: no half-started child may outlive it
                 raise
             except (SandboxCrashed, TimeoutError, OSError) as exc:
-                await box.dispose()
+                if box is not None:
+                    await box.dispose()
                 delay = RESPAWN_BACKOFF_S[min(attempt, len(RESPAWN_BACKOFF_S) - 1)]
                 log.error("sandbox child failed to start (%s), retrying in %ss", exc, delay)
                 attempt += 1

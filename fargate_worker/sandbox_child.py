@@ -16,6 +16,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import select
 import signal
 import sys
@@ -92,14 +93,46 @@ def _run_one(message: tuple, registry: dict, settings: Settings, conn: Connectio
     try:
         result = processor.fn(context)
     except (PermanentJobError, InvalidJobData) as exc:
-        return ("error", True, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return _failure(True, exc)
     except BaseException as exc:
-        return ("error", False, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-    try:
-        json.dumps(result)  # the result is stored as JSON in Redis and PostgreSQL
-    except (TypeError, ValueError) as exc:
-        return ("error", True, f"result of {name!r} is not JSON-serialisable: {exc}", "")
+        return _failure(False, exc)
+    problem = unstorable(result)
+    if problem:
+        return ("error", True, f"result of {name!r} is not JSON-serialisable: {problem}", "")
     return ("done", result)
+
+
+def _failure(permanent: bool, exc: BaseException) -> tuple:
+    """The error for the parent, its text made UTF-8-safe: a message may quote an undecodable
+    file name (Python holds its bytes as lone surrogates), which neither PostgreSQL text nor
+    Redis (redis-py encodes strictly) can take, so the outcome could not be stored and the
+    row stayed ``active``. A surrogate becomes its ``\\udcXX`` escape, which keeps the byte."""
+    message = f"{type(exc).__name__}: {exc}"
+    return ("error", permanent, _utf8(message), _utf8(traceback.format_exc()))
+
+
+def _utf8(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# A \u0000 escape in JSON text: after an even number of backslashes (escaped backslashes),
+# so that a string holding a backslash then "u0000" (JSON "\\u0000") does not match.
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def unstorable(result: object) -> str | None:
+    """Why ``result`` cannot be stored as JSON in Redis and PostgreSQL's jsonb, or None.
+    Checked here, once, because the same result would fail every attempt: Python's json writes
+    NaN and infinities, which are not JSON, and jsonb refuses NUL characters and lone
+    surrogates; the status write would then fail after the work was done, and be retried."""
+    try:
+        text = json.dumps(result, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")  # a lone surrogate (an undecodable file name) does not encode
+    except (TypeError, ValueError, RecursionError) as exc:
+        return str(exc)
+    if _NUL_ESCAPE.search(text):
+        return "a string holds a NUL character (\\u0000), which PostgreSQL cannot store"
+    return None
 
 
 def child_main(

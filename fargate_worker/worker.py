@@ -21,9 +21,10 @@ import time
 import uuid
 from typing import Any
 
-from bullmq import UnrecoverableError, Worker
+from bullmq import UnrecoverableError
 
 from fargate_worker import processors
+from fargate_worker.bull_worker import BullWorker
 from fargate_worker.errors import PermanentJobError
 from fargate_worker.health import heartbeat
 from fargate_worker.protection import TaskProtection
@@ -37,65 +38,6 @@ from offload.redis_conn import connection_options, redact
 from offload.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class _LimiterAwareWorker(Worker):
-    """bullmq-py gap 3: when the rate limiter is hit, moveToActive returns how long the limit
-    lasts, but the Python worker ignores it and blocks for the whole drainDelay on the marker
-    (no marker is added when the limit lifts), so it processes far below the configured rate.
-    Like the Node worker, wait exactly for the limit to lift, then try again.
-
-    Also like the Node worker, completing a job fetches the next one in the same script call
-    (``moveToFinished`` with ``fetchNext``): one Redis round trip per job instead of two on the
-    worker's single command connection, which every slot shares. bullmq-py's processJob never
-    asks for it; here its ``moveToCompleted`` asks (unless the worker is closing or paused) and
-    the job it returns is handed back to the run loop, which processes the result of a finished
-    processJob task like a fetched job. The completion itself is unchanged: it still happens
-    only after the processor (and so the status write in PostgreSQL) has returned."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._fetched: dict[str, list] = {}
-        move_to_completed = self.backend.moveToCompleted
-
-        async def move_and_fetch(job, return_value, remove_on_complete, token, fetch_next=True):
-            fetch = not (self.closing or self.paused)
-            outcome = await move_to_completed(
-                job, return_value, remove_on_complete, token, fetch_next=fetch
-            )
-            if fetch and outcome and outcome.get("result"):
-                self._fetched[token] = outcome["result"]
-            return outcome
-
-        self.backend.moveToCompleted = move_and_fetch
-
-    async def processJob(self, job: Any, token: str):  # noqa: N802 - bullmq's name
-        try:
-            await super().processJob(job, token)
-        finally:
-            fetched = self._fetched.pop(token, None)
-        if fetched is None:
-            return None
-        job_data, job_id, limit_until, delay_until = fetched
-        next_job = await self.nextJobFromJobData(
-            job_data, job_id, limit_until or 0, delay_until or 0, token
-        )
-        if next_job:
-            self.emit("active", next_job, "waiting")
-        return next_job
-
-    async def getNextJob(self, token: str):  # noqa: N802 - bullmq's name
-        if self.limitUntil > 0 and not self.closing:
-            wait_s = self.limitUntil / 1000
-            self.limitUntil = 0
-            await asyncio.sleep(wait_s)
-            if self.closing:
-                return None
-            job = await self.moveToActive(token)
-            if job:
-                self.emit("active", job, "waiting")
-            return job
-        return await super().getNextJob(token)
 
 
 def worker_options(settings: Settings) -> dict[str, Any]:
@@ -161,7 +103,7 @@ class OffloadWorker:
         self.sandbox = SandboxPool(settings, settings.concurrency)
         self.protection = TaskProtection(settings.ecs_agent_uri, settings.task_protection_minutes)
         self.metrics = MetricsEmitter(settings.metrics_namespace, {"Queue": settings.queue_name})
-        self.bull: _LimiterAwareWorker | None = None
+        self.bull: BullWorker | None = None
         self._run_task: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
         self._active = 0
@@ -173,8 +115,11 @@ class OffloadWorker:
         # down; writes wait for it instead.
         await self.pool.open(wait=False)
         await self.sandbox.start()
-        self.bull = _LimiterAwareWorker(
-            self.settings.queue_name, self._process, worker_options(self.settings)
+        self.bull = BullWorker(
+            self.settings.queue_name,
+            self._process,
+            worker_options(self.settings),
+            on_deferred_failure=self._record_deferred_failure,
         )
         # bullmq-py gap 2: until a connection knows the server version, the worker rounds
         # every blocking wait up to whole seconds, so sub-second delays run late.
@@ -205,15 +150,31 @@ class OffloadWorker:
     def _on_error(self, error: Exception, *_: Any) -> None:
         log.error("queue error: %s", error, extra={"worker_id": self.worker_id})
 
-    async def _process(self, job: Any, token: str) -> Any:
-        started = time.monotonic()
+    def _identity(self, job: Any) -> tuple[JobIdentity, int, int]:
+        """The job's status identity, this attempt's number and the job's attempt limit."""
         attempt = max(job.attemptsStarted, job.attemptsMade + 1)
         max_attempts = int(job.opts.get("attempts") or 1)
         try:
             ref: JobRef | None = JobRef.from_data(job.data)
         except InvalidJobData:
             ref = None
-        identity = JobIdentity(job.id, job.name, self.settings.queue_name, ref)
+        return JobIdentity(job.id, job.name, self.settings.queue_name, ref), attempt, max_attempts
+
+    async def _record_deferred_failure(self, job: Any) -> None:
+        """bullmq is about to fail this job without running it (see BullWorker): store it."""
+        identity, attempt, max_attempts = self._identity(job)
+        reason = str(job.deferredFailure)
+        await self.store.mark_failed_unrun(identity, attempt, max_attempts, self.worker_id, reason)
+        self._emit_done(job, "failed", time.monotonic())
+        log.error(
+            "job failed without running",
+            extra={"job_id": job.id, "job_name": job.name, "attempt": attempt, "error": reason},
+        )
+
+    async def _process(self, job: Any, token: str) -> Any:
+        started = time.monotonic()
+        identity, attempt, max_attempts = self._identity(job)
+        ref = identity.ref
         context = {"job_id": job.id, "job_name": job.name, "attempt": attempt}
         self._active += 1
         await self.protection.job_started()

@@ -241,14 +241,16 @@ def list_jobs() -> Response:
 
 
 def _job_answer(owner: str, row: Any) -> dict[str, Any]:
-    """A job as the API shows it, with ``links``: presigned GETs of a completed job's outputs."""
+    """A job as the API shows it, with ``links``: presigned GETs of a completed job's outputs.
+    A superseded job (for an older version of its upload's object) gets none: its outputs'
+    keys are the upload's, and hold the newest version's outputs."""
     from offload.aws import s3_client
     from offload.db.job_queries import job_view
 
     view = job_view(row)
     view["links"] = []
     view["outputsArchived"] = False
-    if row.state == "completed" and row.upload_id:
+    if row.state == "completed" and row.upload_id and not row.superseded:
         settings = _runtime().settings()
         now = datetime.now(UTC)
         if uploads.outputs_archived(row.finished_at, settings.processed_archive_after_days, now):
@@ -280,23 +282,52 @@ def get_job(job_id: str) -> Response:
     return _json(200, _job_answer(owner, _runtime().run(_owned_job(owner, job_id))))
 
 
+_GONE = "job is no longer in the queue (past retention) and cannot be retried"
+
+
 async def _retry(owner: str, job_id: str) -> Any:
-    """bullmq first (it decides whether the job can move), then the status row; a worker that
-    already took the job is never overwritten (mark_requeued is guarded by state and attempt)."""
+    """Claim the row in PostgreSQL, then ask bullmq, then commit the claim (StatusStore.
+    retry_claim says why in that order and what each failure leaves behind).
+
+    Only the request whose claim wins touches the queue: a double click, or two clients, get
+    one 200 and one 409, and the job runs once more, never twice. bullmq's own retry is atomic,
+    but it cannot tell a second retry of the same failure from a retry of the next one: a
+    second request that read the row before the first retry and reaches bullmq after the job
+    ran and failed again (a cold container is slower than a job that fails at once) would run
+    it a second time. The claim is guarded by the attempt the request saw, so it cannot.
+
+    A 503 (PostgreSQL or Redis out of reach at any step) never leaves the row claimed: the claim
+    rolls back unless it committed after bullmq accepted. Whether bullmq applied the retry is
+    then unknown to us, and needs no repair: if it did, the job runs and the worker's ``active``
+    (a later attempt) overwrites the ``failed`` row; if it did not, the row and the queue still
+    agree that the job failed, and the client may retry."""
     runtime = _runtime()
     row = await _owned_job(owner, job_id)
     if row.state != "failed":
         raise Conflict(f"job is {row.state}; only a failed job can be retried")
-    queue = (await runtime.producer()).queue
-    job = await queue.getJob(job_id)
-    if job is None:
-        raise Conflict("job is no longer in the queue (past retention) and cannot be retried")
-    try:
-        await job.retry("failed")
-    except TypeError as exc:  # bullmq: "Job ... is not in the failed state"
-        raise Conflict("job is not failed in the queue; it may still be finishing") from exc
+    if row.superseded:
+        # Run again, it would write the upload's outputs over the newest version's.
+        raise Conflict("job is for an older version of the uploaded object; it cannot be retried")
+    queue = (await runtime.producer()).queue  # before the claim: keep the row locked briefly
     statuses = await runtime.statuses()
-    await statuses.mark_requeued(job_id, row.attempt, owner=owner, message="retry requested")
+    async with statuses.retry_claim(
+        job_id, row.attempt, owner=owner, message="retry requested"
+    ) as claimed:
+        if not claimed:
+            raise Conflict("job was retried meanwhile; only a failed job can be retried")
+        job = await queue.getJob(job_id)
+        if job is None:
+            raise Conflict(_GONE)
+        try:
+            await job.retry("failed")
+        except TypeError as exc:  # bullmq: not in the failed set, or no such job any more
+            if await queue.getJob(job_id) is None:
+                raise Conflict(_GONE) from exc
+            raise Conflict("job is not failed in the queue; it may still be finishing") from exc
+        # A fresh stall allowance: bullmq keeps the stall count across retries, so a job the
+        # stall limit failed would fail again at its next single crash. (Milliseconds after the
+        # move, long before a run could stall: that takes a whole lock duration.)
+        await queue.client.hdel(queue.toKey(job_id), "stc")
     return await _owned_job(owner, job_id)
 
 

@@ -14,13 +14,19 @@ deleted. What becomes of a message:
 * otherwise the row is marked ``uploaded`` with the object's real size and ETag, the upload's
   jobs are enqueued (``inspect``; ``thumbnail`` for ``image/*``) and the row is marked
   ``queued`` (success).
+* an object other than the one the row names (the key written again while its presigned POST
+  was valid): if it is the key's current version (a HEAD of the key), the row moves to it and
+  its jobs are enqueued under new ids (or wait for the reconciler while an older version's
+  jobs still run: ``deferred``); an older version's event is ignored (success).
 * PostgreSQL or Redis unavailable: the record fails (SQS redelivers it; the DLQ keeps it after
   ``maxReceiveCount``). Each record gets at most ``OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S`` (and never
   more than the invocation has left), and once a dependency failed, later records that need it
   fail at once instead of each waiting out the timeout.
 
 The object's size and ETag come from the event; the object is HEADed only when the event lacks
-them (S3 always sends both for ObjectCreated; the HEAD is a fallback for other producers).
+them (S3 always sends both for ObjectCreated; the HEAD is a fallback for other producers), and
+the key (without version id) only when the event is not about the object the row names, or
+would reject the upload: the normal path makes no S3 call.
 """
 
 from __future__ import annotations
@@ -47,12 +53,13 @@ from lambdas.tracing import traced
 from offload import aws
 from offload.jobs import JobRef
 from offload.s3events import (
+    CurrentObject,
     MalformedEvent,
     Outcome,
     S3ObjectEvent,
     accept_object,
-    finished_jobs,
     parse_message,
+    upload_jobs,
 )
 
 logger = Logger()
@@ -148,8 +155,35 @@ async def _accept(event: S3ObjectEvent) -> Outcome:
         _deps.stage = "postgres"  # not in a finally: a timeout must be blamed on this stage
         return added
 
+    async def head_current(bucket: str, key: str) -> CurrentObject | None:
+        _deps.enter("s3")
+        current = await asyncio.to_thread(_head_current, bucket, key)
+        _deps.stage = "postgres"
+        return current
+
     pool = await runtime.pool()
-    return await accept_object(event, uploads, enqueue, lambda ids: finished_jobs(pool, ids))
+    return await accept_object(
+        event, uploads, enqueue, lambda upload_id: upload_jobs(pool, upload_id), head_current
+    )
+
+
+def _not_found(exc: Exception) -> bool:
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in ("404", "NoSuchKey", "NoSuchVersion")
+
+
+def _head_current(bucket: str, key: str) -> CurrentObject | None:
+    """The key's current version (a HEAD without version id); None when there is none (a
+    delete marker, or no object)."""
+    from botocore.exceptions import ClientError
+
+    s3 = aws.s3_client(runtime.settings().s3_endpoint_url)
+    try:
+        return CurrentObject.from_head(s3.head_object(Bucket=bucket, Key=key))
+    except ClientError as exc:
+        if _not_found(exc):
+            return None
+        raise
 
 
 def _head(event: S3ObjectEvent) -> S3ObjectEvent | None:
@@ -162,7 +196,7 @@ def _head(event: S3ObjectEvent) -> S3ObjectEvent | None:
     try:
         head = aws.s3_client(runtime.settings().s3_endpoint_url).head_object(**params)
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NoSuchVersion"):
+        if _not_found(exc):
             return None
         raise
     return event.with_head(head)
@@ -182,11 +216,19 @@ def _handle_event(event: S3ObjectEvent, fields: dict[str, Any], context: Any) ->
             return
         event = completed
     outcome = _run(_accept(event), context)
-    fields |= {"upload_id": outcome.upload_id, "size": event.size, "etag": event.etag}
+    fields |= {
+        "upload_id": outcome.upload_id,
+        "size": event.size,
+        "etag": event.etag,
+        "version_id": event.version_id,
+    }
     if outcome.status == "accepted":
         logger.info("upload queued", extra=fields | {"job_ids": list(outcome.job_ids)})
         metrics.add_metric(name="ObjectsAccepted", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="JobsEnqueued", unit=MetricUnit.Count, value=len(outcome.job_ids))
+    elif outcome.status == "deferred":
+        logger.info("upload deferred", extra=fields | {"reason": outcome.reason})
+        metrics.add_metric(name="ObjectsDeferred", unit=MetricUnit.Count, value=1)
     elif outcome.status == "rejected":
         logger.warning("object rejected: no job", extra=fields | {"reason": outcome.reason})
         metrics.add_metric(name="ObjectsRejected", unit=MetricUnit.Count, value=1)

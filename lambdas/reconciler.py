@@ -1,12 +1,13 @@
 """Reconciler Lambda (scheduled, e.g. every 5 minutes): re-enqueue what Redis lost.
 
 PostgreSQL is the source of truth; this function puts back into the queue the uploads that are
-in S3 without their jobs and the jobs PostgreSQL has in flight that the queue no longer knows
-(see ``offload.reconcile``). Work per run is bounded by ``OFFLOAD_RECONCILE_LIMIT`` rows per
-repair (default 500); rows count as stuck after ``OFFLOAD_RECONCILE_AFTER_S`` (default 600 s).
-The counts are logged and published as EMF metrics (namespace ``OFFLOAD_METRICS_NAMESPACE``,
-dimension ``Queue``). A failure (PostgreSQL or Redis down) fails the invocation: the next
-scheduled run starts over, and every repair is idempotent.
+in S3 without their jobs and the jobs PostgreSQL has in flight that the queue no longer knows,
+and settles rows whose job the queue has already finished (see ``offload.reconcile``). Work
+per run is bounded by ``OFFLOAD_RECONCILE_LIMIT`` rows per repair (default 500); rows count as
+stuck after ``OFFLOAD_RECONCILE_AFTER_S`` (default 600 s). The counts are logged and published
+as EMF metrics (namespace ``OFFLOAD_METRICS_NAMESPACE``, dimension ``Queue``). A failure
+(PostgreSQL or Redis down) fails the invocation: the next scheduled run starts over, and every
+repair is idempotent.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ copy_config_to_registered_loggers(source_logger=logger, include={"offload"})
 SAFETY_MARGIN_S = 12.0
 _METRICS = {
     "UploadsRequeued": "uploads_requeued",
+    "UploadsDeferred": "uploads_deferred",
     "JobsEnqueuedByReconciler": "jobs_enqueued",
     "JobsChecked": "jobs_checked",
     "JobsMissing": "jobs_missing",
     "JobsRequeued": "jobs_requeued",
     "JobsUnrecoverable": "jobs_unrecoverable",
+    "JobsSettled": "jobs_settled",
 }
 
 

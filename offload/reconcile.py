@@ -1,12 +1,15 @@
 """Reconciliation: PostgreSQL is the source of truth, Redis only dispatches.
 
-Two repairs, each bounded per run:
+Three repairs, each bounded per run:
 
 1. **Stranded uploads.** An upload whose object is in S3 (state ``uploaded``, or ``queued`` but
-   without job rows) for longer than ``reconcile_after_s``: its missing jobs are enqueued
-   (same deterministic ids as the enqueue Lambda's, so a late S3 event changes nothing) and
-   the row is marked ``queued``. This covers an enqueue Lambda that stored ``uploaded`` and then
-   lost Redis, and messages that ended in the DLQ after the row was updated.
+   without job rows for the object the row names) for longer than ``reconcile_after_s``: its
+   missing jobs are enqueued (same deterministic ids as the enqueue Lambda's, so a late S3
+   event changes nothing) and the row is marked ``queued``. This covers an enqueue Lambda that
+   stored ``uploaded`` and then lost Redis, messages that ended in the DLQ after the row was
+   updated, and a newer version whose jobs the enqueue Lambda deferred: it stays ``uploaded``
+   until no job of an older version is in flight (all versions write the same output keys,
+   and the newest must write last).
 2. **Lost jobs.** A job row ``queued``/``active``/``retrying`` not updated for
    ``reconcile_after_s`` whose job the queue no longer has (``Queue.getJob`` is None, e.g. the
    newest writes lost in an ElastiCache failover, or a ``queued`` row whose add never reached
@@ -14,8 +17,14 @@ Two repairs, each bounded per run:
    accepted) with a ``job_events`` entry saying why, then the job is added again under the same
    id. Rows are visited in id order from a cursor kept in Redis, so with more in-flight rows than
    the per-run limit every row is still checked, one page per run.
+3. **Unsettled jobs.** The same in-flight rows whose job the queue has in a final state
+   (completed or failed) that no worker wrote: an outcome bullmq reached without our worker's
+   status write (a Node BullMQ worker, a job moved by hand or from Bull Board, a worker older
+   than the deferred-failure hook). The row takes the queue's outcome (result, or reason and
+   stack) with a ``job_events`` entry saying so. A job the queue still has in flight needs
+   nothing: the worker that runs it writes its row.
 
-Both repairs only touch rows older than ``reconcile_after_s``, leaving the normal path (row
+All repairs only touch rows older than ``reconcile_after_s``, leaving the normal path (row
 written, then the job added a few milliseconds later) alone. Jobs are idempotent (same id, same
 output keys), so a repair that races a slow normal path costs at most a repeated run.
 Operators who remove a job from Redis by hand must also end its row (``failed``): otherwise
@@ -27,21 +36,23 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from offload.db.uploads import Upload, UploadStore
+from offload.db.status import storable_text
+from offload.db.uploads import Upload, UploadStore, revision_sql
 from offload.jobs import JobRef, job_id
 from offload.queue import Producer
-from offload.s3events import planned_jobs
+from offload.s3events import IN_FLIGHT, older_in_flight, planned_jobs, upload_jobs
 from offload.settings import Settings
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 500
-IN_FLIGHT = ("queued", "active", "retrying")
 _ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
 
 _UPLOAD_COLUMNS = (
@@ -54,12 +65,11 @@ STRANDED_UPLOADS = f"""
 SELECT {_UPLOAD_COLUMNS} FROM uploads u
 WHERE u.updated_at < now() - make_interval(secs => %(after_s)s)
   AND (u.state = 'uploaded'
-       OR (u.state = 'queued' AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.upload_id = u.id)))
+       OR (u.state = 'queued' AND NOT EXISTS (
+           SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.revision = {revision_sql("u")})))
 ORDER BY u.updated_at, u.id
 LIMIT %(limit)s
 """
-
-EXISTING_JOBS = "SELECT id FROM jobs WHERE id = ANY(%(ids)s)"
 
 IN_FLIGHT_JOBS = """
 SELECT j.id, j.name, j.upload_id, j.owner, j.bucket, j.key, j.revision, j.state, j.updated_at,
@@ -86,15 +96,34 @@ SELECT id, attempt, state, worker_id, %(message)s FROM changed
 """
 
 
+# The queue's final state, copied onto a row still in flight, under the same guard as REQUEUE.
+SETTLE = """
+WITH changed AS (
+    UPDATE jobs SET state = %(state)s, attempt = GREATEST(attempt, %(attempt)s),
+        result = %(result)s, error_message = %(error_message)s, error_stack = %(error_stack)s,
+        progress = CASE WHEN %(state)s = 'completed' THEN '100'::jsonb ELSE progress END,
+        finished_at = COALESCE(%(finished_at)s, now()), updated_at = now()
+    WHERE id = %(id)s AND state = %(seen_state)s AND updated_at = %(updated_at)s
+    RETURNING id, attempt, state, worker_id
+)
+INSERT INTO job_events (job_id, attempt, state, worker_id, message)
+SELECT id, attempt, state, worker_id, %(message)s FROM changed
+"""
+
+FINAL_STATES = ("completed", "failed")
+
+
 @dataclass
 class ReconcileReport:
     uploads_checked: int = 0
     uploads_requeued: int = 0
+    uploads_deferred: int = 0
     jobs_enqueued: int = 0
     jobs_checked: int = 0
     jobs_missing: int = 0
     jobs_requeued: int = 0
     jobs_unrecoverable: int = 0
+    jobs_settled: int = 0
     cursor_wrapped: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -169,20 +198,19 @@ class Reconciler:
         )
         for upload in uploads:
             report.uploads_checked += 1
+            jobs = await upload_jobs(self.pool, upload.id)
+            if older_in_flight(upload, jobs):
+                report.uploads_deferred += 1  # checked again on the next run
+                continue
             planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
-            existing = {
-                row["id"]
-                for row in await self._fetch(
-                    EXISTING_JOBS, {"ids": [jid for jid, _, _ in planned]}, dict_row
-                )
-            }
+            existing = {job.id for job in jobs}
             # Jobs with a row are repair 2's business (and re-adding a finished job whose Redis
             # entry was removed by retention would run it again).
             for jid, name, ref in planned:
                 if jid not in existing:
                     await self.producer.enqueue(name, ref)
                     report.jobs_enqueued += 1
-            if await self.uploads.mark_queued(upload.id) is not None:
+            if await self.uploads.mark_queued(upload) is not None:
                 report.uploads_requeued += 1
                 log.info(
                     "stranded upload queued",
@@ -203,9 +231,14 @@ class Reconciler:
             },
             dict_row,
         )
+        queue = self.producer.queue
         for row in rows:
             report.jobs_checked += 1
-            if await self.producer.queue.getJob(row["id"]) is not None:
+            job = await queue.getJob(row["id"])
+            if job is not None:
+                # finishedOn is set only by a move to completed/failed (a retry clears it)
+                if job.finishedOn and (state := await queue.getJobState(job.id)) in FINAL_STATES:
+                    report.jobs_settled += await self._settle(row, job, state)
                 continue
             report.jobs_missing += 1
             result = await self._requeue(row)
@@ -240,3 +273,30 @@ class Reconciler:
         await self.producer.enqueue(row["name"], ref)
         log.warning("lost job re-enqueued", extra=fields)
         return "requeued"
+
+    async def _settle(self, row: dict[str, Any], job: Any, state: str) -> int:
+        """Copy the queue's final outcome onto the row; 1 if it moved, 0 if a worker wrote it
+        in between (the row is then the worker's business again)."""
+        failed = state == "failed"
+        message = f"settled by the reconciler: the queue has the job {state} (was {row['state']})"
+        params = {
+            "id": row["id"],
+            "seen_state": row["state"],
+            "updated_at": row["updated_at"],
+            "state": state,
+            "attempt": max(job.attemptsMade, job.attemptsStarted),
+            "result": None if failed else Jsonb(job.returnvalue),
+            "error_message": storable_text(job.failedReason) if failed else None,
+            "error_stack": storable_text(job.stacktrace[-1]) if failed and job.stacktrace else None,
+            "finished_at": datetime.fromtimestamp(job.finishedOn / 1000, UTC),
+            "message": message,
+        }
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(SETTLE, params)
+        if cursor.rowcount == 0:
+            return 0
+        log.warning(
+            "job row settled from the queue",
+            extra={"job_id": row["id"], "upload_id": row["upload_id"], "state": state},
+        )
+        return 1

@@ -10,7 +10,9 @@ Two layers:
 * acceptance (:func:`accept_object`): the object is matched to its upload row (addressed by the
   upload id in its key), its size is checked against what the API was told, the row is marked
   ``uploaded``, the upload's jobs are enqueued, and the row is marked ``queued``. An object
-  that does not belong to an upload, or whose size is wrong, gets no job.
+  that does not belong to an upload, or whose size is wrong, gets no job. A newer version of
+  the object (the key written again while its presigned POST was valid) replaces the one the
+  row names; an older version's event never does.
 
 S3 delivers events at least once, sometimes twice for one object (moto, and S3 for some
 multipart completions, send ``ObjectCreated:Put`` *and* ``ObjectCreated:CompleteMultipartUpload``
@@ -98,8 +100,10 @@ def _unquote_etag(etag: Any) -> str | None:
 
 
 def _version(value: Any) -> str | None:
-    # S3 omits versionId for unversioned buckets; treat an empty one the same way.
-    return str(value) if value else None
+    # S3 omits versionId for unversioned buckets; treat an empty one the same way, and the
+    # "null" of an object written while versioning was suspended: every such object has it, so
+    # as a job's revision it would give different bytes the same job ids (the ETag does not).
+    return str(value) if value and value != "null" else None
 
 
 def _field(mapping: Any, name: str, where: str) -> Any:
@@ -206,10 +210,12 @@ def planned_jobs(upload: Upload) -> list[tuple[str, JobRef]]:
 class Outcome:
     """What became of one object event.
 
-    ``accepted``: jobs enqueued, upload ``queued``; ``rejected``: upload marked ``rejected``
-    (size mismatch) or the object is under ``uploads/`` without a valid upload behind it: no
-    job; ``ignored``: nothing to do (terminal upload, replaced object); ``skipped``: not an
-    upload object event at all."""
+    ``accepted``: jobs enqueued, upload ``queued``; ``deferred``: the upload now names this
+    object (``uploaded``) but an older version's jobs are still running, so this object's jobs
+    wait for the reconciler; ``rejected``: upload marked ``rejected`` (size mismatch) or the
+    object is under ``uploads/`` without a valid upload behind it: no job; ``ignored``: nothing
+    to do (terminal upload, superseded version); ``skipped``: not an upload object event at
+    all."""
 
     status: str
     reason: str = ""
@@ -217,17 +223,75 @@ class Outcome:
     job_ids: tuple[str, ...] = field(default=())
 
 
+@dataclass(frozen=True)
+class CurrentObject:
+    """What S3 holds under a key now (a HEAD without version id): the newest version."""
+
+    size: int
+    etag: str | None
+    version_id: str | None
+
+    @classmethod
+    def from_head(cls, head: dict[str, Any]) -> CurrentObject:
+        return cls(
+            size=int(head["ContentLength"]),
+            etag=_unquote_etag(head.get("ETag")),
+            version_id=_version(head.get("VersionId")),
+        )
+
+    def describes(self, event: S3ObjectEvent) -> bool:
+        """Whether the event is about this object. By version id when both have one; else by
+        ETag (moto's events carry no version id): the same ETag is the same bytes, so even an
+        older version's event with it describes what the key holds now."""
+        if self.version_id and event.version_id:
+            return self.version_id == event.version_id
+        return self.etag == event.etag
+
+    def identify(self, event: S3ObjectEvent) -> S3ObjectEvent:
+        """The event with the version id S3 gave this object, when the event had none."""
+        return replace(event, version_id=event.version_id or self.version_id)
+
+
+@dataclass(frozen=True)
+class JobState:
+    """One status row of an upload's jobs: which object (revision) it is for, and its state."""
+
+    id: str
+    revision: str | None
+    state: str
+
+    @property
+    def final(self) -> bool:
+        return self.state in FINAL
+
+
 Enqueue = Callable[[str, JobRef], Awaitable[str]]
-FinishedJobs = Callable[[list[str]], Awaitable[set[str]]]
+UploadJobs = Callable[[str], Awaitable[list[JobState]]]
+HeadCurrent = Callable[[str, str], Awaitable[CurrentObject | None]]
 
-FINISHED_JOBS = "SELECT id FROM jobs WHERE id = ANY(%(ids)s) AND state IN ('completed', 'failed')"
+IN_FLIGHT = ("queued", "active", "retrying")
+FINAL = ("completed", "failed")
+SUPERSEDED = "superseded: the key's current object is a newer version"
+# Rounds of read-decide-write before a record gives up to SQS's redelivery: each lost round
+# means another delivery changed the row in between, which only a handful of deliveries can do.
+RACE_ROUNDS = 3
+
+UPLOAD_JOBS = "SELECT id, revision, state FROM jobs WHERE upload_id = %(upload_id)s"
 
 
-async def finished_jobs(pool: AsyncConnectionPool, ids: list[str]) -> set[str]:
-    """Which of these job ids have a final status row (completed or failed)."""
+async def upload_jobs(pool: AsyncConnectionPool, upload_id: str) -> list[JobState]:
+    """Every status row of the upload's jobs, whatever the version of the object they are for."""
     async with pool.connection() as conn:
-        cursor = await conn.execute(FINISHED_JOBS, {"ids": ids})
-        return {row[0] for row in await cursor.fetchall()}
+        cursor = await conn.execute(UPLOAD_JOBS, {"upload_id": upload_id})
+        return [JobState(*row) for row in await cursor.fetchall()]
+
+
+def older_in_flight(upload: Upload, jobs: list[JobState]) -> list[JobState]:
+    """Jobs of an older version of the upload's object that may still run. A version's jobs
+    are only enqueued once there are none: all versions' jobs write the upload's outputs to
+    the same keys, and the newest version's must be the ones written last."""
+    current = upload.revision
+    return [job for job in jobs if (job.revision or "") != current and job.state in IN_FLIGHT]
 
 
 def _same_object(upload: Upload, event: S3ObjectEvent) -> bool:
@@ -236,14 +300,38 @@ def _same_object(upload: Upload, event: S3ObjectEvent) -> bool:
     return _unquote_etag(upload.etag) == event.etag
 
 
+def _size_mismatch(upload: Upload, event: S3ObjectEvent) -> str | None:
+    assert event.size is not None
+    if upload.size_announced is not None and event.size != upload.size_announced:
+        return f"object is {event.size} bytes, {upload.size_announced} were announced"
+    return None
+
+
+class RowContention(RuntimeError):
+    """Other deliveries kept changing the upload row; the record is retried by SQS."""
+
+
 async def accept_object(
-    event: S3ObjectEvent, uploads: UploadStore, enqueue: Enqueue, finished: FinishedJobs
+    event: S3ObjectEvent,
+    uploads: UploadStore,
+    enqueue: Enqueue,
+    jobs_of: UploadJobs,
+    head_current: HeadCurrent,
 ) -> Outcome:
     """Match an ObjectCreated event to its upload, check it, enqueue its jobs.
 
     ``event`` must be complete (size and ETag known: the caller HEADs the object if the event
-    lacked them). Errors from PostgreSQL or Redis propagate: the caller fails the message and
-    SQS delivers it again; every step here is safe to repeat.
+    lacked them). Errors from PostgreSQL, Redis or S3 propagate: the caller fails the message
+    and SQS delivers it again; every step here is safe to repeat.
+
+    The newest version wins. A presigned POST can write the key again while its URL is valid
+    (S3 does not honour ``If-None-Match`` on POST), and events arrive unordered and at least
+    once. So an event whose object is not the one the row names is only acted on when it is
+    the key's *current* object (``head_current``, a HEAD without version id): then the row
+    moves to it (or is rejected, on a size mismatch) and its jobs get new ids; otherwise it is
+    ignored as superseded. The first object of a ``pending`` row is accepted without that HEAD
+    (the normal path makes no S3 call): if it was already superseded, the newer version's own
+    event replaces it. A rejection is final, so it is only decided for the current object.
 
     Jobs whose status row is already final are not added again: a late duplicate event would
     otherwise re-run a job whose Redis entry retention has removed. Jobs still in flight are
@@ -265,33 +353,55 @@ async def accept_object(
     if (upload.bucket, upload.key, upload.owner) != (event.bucket, event.key, key.owner):
         # A key naming someone else's upload id: never touch that upload's row.
         return Outcome("rejected", "key does not match its upload row", key.upload_id)
-    if upload.state in ("rejected", "aborted"):
-        return Outcome("ignored", f"upload is {upload.state}", upload.id)
-    if upload.state == "queued" and not _same_object(upload, event):
-        return Outcome("ignored", "object replaced after its upload was queued", upload.id)
 
-    assert event.size is not None
-    if upload.size_announced is not None and event.size != upload.size_announced:
-        reason = f"object is {event.size} bytes, {upload.size_announced} were announced"
-        rejected = await uploads.mark_rejected(upload.id, reason, size_actual=event.size)
-        if rejected is None:  # changed under us (e.g. queued by a concurrent duplicate)
-            return Outcome("ignored", f"upload changed state while rejecting: {reason}", upload.id)
-        return Outcome("rejected", reason, upload.id)
+    for _ in range(RACE_ROUNDS):
+        if upload.state in ("rejected", "aborted"):
+            return Outcome("ignored", f"upload is {upload.state}", upload.id)
+        holding = upload if upload.state in ("uploaded", "queued") else None
+        if holding is not None and _same_object(holding, event):
+            return await _enqueue_jobs(holding, uploads, enqueue, jobs_of)
+        mismatch = _size_mismatch(upload, event)
+        if holding is not None or mismatch:
+            current = await head_current(event.bucket, event.key)
+            if current is None or not current.describes(event):
+                return Outcome("ignored", SUPERSEDED, upload.id)
+            event = current.identify(event)
+        fields: dict[str, Any] = {
+            "size_actual": event.size,
+            "etag": event.etag,
+            "version_id": event.version_id,
+        }
+        if mismatch:
+            rejected = await uploads.mark_rejected(upload.id, mismatch, replacing=holding, **fields)
+            if rejected is not None:
+                return Outcome("rejected", mismatch, upload.id)
+        else:
+            marked = await uploads.mark_uploaded(upload.id, replacing=holding, **fields)
+            if marked is not None:
+                return await _enqueue_jobs(marked, uploads, enqueue, jobs_of)
+        # Another delivery changed the row between our read and our write: decide again.
+        changed = await uploads.get(upload.id)
+        if changed is None:
+            return Outcome("ignored", "upload row is gone", upload.id)
+        upload = changed
+    raise RowContention(f"upload {upload.id} kept changing under concurrent deliveries")
 
-    if upload.state in ("pending", "uploaded"):
-        marked = await uploads.mark_uploaded(
-            upload.id, size_actual=event.size, etag=event.etag, version_id=event.version_id
+
+async def _enqueue_jobs(
+    upload: Upload, uploads: UploadStore, enqueue: Enqueue, jobs_of: UploadJobs
+) -> Outcome:
+    """Enqueue the jobs of the object the row names, then mark it ``queued``: deferred while
+    an older version's jobs may still write the upload's outputs."""
+    jobs = await jobs_of(upload.id)
+    older = older_in_flight(upload, jobs)
+    if older:
+        reason = (
+            f"{len(older)} job(s) of an older version still in flight; the reconciler"
+            " enqueues this version's jobs once they are finished"
         )
-        if marked is None:
-            # A concurrent delivery got there first; carry on only if it queued this object.
-            marked = await uploads.get(upload.id)
-            if marked is None or marked.state != "queued" or not _same_object(marked, event):
-                state = marked.state if marked else "gone"
-                return Outcome("ignored", f"upload is {state}", upload.id)
-        upload = marked
-
+        return Outcome("deferred", reason, upload.id)
+    done = {job.id for job in jobs if job.final}
     planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
-    done = await finished([jid for jid, _, _ in planned])
     job_ids = tuple([await enqueue(name, ref) for jid, name, ref in planned if jid not in done])
-    await uploads.mark_queued(upload.id)
+    await uploads.mark_queued(upload)
     return Outcome("accepted", "", upload.id, job_ids)

@@ -540,6 +540,22 @@ class UploadService:
         await self.store.mark_aborted(upload.id)
         return Conflict("multipart upload no longer exists (aborted or expired)")
 
+    def _key_taken(self, upload: Upload, multipart_id: str, code: str) -> Conflict:
+        """S3 refused to complete over an object under the key (``If-None-Match: *``). If S3
+        no longer knows the multipart upload, that object is this upload, completed by a
+        concurrent request or by an SDK retry whose first try went through: the same answer
+        as any repeated complete. Otherwise the key holds bytes this upload did not send (or,
+        ``ConditionalRequestConflict``, another write to it was under way); the multipart
+        upload is left open (the lifecycle rule aborts it)."""
+        if list_uploaded_parts(self.s3, self.bucket, upload.key, multipart_id) is None:
+            return Conflict("upload is already completed")
+        if code == "ConditionalRequestConflict":
+            return Conflict("another write to this upload's key was under way; complete again")
+        return Conflict(
+            "an object already exists under this upload's key; S3 refused to replace it, so"
+            " this upload cannot be completed"
+        )
+
     async def complete(self, owner: str, upload_id: str, body: Any) -> dict[str, Any]:
         upload = await self._owned(owner, upload_id)
         multipart_id = self._multipart(upload, "complete")
@@ -564,6 +580,9 @@ class UploadService:
                     field="parts",
                 )
         try:
+            # Never over an existing object: the key is this upload's own, so an object there
+            # is this upload completed already (a concurrent or retried request) or bytes the
+            # upload did not send; its jobs and outputs must describe what the key holds.
             result = self.s3.complete_multipart_upload(
                 Bucket=self.bucket,
                 Key=upload.key,
@@ -571,11 +590,14 @@ class UploadService:
                 MultipartUpload={
                     "Parts": [{"PartNumber": number, "ETag": etag} for number, etag in parts]
                 },
+                IfNoneMatch="*",
             )
         except Exception as exc:
             code = _error_code(exc)
             if code == "NoSuchUpload":
                 raise await self._gone(upload) from exc
+            if code in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise self._key_taken(upload, multipart_id, code) from exc
             if code in ("InvalidPart", "InvalidPartOrder", "EntityTooSmall", "MalformedXML"):
                 raise InvalidRequest(
                     f"S3 refused to complete the upload ({code}): check each part's etag",

@@ -18,9 +18,12 @@ from pathlib import Path
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+MOTO_MODULE = "offload_local.moto_process"  # what the moto server's command line runs
 
 
 def free_port() -> int:
+    """A port that was free a moment ago. Nothing reserves it: whoever binds it later may find
+    it taken (see ``_start_on_free_port``). Tests also use it as a port nobody listens on."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -50,19 +53,37 @@ def stop_process(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
         proc.wait()
 
 
+def _listening_socket(host: str = "127.0.0.1") -> socket.socket:
+    """A socket listening on a port the kernel picked: no other process can take that port
+    from now on (unlike ``free_port``'s, which is free again once it returns)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    sock.listen(128)
+    return sock
+
+
 @contextmanager
-def moto_server(log_path: Path | None = None, port: int | None = None) -> Iterator[str]:
-    """A moto server (real HTTP) in a child process; yields its endpoint URL."""
-    port = port or free_port()
+def moto_server(log_path: Path | None = None) -> Iterator[str]:
+    """A moto server (real HTTP) in a child process; yields its endpoint URL.
+
+    Race-free port: this process binds the listening socket (port 0, the kernel's pick) and
+    the child serves on it (``offload_local.moto_process``), so nothing can take the port
+    between the choice and the bind, and the endpoint cannot be someone else's moto."""
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        process_group=0,  # Ctrl-C reaches the stack, which stops this in order
-        # moto's global CORS stays on: Cognito in AWS answers browsers' preflights, and so must
-        # moto's. S3 answers with the bucket's CORS rules where it has them (ETag exposed).
-    )
+    with _listening_socket() as sock:
+        port = sock.getsockname()[1]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", MOTO_MODULE, str(sock.fileno())],
+            pass_fds=(sock.fileno(),),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=Path(__file__).resolve().parents[1],  # offload_local importable
+            process_group=0,  # Ctrl-C reaches the stack, which stops this in order
+            # moto's global CORS stays on: Cognito in AWS answers browsers' preflights, and so
+            # must moto's. S3 answers with the bucket's CORS rules where it has them (ETag
+            # exposed).
+        )
     endpoint = f"http://127.0.0.1:{port}"
     try:
         wait_for_http(f"{endpoint}/moto-api/")
@@ -93,15 +114,36 @@ def postgres_answers(url: str) -> bool:
     return True
 
 
-def _wait_started(
-    proc: subprocess.Popen, answers: Callable[[str], bool], url: str, timeout_s: float, what: str
-) -> None:
-    """Until the server just started answers at ``url``; it exiting or a timeout is an error."""
-    deadline = time.monotonic() + timeout_s
-    while not answers(url):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"did not start: {what}")
-        time.sleep(0.1)
+START_ATTEMPTS = 5
+
+
+def _start_on_free_port(
+    launch: Callable[[int], subprocess.Popen],
+    is_ours: Callable[[int, subprocess.Popen], bool],
+    timeout_s: float,
+    what: str,
+) -> tuple[subprocess.Popen, int]:
+    """Start a server that only takes a port number, race-free: ``(process, port)`` once the
+    server answering on the port is the one just started.
+
+    redis-server and postgres cannot serve on a socket bound for them (and redis-server's
+    port 0 means "no TCP at all"), so the port is picked free first and bound by the server
+    later. In between, anything else picking ports (parallel tests) can take it: the server
+    then exits (address in use) and another port is tried; and whoever took the port may
+    answer in its place, so "it answers" is not enough: ``is_ours`` asks the server who it is.
+    """
+    for _ in range(START_ATTEMPTS):
+        port = free_port()
+        proc = launch(port)
+        deadline = time.monotonic() + timeout_s
+        while proc.poll() is None:
+            if is_ours(port, proc):
+                return proc, port
+            if time.monotonic() > deadline:
+                stop_process(proc)
+                raise RuntimeError(f"did not start: {what}")
+            time.sleep(0.1)
+    raise RuntimeError(f"did not start in {START_ATTEMPTS} attempts: {what}")
 
 
 @contextmanager
@@ -116,22 +158,47 @@ def redis_server(url: str | None, workdir: Path) -> Iterator[str]:
         raise RuntimeError(
             f"no Redis at {url} and no redis-server binary: run scripts/setup.sh first"
         )
-    port = free_port()
     log = open(workdir / "redis.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        process_group=0,  # Ctrl-C reaches the stack, which stops this in order
-        cwd=workdir,
-    )
-    started = f"redis://127.0.0.1:{port}/0"
+
+    def launch(port: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [
+                *(binary, "--port", str(port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0,  # Ctrl-C reaches the stack, which stops this in order
+            cwd=workdir,
+        )
+
+    def is_ours(port: int, proc: subprocess.Popen) -> bool:
+        return _redis_pid(f"redis://127.0.0.1:{port}/0") == proc.pid
+
     try:
-        _wait_started(proc, redis_answers, started, 15, f"redis-server; see {workdir}/redis.log")
-        yield started
+        proc, port = _start_on_free_port(
+            launch, is_ours, 15, f"redis-server; see {workdir}/redis.log"
+        )
+    except BaseException:
+        log.close()
+        raise
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
     finally:
         stop_process(proc)
         log.close()
+
+
+def _redis_pid(url: str) -> int | None:
+    """The process id of the Redis answering at ``url`` (None when none answers)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        with client:
+            return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError):
+        return None
 
 
 def _pg_bindir() -> Path:
@@ -180,25 +247,52 @@ def postgres_server(url: str | None, workdir: Path) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
         cwd="/",
     )
-    port = free_port()
     log = open(log_path, "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        _as_postgres_user(
-            [
-                *(str(bindir / "postgres"), "-D", str(datadir / "data"), "-p", str(port)),
-                *("-k", str(datadir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
-            ]
-        ),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        process_group=0,  # Ctrl-C reaches the stack, which stops this in order
-        cwd="/",
-    )
-    started = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+    def launch(port: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            _as_postgres_user(
+                [
+                    *(str(bindir / "postgres"), "-D", str(datadir / "data"), "-p", str(port)),
+                    *("-k", str(datadir), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
+                ]
+            ),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0,  # Ctrl-C reaches the stack, which stops this in order
+            cwd="/",
+        )
+
+    def is_ours(port: int, _proc: subprocess.Popen) -> bool:
+        # The postmaster is not our child when it runs as the postgres user (runuser is):
+        # the data directory says whose it is.
+        return _pg_data_directory(_pg_url(port)) == str(datadir / "data")
+
     try:
-        _wait_started(proc, postgres_answers, started, 30, f"PostgreSQL; see {log_path}")
-        yield started
+        proc, port = _start_on_free_port(launch, is_ours, 30, f"PostgreSQL; see {log_path}")
+    except BaseException:
+        log.close()
+        shutil.rmtree(datadir, ignore_errors=True)
+        raise
+    try:
+        yield _pg_url(port)
     finally:
         stop_process(proc, timeout_s=20)  # SIGTERM is PostgreSQL's "smart" shutdown
         log.close()
         shutil.rmtree(datadir, ignore_errors=True)
+
+
+def _pg_url(port: int) -> str:
+    return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+def _pg_data_directory(url: str) -> str | None:
+    """The data directory of the PostgreSQL answering at ``url`` (None when none answers)."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            row = conn.execute("SHOW data_directory").fetchone()
+    except psycopg.Error:
+        return None
+    return row[0] if row else None

@@ -51,6 +51,11 @@ def s3(moto_endpoint: str):
 
 
 @pytest.fixture
+def sqs(moto_endpoint: str):
+    return boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
+
+
+@pytest.fixture
 def bucket(s3) -> str:
     name = servers.unique_name("bkt").replace("_", "-")
     s3.create_bucket(Bucket=name)

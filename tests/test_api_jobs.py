@@ -172,7 +172,7 @@ def test_get_job_shows_state_and_error_but_not_the_stack(lambda_env, settings):
     assert set(body) == {
         "id", "name", "uploadId", "filename", "state", "progress", "attempts", "maxAttempts",
         "result", "error", "links", "outputsArchived", "createdAt", "startedAt", "finishedAt",
-        "updatedAt",
+        "updatedAt", "superseded",
     }  # fmt: skip
     assert job_row(settings, failed)["error_stack"]  # stored, but never shown
     assert "Traceback" not in str(body) and "error_stack" not in str(body)

@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from offload.keys import UploadKey
 from offload.uploads import MiB
 from tests.support.apigw import call, configure
+from tests.support.s3data import upload_generated
 
 SIZE = 16 * MiB + 12_345  # 4 parts of 5 MiB, the last one 1 MiB + 12,345 bytes
 
@@ -268,7 +269,9 @@ def test_uploaded_or_queued_upload_cannot_be_aborted_or_completed(
     from lambdas import runtime
 
     store = runtime.run(runtime.uploads())
-    runtime.run(store.mark_uploaded(view["id"], size_actual=SIZE, etag='"e-4"', version_id=None))
+    uploaded = runtime.run(
+        store.mark_uploaded(view["id"], size_actual=SIZE, etag='"e-4"', version_id=None)
+    )
     complete = call(
         "POST",
         f"/uploads/{view['id']}/complete",
@@ -278,7 +281,7 @@ def test_uploaded_or_queued_upload_cannot_be_aborted_or_completed(
     aborted = call("DELETE", f"/uploads/{view['id']}")
     assert aborted.status == 409
     assert upload_row(settings, view["id"])["state"] == "uploaded"
-    runtime.run(store.mark_queued(view["id"]))
+    runtime.run(store.mark_queued(uploaded))
     assert call("DELETE", f"/uploads/{view['id']}").status == 409
     assert call("GET", f"/uploads/{view['id']}").body["state"] == "queued"
 
@@ -310,6 +313,57 @@ def test_complete_with_a_wrong_etag_is_refused_and_can_be_fixed(
     )
     assert fixed.status == 200, fixed.body
     assert s3.head_object(Bucket=bucket, Key=view["key"])["ContentLength"] == SIZE
+
+
+def test_complete_never_replaces_an_object_already_under_the_key(
+    lambda_env, settings, s3, bucket, monkeypatch, payload
+):
+    """The API completes with ``If-None-Match: *``: S3 refuses to complete over an object. Here
+    another multipart upload of the same key completed first; that takes the bucket's own
+    credentials (a client's part URLs are signed for one upload id and part number each)."""
+    view = start_multipart(monkeypatch)
+    etags = {
+        p["partNumber"]: put_part(p["url"], chunk(payload, view["partSize"], p["partNumber"]))
+        for p in view["partUrls"]
+    }
+    first = upload_generated(s3, bucket, view["key"], SIZE, part_size=5 * MiB)
+
+    refused = complete_parts(view["id"], etags)
+    assert refused.status == 409, refused.body
+    assert refused.message == (
+        "an object already exists under this upload's key; S3 refused to replace it, so this"
+        " upload cannot be completed"
+    )
+    stored = s3.get_object(Bucket=bucket, Key=view["key"])["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == first
+    # The row waits for that object's event; this multipart upload is left to the lifecycle rule.
+    status = call("GET", f"/uploads/{view['id']}").body
+    assert (status["state"], status["multipartOpen"]) == ("pending", True)
+    assert upload_row(settings, view["id"])["state"] == "pending"
+
+
+def test_a_completed_multipart_key_cannot_be_written_again_with_the_clients_urls(
+    lambda_env, s3, bucket, monkeypatch, payload
+):
+    """What a client holds after completing: part URLs still within their lifetime and the
+    complete route. S3 refuses the parts (the multipart upload is gone) and the API refuses a
+    second complete: the object stays the one the client completed."""
+    view = start_multipart(monkeypatch, OFFLOAD_URL_EXPIRY_S=900)
+    etags = {
+        p["partNumber"]: put_part(p["url"], chunk(payload, view["partSize"], p["partNumber"]))
+        for p in view["partUrls"]
+    }
+    assert complete_parts(view["id"], etags).status == 200
+    completed = s3.head_object(Bucket=bucket, Key=view["key"])["ETag"]
+
+    other = os.urandom(SIZE)  # other bytes, the same size
+    for part in view["partUrls"]:
+        data = chunk(other, view["partSize"], part["partNumber"])
+        response = requests.put(part["url"], data=data, timeout=30)
+        assert response.status_code >= 400  # S3: 404 NoSuchUpload (moto 5.2.5: a 500)
+    again = complete_parts(view["id"], etags)
+    assert again.status == 409 and again.message == "upload is already completed"
+    assert s3.head_object(Bucket=bucket, Key=view["key"])["ETag"] == completed
 
 
 def test_complete_checks_parts_against_the_plan(lambda_env, s3, bucket, monkeypatch, payload):

@@ -204,8 +204,10 @@ def test_resume_after_the_cli_is_killed_mid_upload(local_stack, env, tmp_path):
     state_dir = tmp_path / "state"
     path = tmp_path / "big.bin"
     sha256 = random_file(path, 40 * MiB)
-    # One part at a time at 10 MiB/s: ~0.5 s a part, time to see parts land before the kill.
-    SLOW = ("--parallel", "1", "--limit-rate", "10")  # noqa: N806
+    # One part at a time at 2 MiB/s: 2.5 s a part. The kill comes once two parts are in S3,
+    # and must land before the last of the 8: 15 s to see the two parts and send it, however
+    # slowly the loaded machine answers.
+    SLOW = ("--parallel", "1", "--limit-rate", "2")  # noqa: N806
     cli = subprocess.Popen(
         [sys.executable, "-m", "offload", "upload", "--json", *SLOW, str(path)],
         env=env,
@@ -220,7 +222,7 @@ def test_resume_after_the_cli_is_killed_mid_upload(local_stack, env, tmp_path):
         def parts_in_s3() -> list:
             return client.call("GET", f"/uploads/{upload_id}").body["uploadedParts"]
 
-        wait_until(lambda: len(parts_in_s3()) >= 2, 30, "two parts in S3")
+        wait_until(lambda: len(parts_in_s3()) >= 2, 60, "two parts in S3")
         cli.send_signal(signal.SIGKILL)
         cli.wait(10)
     finally:

@@ -6,9 +6,6 @@ import json
 import time
 from urllib.parse import urlsplit
 
-import boto3
-import pytest
-
 from lambdas import runtime
 from offload.jobs import INSPECT, THUMBNAIL
 from tests.support.events import (
@@ -29,20 +26,12 @@ from tests.support.events import (
     upload_row,
     wire_notifications,
 )
+from tests.support.events import (
+    invoke_enqueue as invoke,
+)
 from tests.support.tcpproxy import TcpProxy
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 24
-
-
-def invoke(event: dict) -> dict:
-    from lambdas import enqueue
-
-    return enqueue.handler(event, FakeContext())
-
-
-@pytest.fixture
-def sqs(moto_endpoint):
-    return boto3.client("sqs", endpoint_url=moto_endpoint, region_name="us-east-1")
 
 
 def _put(s3, bucket: str, key: str, body: bytes) -> str:
@@ -199,26 +188,37 @@ def test_test_events_other_prefixes_and_other_event_kinds_are_skipped(
     assert job_rows(settings) == [] and queue_jobs(settings) == {}
 
 
-def test_an_object_replaced_after_its_upload_was_queued_is_ignored(
-    lambda_env, settings, s3, bucket, caplog, capsys
+def test_objects_for_aborted_or_rejected_uploads_are_acknowledged_without_a_job(
+    lambda_env, settings, s3, sqs, bucket, caplog, capsys
 ):
-    key = insert_upload(settings, bucket, size=5)
-    first = _put(s3, bucket, key, b"hello")
-    invoke(sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, first)))]))
-    second = _put(s3, bucket, key, b"HELLO")
+    """A client may still send the bytes after its upload was aborted (or rejected): S3's real
+    event is acknowledged (retrying cannot change the answer), logged, and changes nothing."""
+    url = wire_notifications(s3, sqs, bucket)
+    aborted = insert_upload(settings, bucket, size=5, state="aborted")
+    rejected = insert_upload(settings, bucket, size=5, state="rejected")
+    sql(
+        settings,
+        "UPDATE uploads SET error = 'object is 7 bytes, 5 were announced', size_actual = 7"
+        " WHERE key = %s",
+        rejected,
+    )
+    before = {key: upload_row(settings, key) for key in (aborted, rejected)}
+    for key in before:
+        _put(s3, bucket, key, b"hello")
+    messages = receive_all(sqs, url, expected=3)  # TestEvent + the two objects
     caplog.clear()
     capsys.readouterr()
-    response = invoke(sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, second)))]))
-    assert response["batchItemFailures"] == []
-    (ignored,) = [r for r in caplog.records if r.getMessage() == "event ignored"]
-    assert ignored.reason == "object replaced after its upload was queued"
-    assert ignored.etag == second
+
+    assert invoke(from_sqs_messages(messages)) == {"batchItemFailures": []}
+    assert {key: upload_row(settings, key) for key in before} == before  # updated_at too
+    assert job_rows(settings) == [] and queue_jobs(settings) == {}
+    ignored = {r.upload_id: r.reason for r in caplog.records if r.getMessage() == "event ignored"}
+    assert ignored == {
+        before[aborted]["id"]: "upload is aborted",
+        before[rejected]["id"]: "upload is rejected",
+    }
     (emf,) = [json.loads(line) for line in capsys.readouterr().out.splitlines() if "_aws" in line]
-    assert emf["ObjectsIgnored"] == [1.0] and "ObjectsAccepted" not in emf
-    row = upload_row(settings, key)
-    assert (row["state"], row["etag"]) == ("queued", first)
-    assert [r["revision"] for r in job_rows(settings)] == [first]
-    assert len(queue_jobs(settings)) == 1
+    assert emf["ObjectsIgnored"] == [1.0, 1.0] and "ObjectsAccepted" not in emf
 
 
 def test_the_object_is_headed_only_when_the_event_lacks_its_size(lambda_env, settings, s3, bucket):

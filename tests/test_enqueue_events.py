@@ -54,6 +54,8 @@ def test_quoted_etag_empty_version_and_missing_size():
     (event,) = parse_notification({"Records": [record]}).records
     assert (event.size, event.etag, event.version_id) == (None, "abc-2", None)
     assert not event.complete
+    suspended = s3_record("bkt", "uploads/u/x/f", 1, "e", version_id="null")
+    assert parse_notification({"Records": [suspended]}).records[0].version_id is None
     head = {"ContentLength": 7, "ETag": '"abc-2"', "VersionId": "v1"}
     assert event.with_head(head) == S3ObjectEvent(
         "ObjectCreated:Put", "bkt", "uploads/u/x/f", 7, "abc-2", "v1", event.sequencer,

@@ -59,15 +59,22 @@ def test_multipart_upload_reaches_completed_with_the_right_sha256(local_stack, t
     assert row["state"] == "queued" and row["sizeActual"] == len(data)
 
 
+def _post_small_file(client: ApiClient, filename: str, data: bytes) -> str:
+    """Upload ``data`` by the presigned POST the API hands out, as the web page does; returns
+    the upload id."""
+    created = client.call(
+        "POST", "/uploads", {"filename": filename, "size": len(data), "contentType": "text/csv"}
+    )
+    assert created.status == 201, created.body
+    presigned_post(created.body["post"], filename, data, "text/csv")
+    return created.body["id"]
+
+
 def test_single_upload_by_presigned_post_is_processed(local_stack):
     client = ApiClient(local_stack.info)
     data = b"id,name\n1,offload\n"
-    created = client.call(
-        "POST", "/uploads", {"filename": "rows.csv", "size": len(data), "contentType": "text/csv"}
-    )
-    assert created.status == 201, created.body
-    presigned_post(created.body["post"], "rows.csv", data, "text/csv")
-    jobs = wait_until(lambda: _finished_jobs(client, created.body["id"]), what="jobs finished")
+    upload_id = _post_small_file(client, "rows.csv", data)
+    jobs = wait_until(lambda: _finished_jobs(client, upload_id), what="jobs finished")
     inspect = next(job for job in jobs if job["name"] == "inspect")
     assert inspect["state"] == "completed"
     assert inspect["result"]["sha256"] == hashlib.sha256(data).hexdigest()
@@ -89,13 +96,20 @@ def test_the_gateway_checks_the_cognito_token(local_stack):
 
 def test_each_user_sees_only_their_own_jobs(local_stack):
     info = local_stack.info
+    mine = ApiClient(info)
+    upload_id = _post_small_file(mine, "mine.csv", b"id\n1\n")  # a job of mine, whatever ran before
+    jobs = wait_until(lambda: _finished_jobs(mine, upload_id), what="my upload's jobs")
     pool = aws_resources.UserPool(info.user_pool_id, info.client_id)
     other = aws_resources.create_user(info.moto_endpoint, pool, "other@example.com")
-    mine = ApiClient(info).call("GET", "/jobs?limit=100").body["jobs"]
     theirs = ApiClient(info, other.username, other.password)
     assert theirs.call("GET", "/jobs").body["jobs"] == []
-    for job in mine:
+    assert jobs
+    for job in jobs:
+        assert mine.call("GET", f"/jobs/{job['id']}").status == 200
         assert theirs.call("GET", f"/jobs/{job['id']}").status == 404
+        assert theirs.call("POST", f"/jobs/{job['id']}/retry").status == 404
+    assert mine.call("GET", f"/uploads/{upload_id}").status == 200
+    assert theirs.call("GET", f"/uploads/{upload_id}").status == 404
 
 
 def test_a_malformed_event_ends_in_the_dead_letter_queue(local_stack):

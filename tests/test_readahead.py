@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -39,21 +39,37 @@ def test_the_sources_own_exception_reaches_the_consumer_after_the_items() -> Non
     assert seen == [1, 2]
 
 
+def _wait_until(condition: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
 def test_the_reader_stays_at_most_depth_items_ahead() -> None:
     produced: list[int] = []
+    overran = threading.Event()
+    limit = [5]
 
     def source() -> Iterator[int]:
         for n in range(50):
             produced.append(n)
+            if len(produced) > limit[0]:
+                overran.set()
             yield n
 
     reader = ReadAhead(source(), depth=3)
     items = iter(reader)
     assert next(items) == 0
-    time.sleep(0.3)  # ample time for an unbounded reader to run to the end
-    # 1 handed out, 3 queued, 1 read and waiting for room in the queue.
-    assert len(produced) == 5
-    assert reader.stop(timeout_s=1)
+    # 1 handed out, 3 queued, 1 read and waiting for room in the queue: 5 read, then no more
+    # until the consumer takes one. An unbounded reader reads on: it has ample time to.
+    _wait_until(lambda: len(produced) >= 5)
+    assert not overran.wait(0.5), produced
+    limit[0] = 6
+    assert next(items) == 1  # room for one more
+    _wait_until(lambda: len(produced) >= 6)
+    assert not overran.wait(0.5), produced
+    assert reader.stop(timeout_s=5)
 
 
 def test_stop_releases_a_reader_blocked_on_a_full_queue() -> None:

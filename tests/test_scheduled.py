@@ -4,6 +4,8 @@ reconciler (real Redis and PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -15,6 +17,7 @@ import redis
 from bullmq import Worker
 
 from lambdas import runtime
+from offload.db.status import JobIdentity
 from offload.jobs import INSPECT, THUMBNAIL, JobRef, job_id
 from offload.queue import open_queue
 from offload.reconcile import ref_for_job_row
@@ -28,6 +31,9 @@ from tests.support.events import (
     queue_jobs,
     sql,
     upload_row,
+)
+from tests.support.events import (
+    invoke_reconciler as reconcile,
 )
 from tests.support.harness import producer, running_worker, wait_for, wait_for_state
 from tests.support.servers import unique_name
@@ -178,12 +184,6 @@ def test_waiting_since_counts_from_the_last_attempt_of_a_retried_job():
 ORPHAN_ETAG = "d41d8cd98f00b204e9800998ecf8427e"
 
 
-def reconcile() -> dict:
-    from lambdas import reconciler
-
-    return reconciler.handler({}, FakeContext())
-
-
 def _uploaded(settings, bucket: str, **kwargs) -> dict:
     """An upload the enqueue Lambda marked uploaded but never got to queue."""
     key = insert_upload(settings, bucket, **kwargs)
@@ -197,10 +197,10 @@ def _uploaded(settings, bucket: str, **kwargs) -> dict:
     return upload_row(settings, key)
 
 
-def _enqueue(settings, name: str, ref: JobRef) -> str:
+def _enqueue(settings, name: str, ref: JobRef, opts: dict | None = None) -> str:
     async def go() -> str:
         async with producer(settings) as prod:
-            return await prod.enqueue(name, ref)
+            return await prod.enqueue(name, ref, opts)
 
     return asyncio.run(go())
 
@@ -378,3 +378,126 @@ def test_a_job_row_is_rebuilt_into_the_reference_that_gives_its_id():
     assert ref_for_job_row(row(INSPECT, both, version_id="v2", etag="e")) == both
     broken = row("noop", etag_only) | {"key": "another"}
     assert ref_for_job_row(broken) is None
+
+
+def _finish_outside_our_worker(settings, outcomes: dict[str, str]) -> None:
+    """Run jobs to the end with a bare bullmq worker, which writes no status (as a Node worker
+    or a job moved by hand would): ``outcomes`` maps a job id to "completed" or "failed"."""
+
+    async def run(queue) -> None:
+        async def process(job, token):
+            if outcomes[job.id] == "failed":
+                raise ValueError(f"failed outside: {job.id}")
+            return {"done": job.id}
+
+        worker = Worker(
+            settings.queue_name,
+            process,
+            {
+                "connection": connection_options(settings.redis_url),
+                "prefix": settings.queue_prefix,
+            },
+        )
+        try:
+            for jid, state in outcomes.items():
+                await wait_for(lambda jid=jid, state=state: _in_state(queue, jid, state))
+        finally:
+            await worker.close()
+
+    queue_call(settings, run)
+
+
+async def _in_state(queue, jid: str, state: str) -> bool:
+    return await queue.getJobState(jid) == state
+
+
+def test_in_flight_rows_whose_queue_job_is_final_are_settled(lambda_env, settings, bucket):
+    """A job that ended without our worker writing it (an older worker, Node BullMQ, a move by
+    hand) left its row in flight forever: the row follows the queue's final state."""
+    done = _enqueue(settings, "noop", JobRef("b", "done"))
+    broken = _enqueue(settings, "noop", JobRef("b", "broken", etag="e" * 32), {"attempts": 1})
+    waiting = _enqueue(settings, "noop", JobRef("b", "waiting"))
+    _finish_outside_our_worker(settings, {done: "completed", broken: "failed"})
+    sql(settings, "UPDATE jobs SET state = 'active', attempt = 1 WHERE id <> %s", waiting)
+    age_rows(settings, "jobs", settings.reconcile_after_s + 60)
+
+    report = reconcile()
+    assert (report["jobs_checked"], report["jobs_settled"], report["jobs_requeued"]) == (3, 2, 0)
+    rows = {r["id"]: r for r in job_rows(settings)}
+    assert (rows[done]["state"], rows[done]["result"]) == ("completed", {"done": done})
+    assert rows[done]["finished_at"] is not None
+    assert rows[broken]["state"] == "failed"
+    assert rows[broken]["error_message"] == f"failed outside: {broken}"
+    assert "ValueError" in rows[broken]["error_stack"]
+    assert rows[waiting]["state"] == "queued"  # the queue has it waiting: nothing to settle
+    last = _events(settings, done)[-1]
+    assert last["state"] == "completed" and "settled by the reconciler" in last["message"]
+    assert reconcile()["jobs_settled"] == 0  # settled rows are final: not checked again
+
+
+def _started_by_our_worker(settings, jid: str, name: str, ref: JobRef) -> None:
+    """The row our worker writes when it starts attempt 1 of job ``jid`` (then dies)."""
+    from tests.support.harness import status_store
+
+    async def start() -> None:
+        async with status_store(settings) as store:
+            identity = JobIdentity(jid, name, settings.queue_name, ref)
+            assert await store.mark_active(identity, 1, 3, "w-gone")
+
+    asyncio.run(start())
+
+
+def _emf_metric(stdout: str, name: str) -> list[float]:
+    """The values of metric ``name`` in the EMF documents printed during the run."""
+    values = []
+    for line in stdout.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            document = json.loads(line)
+            value = document.get(name, [])
+            values.extend(value if isinstance(value, list) else [value])
+    return values
+
+
+def test_a_lost_job_whose_row_cannot_be_rebuilt_is_counted_logged_and_left_alone(
+    lambda_env, settings, bucket, caplog, capsys
+):
+    """A job added under an id of its own (Node BullMQ, Bull Board's "add job") that our worker
+    started, then lost from Redis: no reference rebuilds that id, so adding it again would make
+    a different job. The row is reported, and left for an operator, run after run."""
+    custom = f"outside-{unique_name('job')}"
+    ref = JobRef("test-bucket", "custom/id.bin")
+    queue_call(settings, lambda queue: queue.add("noop", ref.to_data(), {"jobId": custom}))
+    _started_by_our_worker(settings, custom, "noop", ref)
+    rebuildable = _enqueue(settings, "noop", JobRef("test-bucket", "derived/id.bin"))
+    _lose(settings, custom, rebuildable)
+    age_rows(settings, "jobs", settings.reconcile_after_s + 60)
+    row_before = {r["id"]: r for r in job_rows(settings)}[custom]
+    events_before = _events(settings, custom)
+    capsys.readouterr()  # what came before the runs
+
+    # offload.* loggers write through the Lambda's Powertools handler (set up when its module
+    # is imported) and do not propagate
+    from lambdas import reconciler  # noqa: F401
+
+    offload_logs = logging.getLogger("offload")
+    offload_logs.addHandler(caplog.handler)
+    try:
+        reports = [reconcile(), reconcile()]
+    finally:
+        offload_logs.removeHandler(caplog.handler)
+
+    first = reports[0]
+    assert (first["jobs_checked"], first["jobs_missing"]) == (2, 2)
+    assert (first["jobs_requeued"], first["jobs_unrecoverable"]) == (1, 1)
+    assert reports[1]["jobs_unrecoverable"] == 1  # still there, still reported, still untouched
+    assert {r["id"]: r for r in job_rows(settings)}[custom] == row_before
+    assert row_before["state"] == "active" and row_before["attempt"] == 1
+    assert _events(settings, custom) == events_before
+    assert set(queue_jobs(settings)) == {rebuildable}  # nothing added under a wrong id
+    logged = [
+        record
+        for record in caplog.records
+        if record.getMessage() == "lost job cannot be rebuilt from its row; left as is"
+    ]
+    assert [getattr(record, "job_id", None) for record in logged] == [custom, custom]
+    assert _emf_metric(capsys.readouterr().out, "JobsUnrecoverable") == [1.0, 1.0]

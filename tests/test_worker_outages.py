@@ -1,14 +1,14 @@
-"""Failure modes across processes: SIGKILL, SIGTERM, PostgreSQL outages."""
+"""Failure modes across processes: SIGKILL, SIGTERM, SIGINT, PostgreSQL and Redis outages."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import time
 from dataclasses import replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psutil
 
@@ -17,12 +17,13 @@ from tests.support.harness import (
     job_events,
     job_row,
     producer,
+    queue_job_in_state,
     running_worker,
     spawn_worker,
     wait_for,
     wait_for_state,
 )
-from tests.support.tcpproxy import TcpProxy
+from tests.support.tcpproxy import proxy_for, url_through
 
 
 def _all_gone(processes: list[psutil.Process]) -> bool:
@@ -31,6 +32,17 @@ def _all_gone(processes: list[psutil.Process]) -> bool:
 
 def _lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
+
+
+def _logged(log_path: Path, message: str) -> bool:
+    """Whether the worker's JSON log has a line whose message starts with ``message``."""
+    return f'"message": "{message}' in (log_path.read_text() if log_path.exists() else "")
+
+
+def _done_at(gate: Path, count: int) -> dict[str, float] | None:
+    """When each ``gated`` job finished its work (job id -> time), once ``count`` have."""
+    done = {line.split()[0]: float(line.split()[2]) for line in _lines(gate / "done.log")}
+    return done if len(done) >= count else None
 
 
 def test_sigkilled_worker_leaves_no_orphans_and_job_completes_once(settings, tmp_path):
@@ -75,18 +87,21 @@ def test_sigkilled_worker_leaves_no_orphans_and_job_completes_once(settings, tmp
 
 
 def test_sigterm_finishes_running_job_takes_no_new_one_and_exits_zero(settings, tmp_path):
-    settings = replace(settings, concurrency=1, shutdown_grace_s=30)
+    settings = replace(settings, concurrency=1, shutdown_grace_s=60)
+    log_path = tmp_path / "worker.log"
 
     async def scenario():
         async with producer(settings) as prod:
-            running = await add(prod, "sleep", "2")
-            worker = spawn_worker(settings, tmp_path / "worker.log")
+            running = await add(prod, "gated", "running", bucket=str(tmp_path))
+            worker = spawn_worker(settings, log_path)
             try:
                 await wait_for_state(settings, running, "active", timeout_s=30)
                 worker.send_signal(signal.SIGTERM)
-                await asyncio.sleep(0.2)
+                # the worker is closing, and its job still runs (the gate is shut)
+                await wait_for(lambda: _logged(log_path, "shutting down"), timeout_s=30)
                 later = await add(prod, "noop", "after-sigterm")
-                code = await asyncio.to_thread(worker.wait, 30)
+                (tmp_path / "go").touch()
+                code = await asyncio.to_thread(worker.wait, 60)
             finally:
                 if worker.poll() is None:
                     worker.kill()
@@ -94,7 +109,7 @@ def test_sigterm_finishes_running_job_takes_no_new_one_and_exits_zero(settings, 
             return running, later, code, waiting["waiting"]
 
     running, later, code, waiting = asyncio.run(scenario())
-    assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]
+    assert code == 0, log_path.read_text()[-2000:]
     assert job_row(settings, running)["state"] == "completed"
     assert job_row(settings, later)["state"] == "queued"
     assert waiting == 1
@@ -107,27 +122,27 @@ def test_sigterm_past_grace_leaves_job_to_stalled_recovery(settings, tmp_path):
 
     async def scenario():
         async with producer(settings) as prod:
-            job_id = await add(prod, "sleep", "4")
+            # the job cannot end before the gate opens: the worker must give up on it
+            job_id = await add(prod, "gated", "stuck", bucket=str(tmp_path))
             worker = spawn_worker(settings, tmp_path / "worker.log")
             try:
                 await wait_for_state(settings, job_id, "active", timeout_s=30)
                 children = psutil.Process(worker.pid).children(recursive=True)
                 worker.send_signal(signal.SIGTERM)
-                started = time.monotonic()
-                code = await asyncio.to_thread(worker.wait, 30)
-                took = time.monotonic() - started
+                code = await asyncio.to_thread(worker.wait, 60)
             finally:
                 if worker.poll() is None:
                     worker.kill()
-            await wait_for(lambda: _all_gone(children), timeout_s=5)
+            await wait_for(lambda: _all_gone(children), timeout_s=30)
             assert job_row(settings, job_id)["state"] == "active"  # abandoned, not failed
+            assert _done_at(tmp_path, 1) is None  # and its work never finished
+            (tmp_path / "go").touch()
             async with running_worker(settings):
-                row = await wait_for_state(settings, job_id, "completed", timeout_s=30)
-            return code, took, row
+                row = await wait_for_state(settings, job_id, "completed", timeout_s=60)
+            return code, row
 
-    code, took, row = asyncio.run(scenario())
-    assert code == 0
-    assert took < 4
+    code, row = asyncio.run(scenario())
+    assert code == 0, (tmp_path / "worker.log").read_text()[-2000:]
     assert row["attempt"] == 2
 
 
@@ -135,87 +150,114 @@ async def _completed_count(queue, expected: int) -> bool:
     return (await queue.getJobCounts("completed"))["completed"] == expected
 
 
-def _via_proxy(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    netloc = parts.netloc.rsplit("@", 1)
-    auth = netloc[0] + "@" if len(netloc) == 2 else ""
-    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
+def test_postgres_outage_loses_no_outcome(settings, tmp_path, caplog):
+    proxy = proxy_for(settings.database_url, 5432)
+    worker_settings = replace(settings, database_url=url_through(settings.database_url, proxy.port))
+    caplog.set_level(logging.WARNING, logger="offload.db.pool")
 
-
-def test_postgres_outage_loses_no_outcome(settings):
-    pg = urlsplit(settings.database_url)
-    proxy = TcpProxy(pg.hostname or "127.0.0.1", pg.port or 5432).start()
-    worker_settings = replace(settings, database_url=_via_proxy(settings.database_url, proxy.port))
+    def outcome_write_failed(job_id: str) -> bool:
+        return any(
+            getattr(record, "job_id", None) == job_id
+            and "write completed failed" in record.getMessage()
+            for record in caplog.records
+        )
 
     async def scenario():
-        async with producer(settings) as prod:
-            async with running_worker(worker_settings):
-                ids = [await add(prod, "sleep", f"0.{i + 5}") for i in range(4)]
-                await wait_for(lambda: job_row(settings, ids[0])["state"] == "active")
-                proxy.cut()
-                await asyncio.sleep(4)  # jobs finish processing while PostgreSQL is away
-                during = await prod.queue.getJobCounts("completed", "active", "waiting")
-                rows_during = [job_row(settings, job_id)["state"] for job_id in ids]
-                proxy.restore()
-                rows = [
-                    await wait_for_state(settings, job_id, "completed", timeout_s=60)
-                    for job_id in ids
-                ]
-                # the queue moves each job right after its status is stored
-                await wait_for(lambda: _completed_count(prod.queue, 4))
-            return ids, during, rows_during, rows
+        async with producer(settings) as prod, running_worker(worker_settings):
+            # two jobs (the worker's concurrency) in flight: stored active, work not done
+            ids = [await add(prod, "gated", name, bucket=str(tmp_path)) for name in "ab"]
+            await wait_for(
+                lambda: all(job_row(settings, job_id)["state"] == "active" for job_id in ids),
+                timeout_s=30,
+            )
+            proxy.cut()
+            cut_at = time.time()
+            (tmp_path / "go").touch()  # their work ends while PostgreSQL is away
+            done_at = await wait_for(lambda: _done_at(tmp_path, len(ids)), timeout_s=30)
+            # the worker tried to store each outcome, and holds the job meanwhile
+            for job_id in ids:
+                await wait_for(lambda job_id=job_id: outcome_write_failed(job_id), timeout_s=30)
+            during = await prod.queue.getJobCounts("completed", "active")
+            rows_during = [job_row(settings, job_id)["state"] for job_id in ids]
+            restored_at = time.time()
+            proxy.restore()
+            rows = [
+                await wait_for_state(settings, job_id, "completed", timeout_s=60) for job_id in ids
+            ]
+            # the queue moves each job right after its status is stored
+            await wait_for(lambda: _completed_count(prod.queue, len(ids)), timeout_s=30)
+        return ids, cut_at, done_at, during, rows_during, restored_at, rows
 
     try:
-        ids, during, rows_during, rows = asyncio.run(scenario())
+        ids, cut_at, done_at, during, rows_during, restored_at, rows = asyncio.run(scenario())
     finally:
         proxy.stop()
+    assert all(cut_at < done_at[job_id] < restored_at for job_id in ids), done_at
     # nothing was completed in the queue while its status could not be stored
-    assert during["completed"] == 0, during
-    assert "completed" not in rows_during
-    assert [row["state"] for row in rows] == ["completed"] * 4
+    assert during == {"completed": 0, "active": 2}, during
+    assert rows_during == ["active"] * 2
+    assert [row["state"] for row in rows] == ["completed"] * 2
     for job_id in ids:
-        assert [e["state"] for e in job_events(settings, job_id)].count("completed") == 1
+        completed = [e for e in job_events(settings, job_id) if e["state"] == "completed"]
+        assert len(completed) == 1
+        assert completed[0]["at"].timestamp() > restored_at  # stored after the outage
 
 
 def test_worker_process_exits_cleanly_on_sigint(settings, tmp_path):
-    worker = spawn_worker(settings, tmp_path / "worker.log")
+    log_path = tmp_path / "worker.log"
+    worker = spawn_worker(settings, log_path)
     try:
-        time.sleep(3)
+        # logged once started, after its signal handlers were installed
+        asyncio.run(wait_for(lambda: _logged(log_path, "worker started on"), timeout_s=60))
         worker.send_signal(signal.SIGINT)
-        assert worker.wait(20) == 0
+        assert worker.wait(60) == 0
     finally:
         if worker.poll() is None:
             worker.kill()
-    log_text = (tmp_path / "worker.log").read_text()
+    log_text = log_path.read_text()
     assert '"message": "worker stopped"' in log_text
     assert '"message": "worker started on redis://' in log_text
 
 
-def test_redis_outage_mid_run_loses_no_job(settings):
+def test_redis_outage_mid_run_loses_no_job(settings, tmp_path):
     """The connection to Redis drops (as in a restart or failover) while a job runs and while
     the worker idles; once Redis is back, the running job and new ones complete."""
-    target = urlsplit(settings.redis_url)
-    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379).start()
-    worker_settings = replace(settings, redis_url=_via_proxy(settings.redis_url, proxy.port))
+    proxy = proxy_for(settings.redis_url, 6379)
+    worker_settings = replace(settings, redis_url=url_through(settings.redis_url, proxy.port))
 
     async def scenario():
         async with producer(settings) as prod, running_worker(worker_settings):
-            running = await add(prod, "sleep", "2")
-            await wait_for(lambda: job_row(settings, running)["state"] == "active")
+            running = await add(prod, "gated", "running", bucket=str(tmp_path))
+            await wait_for(lambda: job_row(settings, running)["state"] == "active", timeout_s=30)
             proxy.cut()
-            await asyncio.sleep(3)
+            cut_at = time.time()
+            (tmp_path / "go").touch()  # the job's work ends during the outage
+            # its status is stored (PostgreSQL is up): the worker is now moving it in the queue,
+            # which cannot hear of it
+            await wait_for_state(settings, running, "completed", timeout_s=30)
+            still_active = await prod.queue.getJobState(running)
             queued_during = await add(prod, "noop", "during-outage")
+            restored_at = time.time()
             proxy.restore()
             after = await add(prod, "noop", "after-outage")
-            return [
+            rows = [
                 await wait_for_state(settings, job_id, "completed", timeout_s=60)
                 for job_id in (running, queued_during, after)
             ]
+            await wait_for(
+                lambda: queue_job_in_state(prod.queue, running, "completed"), timeout_s=60
+            )
+            return cut_at, _done_at(tmp_path, 1), still_active, restored_at, rows
 
     try:
-        rows = asyncio.run(scenario())
+        cut_at, done_at, still_active, restored_at, rows = asyncio.run(scenario())
     finally:
         proxy.stop()
+    assert cut_at < done_at[rows[0]["id"]] < restored_at  # in flight when Redis went away
+    # done and stored in PostgreSQL during the outage, not yet in the queue: the queue heard
+    # of it after the outage, from the same attempt (no re-run)
+    assert still_active == "active"
+    assert rows[0]["attempt"] == 1
     assert [row["state"] for row in rows] == ["completed"] * 3
     for row in rows:
         assert [e["state"] for e in job_events(settings, row["id"])].count("completed") == 1

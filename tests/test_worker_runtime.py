@@ -8,6 +8,7 @@ import json
 import threading
 from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import redis
 
@@ -91,16 +92,46 @@ def test_protection_failure_does_not_fail_the_job(settings):
     assert asyncio.run(scenario())["attempt"] == 1
 
 
-def test_health_heartbeat_is_fresh_while_running_and_goes_stale(settings):
-    async def scenario():
-        async with running_worker(settings):
-            await asyncio.sleep(1.2)
-            return health.check(settings.health_file, 3)
+def _beat(path: Path) -> tuple[str, int] | None:
+    """The heartbeat file's content and mtime (None before the first beat)."""
+    try:
+        return path.read_text(), path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
 
-    healthy, detail = asyncio.run(scenario())
+
+def test_health_heartbeat_is_rewritten_while_running_and_not_after_shutdown(settings):
+    path = Path(settings.health_file)
+    path.unlink(missing_ok=True)
+    interval = settings.health_interval_s
+
+    async def scenario():
+        beats: list[tuple[str, int]] = []
+
+        def new_beat() -> bool:
+            beat = _beat(path)
+            if beat is not None and beat not in beats:
+                beats.append(beat)
+            return len(beats) >= 3
+
+        async with running_worker(settings):
+            # three different beats: written, then rewritten at least twice
+            await wait_for(new_beat, timeout_s=30 * interval)
+            healthy = health.check(str(path), 3 * interval)
+        last = _beat(path)
+        # A stopped worker must not keep beating: whatever a beat in progress at the shutdown
+        # wrote has landed by now, and a loop still running would rewrite the file within
+        # one interval; three go by.
+        await asyncio.sleep(3 * interval)
+        return beats, healthy, last, _beat(path)
+
+    beats, (healthy, detail), last, after = asyncio.run(scenario())
+    stamps = [json.loads(content)["ts"] for content, _ in beats]
+    assert stamps == sorted(stamps) and len(set(stamps)) == 3, stamps
     assert healthy, detail
-    stale, _ = health.check(settings.health_file, 0)
-    assert not stale
+    assert after == last, "the heartbeat went on after the shutdown"
+    stale, detail = health.check(str(path), 2 * interval)  # 3 intervals old by now
+    assert not stale and "old" in detail
     missing, detail = health.check(settings.health_file + ".missing", 30)
     assert not missing and "no heartbeat" in detail
 

@@ -56,10 +56,13 @@ class Api:
         self.tries = tries
         self.timeout_s = timeout_s
 
-    def call(self, method: str, path: str, body: Any = None) -> Any:
-        """One API call; the parsed JSON answer on 2xx. Retries 429/5xx and connection errors
-        (every route is safe to repeat: a repeated POST /uploads leaves an unused pending row
-        at worst, which expires)."""
+    def call(self, method: str, path: str, body: Any = None, tries: int | None = None) -> Any:
+        """One API call; the parsed JSON answer on 2xx. Retries 429/5xx and connection errors,
+        ``tries`` times in all (default: the client's). Every route but a job's retry is safe
+        to repeat: a repeated POST /uploads leaves an unused pending row at worst, which
+        expires; a repeated complete is told the upload is already completed; a repeated
+        abort is a no-op. See :meth:`retry_job` for the retry."""
+        tries = tries or self.tries
         url = self.api_url + path
         data = None if body is None else json.dumps(body).encode()
         refreshed = False
@@ -75,7 +78,7 @@ class Api:
                     method, url, body=data, headers=headers, timeout=self.timeout_s
                 )
             except urllib3.exceptions.HTTPError as exc:
-                if attempt >= self.tries:
+                if attempt >= tries:
                     raise UnavailableError(
                         f"no answer from the API ({method} {path}): {_reason(exc)}"
                     ) from exc
@@ -88,7 +91,7 @@ class Api:
                     attempt -= 1
                     continue
                 raise AuthError(f"the API refused {self.auth.describe} (HTTP 401): sign in again")
-            if status in RETRY_STATUSES and attempt < self.tries:
+            if status in RETRY_STATUSES and attempt < tries:
                 time.sleep(backoff_s(attempt))
                 continue
             parsed = _json(answer.data)
@@ -143,7 +146,25 @@ class Api:
         return self.call("GET", f"/jobs/{_segment(job_id)}")
 
     def retry_job(self, job_id: str) -> dict[str, Any]:
-        return self.call("POST", f"/jobs/{_segment(job_id)}/retry")
+        """Put a failed job back in the queue, once. The API's answer may be lost after it did
+        so (a gateway timeout, a dropped connection): asked again, it would refuse (the job
+        is no longer failed: 409) or, if the job has failed again meanwhile, run it once more.
+        So after each try without an answer the job is read again, and a retry that went
+        through (the job is no longer failed at the attempt it was) is not repeated."""
+        path = f"/jobs/{_segment(job_id)}/retry"
+        seen = self.get_job(job_id)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self.call("POST", path, tries=1)
+            except UnavailableError:
+                if attempt >= self.tries:
+                    raise
+            time.sleep(backoff_s(attempt))
+            now = self.get_job(job_id)
+            if (now.get("state"), now.get("attempts")) != (seen.get("state"), seen.get("attempts")):
+                return now
 
 
 def _segment(value: str) -> str:

@@ -18,6 +18,8 @@ from typing import Any
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
+from offload.db.uploads import revision_sql
+
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_CURSOR_CHARS = 512
@@ -44,12 +46,18 @@ class JobRow:
     finished_at: datetime | None
     updated_at: datetime
     filename: str | None = None  # the upload's, so a client can name the job's file
+    # The job is for an older version of its upload's object (the key was written again):
+    # its result describes bytes the key no longer holds, and its outputs' keys now hold (or
+    # will hold) the newest version's.
+    superseded: bool | None = None
 
 
 _COLUMNS = (
     "id, name, upload_id, state, attempt, max_attempts, progress, result, error_message,"
     " created_at, started_at, finished_at, updated_at,"
-    " (SELECT u.filename FROM uploads u WHERE u.id = jobs.upload_id) AS filename"
+    " (SELECT u.filename FROM uploads u WHERE u.id = jobs.upload_id) AS filename,"
+    f" (SELECT jobs.revision IS DISTINCT FROM {revision_sql('u')}"
+    "  FROM uploads u WHERE u.id = jobs.upload_id) AS superseded"
 )
 
 
@@ -102,6 +110,7 @@ def job_view(row: JobRow) -> dict[str, Any]:
         "startedAt": iso(row.started_at),
         "finishedAt": iso(row.finished_at),
         "updatedAt": iso(row.updated_at),
+        "superseded": bool(row.superseded),
     }
 
 

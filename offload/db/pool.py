@@ -3,6 +3,12 @@
 The worker and each Lambda container open one small pool and share it between stores, so a
 process holds as few connections as it has concurrent writers (RDS Proxy multiplexes the
 Lambdas' connections further).
+
+After an outage the pool reconnects for the first caller that asks, not on a timer:
+psycopg_pool's own reconnection retries a lost connection in the background with a backoff
+that doubles (1, 2, 4, 8, 16 s, ...) for ``reconnect_timeout``, and callers wait for its next
+tick meanwhile: after a 15 s outage the API answered 503 for about as long again, and the
+worker's status writes waited as long; the longer the outage, the longer the wait after it.
 """
 
 from __future__ import annotations
@@ -10,7 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from time import monotonic
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
@@ -21,6 +28,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRYABLE = (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError)
+
+# How often a caller waiting for a connection asks the pool to try connecting again.
+RECONNECT_EVERY_S = 1.0
 
 
 _DEAD_PEER_DETECTION = {
@@ -65,7 +75,11 @@ def create_pool(
 
     TCP keepalives and a 30 s ``tcp_user_timeout`` make a connection whose peer vanished
     without a reset (a failover) fail in seconds, so writes are retried, instead of hanging
-    until the kernel gives up (about 15 minutes)."""
+    until the kernel gives up (about 15 minutes).
+
+    A caller waits at most 5 s for a connection (``PoolTimeout``, which the API answers with
+    503 and ``until_stored`` retries); while it waits, the pool tries to connect every
+    ``RECONNECT_EVERY_S`` (OnDemandPool), so the first caller after an outage gets through."""
     kwargs: dict[str, object] = {"autocommit": True, **_DEAD_PEER_DETECTION}
     configure = None
     if schema_from_role:
@@ -73,7 +87,7 @@ def create_pool(
         configure = _expect_schema(check_schema_name(schema))
     else:
         kwargs["options"] = schema_options(schema)
-    return AsyncConnectionPool(
+    return OnDemandPool(
         database_url,
         min_size=1,
         max_size=max(1, max_size),
@@ -81,10 +95,42 @@ def create_pool(
         configure=configure,
         check=AsyncConnectionPool.check_connection if check_on_checkout else None,
         timeout=5.0,
-        reconnect_timeout=24 * 3600,
+        reconnect_timeout=0,  # no background retries on a timer: see OnDemandPool
         open=False,
         name="offload",
     )
+
+
+class OnDemandPool(AsyncConnectionPool):
+    """A pool that tries to connect when a caller needs a connection, and only then.
+
+    With ``reconnect_timeout=0`` a failed connection attempt is retried once, at once, and then
+    the pool gives up that connection instead of retrying it on a growing timer; a caller that
+    finds the pool short of connections makes it connect (psycopg_pool grows the pool for a
+    caller that has to wait). What psycopg_pool does not do is try again for a caller already
+    waiting, so :meth:`getconn` waits in slices of ``RECONNECT_EVERY_S``, asking again after
+    each: a caller that waits through the end of an outage gets a connection within that much
+    of PostgreSQL answering. Nobody waiting, nothing tries: an idle worker does not knock on a
+    database that is down, and a Lambda container's loop only runs during an invocation
+    anyway. Public psycopg_pool API only (``reconnect_timeout``, ``getconn``).
+
+    The price: a caller waiting for a busy pool (every connection in use) rejoins the queue at
+    its end every slice; our pools have a connection per concurrent writer, so callers rarely
+    queue at all."""
+
+    async def getconn(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 (psycopg_pool's signature)
+    ) -> psycopg.AsyncConnection[Any]:
+        total = self.timeout if timeout is None else timeout
+        deadline = monotonic() + total
+        while True:
+            remaining = deadline - monotonic()
+            try:
+                return await super().getconn(timeout=min(remaining, RECONNECT_EVERY_S))
+            except PoolTimeout:
+                if remaining <= RECONNECT_EVERY_S:
+                    raise PoolTimeout(f"couldn't get a connection after {total:.2f} sec") from None
 
 
 def _expect_schema(schema: str) -> Callable[[psycopg.AsyncConnection], Awaitable[None]]:

@@ -3,7 +3,10 @@
 Rules that keep the row truthful:
 * one row per job id (upsert), whatever the number of attempts or workers;
 * a write carries the attempt number it belongs to, and is ignored when the row already belongs
-  to a later attempt, so a zombie attempt cannot overwrite the live one;
+  to a later attempt, so a zombie attempt cannot overwrite the live one; the start of an
+  attempt is also taken over a final row whatever its number, because a job retried from
+  outside (Node BullMQ, Bull Board) may start counting again at 1;
+* bullmq may end a job without running it (the stall limit): that outcome is written too;
 * outcome writes (active, retrying, completed, failed) retry until PostgreSQL answers: the
   caller only moves the job in the queue after the write returned, so an outage delays an
   outcome but never loses it. Progress is best effort: it is not an outcome.
@@ -12,6 +15,8 @@ Rules that keep the row truthful:
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,7 +59,28 @@ WITH changed AS (
         state = 'active', attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
         worker_id = EXCLUDED.worker_id, started_at = now(), finished_at = NULL,
         progress = NULL, result = NULL, updated_at = now()
-    WHERE jobs.attempt <= EXCLUDED.attempt
+    WHERE jobs.attempt <= EXCLUDED.attempt OR jobs.state IN ('completed', 'failed')
+    RETURNING id, attempt, state, worker_id
+)"""
+    + _EVENT
+)
+
+# A job bullmq fails without running it (a deferred failure: the stall limit, a failed child of
+# a flow): the row may be at any in-flight state of the previous attempt, or missing.
+MARK_FAILED_UNRUN = (
+    """
+WITH changed AS (
+    INSERT INTO jobs (id, name, queue, upload_id, owner, bucket, key, revision, state,
+                      attempt, max_attempts, worker_id, error_message, finished_at)
+    VALUES (%(id)s, %(name)s, %(queue)s, %(upload_id)s, %(owner)s, %(bucket)s, %(key)s,
+            %(revision)s, 'failed', %(attempt)s, %(max_attempts)s, %(worker_id)s,
+            %(message)s, now())
+    ON CONFLICT (id) DO UPDATE SET
+        state = 'failed', attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
+        worker_id = EXCLUDED.worker_id, error_message = EXCLUDED.error_message,
+        error_stack = NULL, result = NULL, finished_at = now(), updated_at = now()
+    WHERE jobs.attempt < EXCLUDED.attempt
+       OR (jobs.attempt = EXCLUDED.attempt AND jobs.state <> 'failed')
     RETURNING id, attempt, state, worker_id
 )"""
     + _EVENT
@@ -131,6 +157,21 @@ class StatusStore:
         rows = await until_stored("active", job.job_id, lambda: self._execute(MARK_ACTIVE, params))
         return rows > 0
 
+    async def mark_failed_unrun(
+        self, job: JobIdentity, attempt: int, max_attempts: int, worker_id: str, message: str
+    ) -> bool:
+        """A job failed by bullmq itself, without a run (see MARK_FAILED_UNRUN)."""
+        params = job.columns() | {
+            "attempt": attempt,
+            "max_attempts": max_attempts,
+            "worker_id": worker_id,
+            "message": storable_text(message),
+        }
+        rows = await until_stored(
+            "failed", job.job_id, lambda: self._execute(MARK_FAILED_UNRUN, params)
+        )
+        return rows > 0
+
     async def mark_progress(self, job_id: str, attempt: int, progress: Any) -> bool:
         """Best effort: one try, a failure is logged and dropped."""
         params = {"id": job_id, "attempt": attempt, "progress": Jsonb(progress)}
@@ -166,25 +207,47 @@ class StatusStore:
     async def _finish_with_error(
         self, job_id: str, attempt: int, state: str, message: str, stack: str
     ) -> bool:
-        message, stack = _storable_text(message), _storable_text(stack)
+        message, stack = storable_text(message), storable_text(stack)
         return await self._finish(
             job_id, attempt, state, error_message=message, error_stack=stack, message=message
         )
 
-    async def mark_requeued(
-        self, job_id: str, attempt: int, *, owner: str | None = None, message: str | None = None
-    ) -> bool:
-        """A failed job back to ``queued`` after a retry (see MARK_REQUEUED); False when the
-        row is no longer failed at ``attempt`` (a worker already took the retried job)."""
+    @asynccontextmanager
+    async def retry_claim(
+        self, job_id: str, attempt: int, *, owner: str, message: str
+    ) -> AsyncIterator[bool]:
+        """Claim a failed row for a user's retry (MARK_REQUEUED) and hold the claim while the
+        caller moves the job in the queue: the claim commits when the block ends, and is rolled
+        back when it raises. Yields False when the row is no longer failed at ``attempt``
+        (another retry claimed it, or a worker already ran it again): the caller must not
+        touch the queue then.
+
+        Holding the claim in an open transaction, rather than writing it and undoing it, is
+        what keeps the row truthful whatever fails in between:
+
+        * a concurrent claim waits on the row lock, then finds the row changed (one winner);
+        * a worker that takes the retried job at once waits on the lock too, and its
+          ``active`` (a later attempt) lands after the claim, never under it;
+        * if the queue refuses the retry, or Redis or PostgreSQL fails before the commit, the
+          row is still ``failed`` with its error: nothing to undo, so no undo that can fail.
+          The one inconsistency left is a retry Redis applied whose claim was lost (PostgreSQL
+          died before the commit, or Redis answered too late): the row says ``failed`` while
+          the job waits, until the worker that takes it writes ``active``; a retry meanwhile
+          gets 409 from the queue. A row is never ``queued`` for a job that is not.
+
+        One call, one try: the caller answers a request, so an outage is its caller's to retry
+        (503), unlike the worker's writes."""
         params = {"id": job_id, "attempt": attempt, "owner": owner, "message": message}
-        rows = await until_stored("requeued", job_id, lambda: self._execute(MARK_REQUEUED, params))
-        return rows > 0
+        async with self._pool.connection() as conn, conn.transaction():
+            cursor = await conn.execute(MARK_REQUEUED, params)
+            yield cursor.rowcount > 0
 
 
-# A failed job put back in the queue by a user's retry. Only a row that is still ``failed`` at
-# the attempt the caller saw moves, so a worker that has already picked the retried job up
-# (``active``, or even finished it again) is never overwritten. The attempt number is kept:
-# bullmq keeps counting attempts, and the row's guard on later writes relies on that.
+# A failed job put back in the queue by a user's retry (StatusStore.retry_claim). Only a row
+# that is still ``failed`` at the attempt the caller saw, and is the caller's, moves: a second
+# retry of the same failure, or one that comes after a worker has already run the job again,
+# changes nothing. The attempt number is kept: bullmq keeps counting attempts, and the row's
+# guard on later writes (a worker's ``active`` for attempt + 1) relies on that.
 MARK_REQUEUED = (
     """
 WITH changed AS (
@@ -192,14 +255,14 @@ WITH changed AS (
         state = 'queued', progress = NULL, result = NULL, error_message = NULL,
         error_stack = NULL, worker_id = NULL, finished_at = NULL, updated_at = now()
     WHERE id = %(id)s AND state = 'failed' AND attempt = %(attempt)s
-      AND (%(owner)s::text IS NULL OR owner = %(owner)s::text)
+      AND owner = %(owner)s
     RETURNING id, attempt, state, worker_id
 )"""
     + _EVENT
 )
 
 
-def _storable_text(text: str) -> str:
+def storable_text(text: str) -> str:
     """PostgreSQL text cannot hold NUL, and an error message may quote binary input: unstored,
     the failure would leave the row ``active`` while the queue has failed the job."""
     return text.replace("\x00", "\N{REPLACEMENT CHARACTER}")

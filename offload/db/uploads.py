@@ -6,6 +6,13 @@ for the system, addresses rows by id and key instead.
 
 States: ``pending`` (URLs handed out) -> ``uploaded`` (object seen, size checked) -> ``queued``
 (jobs enqueued); or ``rejected`` (object does not match what was announced) / ``aborted``.
+
+A row in ``uploaded``/``queued`` names one object: its version id and ETag (its *revision*, the
+same one its jobs' ids are derived from). A presigned POST stays valid for the URL's lifetime,
+so the key can get a newer version: the row then moves to that version (back to ``uploaded``,
+see :meth:`UploadStore.mark_uploaded`). Every change of a row that names an object is guarded
+by the object it names, so two deliveries racing on one row can never leave it naming an
+object the winner did not decide on.
 """
 
 from __future__ import annotations
@@ -40,6 +47,18 @@ class Upload:
     # A multipart upload's part size, chosen when it was created (migration 0002). None for a
     # single upload, and for multipart uploads created before the column existed.
     part_size: int | None = None
+
+    @property
+    def revision(self) -> str:
+        """The revision of the object the row names, as its jobs carry it
+        (:attr:`offload.jobs.JobRef.revision`): the version id, else the unquoted ETag."""
+        return self.version_id or (self.etag or "").strip('"')
+
+
+def revision_sql(table: str) -> str:
+    """:attr:`Upload.revision` in SQL, for the uploads row ``table`` (an alias): compared with
+    ``jobs.revision`` to tell a job of the row's object from one of an older version."""
+    return f"COALESCE(NULLIF({table}.version_id, ''), btrim(COALESCE({table}.etag, ''), '\"'))"
 
 
 _COLUMNS = (
@@ -104,45 +123,86 @@ class UploadStore:
         )
 
     async def _transition(
-        self, upload_id: str, to_state: str, from_states: tuple[str, ...], **fields: Any
+        self,
+        upload_id: str,
+        to_state: str,
+        from_states: tuple[str, ...],
+        *,
+        holding: Upload | None = None,
+        **fields: Any,
     ) -> Upload | None:
-        """Move the row to ``to_state`` if it is in one of ``from_states``; None otherwise.
-        Retried until PostgreSQL answers: these record facts about objects in S3."""
+        """Move the row to ``to_state`` if it is in one of ``from_states`` (and, given
+        ``holding``, still names that row's object); None otherwise. Retried until PostgreSQL
+        answers: these record facts about objects in S3."""
         assignments = "".join(f", {name} = %({name})s" for name in fields)
+        guard = ""
+        params = {"id": upload_id, "to": to_state, "from": list(from_states), **fields}
+        if holding is not None:
+            guard = (
+                " AND version_id IS NOT DISTINCT FROM %(held_version_id)s"
+                " AND etag IS NOT DISTINCT FROM %(held_etag)s"
+            )
+            params |= {"held_version_id": holding.version_id, "held_etag": holding.etag}
         statement = (
             f"UPDATE uploads SET state = %(to)s, updated_at = now(){assignments}"
-            f" WHERE id = %(id)s AND state = ANY(%(from)s) RETURNING {_COLUMNS}"
+            f" WHERE id = %(id)s AND state = ANY(%(from)s){guard} RETURNING {_COLUMNS}"
         )
-        params = {"id": upload_id, "to": to_state, "from": list(from_states), **fields}
         return await until_stored(
             f"upload {to_state}", upload_id, lambda: self._fetch_one(statement, params)
         )
 
     async def mark_uploaded(
-        self, upload_id: str, *, size_actual: int, etag: str | None, version_id: str | None
+        self,
+        upload_id: str,
+        *,
+        size_actual: int,
+        etag: str | None,
+        version_id: str | None,
+        replacing: Upload | None = None,
     ) -> Upload | None:
+        """The object arrived (from ``pending``), or a newer version of it replaces the one
+        ``replacing`` names (from ``uploaded``/``queued``, only while the row still names
+        that one). None when the row is no longer what the caller saw."""
+        from_states = ("uploaded", "queued") if replacing else ("pending",)
         return await self._transition(
             upload_id,
             "uploaded",
-            ("pending", "uploaded"),
+            from_states,
+            holding=replacing,
             size_actual=size_actual,
             etag=etag,
             version_id=version_id,
             error=None,
         )
 
-    async def mark_queued(self, upload_id: str) -> Upload | None:
-        return await self._transition(upload_id, "queued", ("uploaded", "queued"))
+    async def mark_queued(self, upload: Upload) -> Upload | None:
+        """The jobs of ``upload``'s object are enqueued; None when the row has moved to
+        another object meanwhile (that object's jobs are not)."""
+        return await self._transition(upload.id, "queued", ("uploaded", "queued"), holding=upload)
 
     async def mark_rejected(
-        self, upload_id: str, reason: str, *, size_actual: int | None = None
+        self,
+        upload_id: str,
+        reason: str,
+        *,
+        size_actual: int | None = None,
+        etag: str | None = None,
+        version_id: str | None = None,
+        replacing: Upload | None = None,
     ) -> Upload | None:
+        """The object does not match what was announced: from ``pending``, or, for a newer
+        version, from the ``uploaded``/``queued`` row still naming ``replacing``. The row
+        names the rejected object from then on."""
+        from_states = ("uploaded", "queued") if replacing else ("pending", "rejected")
         return await self._transition(
             upload_id,
             "rejected",
-            ("pending", "uploaded", "rejected"),
+            from_states,
+            holding=replacing,
             error=reason,
             size_actual=size_actual,
+            etag=etag,
+            version_id=version_id,
         )
 
     async def mark_aborted(self, upload_id: str) -> Upload | None:

@@ -3,15 +3,16 @@ the configuration's validation, and synth needing no credentials."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import aws_cdk as cdk
 import pytest
-from aws_cdk import aws_sqs as sqs
-from cdk_nag import AwsSolutionsChecks
+from aws_cdk import aws_s3 as s3
 
+import app as offload_app
 from stacks.config import ConfigError, load, parse
 from tests.infra.conftest import ROOT, Synth, file_context
 
@@ -19,22 +20,37 @@ CFN_LINT = "import sys; from cfnlint.runner import main; sys.exit(main())"
 
 
 def test_both_environments_synthesise_with_cdk_nag_clean(dev: Synth, prod: Synth) -> None:
-    # The fixtures synthesised with AwsSolutionsChecks registered: an unacknowledged finding
-    # would have raised. The report confirms the plugin ran and found nothing.
+    # The fixtures synthesised through app.build, which registers cdk-nag: a finding would
+    # have raised. An empty report only says that the registered plugins found nothing, not
+    # which ran: test_cdk_nag_runs_on_the_app_as_app_py_builds_it proves cdk-nag is one.
     for synth in (dev, prod):
-        report = (synth.outdir / "validation-report.json").read_text()
-        assert '"pluginReports": []' in report or '"violations": []' in report
+        report = json.loads((synth.outdir / "validation-report.json").read_text())
+        assert report["pluginReports"] == []
         assert len(synth.stacks.all()) == 9
 
 
-def test_an_unacknowledged_finding_fails_synth(tmp_path) -> None:
-    app = cdk.App(outdir=str(tmp_path), builtin_cloud_formation_validation=False)
-    stack = cdk.Stack(app, "Bad")
-    sqs.Queue(stack, "Unencrypted", encryption=sqs.QueueEncryption.UNENCRYPTED)
-    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app))
+def test_cdk_nag_runs_on_the_app_as_app_py_builds_it(tmp_path) -> None:
+    """The app built as ``app.py`` builds it (``new_app``, then ``build``, which registers
+    cdk-nag), plus one bucket without server access logs or an SSL-only policy: synth fails
+    with AwsSolutions findings on that bucket. Without cdk-nag in ``build`` it would pass."""
+    app = offload_app.new_app(
+        context=file_context(env="dev", **{"offload:skipBundling": True}), outdir=str(tmp_path)
+    )
+    offload_app.build(app)
+    s3.Bucket(cdk.Stack(app, "Offload-dev-NagProbe"), "NonCompliant")
     with pytest.raises(RuntimeError, match="ValidationFailed"):
         app.synth()
-    assert "AwsSolutions-SQS2" in (tmp_path / "validation-report.json").read_text()
+    report = json.loads((tmp_path / "validation-report.json").read_text())
+    findings = {
+        (violation["ruleName"], construct["constructPath"])
+        for plugin in report["pluginReports"]
+        if plugin["pluginName"] == "AwsSolutions"
+        for violation in plugin["violations"]
+        for construct in violation["violatingConstructs"]
+    }
+    probe = "Offload-dev-NagProbe/NonCompliant/Resource"
+    assert {("AwsSolutions-S1", probe), ("AwsSolutions-S10", probe)} <= findings
+    assert {path for _, path in findings} == {probe}  # the real stacks have none
 
 
 def test_cfn_lint_finds_no_errors(dev: Synth, prod: Synth) -> None:

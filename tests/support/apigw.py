@@ -94,7 +94,11 @@ def call(method: str, path: str, **kwargs: Any) -> ApiResponse:
     """Build the event, run ``lambdas.api.handler`` in-process, decode the JSON answer."""
     from lambdas import api
 
-    raw = api.handler(event(method, path, **kwargs), LambdaContext("offload-api", 29.0))
+    return decode(api.handler(event(method, path, **kwargs), LambdaContext("offload-api", 29.0)))
+
+
+def decode(raw: dict[str, Any]) -> ApiResponse:
+    """The handler's answer (a REST proxy integration result) with its JSON body decoded."""
     text = raw.get("body") or ""
     if raw.get("isBase64Encoded"):
         text = base64.b64decode(text).decode()

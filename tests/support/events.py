@@ -30,6 +30,20 @@ def failed_ids(response: dict[str, Any]) -> set[str]:
     return {item["itemIdentifier"] for item in response["batchItemFailures"]}
 
 
+def invoke_enqueue(event: dict[str, Any]) -> dict[str, Any]:
+    """The enqueue Lambda's handler, in-process, with one SQS batch."""
+    from lambdas import enqueue
+
+    return enqueue.handler(event, FakeContext())
+
+
+def invoke_reconciler() -> dict[str, Any]:
+    """One scheduled run of the reconciler Lambda, in-process; returns its report."""
+    from lambdas import reconciler
+
+    return reconciler.handler({}, FakeContext())
+
+
 # --- S3 event notifications in AWS's format (docs sample, event version 2.1) -------------------
 
 

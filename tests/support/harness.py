@@ -18,6 +18,8 @@ from bullmq import Queue
 from psycopg.rows import dict_row
 
 from fargate_worker.worker import OffloadWorker
+from offload.db.pool import create_pool
+from offload.db.status import StatusStore
 from offload.jobs import JobRef
 from offload.queue import Producer
 from offload.queue import producer as producer
@@ -58,6 +60,7 @@ def env_for(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[
             "OFFLOAD_CONCURRENCY": str(settings.concurrency),
             "OFFLOAD_LOCK_DURATION_MS": str(settings.lock_duration_ms),
             "OFFLOAD_STALLED_INTERVAL_MS": str(settings.stalled_interval_ms),
+            "OFFLOAD_MAX_STALLED_COUNT": str(settings.max_stalled_count),
             "OFFLOAD_DRAIN_DELAY_S": str(settings.drain_delay_s),
             "OFFLOAD_ATTEMPTS": str(settings.default_attempts),
             "OFFLOAD_BACKOFF_MS": str(settings.default_backoff_ms),
@@ -92,6 +95,17 @@ async def running_worker(settings: Settings) -> AsyncIterator[OffloadWorker]:
         yield worker
     finally:
         await worker.shutdown(grace_s=5)
+
+
+@asynccontextmanager
+async def status_store(settings: Settings) -> AsyncIterator[StatusStore]:
+    """The worker's status store on a pool of its own: writes exactly as a worker makes them."""
+    pool = create_pool(settings.database_url, settings.database_schema, max_size=2)
+    await pool.open(wait=True, timeout=10)
+    try:
+        yield StatusStore(pool)
+    finally:
+        await pool.close()
 
 
 async def add(

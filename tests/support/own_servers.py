@@ -27,9 +27,10 @@ import redis
 from offload_local.servers import (
     _as_postgres_user,
     _pg_bindir,
-    free_port,
-    postgres_answers,
-    redis_answers,
+    _pg_data_directory,
+    _pg_url,
+    _redis_pid,
+    _start_on_free_port,
     stop_process,
 )
 
@@ -81,14 +82,6 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def _wait(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout_s}s: {what}")
-        time.sleep(0.1)
-
-
 class OwnRedis:
     """``redis-server`` with AOF on (``appendfsync`` as given), data in ``workdir``, on a port
     that stays the same across restarts (clients reconnect to the same URL)."""
@@ -97,24 +90,27 @@ class OwnRedis:
         self.workdir = workdir
         self.run_id = run_id
         self.appendfsync = appendfsync
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.port = 0  # chosen at the first start
         self.proc: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self, timeout_s: float = 30.0) -> None:
+    def _launch(self, port: int) -> subprocess.Popen:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("no redis-server binary: run scripts/setup.sh first")
         with open(self.workdir / "redis.log", "ab") as log:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 [
-                    *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                    *(binary, "--port", str(port), "--bind", "127.0.0.1"),
                     *("--dir", str(self.workdir), "--save", ""),
                     *("--appendonly", "yes", "--appendfsync", self.appendfsync),
                 ],
@@ -123,14 +119,19 @@ class OwnRedis:
                 env=marked_env(self.run_id),
                 start_new_session=True,
             )
-        proc = self.proc
-        _wait(
-            lambda: redis_answers(self.url) or proc.poll() is not None,
-            timeout_s,
-            f"redis-server on {self.port}; see {self.workdir}/redis.log",
-        )
-        if proc.poll() is not None:
-            raise RuntimeError(f"redis-server exited; see {self.workdir}/redis.log")
+
+    @staticmethod
+    def _is_ours(port: int, proc: subprocess.Popen) -> bool:
+        return _redis_pid(f"redis://127.0.0.1:{port}/0") == proc.pid
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """The first start picks a free port (race-free); a restart takes the same one."""
+        what = f"redis-server; see {self.workdir}/redis.log"
+        if not self.port:
+            self.proc, self.port = _start_on_free_port(self._launch, self._is_ours, timeout_s, what)
+            return
+        self.proc = self._launch(self.port)
+        _wait_ours(self.proc, lambda: self._is_ours(self.port, self.proc), timeout_s, what)
 
     def kill(self) -> None:
         """SIGKILL: what survives is what the AOF holds."""
@@ -159,8 +160,7 @@ class OwnPostgres:
     def __init__(self, workdir: Path, run_id: str):
         self.workdir = workdir
         self.run_id = run_id
-        self.port = free_port()
-        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self.port = 0  # chosen at the first start
         self.bindir = _pg_bindir()
         # Under /tmp, not workdir: the postgres user must be able to reach it.
         self.root = Path(tempfile.mkdtemp(prefix="offload-system-pg-"))
@@ -184,13 +184,17 @@ class OwnPostgres:
             timeout=120,
         )
 
-    def start(self, timeout_s: float = 60.0) -> None:
+    @property
+    def url(self) -> str:
+        return _pg_url(self.port)
+
+    def _launch(self, port: int) -> subprocess.Popen:
         with open(self.workdir / "postgresql.log", "ab") as log:
-            self.proc = subprocess.Popen(
+            return subprocess.Popen(
                 _as_postgres_user(
                     [
                         *(str(self.bindir / "postgres"), "-D", str(self.datadir)),
-                        *("-p", str(self.port), "-k", str(self.root)),
+                        *("-p", str(port), "-k", str(self.root)),
                         *("-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"),
                         *("-c", "max_connections=200"),
                     ]
@@ -201,14 +205,19 @@ class OwnPostgres:
                 env=marked_env(self.run_id),
                 start_new_session=True,
             )
+
+    def _is_ours(self, port: int, _proc: subprocess.Popen) -> bool:
+        return _pg_data_directory(_pg_url(port)) == str(self.datadir)
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        """The first start picks a free port (race-free); a restart takes the same one."""
+        what = f"PostgreSQL; see {self.workdir}/postgresql.log"
+        if not self.port:
+            self.proc, self.port = _start_on_free_port(self._launch, self._is_ours, timeout_s, what)
+            return
+        self.proc = self._launch(self.port)
         proc = self.proc
-        _wait(
-            lambda: postgres_answers(self.url) or proc.poll() is not None,
-            timeout_s,
-            f"PostgreSQL on {self.port}; see {self.workdir}/postgresql.log",
-        )
-        if proc.poll() is not None:
-            raise RuntimeError(f"PostgreSQL exited; see {self.workdir}/postgresql.log")
+        _wait_ours(proc, lambda: self._is_ours(self.port, proc), timeout_s, what)
 
     def postmaster(self) -> psutil.Process | None:
         """The postmaster (the ``runuser`` wrapper's child when run as root)."""
@@ -237,3 +246,16 @@ class OwnPostgres:
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _wait_ours(
+    proc: subprocess.Popen, is_ours: Callable[[], bool], timeout_s: float, what: str
+) -> None:
+    """Until the server restarted on its old port answers as itself; its exit (the port was
+    taken meanwhile) or a timeout is an error."""
+    deadline = time.monotonic() + timeout_s
+    while not is_ours():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            stop_process(proc)
+            raise RuntimeError(f"did not restart on its port: {what}")
+        time.sleep(0.1)

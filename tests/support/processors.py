@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from fargate_worker.context import JobContext
+from fargate_worker.errors import PermanentJobError
 from fargate_worker.processors import processor
 
 
@@ -47,6 +48,13 @@ def fail_with_nul(ctx: JobContext) -> dict:
     raise ValueError("bad header: PNG\x00\x00 where text was expected")
 
 
+@processor("fail_with_surrogate")
+def fail_with_surrogate(ctx: JobContext) -> dict:
+    """An error quoting an undecodable file name (``os`` gives its bytes as lone surrogates),
+    which UTF-8, and so PostgreSQL text, cannot hold."""
+    raise ValueError("cannot read caf\udce9.txt")
+
+
 @processor("fail_until")
 def fail_until(ctx: JobContext) -> dict:
     """Fails until attempt number ``key``, then succeeds."""
@@ -61,6 +69,57 @@ def crash_until(ctx: JobContext) -> dict:
     if ctx.attempt < int(ctx.ref.key):
         os.kill(os.getpid(), signal.SIGKILL)
     return {"attempt": ctx.attempt}
+
+
+@processor("slow_until")
+def slow_until(ctx: JobContext) -> dict:
+    """Sleeps a minute on attempts below ``key`` (long enough for a test to kill its worker),
+    then returns at once."""
+    if ctx.attempt < int(ctx.ref.key):
+        time.sleep(60)
+    return {"attempt": ctx.attempt}
+
+
+@processor("gated_by_attempt")
+def gated_by_attempt(ctx: JobContext) -> dict:
+    """Waits until the file ``go-<attempt>`` exists in the directory named by the bucket, then
+    reports progress and returns: lets a test decide when each attempt ends."""
+    gate = Path(ctx.ref.bucket) / f"go-{ctx.attempt}"
+    while not gate.exists():
+        time.sleep(0.05)
+    ctx.report_progress(50)
+    return {"attempt": ctx.attempt}
+
+
+@processor("fail_permanently")
+def fail_permanently(ctx: JobContext) -> dict:
+    raise PermanentJobError(f"not an image: {ctx.ref.key}")
+
+
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+# Results by name: what PostgreSQL's jsonb (and strict JSON readers such as Node's) can keep,
+# and what it cannot: an object JSON has no form for, or values Python's json writes anyway.
+RESULTS = {
+    "set": lambda: {"tags": {"a", "b"}},
+    "nan": lambda: {"ratio": float("nan")},
+    "infinity": lambda: {"ratio": float("inf")},
+    "nul": lambda: {"text": "PNG\x00header"},
+    "surrogate": lambda: {"name": "caf\udce9.txt"},  # an undecodable file name, as os gives it
+    "deep": lambda: _nested(100_000),
+    "escaped_nul_text": lambda: {"text": "a \\u0000 in the text, and \\\\u0000"},
+}
+
+
+@processor("returns")
+def returns(ctx: JobContext) -> object:
+    """Returns the result named by the job's key (see RESULTS)."""
+    return RESULTS[ctx.ref.key]()
 
 
 @processor("memory_error")
@@ -89,6 +148,19 @@ def ticker(ctx: JobContext) -> dict:
             out.write(f"{os.getpid()} {ctx.attempt} {time.time()}\n")
         time.sleep(0.05)
     return {"ticked": True}
+
+
+@processor("gated")
+def gated(ctx: JobContext) -> dict:
+    """Runs until a file ``go`` exists in the directory named by the bucket, then appends
+    ``<job id> <attempt> <time>`` to ``done.log`` there: the test decides when the work ends
+    (e.g. during an outage) and sees when it did, however loaded the machine is."""
+    directory = Path(ctx.ref.bucket)
+    while not (directory / "go").exists():
+        time.sleep(0.02)
+    with (directory / "done.log").open("a") as out:
+        out.write(f"{ctx.job_id} {ctx.attempt} {time.time()}\n")
+    return {"attempt": ctx.attempt}
 
 
 @processor("logged")

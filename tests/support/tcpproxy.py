@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from contextlib import suppress
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
@@ -73,3 +74,17 @@ class TcpProxy:
             self._loop.call_soon_threadsafe(self._server.close)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+def url_through(url: str, port: int) -> str:
+    """``url`` (redis:// or postgresql://, credentials kept) pointed at a proxy on ``port``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    auth = netloc[0] + "@" if len(netloc) == 2 else ""
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
+
+
+def proxy_for(url: str, default_port: int) -> TcpProxy:
+    """A started proxy to the server ``url`` names."""
+    target = urlsplit(url)
+    return TcpProxy(target.hostname or "127.0.0.1", target.port or default_port).start()
