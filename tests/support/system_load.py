@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 
+from offload_local.servers import MOTO_MODULE
 from offload_local.stack import StackInfo
 from tests.support.system_stack import SystemRun
 
@@ -85,6 +86,15 @@ def _lambda_kind(proc: psutil.Process) -> str:
     return _LAMBDA_LOGS.get(os.path.basename(target), "other")
 
 
+def unclassified(run: SystemRun) -> list[str]:
+    """Command lines of the stack's processes no kind matched (their CPU counts as "other")."""
+    found = []
+    for key in (k for k, sample in cpu_snapshot(run).items() if sample.kind == "other"):
+        with contextlib.suppress(psutil.Error):
+            found.append(" ".join(psutil.Process(key[0]).cmdline())[:200])
+    return found
+
+
 def cpu_snapshot(run: SystemRun) -> dict[Key, Sample]:
     """CPU seconds used so far by every process of the run, by kind. A process's reaped
     children count with it only where they are of its kind (the fork server reaps sandbox
@@ -110,7 +120,7 @@ def cpu_snapshot(run: SystemRun) -> dict[Key, Sample]:
     for child in stack.children():
         with contextlib.suppress(psutil.Error):
             cmdline = " ".join(child.cmdline())
-            if "moto.server" in cmdline:
+            if MOTO_MODULE in cmdline or "moto.server" in cmdline:
                 add_tree(child, "moto", stack_key)
             elif "fargate_worker" in cmdline:
                 add(child, "workers", stack_key, False)
@@ -225,6 +235,7 @@ class LoadResult:
     poll_cpu_s: float = 0.0  # API containers' CPU per poll
     polls: int = 0
     failed: list[str] = field(default_factory=list)
+    unclassified: list[str] = field(default_factory=list)  # processes counted as "other"
     load_average: tuple[float, float] = (0.0, 0.0)
 
     @property
@@ -350,6 +361,7 @@ def run_load(run: SystemRun, options: LoadOptions) -> LoadResult:
     result.status_latencies, result.status_statuses = poller.latencies, poller.statuses
     result.polls = len(poller.latencies)
     result.legs = _latencies(run, result.post_done)
+    result.unclassified = unclassified(run)
     result.load_average = (load_before, os.getloadavg()[0])
     return result
 
@@ -424,6 +436,8 @@ def report(result: LoadResult) -> str:
     )
     if result.failed:
         lines.append(f"FAILED uploads: {len(result.failed)}: {result.failed[:3]}")
+    if result.unclassified:
+        lines.append(f"processes of no known kind (counted as other): {result.unclassified}")
     active = result.legs.get("event_to_active", [])
     lines.append(
         f"RESULT uploads_per_min={result.per_minute:.0f} "

@@ -31,6 +31,7 @@ def test_uploads_under_load_all_complete_and_the_status_api_answers(system, long
     assert len(result.legs["event_to_active"]) == result.uploads, "a job without its events"
     assert all(value > 0 for value in result.legs["event_to_active"])
     assert not math.isnan(result.ours_ms)
+    assert not result.unclassified, "every process's CPU must count for its kind"
     figures(
         {
             "uploads_per_min": round(result.per_minute),
