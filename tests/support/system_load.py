@@ -122,6 +122,8 @@ def cpu_snapshot(run: SystemRun) -> dict[Key, Sample]:
             cmdline = " ".join(child.cmdline())
             if MOTO_MODULE in cmdline or "moto.server" in cmdline:
                 add_tree(child, "moto", stack_key)
+            elif "multiprocessing.resource_tracker" in cmdline:  # the stack's own helper
+                add_tree(child, "stack", stack_key)
             elif "fargate_worker" in cmdline:
                 add(child, "workers", stack_key, False)
                 for grandchild in child.children():

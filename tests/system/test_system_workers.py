@@ -24,6 +24,7 @@ from tests.support.system_checks import (
     Ledger,
     agreement_problems,
     completion_problems,
+    final_count,
     job_states,
     manifest_problems,
     rerun_figures,
@@ -42,21 +43,26 @@ class CrashLoop:
     sleep_jobs: int  # 0.5 to 1.5 s each
     cpu_jobs: int  # 0.1 to 0.3 s each
     kill_every_s: float
-    loop_s: float
+    loop_min_s: float  # kills go on at least this long...
+    loop_max_s: float  # ...and at most this long, or until stop_fraction of the jobs are final
+    stop_fraction: float
     recover_timeout_s: float
     config: SystemConfig
 
 
-# CI: 150 jobs, not 500: on 2 shared cores 500 jobs alone take ~2 minutes of the suite's ~3,
-# and 150 keep the 2 workers busy through a 22 s loop of ~11 kills: stalls, double stalls,
-# re-runs. Each worker lives ~4 s, less than its first stalled-job check (4 s after it
-# started): a fleet that only checks on its timer never recovers anything during the loop.
+# CI: 170 jobs, not 500: on 2 shared cores 500 jobs alone take ~2 minutes of the suite's ~3.
+# Their ~95 s of work cannot fit in the 4 slots during the fixed 22 s loop, so every one of its
+# ~11 kills lands while jobs run: stalls, double stalls, re-runs. Each worker lives ~4 s, less
+# than its first timer-driven stalled-job check (4 s after it started): a fleet that only
+# checks on its timer recovers nothing during the loop.
 CRASH_CI = CrashLoop(
     uploads=30,
-    sleep_jobs=60,
+    sleep_jobs=80,
     cpu_jobs=60,
     kill_every_s=2.0,
-    loop_s=22,
+    loop_min_s=22,
+    loop_max_s=22,
+    stop_fraction=1.0,
     recover_timeout_s=120,
     config=SystemConfig(
         workers=2,
@@ -70,13 +76,16 @@ CRASH_CI = CrashLoop(
         env={"OFFLOAD_BACKOFF_MS": "200"},
     ),
 )
-# 550 jobs; workers live ~12 s against the shipped 30 s lock and stalled interval.
+# 550 jobs; workers live ~12 s against the shipped 30 s lock and stalled interval; the loop
+# stops once 90 % of the jobs are final (a fleet that recovers nothing never gets there).
 CRASH_LONG = CrashLoop(
     uploads=200,
     sleep_jobs=200,
     cpu_jobs=150,
     kill_every_s=4.0,
-    loop_s=240,
+    loop_min_s=60,
+    loop_max_s=600,
+    stop_fraction=0.9,
     recover_timeout_s=600,
     config=SystemConfig(workers=3, concurrency=2, restart_delay_s=2.0),  # shipped timings
 )
@@ -86,6 +95,7 @@ CRASH_LONG = CrashLoop(
 class KillLoop:
     killed: list[Killed]
     worker_starts: list[float]  # create times of every worker seen during the loop
+    final_at_end: int = 0  # jobs final when the loop ended
 
     @property
     def longest_start_gap_s(self) -> float:
@@ -93,16 +103,22 @@ class KillLoop:
         return max((b - a for a, b in itertools.pairwise(starts)), default=0.0)
 
 
-def _kill_loop(run: SystemRun, scale: CrashLoop) -> KillLoop:
-    """SIGKILLs a worker every ``kill_every_s`` (jittered by a quarter either way) for
-    ``loop_s``: the oldest one, so that every worker dies young, as in an ECS service whose
-    tasks crash-loop. (A random victim lets a lucky worker live long enough to run bullmq's
-    stalled-job check on its timer, which hides a fleet that never runs it otherwise.)"""
+def _kill_loop(run: SystemRun, scale: CrashLoop, total_jobs: int) -> KillLoop:
+    """SIGKILLs a worker every ``kill_every_s`` (jittered by a quarter either way): the oldest
+    one, so that every worker dies young, as in an ECS service whose tasks crash-loop. (A
+    random victim lets a lucky worker live long enough to run bullmq's stalled-job check on its
+    timer, which hides a fleet that never runs it otherwise.)"""
     rng = random.Random()
     loop = KillLoop([], [])
     seen: set[int] = set()
-    stop_at = time.monotonic() + scale.loop_s
-    while time.monotonic() < stop_at:
+    started = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - started
+        if elapsed >= scale.loop_max_s or (
+            elapsed >= scale.loop_min_s and final_count(run) >= scale.stop_fraction * total_jobs
+        ):
+            loop.final_at_end = final_count(run)
+            return loop
         workers = run.workers()
         for worker in workers:
             if worker.pid not in seen:
@@ -145,7 +161,7 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
     with AbandonedJobs(run) as abandoned:
         submitter = threading.Thread(target=submit)
         submitter.start()
-        loop = _kill_loop(run, scale)
+        loop = _kill_loop(run, scale, total_jobs)
         killed = loop.killed
         last_kill = killed[-1].at if killed else time.monotonic()
         submitter.join(120)
@@ -191,6 +207,7 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
     figures(
         {
             "kills": len(killed),
+            "final_at_last_kill": loop.final_at_end,
             "recovery_after_last_kill_s": round(recovered_s, 1),
             "longest_abandoned_s": round(longest_s, 1),
             "abandoned_bound_s": round(bound_s, 1),
@@ -199,6 +216,7 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
         }
     )
     assert len(killed) >= 3, "the loop must kill workers while jobs run"
+    assert loop.final_at_end < total_jobs, "every job was done before the last kill"
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:40])
 
 
