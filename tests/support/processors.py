@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -120,6 +121,12 @@ RESULTS = {
 def returns(ctx: JobContext) -> object:
     """Returns the result named by the job's key (see RESULTS)."""
     return RESULTS[ctx.ref.key]()
+
+
+@processor("loaded")
+def loaded(ctx: JobContext) -> dict:
+    """Whether the module named by ``key`` was loaded in this child before its job ran."""
+    return {"loaded": ctx.ref.key in sys.modules}
 
 
 @processor("memory_error")
