@@ -105,3 +105,12 @@ def test_a_reader_can_be_iterated_once() -> None:
 def test_depth_must_be_positive() -> None:
     with pytest.raises(ValueError, match="depth"):
         ReadAhead(iter([]), depth=0)
+
+
+def test_an_object_of_one_chunk_is_read_without_a_thread(moto_endpoint, s3, bucket) -> None:
+    """Nothing to overlap: most uploads of a portal are small, and a thread per job costs more
+    than the read."""
+    s3.put_object(Bucket=bucket, Key="demo/small", Body=b"x" * 2048)
+    with open_object(s3, JobRef(bucket, "demo/small")) as obj:
+        threads_while_reading = [_reader_threads("s3-read:") for _chunk in obj.chunks()]
+    assert threads_while_reading == [[]]
