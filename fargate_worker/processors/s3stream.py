@@ -63,7 +63,8 @@ class S3Object:
 
         With ``read_ahead`` > 0, a thread reads up to that many chunks ahead of the caller, so
         the network and the caller's work overlap (``readahead``); 0, or an object of one
-        chunk, reads in the caller's thread. At most ``read_ahead + 2`` chunks are in memory (queued, being read, in use)."""
+        chunk, reads in the caller's thread. At most ``read_ahead + 2`` chunks are in memory
+        (queued, being read, in use)."""
         source: Iterator[bytes] = self.body.iter_chunks(chunk_size)
         # One chunk or less: no later read to overlap with the caller's work, so no thread.
         if read_ahead > 0 and self.content_length > chunk_size:
