@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # inherited event loop, Redis sockets or threads), like ``spawn``.
 _MP = multiprocessing.get_context("forkserver")
 _PRELOAD = ("fargate_worker.sandbox_child", "fargate_worker.context")
+# Imported last, after the processors: boto3 and botocore's caches for every child.
+_PRELOAD_LAST = "fargate_worker.sandbox_preload"
 START_TIMEOUT_S = 60.0
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
@@ -214,7 +216,7 @@ class SandboxPool:
 
     async def start(self) -> None:
         # Takes effect if the fork server is not running yet (first pool of the process).
-        _MP.set_forkserver_preload([*_PRELOAD, *self._settings.processor_modules])
+        _MP.set_forkserver_preload([*_PRELOAD, *self._settings.processor_modules, _PRELOAD_LAST])
         boxes = [
             SandboxProcess(self._settings, self._settings.sandbox_max_jobs)
             for _ in range(self._size)

@@ -27,6 +27,7 @@ from fargate_worker import processors
 from fargate_worker.bull_worker import BullWorker
 from fargate_worker.errors import PermanentJobError
 from fargate_worker.health import heartbeat
+from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
 from fargate_worker.sandbox import SandboxPool
 from offload.db.credentials import database_url_source
@@ -56,36 +57,6 @@ def worker_options(settings: Settings) -> dict[str, Any]:
     if settings.limiter_max:
         options["limiter"] = {"max": settings.limiter_max, "duration": settings.limiter_duration_ms}
     return options
-
-
-class _ProgressForwarder:
-    """Coalesces a child's progress messages: only the newest value is forwarded, one write at
-    a time, so a chatty processor cannot queue up Redis/PostgreSQL writes."""
-
-    def __init__(self, job: Any, store: StatusStore, attempt: int):
-        self._job = job
-        self._store = store
-        self._attempt = attempt
-        self._latest: Any = None
-        self._task: asyncio.Task | None = None
-
-    def __call__(self, progress: Any) -> None:
-        self._latest = progress
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._drain())
-
-    async def _drain(self) -> None:
-        while self._latest is not None:
-            value, self._latest = self._latest, None
-            try:
-                await self._job.updateProgress(value)
-            except Exception as exc:
-                log.info("progress not sent to the queue: %s", exc, extra={"job_id": self._job.id})
-            await self._store.mark_progress(self._job.id, self._attempt, value)
-
-    async def flush(self) -> None:
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
 
 
 class OffloadWorker:
@@ -223,7 +194,7 @@ class OffloadWorker:
             raise UnrecoverableError(f"unknown job name {job.name!r} (known: {known})")
         if ref is None:
             JobRef.from_data(job.data)  # raises the precise InvalidJobData message
-        forward = _ProgressForwarder(job, self.store, attempt)
+        forward = ProgressForwarder(job, self.store, attempt)
         try:
             return await self.sandbox.run(
                 job.id,
@@ -234,7 +205,7 @@ class OffloadWorker:
                 forward,
             )
         finally:
-            await forward.flush()
+            await forward.close()
 
     def _emit_done(self, job: Any, outcome: str, started: float) -> None:
         metrics = {

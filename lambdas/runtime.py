@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from offload.queue import Producer
 
 T = TypeVar("T")
+# A connection unused for this long is checked before use; one used moments ago (the previous
+# statement of this invocation, or of the one before under load) is not.
+CHECK_AFTER_IDLE_S = 5.0
 _loop: asyncio.AbstractEventLoop | None = None
 
 
@@ -72,7 +75,8 @@ async def pool() -> AsyncConnectionPool:
             current.database_schema,
             max_size=1,
             schema_from_role=current.database_schema_from_role,
-            check_on_checkout=True,  # idle between invocations: RDS Proxy closes idle clients
+            # idle between invocations: RDS Proxy closes idle clients
+            check_after_idle_s=CHECK_AFTER_IDLE_S,
         )
         await _pool.open(wait=False)
     return _pool

@@ -347,6 +347,19 @@ async def accept_object(
     except KeyLayoutError as exc:
         return Outcome("rejected", f"key does not follow the upload layout: {exc}")
 
+    assert event.size is not None
+    first = await uploads.accept_first_object(
+        key.upload_id,
+        owner=key.owner,
+        bucket=event.bucket,
+        key=event.key,
+        size=event.size,
+        etag=event.etag,
+        version_id=event.version_id,
+    )
+    if first is not None:  # the common case: a pending row's object, as announced
+        return await _enqueue_jobs(first, uploads, enqueue, jobs_of=None)
+
     upload = await uploads.get(key.upload_id)
     if upload is None:
         return Outcome("rejected", "no upload row for this key", key.upload_id)
@@ -388,11 +401,12 @@ async def accept_object(
 
 
 async def _enqueue_jobs(
-    upload: Upload, uploads: UploadStore, enqueue: Enqueue, jobs_of: UploadJobs
+    upload: Upload, uploads: UploadStore, enqueue: Enqueue, jobs_of: UploadJobs | None
 ) -> Outcome:
     """Enqueue the jobs of the object the row names, then mark it ``queued``: deferred while
-    an older version's jobs may still write the upload's outputs."""
-    jobs = await jobs_of(upload.id)
+    an older version's jobs may still write the upload's outputs. ``jobs_of`` None: the row
+    was ``pending`` a moment ago, so it has no jobs of any version to look up."""
+    jobs = await jobs_of(upload.id) if jobs_of is not None else []
     older = older_in_flight(upload, jobs)
     if older:
         reason = (

@@ -106,6 +106,23 @@ def test_the_same_message_twice_and_in_one_batch_gives_one_job(lambda_env, setti
     assert upload_row(settings, key)["state"] == "queued"
 
 
+def test_an_upload_arriving_as_announced_costs_three_statements(lambda_env, settings, s3, bucket):
+    """The CPU budget of the enqueue path (tests/system: our CPU per upload): the common case,
+    a pending upload's object with the announced size, is one statement that checks and moves
+    the row, one per job row, and the row to ``queued``. (Each statement borrows the
+    container's pool once: its request count is the statement count.)"""
+    key = insert_upload(settings, bucket, size=5)
+    body = s3_body(s3_record(bucket, key, 5, _put(s3, bucket, key, b"hello")))
+    runtime.run(runtime.pool())  # the container's pool, opened as on a cold start
+
+    before = runtime.run(runtime.pool()).get_stats().get("requests_num", 0)
+    assert invoke(sqs_event([sqs_record(body, "m1")])) == {"batchItemFailures": []}
+    after = runtime.run(runtime.pool()).get_stats().get("requests_num", 0)
+
+    assert upload_row(settings, key)["state"] == "queued" and len(job_rows(settings)) == 1
+    assert after - before == 3
+
+
 def test_a_late_duplicate_does_not_rerun_a_finished_job(lambda_env, settings, s3, bucket):
     key = insert_upload(settings, bucket, size=5)
     etag = _put(s3, bucket, key, b"hello")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from fargate_worker.processors import s3stream
 from fargate_worker.processors.readahead import ReadAhead
 from fargate_worker.processors.s3stream import open_object
 from offload.jobs import JobRef
@@ -105,3 +107,27 @@ def test_a_reader_can_be_iterated_once() -> None:
 def test_depth_must_be_positive() -> None:
     with pytest.raises(ValueError, match="depth"):
         ReadAhead(iter([]), depth=0)
+
+
+def test_an_object_of_one_chunk_is_read_without_a_thread(
+    moto_endpoint, s3, bucket, monkeypatch
+) -> None:
+    """Nothing to overlap: most uploads of a portal are small, and a thread per job costs more
+    than the read. (Counted where the stream creates its readers: a thread for one chunk may
+    be gone before anyone could see it.)"""
+    created: list[ReadAhead] = []
+
+    class CountedReadAhead(ReadAhead):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            created.append(self)
+
+    monkeypatch.setattr(s3stream, "ReadAhead", CountedReadAhead)
+    s3.put_object(Bucket=bucket, Key="demo/small", Body=b"x" * 2048)
+    s3.put_object(Bucket=bucket, Key="demo/two-chunks", Body=b"x" * (2 << 20))
+    with open_object(s3, JobRef(bucket, "demo/small")) as obj:
+        assert b"".join(obj.chunks(chunk_size=1 << 20)) == b"x" * 2048
+    assert created == []
+    with open_object(s3, JobRef(bucket, "demo/two-chunks")) as obj:
+        assert len(list(obj.chunks(chunk_size=1 << 20))) == 2
+    assert len(created) == 1

@@ -229,3 +229,23 @@ def test_a_child_that_cannot_even_be_created_is_retried(settings, monkeypatch, c
     assert result == {"ok": True} and len(pids) == 1
     assert refusals == []
     assert [why for _, why, _ in _start_failures(caplog)] == ["[Errno 24] Too many open files"] * 2
+
+
+def test_a_fresh_child_has_boto3_loaded_before_its_first_job(settings):
+    """Children are recycled every few dozen jobs: each one importing boto3 and loading the S3
+    model at its first job (~250 ms of CPU) cost more than small jobs themselves. The fork
+    server loads them once (fargate_worker/sandbox_preload.py)."""
+    settings = replace(settings, concurrency=1, sandbox_max_jobs=1)  # a new child every job
+
+    async def scenario():
+        pool = sandbox.SandboxPool(settings, 1)
+        await pool.start()
+        try:
+            return [
+                await pool.run(f"j{n}", "loaded", 1, {"bucket": "b", "key": "boto3"}, 60, print)
+                for n in range(2)
+            ]
+        finally:
+            await pool.close()
+
+    assert asyncio.run(scenario()) == [{"loaded": True}, {"loaded": True}]

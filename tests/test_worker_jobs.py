@@ -55,6 +55,24 @@ def test_progress_is_visible_while_running(settings):
     assert asyncio.run(scenario()) in (10, 50, 90)
 
 
+def test_a_job_shorter_than_the_progress_interval_writes_no_progress(settings):
+    """Progress reaches Redis and PostgreSQL at most once a second, the first time a second
+    into the job: a short job (an inspect of a small file reports 99 then 100) costs no write
+    besides its outcome, whose row says 100. (Both stores are written in the same step, so the
+    queue's job shows whether anything was.)"""
+
+    async def scenario():
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "quick_progress", "k")
+            row = await wait_for_state(settings, job_id, "completed")
+            job = await wait_for(lambda: queue_job_in_state(prod.queue, job_id, "completed"))
+            return row, job
+
+    row, job = asyncio.run(scenario())
+    assert row["progress"] == 100
+    assert job.progress == 0  # bullmq's default: no progress was sent to the queue
+
+
 def test_retries_with_exponential_backoff(settings):
     settings = replace(settings, default_backoff_ms=500, default_attempts=4)
 

@@ -62,10 +62,12 @@ class S3Object:
         StreamSizeMismatch at the end if the total differs from ContentLength.
 
         With ``read_ahead`` > 0, a thread reads up to that many chunks ahead of the caller, so
-        the network and the caller's work overlap (``readahead``); 0 reads in the caller's
-        thread. At most ``read_ahead + 2`` chunks are in memory (queued, being read, in use)."""
+        the network and the caller's work overlap (``readahead``); 0, or an object of one
+        chunk, reads in the caller's thread. At most ``read_ahead + 2`` chunks are in memory
+        (queued, being read, in use)."""
         source: Iterator[bytes] = self.body.iter_chunks(chunk_size)
-        if read_ahead > 0:
+        # One chunk or less: no later read to overlap with the caller's work, so no thread.
+        if read_ahead > 0 and self.content_length > chunk_size:
             reader = ReadAhead(source, read_ahead, name=f"s3-read:{self.ref.key[-40:]}")
             self._readers.append(reader)
             source = iter(reader)

@@ -175,6 +175,42 @@ class UploadStore:
             error=None,
         )
 
+    async def accept_first_object(
+        self,
+        upload_id: str,
+        *,
+        owner: str,
+        bucket: str,
+        key: str,
+        size: int,
+        etag: str | None,
+        version_id: str | None,
+    ) -> Upload | None:
+        """The enqueue path's common case in one statement: a ``pending`` row, with this key and
+        owner, whose object arrived with the announced size, moves to ``uploaded``. None for
+        anything else (no such row, another key or owner, not pending, another size): the
+        caller then reads the row and decides (``mark_uploaded``, ``mark_rejected``)."""
+        statement = (
+            "UPDATE uploads SET state = 'uploaded', size_actual = %(size)s, etag = %(etag)s,"
+            " version_id = %(version_id)s, error = NULL, updated_at = now()"
+            " WHERE id = %(id)s AND state = 'pending' AND owner = %(owner)s"
+            " AND bucket = %(bucket)s AND key = %(key)s"
+            " AND (size_announced IS NULL OR size_announced = %(size)s)"
+            f" RETURNING {_COLUMNS}"
+        )
+        params = {
+            "id": upload_id,
+            "owner": owner,
+            "bucket": bucket,
+            "key": key,
+            "size": size,
+            "etag": etag,
+            "version_id": version_id,
+        }
+        return await until_stored(
+            "upload uploaded", upload_id, lambda: self._fetch_one(statement, params)
+        )
+
     async def mark_queued(self, upload: Upload) -> Upload | None:
         """The jobs of ``upload``'s object are enqueued; None when the row has moved to
         another object meanwhile (that object's jobs are not)."""

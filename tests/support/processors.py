@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -122,6 +123,12 @@ def returns(ctx: JobContext) -> object:
     return RESULTS[ctx.ref.key]()
 
 
+@processor("loaded")
+def loaded(ctx: JobContext) -> dict:
+    """Whether the module named by ``key`` was loaded in this child before its job ran."""
+    return {"loaded": ctx.ref.key in sys.modules}
+
+
 @processor("memory_error")
 def memory_error(ctx: JobContext) -> dict:
     if ctx.attempt < int(ctx.ref.key):
@@ -129,11 +136,21 @@ def memory_error(ctx: JobContext) -> dict:
     return {"attempt": ctx.attempt}
 
 
+@processor("quick_progress")
+def quick_progress(ctx: JobContext) -> dict:
+    """Reports progress as an inspect of a small file does, and is done at once."""
+    ctx.report_progress(99)
+    ctx.report_progress(100)
+    return {"done": True}
+
+
 @processor("progress")
 def progress(ctx: JobContext) -> dict:
-    for percent in (10, 50, 90):
+    """10, 50 and 90 over 2.4 s: long enough for the worker's one write a second (at 1 s and
+    2 s) to show 50, then 90, while the job runs."""
+    for percent, then_sleep in ((10, 0.6), (50, 0.6), (90, 1.2)):
         ctx.report_progress(percent)
-        time.sleep(0.3)
+        time.sleep(then_sleep)
     return {"done": True}
 
 
