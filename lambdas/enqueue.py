@@ -58,6 +58,8 @@ from offload.s3events import (
     Outcome,
     S3ObjectEvent,
     accept_object,
+    head_current_object,
+    not_found,
     parse_message,
     upload_jobs,
 )
@@ -167,23 +169,8 @@ async def _accept(event: S3ObjectEvent) -> Outcome:
     )
 
 
-def _not_found(exc: Exception) -> bool:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-    return code in ("404", "NoSuchKey", "NoSuchVersion")
-
-
 def _head_current(bucket: str, key: str) -> CurrentObject | None:
-    """The key's current version (a HEAD without version id); None when there is none (a
-    delete marker, or no object)."""
-    from botocore.exceptions import ClientError
-
-    s3 = aws.s3_client(runtime.settings().s3_endpoint_url)
-    try:
-        return CurrentObject.from_head(s3.head_object(Bucket=bucket, Key=key))
-    except ClientError as exc:
-        if _not_found(exc):
-            return None
-        raise
+    return head_current_object(aws.s3_client(runtime.settings().s3_endpoint_url), bucket, key)
 
 
 def _head(event: S3ObjectEvent) -> S3ObjectEvent | None:
@@ -196,7 +183,7 @@ def _head(event: S3ObjectEvent) -> S3ObjectEvent | None:
     try:
         head = aws.s3_client(runtime.settings().s3_endpoint_url).head_object(**params)
     except ClientError as exc:
-        if _not_found(exc):
+        if not_found(exc):
             return None
         raise
     return event.with_head(head)

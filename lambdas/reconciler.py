@@ -35,6 +35,8 @@ copy_config_to_registered_loggers(source_logger=logger, include={"offload"})
 # connection up (psycopg's cancel request, then its wait for the query), see lambdas/enqueue.
 SAFETY_MARGIN_S = 12.0
 _METRICS = {
+    "UploadsPendingChecked": "pending_checked",
+    "UploadsFoundWithoutEvent": "uploads_found",
     "UploadsRequeued": "uploads_requeued",
     "UploadsDeferred": "uploads_deferred",
     "JobsEnqueuedByReconciler": "jobs_enqueued",

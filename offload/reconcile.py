@@ -1,7 +1,13 @@
 """Reconciliation: PostgreSQL is the source of truth, Redis only dispatches.
 
-Three repairs, each bounded per run:
+Four repairs, each bounded per run:
 
+0. **Lost events.** An upload still ``pending`` whose object is in S3 for longer than
+   ``reconcile_after_s``: its S3 event never reached the enqueue Lambda (it ended in the DLQ
+   after an outage longer than the event queue's redeliveries, or was never sent). The object
+   is taken as the enqueue Lambda takes an event (``accept_object``: size check, jobs, the
+   newest version wins). A HEAD per pending row; rows are visited in id order from a cursor,
+   as in repair 2.
 1. **Stranded uploads.** An upload whose object is in S3 (state ``uploaded``, or ``queued`` but
    without job rows for the object the row names) for longer than ``reconcile_after_s``: its
    missing jobs are enqueued (same deterministic ids as the enqueue Lambda's, so a late S3
@@ -33,10 +39,11 @@ this reconciler puts it back.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from psycopg.rows import class_row, dict_row
@@ -47,7 +54,15 @@ from offload.db.status import storable_text
 from offload.db.uploads import Upload, UploadStore, revision_sql
 from offload.jobs import JobRef, job_id
 from offload.queue import Producer
-from offload.s3events import IN_FLIGHT, older_in_flight, planned_jobs, upload_jobs
+from offload.s3events import (
+    IN_FLIGHT,
+    CurrentObject,
+    accept_object,
+    head_current_object,
+    older_in_flight,
+    planned_jobs,
+    upload_jobs,
+)
 from offload.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +83,14 @@ WHERE u.updated_at < now() - make_interval(secs => %(after_s)s)
        OR (u.state = 'queued' AND NOT EXISTS (
            SELECT 1 FROM jobs j WHERE j.upload_id = u.id AND j.revision = {revision_sql("u")})))
 ORDER BY u.updated_at, u.id
+LIMIT %(limit)s
+"""
+
+PENDING_UPLOADS = f"""
+SELECT {_UPLOAD_COLUMNS} FROM uploads u
+WHERE u.state = 'pending' AND u.created_at < now() - make_interval(secs => %(after_s)s)
+  AND u.id > %(cursor)s
+ORDER BY u.id
 LIMIT %(limit)s
 """
 
@@ -115,6 +138,8 @@ FINAL_STATES = ("completed", "failed")
 
 @dataclass
 class ReconcileReport:
+    pending_checked: int = 0
+    uploads_found: int = 0
     uploads_checked: int = 0
     uploads_requeued: int = 0
     uploads_deferred: int = 0
@@ -173,12 +198,16 @@ class Reconciler:
         self.uploads = UploadStore(pool)
         self.limit = max(1, limit)
 
-    @property
-    def cursor_key(self) -> str:
-        return f"{self.settings.queue_prefix}:{self.settings.queue_name}:reconciler-cursor"
+    def cursor_key(self, repair: str) -> str:
+        """Where a repair keeps its place between runs. Outside the queue's own keys
+        (``<prefix>:<queue>:``), where Node BullMQ tools take any key for a job; under the same
+        prefix, so the same hash slot in cluster mode."""
+        settings = self.settings
+        return f"{settings.queue_prefix}:offload-reconciler:{settings.queue_name}:{repair}"
 
     async def run(self) -> ReconcileReport:
         report = ReconcileReport()
+        await self.repair_lost_events(report)
         await self.repair_stranded_uploads(report)
         await self.repair_lost_jobs(report)
         log.info("reconciliation done", extra=report.as_dict())
@@ -189,6 +218,52 @@ class Reconciler:
             cursor = conn.cursor(row_factory=row_factory)
             await cursor.execute(statement, params)
             return await cursor.fetchall()
+
+    async def repair_lost_events(self, report: ReconcileReport) -> None:
+        client = self.producer.queue.client
+        cursor_key = self.cursor_key("pending-uploads")
+        uploads: list[Upload] = await self._fetch(
+            PENDING_UPLOADS,
+            {
+                "after_s": self.settings.reconcile_after_s,
+                "cursor": await client.get(cursor_key) or "",
+                "limit": self.limit,
+            },
+            class_row(Upload),
+        )
+        if uploads:
+            from offload.aws import s3_client  # boto3: only when there is something to look at
+
+            s3 = s3_client(self.settings.s3_endpoint_url)
+            too_new = datetime.now(UTC) - timedelta(seconds=self.settings.reconcile_after_s)
+
+            async def head_current(bucket: str, key: str) -> CurrentObject | None:
+                return await asyncio.to_thread(head_current_object, s3, bucket, key)
+
+            for upload in uploads:
+                report.pending_checked += 1
+                current = await head_current(upload.bucket, upload.key)
+                if current is None or (current.last_modified or too_new) > too_new:
+                    continue  # nothing there yet, or so new that its event may still come
+                outcome = await accept_object(
+                    current.created_event(upload.bucket, upload.key),
+                    self.uploads,
+                    self.producer.enqueue,
+                    lambda upload_id: upload_jobs(self.pool, upload_id),
+                    head_current,
+                )
+                report.uploads_found += 1
+                log.warning(
+                    "upload object found without its S3 event",
+                    extra={
+                        "upload_id": upload.id,
+                        "state": outcome.status,
+                        "reason": outcome.reason,
+                        "job_ids": list(outcome.job_ids),
+                    },
+                )
+        # A short page means the end of the id range: start again from the beginning.
+        await client.set(cursor_key, uploads[-1].id if len(uploads) == self.limit else "")
 
     async def repair_stranded_uploads(self, report: ReconcileReport) -> None:
         uploads: list[Upload] = await self._fetch(
@@ -219,7 +294,7 @@ class Reconciler:
 
     async def repair_lost_jobs(self, report: ReconcileReport) -> None:
         client = self.producer.queue.client
-        cursor = await client.get(self.cursor_key) or ""
+        cursor = await client.get(self.cursor_key("jobs")) or ""
         rows = await self._fetch(
             IN_FLIGHT_JOBS,
             {
@@ -248,7 +323,7 @@ class Reconciler:
                 report.jobs_unrecoverable += 1
         # A short page means the end of the id range: start again from the beginning.
         report.cursor_wrapped = len(rows) < self.limit
-        await client.set(self.cursor_key, "" if report.cursor_wrapped else rows[-1]["id"])
+        await client.set(self.cursor_key("jobs"), "" if report.cursor_wrapped else rows[-1]["id"])
 
     async def _requeue(self, row: dict[str, Any]) -> str:
         fields = {"job_id": row["id"], "upload_id": row["upload_id"], "state": row["state"]}

@@ -27,6 +27,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 TEST_EVENT = "s3:TestEvent"
 OBJECT_CREATED = "ObjectCreated:"
+# The event name given to an object the reconciler found without its event (its event was lost).
+FOUND_EVENT = "ObjectCreated:FoundByReconciler"
 
 
 class MalformedEvent(ValueError):
@@ -230,6 +233,7 @@ class CurrentObject:
     size: int
     etag: str | None
     version_id: str | None
+    last_modified: datetime | None = None
 
     @classmethod
     def from_head(cls, head: dict[str, Any]) -> CurrentObject:
@@ -237,7 +241,12 @@ class CurrentObject:
             size=int(head["ContentLength"]),
             etag=_unquote_etag(head.get("ETag")),
             version_id=_version(head.get("VersionId")),
+            last_modified=head.get("LastModified"),
         )
+
+    def created_event(self, bucket: str, key: str) -> S3ObjectEvent:
+        """The ObjectCreated event S3 would have sent for this object (for one that was lost)."""
+        return S3ObjectEvent(FOUND_EVENT, bucket, key, self.size, self.etag, self.version_id)
 
     def describes(self, event: S3ObjectEvent) -> bool:
         """Whether the event is about this object. By version id when both have one; else by
@@ -263,6 +272,25 @@ class JobState:
     @property
     def final(self) -> bool:
         return self.state in FINAL
+
+
+def head_current_object(s3: Any, bucket: str, key: str) -> CurrentObject | None:
+    """The key's current version (a HEAD without version id, with a boto3 S3 client); None when
+    there is none (no object, or a delete marker). Blocking: run it in a thread."""
+    from botocore.exceptions import ClientError
+
+    try:
+        return CurrentObject.from_head(s3.head_object(Bucket=bucket, Key=key))
+    except ClientError as exc:
+        if not_found(exc):
+            return None
+        raise
+
+
+def not_found(exc: Exception) -> bool:
+    """An S3 ClientError that says the object (or the version) does not exist."""
+    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
+    return code in ("404", "NoSuchKey", "NoSuchVersion")
 
 
 Enqueue = Callable[[str, JobRef], Awaitable[str]]

@@ -12,7 +12,8 @@
   - ``queue_metrics``: every minute, publishes the queue counts (``Offload`` namespace) that
     the workers scale on; Redis secret.
   - ``reconciler``: every 5 minutes, re-enqueues uploads whose job went missing (from
-    PostgreSQL alone: no S3 access); database and Redis secrets.
+    PostgreSQL), and takes the objects of uploads whose S3 event was lost (reads ``uploads/*``
+    objects' metadata); database and Redis secrets.
 """
 
 from __future__ import annotations
@@ -191,6 +192,8 @@ class QueueLambdas(Construct):
             database_env,
             timeout=Duration.minutes(2),
         )
+        # HEADs the objects of uploads whose S3 event was lost (offload/reconcile.py)
+        self.reconciler.role.add_managed_policy(storage.read_uploads_policy)  # type: ignore[union-attr]
         database.secret.grant_read(self.reconciler)
         queue.auth_token.grant_read(self.reconciler)
 

@@ -501,3 +501,47 @@ def test_a_lost_job_whose_row_cannot_be_rebuilt_is_counted_logged_and_left_alone
     ]
     assert [getattr(record, "job_id", None) for record in logged] == [custom, custom]
     assert _emf_metric(capsys.readouterr().out, "JobsUnrecoverable") == [1.0, 1.0]
+
+
+def _pending_with_object(settings, s3, bucket: str, body: bytes | None) -> str:
+    """A pending upload created long ago; with ``body``, its object is in S3 (its S3 event
+    never reached the enqueue Lambda: dead-lettered, or never sent)."""
+    key = insert_upload(settings, bucket, size=5)
+    sql(settings, "UPDATE uploads SET created_at = now() - interval '1 day' WHERE key = %s", key)
+    if body is not None:
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    return key
+
+
+def test_an_uploaded_object_whose_event_was_lost_is_processed(
+    lambda_env, settings, s3, bucket, monkeypatch
+):
+    """An outage longer than the event queue's redeliveries sends S3 events to the DLQ; their
+    uploads stayed pending for good. The reconciler looks for their objects."""
+    monkeypatch.setenv("OFFLOAD_RECONCILE_AFTER_S", "1")
+    runtime.reset()
+    lost = _pending_with_object(settings, s3, bucket, b"hello")
+    never_sent = _pending_with_object(settings, s3, bucket, None)
+    head = s3.head_object(Bucket=bucket, Key=lost)
+    time.sleep(max(0.0, 1.2 - (datetime.now(UTC) - head["LastModified"]).total_seconds()))
+
+    report = reconcile()
+    assert (report["pending_checked"], report["uploads_found"]) == (2, 1)
+    found = upload_row(settings, lost)
+    assert (found["state"], found["size_actual"]) == ("queued", 5)
+    (job,) = job_rows(settings, found["id"])
+    assert job["name"] == INSPECT and set(queue_jobs(settings)) == {job["id"]}
+    assert upload_row(settings, never_sent)["state"] == "pending"  # nothing to process yet
+
+    again = reconcile()  # the found upload is queued now: only the other one is looked at
+    assert (again["pending_checked"], again["uploads_found"]) == (1, 0)
+    assert set(queue_jobs(settings)) == {job["id"]}
+
+
+def test_an_object_whose_event_may_still_come_is_left_to_it(lambda_env, settings, s3, bucket):
+    """Leave the normal path alone: an object newer than OFFLOAD_RECONCILE_AFTER_S (600 s
+    here) may have its event in the queue right now."""
+    key = _pending_with_object(settings, s3, bucket, b"hello")
+    report = reconcile()
+    assert (report["pending_checked"], report["uploads_found"]) == (1, 0)
+    assert upload_row(settings, key)["state"] == "pending" and job_rows(settings) == []

@@ -208,7 +208,9 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
 
     statements, managed = role_statements(dev, "lambdas.reconciler.handler")
     assert actions(statements) == xray | secrets
-    assert "Uploads" not in managed and "Processed" not in managed  # PostgreSQL + Redis only
+    # HEADs uploaded originals whose event was lost; never writes, never reads outputs
+    assert "ReadUploadsPolicy" in managed and "Manage" not in managed
+    assert "Write" not in managed and "Processed" not in managed
 
 
 def test_no_wildcard_actions_anywhere(each_env: Synth) -> None:
