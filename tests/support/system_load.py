@@ -47,7 +47,7 @@ KINDS = {
     "postgres": "PostgreSQL",
     "redis": "Redis",
     "other": "other processes of the stack",
-    "stack": "gateway + SQS poller + schedules (AWS's part, not ours)",
+    "stack": "gateway + SQS poller + schedules (AWS's part)",
     "moto": "moto server (the AWS emulator, not ours)",
 }
 OURS = tuple(kind for kind in KINDS if kind not in ("stack", "moto"))
