@@ -222,6 +222,25 @@ def _as_postgres_user(argv: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *argv]
 
 
+def init_cluster(bindir: Path, datadir: Path, env: dict[str, str] | None = None) -> None:
+    """A new trust-auth cluster in ``datadir``, made as the postgres user when we are root
+    (PostgreSQL refuses to run as root)."""
+    subprocess.run(
+        _as_postgres_user(
+            [
+                *(str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres"),
+                *("--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"),
+            ]
+        ),
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        env=env,
+        timeout=120,
+    )
+
+
 @contextmanager
 def postgres_server(url: str | None, workdir: Path) -> Iterator[str]:
     """``url`` when a PostgreSQL answers there, else a throwaway trust-auth cluster on a free
@@ -235,18 +254,7 @@ def postgres_server(url: str | None, workdir: Path) -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(datadir, "postgres", "postgres")
     log_path = workdir / "postgresql.log"
-    subprocess.run(
-        _as_postgres_user(
-            [
-                *(str(bindir / "initdb"), "-D", str(datadir / "data"), "-U", "postgres"),
-                *("--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"),
-            ]
-        ),
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd="/",
-    )
+    init_cluster(bindir, datadir / "data")
     log = open(log_path, "ab")  # noqa: SIM115
 
     def launch(port: int) -> subprocess.Popen:

@@ -31,6 +31,7 @@ from offload_local.servers import (
     _pg_url,
     _redis_pid,
     _start_on_free_port,
+    init_cluster,
     stop_process,
 )
 
@@ -169,20 +170,7 @@ class OwnPostgres:
         workdir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.root, "postgres", "postgres")
-        subprocess.run(
-            _as_postgres_user(
-                [
-                    *(str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres"),
-                    *("--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8"),
-                ]
-            ),
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd="/",
-            env=marked_env(run_id),
-            timeout=120,
-        )
+        init_cluster(self.bindir, self.datadir, env=marked_env(run_id))
 
     @property
     def url(self) -> str:
