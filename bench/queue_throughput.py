@@ -207,7 +207,7 @@ async def start_bare(
     settings: Settings, done: Completions, process: Processor = noop
 ) -> Callable[[], Awaitable[None]]:
     worker = Worker(settings.queue_name, process, worker_options(settings))
-    # The same connection-level fix OffloadWorker applies (bullmq-py gap 2).
+    # The same connection-level fix OffloadWorker applies (bullmq-py gap 2, docs/design.md).
     await worker.backend.connection.getRedisVersion()
     if worker.backend.blocking_connection is not None:
         await worker.backend.blocking_connection.getRedisVersion()

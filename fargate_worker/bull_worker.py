@@ -1,7 +1,7 @@
 """bullmq's Worker with the gaps of bullmq-py 3.4.4 that live in its run loop closed.
 
-Each override names the gap it closes (numbered as in the README's table of gaps); the rest
-of the worker (status, sandbox, shutdown) is ``fargate_worker.worker``'s business.
+Each override names the gap it closes (numbered as in docs/design.md, "bullmq-py 3.4.4 gaps");
+the rest of the worker (status, sandbox, shutdown) is ``fargate_worker.worker``'s business.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Sandboxed processors: job code runs in child processes, never on the worker's event loop.
 
-bullmq-py has no sandboxing (DESIGN.md, gap 4): a CPU-bound processor on the event loop stops
+bullmq-py has no sandboxing (docs/design.md, gap 4): a CPU-bound processor on the event loop stops
 lock renewal and the job is wrongly failed as stalled. Here every job runs in a child process
 from a fixed-size pool (one child per concurrency slot), so the loop keeps renewing locks,
 and a child that crashes (SIGKILL, segfault, MemoryError) is one failed attempt instead of a

@@ -92,8 +92,8 @@ class OffloadWorker:
             worker_options(self.settings),
             on_deferred_failure=self._record_deferred_failure,
         )
-        # bullmq-py gap 2: until a connection knows the server version, the worker rounds
-        # every blocking wait up to whole seconds, so sub-second delays run late.
+        # bullmq-py gap 2 (docs/design.md): until a connection knows the server version, the
+        # worker rounds every blocking wait up to whole seconds, so sub-second delays run late.
         await self.bull.backend.connection.getRedisVersion()
         if self.bull.backend.blocking_connection is not None:
             await self.bull.backend.blocking_connection.getRedisVersion()

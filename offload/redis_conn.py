@@ -6,7 +6,7 @@ worker keeps its dedicated blocking connection, and we set what bullmq-py gets w
 
 * ``socket_timeout=None``: redis-py 8 defaults to a 5 s socket timeout, shorter than the
   worker's blocking BZPOPMIN (up to 10 s). The read then times out, and an idle worker misses
-  delayed jobs and long backoffs (DESIGN.md, bullmq gap 1). Dead peers are found by TCP
+  delayed jobs and long backoffs (docs/design.md, gap 1). Dead peers are found by TCP
   keepalive and ``health_check_interval`` instead.
 * TLS (``rediss://``) and the ElastiCache AUTH token, which may come separately from the URL
   (injected from Secrets Manager) so it never sits in a plain-text template value.

@@ -1,5 +1,5 @@
-"""Each workaround for a measured bullmq-py 3.4.x gap (DESIGN.md), tested so it would fail
-without the workaround."""
+"""Each workaround for a measured bullmq-py 3.4.x gap, tested so it would fail without the
+workaround. The gaps are numbered as in docs/design.md ("bullmq-py 3.4.4 gaps")."""
 
 from __future__ import annotations
 
