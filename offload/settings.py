@@ -2,7 +2,7 @@
 
 Both runtimes (Lambda and the Fargate worker) are configured only through environment
 variables, so the CDK stacks, the local stack and the tests all configure them the same way.
-Every variable is documented in README.md ("Settings").
+Every variable is documented in docs/settings.md.
 """
 
 from __future__ import annotations

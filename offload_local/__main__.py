@@ -1,4 +1,4 @@
-"""``python -m offload_local``: run the local stack until Ctrl-C (see README, "Local stack")."""
+"""``python -m offload_local``: run the local stack until Ctrl-C (see docs/local-stack.md)."""
 
 from __future__ import annotations
 
