@@ -15,6 +15,12 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** A file name on one line, cut with an ellipsis by CSS (`.filename`) when it does not fit; the
+ * whole name stays in the text (copy, screen readers) and in the tooltip. */
+export function fileName(tag, name, attrs = {}) {
+  return el(tag, { ...attrs, class: ["filename", attrs.class].filter(Boolean).join(" "), title: name }, name);
+}
+
 const UNITS = ["B", "KB", "MB", "GB", "TB"];
 
 /** 1536 -> "1.5 KB" (powers of 1024, the way file sizes are usually shown). */
