@@ -1,7 +1,8 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright): sign in, upload a
 file of more than 20 MiB as multipart straight to S3, and watch its job reach "completed"; the
-page on a phone (nothing wider than the screen, file names never broken) and on a desktop.
-A failing test leaves a screenshot and the page's console in test-artifacts/."""
+page on a phone (nothing wider than the screen, file names never broken) and on a desktop;
+sizes written as the CLI writes them. A failing test leaves a screenshot and the page's console
+in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from offload.client.progress import human_bytes
 from offload_local import aws_resources
 from tests.support.local_stack import ApiClient
 
@@ -230,3 +232,18 @@ def test_phone_and_desktop_layouts_fit_and_keep_file_names_whole(local_stack, pa
 
     page.set_viewport_size(DESKTOP)
     assert_fits_and_names_are_whole(page, names)
+
+
+def test_sizes_are_written_as_the_cli_writes_them(local_stack, page):
+    """Binary units with binary names (KiB, MiB, ...) and the CLI's rounding, ties included."""
+    sizes = [0, 1, 1023, 1024, 1280, 1536, 3000, 10 * 1024 - 1, MiB - 1, MiB, 21 * MiB]
+    sizes += [MiB + MiB // 4, 7 * MiB // 4, 5 * 1024 * MiB + 512 * MiB, 3000 * 1024**4, 1 << 50]
+    page.goto(local_stack.info.web_url)
+    shown = page.evaluate(
+        """async (sizes) => {
+          const { formatBytes } = await import(new URL("dom.js", location.href));
+          return sizes.map(formatBytes);
+        }""",
+        sizes,
+    )
+    assert shown == [human_bytes(size) for size in sizes]
