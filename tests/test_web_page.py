@@ -1,6 +1,8 @@
 """The web page in a real headless Chromium (Debian's, driven by Playwright): sign in, upload a
-file of more than 20 MB as multipart straight to S3, and watch its job reach "completed".
-A failing test leaves a screenshot and the page's console in test-artifacts/."""
+file of more than 20 MiB as multipart straight to S3, and watch its job reach "completed"; the
+page on a phone (nothing wider than the screen, file names never broken) and on a desktop;
+sizes written as the CLI writes them. A failing test leaves a screenshot and the page's console
+in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -11,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from offload.client.progress import human_bytes
 from offload_local import aws_resources
 from tests.support.local_stack import ApiClient
 
 MiB = 1 << 20
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 900}
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = os.environ.get("OFFLOAD_CHROMIUM", "/usr/bin/chromium")
 # As root, and with no route to the internet: no sandbox, and no background fetches.
@@ -116,3 +121,129 @@ def test_first_sign_in_of_an_invited_user_sets_a_new_password(local_stack, page)
     assert page.inner_text("#user-name") == "invited@example.com"
     client = ApiClient(info, "invited@example.com", "Brand-new-passw0rd")
     assert client.call("GET", "/jobs").status == 200
+
+
+# Every element of the page whose box reaches past the left or right edge of the viewport (a
+# box inside a scrolling wrapper counts: the user would have to scroll it sideways).
+OVERFLOWING = """() => {
+  const width = document.documentElement.clientWidth;
+  return [...document.body.querySelectorAll("*")]
+    .filter((e) => {
+      const box = e.getBoundingClientRect();
+      return box.width > 0 && (box.left < -0.5 || box.right > width + 0.5);
+    })
+    .map((e) => `${e.tagName.toLowerCase()}.${e.className} ${e.textContent.slice(0, 40)}`);
+}"""
+
+# How each file name of the upload, unfinished upload and job lists is laid out.
+FILE_NAMES = """() => [...document.querySelectorAll(
+  "[data-testid=upload-row] .filename, [data-testid=resume-row] .filename, " +
+  "[data-testid=job-row] .filename")].map((e) => {
+  const style = getComputedStyle(e);
+  return {
+    text: e.textContent,
+    title: e.title,
+    whiteSpace: style.whiteSpace,
+    textOverflow: style.textOverflow,
+    overflowX: style.overflowX,
+    lines: e.getBoundingClientRect().height / parseFloat(style.lineHeight),
+    cut: e.scrollWidth > e.clientWidth,
+  };
+})"""
+
+
+def upload_through_the_page(page, paths: list[Path]) -> dict[str, str]:
+    """Upload ``paths`` with the file picker and wait for their jobs to complete; returns
+    file name -> upload id."""
+    page.set_input_files("#file-input", [str(path) for path in paths])
+    upload_ids = {}
+    for path in paths:
+        row = page.locator("[data-testid=upload-row]").filter(has_text=path.name)
+        row.and_(page.locator("[data-state=done]")).wait_for(timeout=90_000)
+        upload_ids[path.name] = row.get_attribute("data-upload-id")
+    for upload_id in upload_ids.values():
+        job = page.locator(f"[data-testid=job-row][data-upload-id='{upload_id}']")
+        job.and_(page.locator("[data-state=completed]")).first.wait_for(timeout=90_000)
+    return upload_ids
+
+
+def is_part_upload(url: str) -> bool:
+    return "partNumber=" in url
+
+
+def leave_unfinished(page, path: Path) -> None:
+    """Start a multipart upload of ``path`` whose parts S3 never gets, then reload: the page
+    lists it as an unfinished upload to resume."""
+    page.route(is_part_upload, lambda route: route.abort())
+    page.set_input_files("#file-input", str(path))
+    row = page.locator("[data-testid=upload-row]").filter(has_text=path.name)
+    row.and_(page.locator("[data-upload-id]")).wait_for(timeout=30_000)
+    page.reload()
+    page.unroute(is_part_upload)
+    page.locator("[data-testid=resume-row]").filter(has_text=path.name).wait_for(timeout=30_000)
+
+
+def assert_fits_and_names_are_whole(page, names: list[str]) -> list[dict]:
+    """Nothing wider than the viewport; every file name on one line (cut with an ellipsis,
+    the whole name in its text and title). Returns the names' layout."""
+    scroll_width, client_width = page.evaluate(
+        "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert scroll_width <= client_width, f"the page scrolls sideways: {scroll_width}"
+    assert page.evaluate(OVERFLOWING) == []
+    layout = page.evaluate(FILE_NAMES)
+    shown = [item["text"] for item in layout]
+    for name in names:
+        assert shown.count(name) >= 2, f"{name} is not listed twice: {shown}"
+    for item in layout:
+        assert item["title"] == item["text"], item
+        assert item["whiteSpace"] == "nowrap", item
+        assert item["textOverflow"] == "ellipsis" and item["overflowX"] == "hidden", item
+        assert item["lines"] < 1.5, item
+    return layout
+
+
+def test_phone_and_desktop_layouts_fit_and_keep_file_names_whole(local_stack, page, tmp_path):
+    """At 390 px the job list is a column of cards, at 1280 px a table; neither scrolls
+    sideways, and a file name is never broken mid-word (cut with an ellipsis instead), in the
+    uploads (as a row and as an unfinished upload: its name twice) and in the jobs."""
+    names = [
+        "DSC_0001_very_long_camera_file_name_without_any_space_1234567890_final.bin",
+        "Quarterly report of the northern region with every appendix and annex.csv",
+        "a.txt",
+    ]
+    paths = []
+    for i, name in enumerate(names):
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(os.urandom(1000 + i))
+    unfinished = tmp_path / "Recording_of_the_keynote_on_the_second_day_uncut_and_in_4K.mp4"
+    with unfinished.open("wb") as file:
+        file.truncate(9 * MiB)  # > 8 MiB: multipart, so it can be resumed
+    page.set_viewport_size(PHONE)
+    sign_in(page, local_stack.info)
+    leave_unfinished(page, unfinished)
+    upload_through_the_page(page, paths)
+    names.append(unfinished.name)
+
+    layout = assert_fits_and_names_are_whole(page, names)
+    cut = {item["text"] for item in layout if item["cut"]}
+    long_names = {name for name in names if len(name) > 40}
+    assert long_names <= cut  # really too long for a phone: the ellipsis is what saved it
+
+    page.set_viewport_size(DESKTOP)
+    assert_fits_and_names_are_whole(page, names)
+
+
+def test_sizes_are_written_as_the_cli_writes_them(local_stack, page):
+    """Binary units with binary names (KiB, MiB, ...) and the CLI's rounding, ties included."""
+    sizes = [0, 1, 1023, 1024, 1280, 1536, 3000, 10 * 1024 - 1, MiB - 1, MiB, 21 * MiB]
+    sizes += [MiB + MiB // 4, 7 * MiB // 4, 5 * 1024 * MiB + 512 * MiB, 3000 * 1024**4, 1 << 50]
+    page.goto(local_stack.info.web_url)
+    shown = page.evaluate(
+        """async (sizes) => {
+          const { formatBytes } = await import(new URL("dom.js", location.href));
+          return sizes.map(formatBytes);
+        }""",
+        sizes,
+    )
+    assert shown == [human_bytes(size) for size in sizes]

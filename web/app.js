@@ -4,7 +4,7 @@
 
 import { Api, loadConfig } from "./api.js";
 import { Auth, CognitoError, NewPasswordRequired } from "./auth.js";
-import { el, formatBytes, formatTime } from "./dom.js";
+import { el, fileName, formatBytes, formatTime } from "./dom.js";
 import { JobList } from "./jobs.js";
 import { findSavedUpload, forgetUpload, sameFile, savedUploads } from "./store.js";
 import { UploadTask } from "./upload.js";
@@ -232,7 +232,7 @@ function buildUploadRow(task) {
     el(
       "div",
       { class: "row-head" },
-      el("span", { class: "filename" }, name),
+      fileName("span", name),
       el("span", { class: "badge", "data-role": "state" }),
     ),
     el("progress", { max: task.file.size || 1, value: 0, "aria-label": `Upload progress of ${name}` }),
@@ -306,7 +306,7 @@ function buildResumeRow(entry, index) {
     el(
       "div",
       { class: "row-head" },
-      el("span", { class: "filename" }, entry.name),
+      fileName("span", entry.name),
       el(
         "span",
         { class: "small muted" },
@@ -316,7 +316,7 @@ function buildResumeRow(entry, index) {
     el(
       "div",
       { class: "actions" },
-      el("label", { for: inputId, class: "small" }, `Pick ${entry.name} again to resume`),
+      el("label", { for: inputId, class: "small" }, "Pick ", fileName("span", entry.name), " again to resume"),
       input,
       discard,
     ),

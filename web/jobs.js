@@ -2,7 +2,7 @@
 // hidden tab costs the API nothing), rendered as table rows that are updated in place so a
 // poll does not steal focus or flicker.
 
-import { el, formatBytes, formatTime } from "./dom.js";
+import { el, fileName, formatBytes, formatTime } from "./dom.js";
 import { nameOf } from "./store.js";
 
 const POLL_MS = 2000;
@@ -153,23 +153,27 @@ function fileLabel(job) {
 function buildRow(job, onRetry) {
   const percent = job.state === "completed" ? 100 : Math.max(0, Math.min(100, Number(job.progress) || 0));
   const name = job.filename || nameOf(job.uploadId);
+  // data-label: the column's name, shown before the cell when the row is a card.
+  const cell = (column, label, ...children) =>
+    el("td", { role: "cell", class: `col-${column}`, "data-label": label }, ...children);
   return el(
     "tr",
     {
+      role: "row",
       "data-testid": "job-row",
       dataset: { jobId: job.id, jobName: job.name, uploadId: job.uploadId, state: job.state },
     },
-    el("td", {}, el("strong", {}, job.name), el("div", { class: "muted small" }, formatTime(job.createdAt))),
-    el(
-      "td",
-      {},
-      name ? el("div", { class: "filename" }, name) : null,
+    cell("job", null, el("strong", {}, job.name), el("div", { class: "muted small" }, formatTime(job.createdAt))),
+    cell(
+      "file",
+      null,
+      name ? fileName("div", name) : null,
       el("div", { class: "muted small mono", title: "upload id" }, job.uploadId),
     ),
-    el("td", {}, el("span", { class: `badge state-${job.state}` }, job.state)),
-    el(
-      "td",
-      {},
+    cell("state", null, el("span", { class: `badge state-${job.state}` }, job.state)),
+    cell(
+      "progress",
+      null,
       el("progress", {
         max: 100,
         value: percent,
@@ -177,8 +181,8 @@ function buildRow(job, onRetry) {
       }),
       el("span", { class: "small" }, ` ${percent}%`),
     ),
-    el("td", {}, `${job.attempts ?? 0} / ${job.maxAttempts ?? "?"}`),
-    el("td", { class: "details" }, ...details(job, onRetry)),
+    cell("attempts", "Attempts", `${job.attempts ?? 0} / ${job.maxAttempts ?? "?"}`),
+    cell("result", "Result", ...details(job, onRetry)),
   );
 }
 
@@ -194,7 +198,7 @@ function details(job, onRetry) {
           el(
             "li",
             {},
-            el("a", { href: link.url, "data-link": "", target: "_blank", rel: "noopener" }, link.name),
+            fileName("a", link.name, { href: link.url, "data-link": "", target: "_blank", rel: "noopener" }),
           ),
         ),
       ),
