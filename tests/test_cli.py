@@ -1,10 +1,12 @@
-"""The command-line uploader (python -m offload) against the local stack: real Cognito (moto),
-the API behind the gateway, presigned uploads to S3, the worker, run as a subprocess the way a
-user or a script runs it; plus unit tests of its pure parts."""
+"""The command-line uploader (python -m offload_cli) against the local stack: real Cognito
+(moto), the API behind the gateway, presigned uploads to S3, the worker, run as a subprocess the
+way a user or a script runs it; plus unit tests of its pure parts."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
 import itertools
 import json
 import os
@@ -18,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from offload.client import transfer
-from offload.client.config import config_from_site
-from offload.client.progress import ProgressBar
-from offload.client.state import FileIdentity, StateStore, UploadState
+from offload_cli import transfer
+from offload_cli.config import config_from_site
+from offload_cli.progress import ProgressBar
+from offload_cli.state import FileIdentity, StateStore, UploadState
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -47,7 +49,7 @@ def run_cli(
     env: dict[str, str], *args: str, timeout: float = 60, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "offload", *args],
+        [sys.executable, "-m", "offload_cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -209,7 +211,7 @@ def test_resume_after_the_cli_is_killed_mid_upload(local_stack, env, tmp_path):
     # slowly the loaded machine answers.
     SLOW = ("--parallel", "1", "--limit-rate", "2")  # noqa: N806
     cli = subprocess.Popen(
-        [sys.executable, "-m", "offload", "upload", "--json", *SLOW, str(path)],
+        [sys.executable, "-m", "offload_cli", "upload", "--json", *SLOW, str(path)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -247,9 +249,9 @@ def test_resume_after_the_cli_is_killed_mid_upload(local_stack, env, tmp_path):
 
 
 def test_the_id_token_is_refreshed_once_when_the_api_refuses_it(local_stack):
-    from offload.client.api import Api, new_pool
-    from offload.client.auth import CognitoSession
-    from offload.client.config import ClientConfig, config_from_site
+    from offload_cli.api import Api, new_pool
+    from offload_cli.auth import CognitoSession
+    from offload_cli.config import ClientConfig, config_from_site
 
     info = local_stack.info
     config: ClientConfig = config_from_site(info.web_url, info.web_config())
@@ -332,7 +334,7 @@ def test_resume_of_an_upload_s3_already_completed_does_not_upload_again(tmp_path
     """Killed after ``complete`` but before its state file was deleted: S3 has the object, the
     row is still pending (its event not processed yet) and S3 no longer knows the multipart
     upload, exactly as when the lifecycle rule aborted it. Only ``completed`` tells them apart."""
-    from offload.client.uploader import Uploader
+    from offload_cli.uploader import Uploader
 
     path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 10)
@@ -396,13 +398,50 @@ def test_progress_line_and_rate_limit():
     assert 0.2 <= time.monotonic() - started < 1.0  # 6 MiB at 20 MiB/s, the first one free
 
 
-def test_nothing_outside_the_cli_imports_the_client():
-    """The Lambdas and the worker import offload/: the client must stay out of their way."""
-    offenders = []
-    for folder in ("offload", "lambdas", "fargate_worker"):
-        for source in (ROOT / folder).rglob("*.py"):
-            if "client" in source.relative_to(ROOT).parts or source.name == "__main__.py":
-                continue
-            if re.search(r"offload\.client|from offload import client", source.read_text()):
-                offenders.append(str(source))
+def _imported_packages(folder: Path) -> dict[str, set[str]]:
+    """The top-level package of every import in ``folder``'s modules (absolute imports)."""
+    found: dict[str, set[str]] = {}
+    for source in folder.rglob("*.py"):
+        tree = ast.parse(source.read_text(), str(source))
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(source.relative_to(ROOT))] = names
+    return found
+
+
+def test_the_cli_and_the_runtimes_import_nothing_of_each_other():
+    """The CLI is a package of its own, in neither the Lambda asset nor the worker image
+    (tests/infra checks both): the runtimes must not import it, and it talks to the system
+    through the API only, never through the domain core."""
+    runtime = ("offload", "lambdas", "fargate_worker", "offload_local")
+    offenders = [
+        module
+        for folder in runtime
+        for module, names in _imported_packages(ROOT / folder).items()
+        if "offload_cli" in names
+    ]
+    offenders += [
+        module
+        for module, names in _imported_packages(ROOT / "offload_cli").items()
+        if names & {*runtime, "stacks", "tests"}
+    ]
     assert offenders == []
+    assert not (ROOT / "offload" / "client").exists()
+    assert not (ROOT / "offload" / "__main__.py").exists()
+
+
+def test_the_offload_command_is_the_cli():
+    """``offload`` (pyproject.toml's console script) runs what ``python -m offload_cli`` runs,
+    and the distribution installs the CLI only, never the runtimes."""
+    import tomllib
+
+    from offload_cli import cli
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    module, _, function = project["project"]["scripts"]["offload"].partition(":")
+    assert getattr(importlib.import_module(module), function) is cli.main
+    assert project["tool"]["setuptools"]["packages"] == ["offload_cli"]

@@ -17,10 +17,10 @@ from typing import Any
 
 import urllib3
 
-from offload.client import transfer
-from offload.client.api import Api
-from offload.client.errors import ApiError, UsageError
-from offload.client.state import FileIdentity, StateStore, UploadState
+from offload_cli import transfer
+from offload_cli.api import Api
+from offload_cli.errors import ApiError, UsageError
+from offload_cli.state import FileIdentity, StateStore, UploadState
 
 Note = Callable[[str], None]
 ProgressFactory = Callable[[str, int, int], Any]  # (label, total bytes, bytes already there)

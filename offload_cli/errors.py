@@ -1,6 +1,6 @@
 """The CLI's exit codes and the errors that carry them.
 
-A script can rely on these codes (they are in ``python -m offload --help`` too):
+A script can rely on these codes (they are in ``offload --help`` too):
 
 ====  =======================================================================
 code  meaning

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from offload.client.follow import Followed
-from offload.client.progress import human_bytes
-from offload.client.uploader import UploadOutcome
+from offload_cli.follow import Followed
+from offload_cli.progress import human_bytes
+from offload_cli.uploader import UploadOutcome
 
 JOB_FIELDS = (
     "id",
