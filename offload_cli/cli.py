@@ -249,12 +249,11 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
     from offload_cli.progress import ProgressBar
     from offload_cli.state import StateStore
     from offload_cli.transfer import RateLimit
-    from offload_cli.uploader import Uploader, UploadOutcome
+    from offload_cli.uploader import Uploader, UploadOutcome, check_file
 
     printer = Printer(args)
-    for path in args.files:
-        if not path.is_file():
-            raise UsageError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    for path in args.files:  # every file, before signing in: a refusal sends no request
+        check_file(path)
     session = Session(args, env, args.parallel)
     show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
     if args.quiet and args.progress is None:

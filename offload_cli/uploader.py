@@ -26,6 +26,21 @@ Note = Callable[[str], None]
 ProgressFactory = Callable[[str, int, int], Any]  # (label, total bytes, bytes already there)
 
 
+def check_file(path: Path, size: int | None = None) -> None:
+    """Refuse, before any request, what the API would refuse anyway: a missing file, something
+    that is not a regular file, and an empty file (the API takes 1 byte or more: an upload
+    exists to start jobs on its bytes). ``size``: the size already read, if any."""
+    try:
+        if not path.is_file():
+            raise UsageError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+        if size is None:
+            size = path.stat().st_size
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise UsageError(f"{path}: empty file: the API takes files of 1 byte or more; not sent")
+
+
 def guess_content_type(path: Path) -> str:
     guessed, encoding = mimetypes.guess_type(path.name)
     if encoding or not guessed:  # e.g. .tar.gz is gzip bytes, not a tar: say nothing specific
@@ -110,8 +125,10 @@ class Uploader:
     ) -> UploadOutcome:
         try:
             identity = FileIdentity.of(path)
-            if not Path(identity.path).is_file():
-                raise UsageError(f"{path}: not a regular file")
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror or exc}") from exc
+        check_file(path, identity.size)
+        try:
             fd = os.open(identity.path, os.O_RDONLY)
         except OSError as exc:
             raise UsageError(f"{path}: {exc.strerror or exc}") from exc

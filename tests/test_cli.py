@@ -148,12 +148,52 @@ def test_what_the_api_refuses_exits_4_with_its_message(env, tmp_path):
     done = run_cli(env, "upload", "--content-type", "application/x-msdownload", str(path))
     assert done.returncode == 4, done.stderr
     assert "HTTP 400" in done.stderr and "(field contentType)" in done.stderr
-    empty = tmp_path / "empty.txt"
-    empty.write_bytes(b"")
-    done = run_cli(env, "upload", str(empty))
-    assert done.returncode == 4, done.stderr
-    assert "(field size)" in done.stderr
     assert run_cli(env, "status", "NoSuchUpload12345678").returncode == 4
+
+
+def test_an_empty_file_is_refused_before_any_request(tmp_path):
+    """The API takes 1 byte or more: the CLI says so itself, exit 2, and sends nothing, not
+    even the other files' uploads. Nothing listens at the API's address: a request would
+    end in exit 5 after its retries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+    full, empty = tmp_path / "full.txt", tmp_path / "empty.txt"
+    full.write_bytes(b"data\n")
+    empty.write_bytes(b"")
+    api = ("--api", "http://127.0.0.1:9/", "--token", "a-token")
+    done = run_cli(env, *api, "upload", "--json", str(full), str(empty))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"offload: error: {empty}: empty file: the API takes files of 1 byte or more; not sent"
+    )
+    assert done.stdout == ""
+
+
+class RecordingApi:
+    """Counts the uploads it is asked to create."""
+
+    api_url = "http://api"
+
+    def __init__(self) -> None:
+        self.created: list[tuple] = []
+
+    def create_upload(self, *args: object) -> dict:
+        self.created.append(args)
+        raise AssertionError("no upload may be created")
+
+
+def test_the_uploader_refuses_an_empty_file_without_calling_the_api(tmp_path):
+    """The same rule for a file emptied after the command line was checked (or a caller of the
+    Uploader itself): a usage error, no ``POST /uploads``."""
+    from offload_cli.errors import USAGE, UsageError
+    from offload_cli.uploader import Uploader
+
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    api = RecordingApi()
+    uploader = Uploader(api, pool=None, store=None)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="empty file") as refused:
+        uploader.upload(empty)
+    assert refused.value.exit_code == USAGE and api.created == []
 
 
 def test_usage_errors_exit_2_without_touching_the_network(tmp_path):
@@ -379,6 +419,47 @@ def test_part_urls_are_fetched_by_batch_and_replaced_before_expiry():
     urls.get(1)
     urls.get(1)
     assert len(short.calls) == 2
+
+
+def test_the_jobs_table_is_aligned_whatever_the_ids():
+    """Real job ids (``thumbnail-`` + 40 hex digits: 50 characters), a job added from outside
+    with a long id of its own, a job without upload: every column starts at the same place on
+    every line."""
+    from offload_cli.report import jobs_table
+
+    jobs = [
+        {
+            "id": "thumbnail-" + "a" * 40,
+            "name": "thumbnail",
+            "state": "completed",
+            "uploadId": "AxniGvRKrXztRzMmcKiXJw",
+            "createdAt": "2026-12-06T10:00:00.000001Z",
+        },
+        {"id": "outside-" + "b" * 70, "name": "inspect", "state": "failed", "uploadId": None},
+        {"id": "x", "name": "a-processor-name", "state": "retrying", "uploadId": "u1"},
+    ]
+    lines = jobs_table(jobs).splitlines()
+    assert len(lines) == 4
+    width = max(len(line) for line in lines)
+    columns = ("NAME", "STATE", "UPLOAD", "CREATED")
+    starts = [lines[0].index(title) for title in columns]
+    for line, job in zip(lines[1:], jobs, strict=True):
+        padded = line.ljust(width) + " "
+        assert padded.startswith(job["id"] + " ")
+        for start, name in zip(starts, ("name", "state", "uploadId", "createdAt"), strict=True):
+            assert padded[start - 2 : start] == "  ", line  # two spaces before every column
+            assert padded[start:].startswith((job.get(name) or "") + " "), (line, name)
+    assert lines[1].endswith("2026-12-06T10:00:00.000001Z")
+    assert jobs_table([]) == "JOB  NAME  STATE  UPLOAD  CREATED"
+
+
+def test_sizes_are_binary_units_with_binary_names():
+    from offload_cli.progress import human_bytes
+
+    assert human_bytes(1023) == "1023 B"
+    assert human_bytes(1024) == "1.0 KiB"
+    assert human_bytes(1536 * 1024) == "1.5 MiB"
+    assert human_bytes(5 * 1024**3) == "5.0 GiB"
 
 
 def test_progress_line_and_rate_limit():
