@@ -29,6 +29,7 @@ from offload.settings import Settings
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
+    from offload.db.job_queries import JobQueries
     from offload.db.status import StatusStore
     from offload.db.uploads import UploadStore
     from offload.queue import Producer
@@ -86,6 +87,12 @@ async def uploads() -> UploadStore:
     from offload.db.uploads import UploadStore
 
     return UploadStore(await pool())
+
+
+async def job_queries() -> JobQueries:
+    from offload.db.job_queries import JobQueries
+
+    return JobQueries(await pool())
 
 
 async def statuses() -> StatusStore:
