@@ -43,6 +43,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from lambdas.tracing import current_tracer, traced
 from offload import uploads
+from offload.settings import Settings
 from offload.uploads import InvalidRequest, RequestError
 
 if TYPE_CHECKING:
@@ -53,24 +54,22 @@ if TYPE_CHECKING:
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "offload-api")
 _SUB = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # a Cognito sub is a UUID; it names key segments
 
+# What the module needs before any request: the metrics namespace and the CORS origins. Plain
+# environment parsing (the container's settings, with their secrets, come with the first
+# request that needs them: runtime.settings()); a bad variable fails the cold start.
+_STARTUP = Settings.from_env()
 logger = Logger(service=SERVICE)
-metrics = Metrics(
-    service=SERVICE,
-    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE")
-    or os.environ.get("OFFLOAD_METRICS_NAMESPACE")
-    or "Offload",
-)
+metrics = Metrics(service=SERVICE, namespace=_STARTUP.metrics_namespace)
 
 
-def _cors_config() -> CORSConfig | None:
-    """``OFFLOAD_CORS_ORIGIN``: comma-separated allowed origins; unset = no CORS headers."""
-    origins = [o.strip() for o in os.environ.get("OFFLOAD_CORS_ORIGIN", "").split(",") if o.strip()]
+def _cors_config(origins: tuple[str, ...]) -> CORSConfig | None:
+    """``OFFLOAD_CORS_ORIGIN``: the allowed origins; none = no CORS headers."""
     if not origins:
         return None
-    return CORSConfig(allow_origin=origins[0], extra_origins=origins[1:] or None, max_age=600)
+    return CORSConfig(allow_origin=origins[0], extra_origins=list(origins[1:]) or None, max_age=600)
 
 
-app = APIGatewayRestResolver(cors=_cors_config())
+app = APIGatewayRestResolver(cors=_cors_config(_STARTUP.cors_origins))
 
 
 class Unauthorized(RequestError):
