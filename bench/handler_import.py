@@ -44,7 +44,7 @@ BASELINE = "boto3"
 _STORE = ("offload.db.pool", "offload.db.uploads", "offload.db.status", "offload.queue")
 FIRST_CALL: dict[str, tuple[str, ...]] = {
     BASELINE: (),
-    "lambdas.api": ("boto3", *_STORE, "offload.db.job_queries"),  # presigned URLs, rows, jobs
+    "lambdas.api": ("boto3", *_STORE, "offload.jobs_service"),  # presigned URLs, rows, jobs
     "lambdas.enqueue": ("boto3", *_STORE),  # an accepted upload: row, status row, queue
     "lambdas.queue_metrics": ("boto3",),  # queue counts (bullmq), PutMetricData (boto3)
     "lambdas.reconciler": ("boto3", *_STORE),

@@ -9,8 +9,8 @@ bytes) to a temporary directory, then, in the same run, uploads that file to the
 
 (a) **boto3**: ``S3Client.upload_file`` with the default ``TransferConfig`` (its settings are
     printed): the TransferManager, threads, its own part size;
-(b) **offload**: the CLI's engine (``offload/client/transfer.py``: ``put_parts``, the code
-    ``python -m offload upload`` runs), ``--parallel`` threads, the part size an API with
+(b) **offload**: the CLI's engine (``offload_cli/transfer.py``: ``put_parts``, the code
+    ``offload upload`` runs), ``--parallel`` threads, the part size an API with
     default settings hands out for this size (``plan_parts(size, Settings().part_size_bytes)``:
     ``OFFLOAD_PART_SIZE_MIB``'s default, 16 MiB, or more for files too large for 10,000 parts of
     that size), each part PUT to a presigned URL.
@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a script from anywhere: the project is not installed
 
-from offload.client.transfer import DEFAULT_PARALLEL  # noqa: E402 (after the sys.path line)
+from offload_cli.transfer import DEFAULT_PARALLEL  # noqa: E402 (after the sys.path line)
 
 MIB = 1 << 20
 BUCKET = "bench-upload-throughput"
@@ -87,8 +87,8 @@ def run_boto3(s3: Any, path: Path, key: str, config: Any) -> float:
 
 
 def run_offload(s3: Any, path: Path, key: str, parallel: int, part_size: int) -> float:
-    from offload.client import transfer
-    from offload.client.api import new_pool
+    from offload_cli import transfer
+    from offload_cli.api import new_pool
 
     size = path.stat().st_size
     pool = new_pool(maxsize=parallel + 4)  # as the CLI makes it

@@ -16,9 +16,10 @@ answer is 401. Everything is scoped by it: another user's upload or job is answe
 a missing one (404), for every route. Errors are JSON ``{"message": ...}`` (plus ``field``
 when one request field is at fault).
 
-The handler is thin: the logic lives in ``offload.uploads`` and ``offload.db.job_queries``.
+The handler is thin: every route reads caller -> service -> answer, the rules living in
+``offload.uploads.UploadService`` and ``offload.jobs_service.JobService``.
 Cold start: this module imports only Powertools and light modules; the container runtime
-(psycopg, bullmq) and boto3 are imported by the first request that needs them.
+(psycopg, bullmq), boto3 and the job service are imported by the first request that needs them.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ import json
 import os
 import re
 import warnings
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -43,34 +43,33 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from lambdas.tracing import current_tracer, traced
 from offload import uploads
-from offload.uploads import Conflict, InvalidRequest, NotFound, RequestError
+from offload.settings import Settings
+from offload.uploads import InvalidRequest, RequestError
 
 if TYPE_CHECKING:
     from types import ModuleType
 
+    from offload.jobs_service import JobService
+
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "offload-api")
 _SUB = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # a Cognito sub is a UUID; it names key segments
-_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
-_LIMIT = re.compile(r"^[0-9]{1,4}$")
 
+# What the module needs before any request: the metrics namespace and the CORS origins. Plain
+# environment parsing (the container's settings, with their secrets, come with the first
+# request that needs them: runtime.settings()); a bad variable fails the cold start.
+_STARTUP = Settings.from_env()
 logger = Logger(service=SERVICE)
-metrics = Metrics(
-    service=SERVICE,
-    namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE")
-    or os.environ.get("OFFLOAD_METRICS_NAMESPACE")
-    or "Offload",
-)
+metrics = Metrics(service=SERVICE, namespace=_STARTUP.metrics_namespace)
 
 
-def _cors_config() -> CORSConfig | None:
-    """``OFFLOAD_CORS_ORIGIN``: comma-separated allowed origins; unset = no CORS headers."""
-    origins = [o.strip() for o in os.environ.get("OFFLOAD_CORS_ORIGIN", "").split(",") if o.strip()]
+def _cors_config(origins: tuple[str, ...]) -> CORSConfig | None:
+    """``OFFLOAD_CORS_ORIGIN``: the allowed origins; none = no CORS headers."""
     if not origins:
         return None
-    return CORSConfig(allow_origin=origins[0], extra_origins=origins[1:] or None, max_age=600)
+    return CORSConfig(allow_origin=origins[0], extra_origins=list(origins[1:]) or None, max_age=600)
 
 
-app = APIGatewayRestResolver(cors=_cors_config())
+app = APIGatewayRestResolver(cors=_cors_config(_STARTUP.cors_origins))
 
 
 class Unauthorized(RequestError):
@@ -136,10 +135,23 @@ def _upload_service() -> uploads.UploadService:
     return uploads.UploadService(settings, s3_client(settings.s3_endpoint_url), store)
 
 
-async def _job_queries() -> Any:
-    from offload.db.job_queries import JobQueries
+def _job_service() -> JobService:
+    runtime = _runtime()
+    from offload.aws import s3_client
+    from offload.jobs_service import JobService
 
-    return JobQueries(await _runtime().pool())
+    settings = runtime.settings()
+
+    async def queue() -> Any:
+        return (await runtime.producer()).queue
+
+    return JobService(
+        settings,
+        runtime.run(runtime.job_queries()),
+        runtime.run(runtime.statuses()),
+        s3=lambda: s3_client(settings.s3_endpoint_url),
+        queue=queue,
+    )
 
 
 def _count(name: str) -> None:
@@ -209,135 +221,28 @@ def abort_upload(upload_id: str) -> Response:
 @app.get("/jobs")
 def list_jobs() -> Response:
     owner = _caller()
-    from offload.db import job_queries
-
     event = app.current_event
-    raw_limit = event.get_query_string_value("limit")
-    limit = job_queries.DEFAULT_LIMIT
-    if raw_limit is not None:
-        if not _LIMIT.match(raw_limit) or not 1 <= int(raw_limit) <= job_queries.MAX_LIMIT:
-            raise InvalidRequest(
-                f"limit must be an integer within 1..{job_queries.MAX_LIMIT}", field="limit"
-            )
-        limit = int(raw_limit)
-    after = None
-    if (raw_cursor := event.get_query_string_value("cursor")) is not None:
-        try:
-            after = job_queries.decode_cursor(raw_cursor)
-        except job_queries.InvalidCursor as exc:
-            raise InvalidRequest(str(exc), field="cursor") from exc
-
-    async def page() -> Any:
-        return await (await _job_queries()).list_for_owner(owner, limit, after)
-
-    rows, next_cursor = _runtime().run(page())
-    return _json(
-        200,
-        {
-            "jobs": [_job_answer(owner, row) for row in rows],
-            "nextCursor": job_queries.encode_cursor(next_cursor) if next_cursor else None,
-        },
-    )
-
-
-def _job_answer(owner: str, row: Any) -> dict[str, Any]:
-    """A job as the API shows it, with ``links``: presigned GETs of a completed job's outputs.
-    A superseded job (for an older version of its upload's object) gets none: its outputs'
-    keys are the upload's, and hold the newest version's outputs."""
-    from offload.aws import s3_client
-    from offload.db.job_queries import job_view
-
-    view = job_view(row)
-    view["links"] = []
-    view["outputsArchived"] = False
-    if row.state == "completed" and row.upload_id and not row.superseded:
-        settings = _runtime().settings()
-        now = datetime.now(UTC)
-        if uploads.outputs_archived(row.finished_at, settings.processed_archive_after_days, now):
-            view["outputsArchived"] = True  # a link would answer InvalidObjectState
-            return view
-        view["links"] = uploads.result_links(
-            s3_client(settings.s3_endpoint_url),
-            settings.upload_bucket,
-            owner,
-            row.upload_id,
-            row.result,
-            settings.url_expiry_s,
-        )
-    return view
-
-
-async def _owned_job(owner: str, job_id: str) -> Any:
-    row = None
-    if _JOB_ID.match(job_id):
-        row = await (await _job_queries()).get_for_owner(job_id, owner)
-    if row is None:
-        raise NotFound("job not found")
-    return row
+    limit = event.get_query_string_value("limit")
+    cursor = event.get_query_string_value("cursor")
+    service = _job_service()
+    return _json(200, _runtime().run(service.page(owner, limit, cursor)))
 
 
 @app.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
     owner = _caller()
-    return _json(200, _job_answer(owner, _runtime().run(_owned_job(owner, job_id))))
-
-
-_GONE = "job is no longer in the queue (past retention) and cannot be retried"
-
-
-async def _retry(owner: str, job_id: str) -> Any:
-    """Claim the row in PostgreSQL, then ask bullmq, then commit the claim (StatusStore.
-    retry_claim says why in that order and what each failure leaves behind).
-
-    Only the request whose claim wins touches the queue: a double click, or two clients, get
-    one 200 and one 409, and the job runs once more, never twice. bullmq's own retry is atomic,
-    but it cannot tell a second retry of the same failure from a retry of the next one: a
-    second request that read the row before the first retry and reaches bullmq after the job
-    ran and failed again (a cold container is slower than a job that fails at once) would run
-    it a second time. The claim is guarded by the attempt the request saw, so it cannot.
-
-    A 503 (PostgreSQL or Redis out of reach at any step) never leaves the row claimed: the claim
-    rolls back unless it committed after bullmq accepted. Whether bullmq applied the retry is
-    then unknown to us, and needs no repair: if it did, the job runs and the worker's ``active``
-    (a later attempt) overwrites the ``failed`` row; if it did not, the row and the queue still
-    agree that the job failed, and the client may retry."""
-    runtime = _runtime()
-    row = await _owned_job(owner, job_id)
-    if row.state != "failed":
-        raise Conflict(f"job is {row.state}; only a failed job can be retried")
-    if row.superseded:
-        # Run again, it would write the upload's outputs over the newest version's.
-        raise Conflict("job is for an older version of the uploaded object; it cannot be retried")
-    queue = (await runtime.producer()).queue  # before the claim: keep the row locked briefly
-    statuses = await runtime.statuses()
-    async with statuses.retry_claim(
-        job_id, row.attempt, owner=owner, message="retry requested"
-    ) as claimed:
-        if not claimed:
-            raise Conflict("job was retried meanwhile; only a failed job can be retried")
-        job = await queue.getJob(job_id)
-        if job is None:
-            raise Conflict(_GONE)
-        try:
-            await job.retry("failed")
-        except TypeError as exc:  # bullmq: not in the failed set, or no such job any more
-            if await queue.getJob(job_id) is None:
-                raise Conflict(_GONE) from exc
-            raise Conflict("job is not failed in the queue; it may still be finishing") from exc
-        # A fresh stall allowance: bullmq keeps the stall count across retries, so a job the
-        # stall limit failed would fail again at its next single crash. (Milliseconds after the
-        # move, long before a run could stall: that takes a whole lock duration.)
-        await queue.client.hdel(queue.toKey(job_id), "stc")
-    return await _owned_job(owner, job_id)
+    service = _job_service()
+    return _json(200, _runtime().run(service.get(owner, job_id)))
 
 
 @app.post("/jobs/<job_id>/retry")
 def retry_job(job_id: str) -> Response:
     owner = _caller()
-    row = _runtime().run(_retry(owner, job_id))
+    service = _job_service()
+    view = _runtime().run(service.retry(owner, job_id))
     logger.info("job retried", extra={"job_id": job_id})
     _count("JobsRetried")
-    return _json(200, _job_answer(owner, row))
+    return _json(200, view)
 
 
 # --- errors -----------------------------------------------------------------------------------

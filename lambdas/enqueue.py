@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -259,7 +258,7 @@ def _process(event: dict[str, Any], context: Any) -> dict[str, Any]:
     global _deps
     _deps = _Dependencies()
     settings = runtime.settings()
-    metrics.namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or settings.metrics_namespace
+    metrics.namespace = settings.metrics_namespace
     metrics.add_dimension(name="Queue", value=settings.queue_name)
     return process_partial_response(
         event=event, record_handler=record_handler, processor=processor, context=context

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -59,7 +58,7 @@ async def _reconcile() -> ReconcileReport:
 @metrics.log_metrics
 def _reconcile_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = runtime.settings()
-    metrics.namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE") or settings.metrics_namespace
+    metrics.namespace = settings.metrics_namespace
     metrics.add_dimension(name="Queue", value=settings.queue_name)
     budget = context.get_remaining_time_in_millis() / 1000 - SAFETY_MARGIN_S
     report = runtime.run(asyncio.wait_for(_reconcile(), max(budget, 0.1)))

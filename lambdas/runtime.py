@@ -14,7 +14,6 @@ when its copy is a few seconds old, so a rotation does not cut a warm container 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Coroutine
 from dataclasses import replace
 from functools import cache
@@ -29,6 +28,7 @@ from offload.settings import Settings
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
+    from offload.db.job_queries import JobQueries
     from offload.db.status import StatusStore
     from offload.db.uploads import UploadStore
     from offload.queue import Producer
@@ -54,8 +54,8 @@ def settings() -> Settings:
     overrides: dict[str, Any] = {}
     if base.database_secret_arn:  # read now; the pool reads it again when it may have rotated
         overrides["database_url"] = resolve_database_url(base)
-    if arn := os.environ.get("REDIS_AUTH_SECRET_ARN"):
-        overrides["redis_auth_token"] = aws.secret_string(arn)
+    if base.redis_auth_secret_arn:
+        overrides["redis_auth_token"] = aws.secret_string(base.redis_auth_secret_arn)
     return replace(base, **overrides) if overrides else base
 
 
@@ -86,6 +86,12 @@ async def uploads() -> UploadStore:
     from offload.db.uploads import UploadStore
 
     return UploadStore(await pool())
+
+
+async def job_queries() -> JobQueries:
+    from offload.db.job_queries import JobQueries
+
+    return JobQueries(await pool())
 
 
 async def statuses() -> StatusStore:

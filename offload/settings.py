@@ -102,6 +102,9 @@ def _hash_tagged(prefix: str) -> str:
 class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_auth_token: str | None = field(default=None, repr=False)
+    # The Lambdas: a secret holding the Redis AUTH token, read at cold start (lambdas/runtime.py;
+    # Lambda cannot inject a secret into the environment, ECS injects REDIS_AUTH_TOKEN itself).
+    redis_auth_secret_arn: str | None = None
     database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/test", repr=False)
     database_schema: str = "offload"
     # An RDS secret (username, password, host, port, dbname) to connect with instead of
@@ -137,6 +140,8 @@ class Settings:
     task_protection_minutes: int = 60
     health_file: str = "/tmp/offload-worker.health"
     health_interval_s: int = 10
+    # Every component's CloudWatch namespace: the worker's EMF, the Lambdas' Powertools metrics
+    # and the queue metrics the autoscaling reads (see from_env for the variables).
     metrics_namespace: str = "Offload"
     # Upload API and enqueue Lambdas
     upload_bucket: str = ""
@@ -165,6 +170,8 @@ class Settings:
     reconcile_after_s: int = 600
     reconcile_limit: int = 500
     enqueue_record_timeout_s: int = 10
+    # API: the web origins allowed by CORS (none: no CORS headers).
+    cors_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -173,6 +180,7 @@ class Settings:
         return cls(
             redis_url=env.get("REDIS_URL", defaults.redis_url),
             redis_auth_token=env.get("REDIS_AUTH_TOKEN") or None,
+            redis_auth_secret_arn=env.get("REDIS_AUTH_SECRET_ARN") or None,
             database_url=env.get("DATABASE_URL")
             or _database_url_from_parts(env)
             or defaults.database_url,
@@ -212,7 +220,11 @@ class Settings:
             ),
             health_file=env.get("OFFLOAD_HEALTH_FILE", defaults.health_file),
             health_interval_s=_int(env, "OFFLOAD_HEALTH_INTERVAL_S", defaults.health_interval_s, 1),
-            metrics_namespace=env.get("OFFLOAD_METRICS_NAMESPACE", defaults.metrics_namespace),
+            # Ours first; Powertools' own variable (which Powertools would read by itself) is
+            # a fallback, so a function configured with only that one still agrees.
+            metrics_namespace=env.get("OFFLOAD_METRICS_NAMESPACE")
+            or env.get("POWERTOOLS_METRICS_NAMESPACE")
+            or defaults.metrics_namespace,
             upload_bucket=env.get("UPLOAD_BUCKET", defaults.upload_bucket),
             max_upload_bytes=_int(env, "OFFLOAD_MAX_UPLOAD_BYTES", defaults.max_upload_bytes, 1),
             single_upload_max_bytes=_int(
@@ -238,6 +250,7 @@ class Settings:
             enqueue_record_timeout_s=_int(
                 env, "OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S", defaults.enqueue_record_timeout_s, 1
             ),
+            cors_origins=_csv(env, "OFFLOAD_CORS_ORIGIN"),
         )
 
     def default_job_options(self) -> dict[str, Any]:

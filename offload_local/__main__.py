@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
   Password     {info.password}
 
   API          {info.api_url}   (Authorization: a Cognito ID token)
-  CLI          .venv/bin/python -m offload --site {info.web_url} \\
+  CLI          .venv/bin/python -m offload_cli --site {info.web_url} \\
                  --username {info.username} upload FILE...   (asks for the password)
   AWS (moto)   {info.moto_endpoint}   bucket {info.bucket}
   Redis        {info.redis_url}   queue prefix {info.queue_prefix}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this machine for the tests and the demo; idempotent, and fast when nothing changed.
 #   1. Python >= 3.11 able to create venvs (Debian's python3-venv is installed if missing);
-#   2. .venv with requirements-dev.txt (skipped while .venv/.requirements.sha256 matches);
+#   2. .venv with requirements-dev.txt (skipped while .venv/.requirements.sha256 matches), and
+#      the CLI's `offload` command (`pip install --no-deps -e .`: pyproject.toml);
 #   3. Redis reachable at REDIS_URL (default redis://127.0.0.1:6379/0);
 #   4. PostgreSQL reachable at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test),
 #      and the URL's database created;
@@ -51,6 +52,17 @@ else
 	rm -f "$stamp"
 	"$VENV_PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	printf '%s\n' "$wanted" >"$stamp"
+fi
+
+# The CLI's `offload` command (pyproject.toml [project.scripts]): the repository installed in
+# the venv, editable and without dependencies (requirements-dev.txt has them); again whenever
+# pyproject.toml changes.
+cli_stamp="$VENV_DIR/.cli.sha256"
+cli_wanted="$(requirements_hash pyproject.toml)"
+if [ ! -x "$VENV_DIR/bin/offload" ] || [ "$(cat "$cli_stamp" 2>/dev/null)" != "$cli_wanted" ]; then
+	log "installing the offload command (offload_cli) into $VENV_DIR"
+	"$VENV_PY" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	printf '%s\n' "$cli_wanted" >"$cli_stamp"
 fi
 
 # --- 3 + 4: Redis and PostgreSQL ---------------------------------------------------------------

@@ -92,7 +92,6 @@ class QueueLambdas(Construct):
         base_env = {
             **queue_env(redis_url=queue.url, schema=schema),
             "REDIS_AUTH_SECRET_ARN": queue.auth_token.secret_arn,
-            "POWERTOOLS_METRICS_NAMESPACE": NAMESPACE,
         }
         database_env = {
             "DATABASE_SECRET_ARN": database.secret.secret_arn,

@@ -4,6 +4,8 @@ agree on the queue and the metrics."""
 
 from __future__ import annotations
 
+from stacks.metrics import NAMESPACE
+
 QUEUE_NAME = "uploads"
 QUEUE_PREFIX = "offload"  # settings wrap it as the hash tag "{offload}" (cluster-mode safe)
 
@@ -15,6 +17,6 @@ def queue_env(*, redis_url: str, schema: str, log_level: str = "INFO") -> dict[s
         "OFFLOAD_QUEUE_NAME": QUEUE_NAME,
         "OFFLOAD_QUEUE_PREFIX": QUEUE_PREFIX,
         "OFFLOAD_DB_SCHEMA": schema,
-        "OFFLOAD_METRICS_NAMESPACE": "Offload",
+        "OFFLOAD_METRICS_NAMESPACE": NAMESPACE,
         "LOG_LEVEL": log_level,
     }

@@ -1,7 +1,9 @@
-"""The upload API's domain logic on its own: part planning, content types, cursors."""
+"""The upload API's domain logic on its own: part planning, content types, cursors, the job
+list's parameters."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
@@ -9,6 +11,7 @@ import pytest
 
 from offload.db.job_queries import Cursor, InvalidCursor, decode_cursor, encode_cursor
 from offload.db.uploads import Upload
+from offload.jobs_service import JobService, parse_list_params
 from offload.settings import Settings, SettingsError
 from offload.uploads import (
     MAX_OBJECT_BYTES,
@@ -246,3 +249,19 @@ def test_outputs_count_as_archived_from_the_archive_age_on():
     assert outputs_archived(now - timedelta(days=90), 90, now)
     assert not outputs_archived(now - timedelta(days=900), 0, now)  # 0: never archived
     assert not outputs_archived(None, 90, now)  # not finished
+
+
+def test_job_list_parameters_are_checked_before_any_query():
+    """``GET /jobs``: the page size and the cursor are the service's to check, and a bad one
+    is refused before the database is asked anything (no queries object here to ask)."""
+    cursor = Cursor(datetime(2026, 12, 6, tzinfo=UTC), "inspect-abc")
+    assert parse_list_params(None, None) == (20, None)
+    assert parse_list_params("100", encode_cursor(cursor)) == (100, cursor)
+    for limit in ("0", "101", "-1", "1.5", "", "10000", " 5"):
+        with pytest.raises(InvalidRequest, match=r"limit must be an integer within 1\.\.100"):
+            parse_list_params(limit, None)
+    service = JobService(Settings(), None, None, s3=None, queue=None)  # type: ignore[arg-type]
+    for limit, token, field in (("0", None, "limit"), (None, "forged", "cursor")):
+        with pytest.raises(InvalidRequest) as refused:
+            asyncio.run(service.page("user-a", limit, token))
+        assert refused.value.field == field

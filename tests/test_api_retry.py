@@ -1,6 +1,6 @@
 """Retrying a failed job while something races it: a second retry, a worker, an outage, the
 job leaving Redis. The claim in PostgreSQL decides, and the row never says ``queued`` for a job
-the queue does not hold (lambdas.api._retry, StatusStore.retry_claim)."""
+the queue does not hold (offload.jobs_service.JobService.retry, StatusStore.retry_claim)."""
 
 from __future__ import annotations
 

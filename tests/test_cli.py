@@ -1,10 +1,12 @@
-"""The command-line uploader (python -m offload) against the local stack: real Cognito (moto),
-the API behind the gateway, presigned uploads to S3, the worker, run as a subprocess the way a
-user or a script runs it; plus unit tests of its pure parts."""
+"""The command-line uploader (python -m offload_cli) against the local stack: real Cognito
+(moto), the API behind the gateway, presigned uploads to S3, the worker, run as a subprocess the
+way a user or a script runs it; plus unit tests of its pure parts."""
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib
 import itertools
 import json
 import os
@@ -18,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from offload.client import transfer
-from offload.client.config import config_from_site
-from offload.client.progress import ProgressBar
-from offload.client.state import FileIdentity, StateStore, UploadState
+from offload_cli import transfer
+from offload_cli.config import config_from_site
+from offload_cli.progress import ProgressBar
+from offload_cli.state import FileIdentity, StateStore, UploadState
 
 ROOT = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -47,7 +49,7 @@ def run_cli(
     env: dict[str, str], *args: str, timeout: float = 60, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "offload", *args],
+        [sys.executable, "-m", "offload_cli", *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -146,12 +148,52 @@ def test_what_the_api_refuses_exits_4_with_its_message(env, tmp_path):
     done = run_cli(env, "upload", "--content-type", "application/x-msdownload", str(path))
     assert done.returncode == 4, done.stderr
     assert "HTTP 400" in done.stderr and "(field contentType)" in done.stderr
-    empty = tmp_path / "empty.txt"
-    empty.write_bytes(b"")
-    done = run_cli(env, "upload", str(empty))
-    assert done.returncode == 4, done.stderr
-    assert "(field size)" in done.stderr
     assert run_cli(env, "status", "NoSuchUpload12345678").returncode == 4
+
+
+def test_an_empty_file_is_refused_before_any_request(tmp_path):
+    """The API takes 1 byte or more: the CLI says so itself, exit 2, and sends nothing, not
+    even the other files' uploads. Nothing listens at the API's address: a request would
+    end in exit 5 after its retries."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFLOAD_")}
+    full, empty = tmp_path / "full.txt", tmp_path / "empty.txt"
+    full.write_bytes(b"data\n")
+    empty.write_bytes(b"")
+    api = ("--api", "http://127.0.0.1:9/", "--token", "a-token")
+    done = run_cli(env, *api, "upload", "--json", str(full), str(empty))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"offload: error: {empty}: empty file: the API takes files of 1 byte or more; not sent"
+    )
+    assert done.stdout == ""
+
+
+class RecordingApi:
+    """Counts the uploads it is asked to create."""
+
+    api_url = "http://api"
+
+    def __init__(self) -> None:
+        self.created: list[tuple] = []
+
+    def create_upload(self, *args: object) -> dict:
+        self.created.append(args)
+        raise AssertionError("no upload may be created")
+
+
+def test_the_uploader_refuses_an_empty_file_without_calling_the_api(tmp_path):
+    """The same rule for a file emptied after the command line was checked (or a caller of the
+    Uploader itself): a usage error, no ``POST /uploads``."""
+    from offload_cli.errors import USAGE, UsageError
+    from offload_cli.uploader import Uploader
+
+    empty = tmp_path / "empty.bin"
+    empty.write_bytes(b"")
+    api = RecordingApi()
+    uploader = Uploader(api, pool=None, store=None)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="empty file") as refused:
+        uploader.upload(empty)
+    assert refused.value.exit_code == USAGE and api.created == []
 
 
 def test_usage_errors_exit_2_without_touching_the_network(tmp_path):
@@ -209,7 +251,7 @@ def test_resume_after_the_cli_is_killed_mid_upload(local_stack, env, tmp_path):
     # slowly the loaded machine answers.
     SLOW = ("--parallel", "1", "--limit-rate", "2")  # noqa: N806
     cli = subprocess.Popen(
-        [sys.executable, "-m", "offload", "upload", "--json", *SLOW, str(path)],
+        [sys.executable, "-m", "offload_cli", "upload", "--json", *SLOW, str(path)],
         env=env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -247,9 +289,9 @@ def test_resume_after_the_cli_is_killed_mid_upload(local_stack, env, tmp_path):
 
 
 def test_the_id_token_is_refreshed_once_when_the_api_refuses_it(local_stack):
-    from offload.client.api import Api, new_pool
-    from offload.client.auth import CognitoSession
-    from offload.client.config import ClientConfig, config_from_site
+    from offload_cli.api import Api, new_pool
+    from offload_cli.auth import CognitoSession
+    from offload_cli.config import ClientConfig, config_from_site
 
     info = local_stack.info
     config: ClientConfig = config_from_site(info.web_url, info.web_config())
@@ -332,7 +374,7 @@ def test_resume_of_an_upload_s3_already_completed_does_not_upload_again(tmp_path
     """Killed after ``complete`` but before its state file was deleted: S3 has the object, the
     row is still pending (its event not processed yet) and S3 no longer knows the multipart
     upload, exactly as when the lifecycle rule aborted it. Only ``completed`` tells them apart."""
-    from offload.client.uploader import Uploader
+    from offload_cli.uploader import Uploader
 
     path = tmp_path / "f.bin"
     path.write_bytes(b"x" * 10)
@@ -379,6 +421,47 @@ def test_part_urls_are_fetched_by_batch_and_replaced_before_expiry():
     assert len(short.calls) == 2
 
 
+def test_the_jobs_table_is_aligned_whatever_the_ids():
+    """Real job ids (``thumbnail-`` + 40 hex digits: 50 characters), a job added from outside
+    with a long id of its own, a job without upload: every column starts at the same place on
+    every line."""
+    from offload_cli.report import jobs_table
+
+    jobs = [
+        {
+            "id": "thumbnail-" + "a" * 40,
+            "name": "thumbnail",
+            "state": "completed",
+            "uploadId": "AxniGvRKrXztRzMmcKiXJw",
+            "createdAt": "2026-12-06T10:00:00.000001Z",
+        },
+        {"id": "outside-" + "b" * 70, "name": "inspect", "state": "failed", "uploadId": None},
+        {"id": "x", "name": "a-processor-name", "state": "retrying", "uploadId": "u1"},
+    ]
+    lines = jobs_table(jobs).splitlines()
+    assert len(lines) == 4
+    width = max(len(line) for line in lines)
+    columns = ("NAME", "STATE", "UPLOAD", "CREATED")
+    starts = [lines[0].index(title) for title in columns]
+    for line, job in zip(lines[1:], jobs, strict=True):
+        padded = line.ljust(width) + " "
+        assert padded.startswith(job["id"] + " ")
+        for start, name in zip(starts, ("name", "state", "uploadId", "createdAt"), strict=True):
+            assert padded[start - 2 : start] == "  ", line  # two spaces before every column
+            assert padded[start:].startswith((job.get(name) or "") + " "), (line, name)
+    assert lines[1].endswith("2026-12-06T10:00:00.000001Z")
+    assert jobs_table([]) == "JOB  NAME  STATE  UPLOAD  CREATED"
+
+
+def test_sizes_are_binary_units_with_binary_names():
+    from offload_cli.progress import human_bytes
+
+    assert human_bytes(1023) == "1023 B"
+    assert human_bytes(1024) == "1.0 KiB"
+    assert human_bytes(1536 * 1024) == "1.5 MiB"
+    assert human_bytes(5 * 1024**3) == "5.0 GiB"
+
+
 def test_progress_line_and_rate_limit():
     bar = ProgressBar("file.bin", 100 * MiB, done=50 * MiB)
     bar.started -= 2
@@ -396,13 +479,50 @@ def test_progress_line_and_rate_limit():
     assert 0.2 <= time.monotonic() - started < 1.0  # 6 MiB at 20 MiB/s, the first one free
 
 
-def test_nothing_outside_the_cli_imports_the_client():
-    """The Lambdas and the worker import offload/: the client must stay out of their way."""
-    offenders = []
-    for folder in ("offload", "lambdas", "fargate_worker"):
-        for source in (ROOT / folder).rglob("*.py"):
-            if "client" in source.relative_to(ROOT).parts or source.name == "__main__.py":
-                continue
-            if re.search(r"offload\.client|from offload import client", source.read_text()):
-                offenders.append(str(source))
+def _imported_packages(folder: Path) -> dict[str, set[str]]:
+    """The top-level package of every import in ``folder``'s modules (absolute imports)."""
+    found: dict[str, set[str]] = {}
+    for source in folder.rglob("*.py"):
+        tree = ast.parse(source.read_text(), str(source))
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(source.relative_to(ROOT))] = names
+    return found
+
+
+def test_the_cli_and_the_runtimes_import_nothing_of_each_other():
+    """The CLI is a package of its own, in neither the Lambda asset nor the worker image
+    (tests/infra checks both): the runtimes must not import it, and it talks to the system
+    through the API only, never through the domain core."""
+    runtime = ("offload", "lambdas", "fargate_worker", "offload_local")
+    offenders = [
+        module
+        for folder in runtime
+        for module, names in _imported_packages(ROOT / folder).items()
+        if "offload_cli" in names
+    ]
+    offenders += [
+        module
+        for module, names in _imported_packages(ROOT / "offload_cli").items()
+        if names & {*runtime, "stacks", "tests"}
+    ]
     assert offenders == []
+    assert not (ROOT / "offload" / "client").exists()
+    assert not (ROOT / "offload" / "__main__.py").exists()
+
+
+def test_the_offload_command_is_the_cli():
+    """``offload`` (pyproject.toml's console script) runs what ``python -m offload_cli`` runs,
+    and the distribution installs the CLI only, never the runtimes."""
+    import tomllib
+
+    from offload_cli import cli
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    module, _, function = project["project"]["scripts"]["offload"].partition(":")
+    assert getattr(importlib.import_module(module), function) is cli.main
+    assert project["tool"]["setuptools"]["packages"] == ["offload_cli"]

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from offload.client.api import Api, new_pool
-from offload.client.auth import CognitoSession
-from offload.client.config import config_from_site
-from offload.client.follow import follow
-from offload.client.state import FileIdentity, StateStore
-from offload.client.uploader import Uploader
+from offload_cli.api import Api, new_pool
+from offload_cli.auth import CognitoSession
+from offload_cli.config import config_from_site
+from offload_cli.follow import follow
+from offload_cli.state import FileIdentity, StateStore
+from offload_cli.uploader import Uploader
 from offload_local import aws_resources
 from tests.support.httpproxy import DROP, HttpProxy, Seen
 from tests.support.local_stack import ApiClient

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from offload.client.progress import human_bytes
+from offload_cli.progress import human_bytes
 from offload_local import aws_resources
 from tests.support.local_stack import ApiClient
 

@@ -24,7 +24,7 @@ export function fileName(tag, name, attrs = {}) {
 const UNITS = ["B", "KiB", "MiB", "GiB", "TiB"];
 
 /** 1536 -> "1.5 KiB": binary units with binary names, by the same rules as the CLI's
- * `human_bytes` (offload/client/progress.py) so both print the same text for the same size:
+ * `human_bytes` (offload_cli/progress.py) so both print the same text for the same size:
  * whole bytes below 1 KiB, then one decimal, TiB at most; a tie rounds to even (Python's
  * format does, `toFixed` would round 1.25 up). */
 export function formatBytes(bytes) {

@@ -44,6 +44,15 @@ def test_bundle_has_the_code_and_the_dependencies(bundle: Path) -> None:
         assert not (bundle / absent).exists(), absent
 
 
+def test_bundle_leaves_the_cli_out(bundle: Path) -> None:
+    """The CLI (offload_cli/) never runs in a Lambda: a CLI-only change must not change the
+    asset (nor its hash, so no function is redeployed for it)."""
+    assert not (bundle / "offload_cli").exists()
+    assert not (bundle / "offload" / "client").exists()
+    assert not (bundle / "offload" / "__main__.py").exists()
+    assert not list(bundle.glob("offload_cli*"))
+
+
 def test_bundle_carries_byte_code_of_the_lambda_python(bundle: Path) -> None:
     """Lambda cannot write byte code to /var/task: without it every cold start compiles."""
     if bundling.lambda_python() is None:

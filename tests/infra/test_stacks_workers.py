@@ -15,15 +15,32 @@ def container(synth: Synth) -> dict[str, Any]:
     return definition
 
 
-def test_image_is_the_worker_dockerfile_staged_not_built(dev: Synth) -> None:
-    manifest = json.loads((dev.outdir / f"{dev.stacks.workers.stack_name}.assets.json").read_text())
+def image_asset(synth: Synth) -> dict[str, Any]:
+    """The worker image's entry in the workers stack's asset manifest."""
+    stack_name = synth.stacks.workers.stack_name
+    manifest = json.loads((synth.outdir / f"{stack_name}.assets.json").read_text())
     [image] = manifest["dockerImages"].values()
+    return image
+
+
+def test_image_is_the_worker_dockerfile_staged_not_built(dev: Synth) -> None:
+    image = image_asset(dev)
     assert image["source"]["dockerFile"] == "fargate_worker/Dockerfile"
     staged = dev.outdir / image["source"]["directory"]
     assert (staged / "fargate_worker" / "Dockerfile").is_file()
     assert (staged / "offload" / "settings.py").is_file()
     assert not (staged / ".venv").exists() and not (staged / "tests").exists()
     assert "cdk-hnb659fds-container-assets" in json.dumps(container(dev)["Image"])
+
+
+def test_image_context_leaves_the_cli_out(dev: Synth) -> None:
+    """The CLI (offload_cli/) never runs in a worker: a CLI-only change must not change the
+    image's build context (nor its hash, so the fleet is not redeployed for it)."""
+    staged = dev.outdir / image_asset(dev)["source"]["directory"]
+    assert (staged / "offload" / "settings.py").is_file()
+    assert not (staged / "offload_cli").exists()
+    assert not (staged / "offload" / "client").exists()
+    assert not (staged / "offload" / "__main__.py").exists()
 
 
 def test_stop_timeout_and_health_check(each_env: Synth) -> None:

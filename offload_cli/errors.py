@@ -1,13 +1,13 @@
 """The CLI's exit codes and the errors that carry them.
 
-A script can rely on these codes (they are in ``python -m offload --help`` too):
+A script can rely on these codes (they are in ``offload --help`` too):
 
 ====  =======================================================================
 code  meaning
 ====  =======================================================================
 0     success (every job of every upload completed)
 1     an upload was rejected or one of its jobs failed
-2     usage error (bad arguments, missing settings, unreadable file)
+2     usage error (bad arguments, missing settings, missing, unreadable or empty file)
 3     authentication failed (sign-in refused, token refused)
 4     the API refused a request (4xx; its message is printed)
 5     network or server error, after retries
@@ -30,7 +30,7 @@ INTERRUPTED = 130
 EXIT_CODES_HELP = """exit codes:
   0    success (every job of every upload completed)
   1    an upload was rejected or one of its jobs failed
-  2    usage error (bad arguments, missing settings, unreadable file)
+  2    usage error (bad arguments, missing settings, missing, unreadable or empty file)
   3    authentication failed (sign-in or token refused)
   4    the API refused a request (4xx; its message is printed)
   5    network or server error, after retries

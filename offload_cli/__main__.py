@@ -1,4 +1,5 @@
-"""``python -m offload``: the command-line uploader (offload/client/cli.py).
+"""``python -m offload_cli``: the command-line uploader (``offload_cli/cli.py``), the same
+program as the ``offload`` command that ``pyproject.toml`` declares.
 
 Exit codes: 0 success (every job completed), 1 an upload was rejected or a job failed,
 2 usage error, 3 authentication failed, 4 the API refused a request (4xx, message printed),
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from offload.client.cli import main
+from offload_cli.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

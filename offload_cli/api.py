@@ -13,7 +13,7 @@ from urllib.parse import quote, urlencode
 
 import urllib3
 
-from offload.client.errors import ApiError, AuthError, UnavailableError
+from offload_cli.errors import ApiError, AuthError, UnavailableError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 

@@ -1,4 +1,4 @@
-"""``python -m offload``: the command-line uploader. See ``python -m offload --help``."""
+"""``offload`` (or ``python -m offload_cli``): the command-line uploader. See ``offload --help``."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from offload.client import errors, report, transfer
-from offload.client.errors import AuthError, CliError, UsageError
+from offload_cli import errors, report, transfer
+from offload_cli.errors import AuthError, CliError, UsageError
 
 DESCRIPTION = """\
 Upload files straight to S3 through the offload API, then follow the jobs they start.
+(`offload` is the installed command; `python -m offload_cli` runs the same program.)
 
 Where the API is: --site URL (the web page; its config.json says where the API and Cognito
 are), or --api URL --client-id ID --region R [--cognito-endpoint URL].
@@ -31,10 +32,10 @@ environment:
   OFFLOAD_USERNAME, OFFLOAD_PASSWORD, OFFLOAD_TOKEN, OFFLOAD_STATE_DIR
 
 examples:
-  python -m offload --site http://127.0.0.1:8000/ upload video.mp4 photos/*.jpg
-  python -m offload --site https://files.example.com/ upload --json --no-wait big.iso
-  python -m offload jobs --limit 50
-  python -m offload status AxniGvRKrXztRzMmcKiXJw"""
+  offload --site http://127.0.0.1:8000/ upload video.mp4 photos/*.jpg
+  offload --site https://files.example.com/ upload --json --no-wait big.iso
+  offload jobs --limit 50
+  offload status AxniGvRKrXztRzMmcKiXJw"""
 )
 
 Env = dict[str, str] | os._Environ[str]
@@ -102,7 +103,7 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="offload",
-        usage="python -m offload [options] {upload,status,jobs,retry,abort} ...",
+        usage="offload [options] {upload,status,jobs,retry,abort} ...",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -182,7 +183,7 @@ class Session:
     def __init__(
         self, args: argparse.Namespace, env: Env, parallel: int = transfer.DEFAULT_PARALLEL
     ):
-        from offload.client import api, config
+        from offload_cli import api, config
 
         self.args = args
         self.env = env
@@ -198,7 +199,7 @@ class Session:
         self.api = api.Api(self.config.api_url, self._token_source(), self.pool)
 
     def _token_source(self) -> Any:
-        from offload.client.auth import CognitoSession, StaticToken
+        from offload_cli.auth import CognitoSession, StaticToken
 
         args = self.args
         if args.token:
@@ -244,16 +245,15 @@ class Printer:
 
 
 def cmd_upload(args: argparse.Namespace, env: Env) -> int:
-    from offload.client.follow import Followed, follow
-    from offload.client.progress import ProgressBar
-    from offload.client.state import StateStore
-    from offload.client.transfer import RateLimit
-    from offload.client.uploader import Uploader, UploadOutcome
+    from offload_cli.follow import Followed, follow
+    from offload_cli.progress import ProgressBar
+    from offload_cli.state import StateStore
+    from offload_cli.transfer import RateLimit
+    from offload_cli.uploader import Uploader, UploadOutcome, check_file
 
     printer = Printer(args)
-    for path in args.files:
-        if not path.is_file():
-            raise UsageError(f"{path}: {'not a file' if path.exists() else 'no such file'}")
+    for path in args.files:  # every file, before signing in: a refusal sends no request
+        check_file(path)
     session = Session(args, env, args.parallel)
     show_bar = args.progress if args.progress is not None else sys.stderr.isatty()
     if args.quiet and args.progress is None:
@@ -320,7 +320,7 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
 
 
 def cmd_status(args: argparse.Namespace, env: Env) -> int:
-    from offload.client.follow import Followed, follow, jobs_of
+    from offload_cli.follow import Followed, follow, jobs_of
 
     printer = Printer(args)
     session = Session(args, env)
@@ -384,7 +384,7 @@ def cmd_retry(args: argparse.Namespace, env: Env) -> int:
 
 
 def cmd_abort(args: argparse.Namespace, env: Env) -> int:
-    from offload.client.state import StateStore
+    from offload_cli.state import StateStore
 
     printer = Printer(args)
     upload = Session(args, env).api.abort(args.upload_id)

@@ -17,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 
 import urllib3
 
-from offload.client.errors import UnavailableError, UsageError
+from offload_cli.errors import UnavailableError, UsageError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from offload.client.api import Api
+from offload_cli.api import Api
 
 FINAL_JOB_STATES = ("completed", "failed")
 FINAL_UPLOAD_STATES = ("rejected", "aborted")

@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from offload.client.config import ClientConfig
-from offload.client.errors import AuthError, UnavailableError, UsageError
+from offload_cli.config import ClientConfig
+from offload_cli.errors import AuthError, UnavailableError, UsageError
 
 # Cognito's answers that mean "these credentials will not do": exit 3, not a retry.
 _REFUSALS = {

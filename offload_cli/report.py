@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from offload.client.follow import Followed
-from offload.client.progress import human_bytes
-from offload.client.uploader import UploadOutcome
+from offload_cli.follow import Followed
+from offload_cli.progress import human_bytes
+from offload_cli.uploader import UploadOutcome
 
 JOB_FIELDS = (
     "id",
@@ -99,11 +99,27 @@ def upload_text(
     return "\n".join(lines)
 
 
+JOBS_COLUMNS = (
+    ("JOB", "id"),
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("UPLOAD", "uploadId"),
+    ("CREATED", "createdAt"),
+)
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Columns as wide as their widest cell (the header row included), two spaces apart: a job
+    id is as long as its job's name makes it (``thumbnail-`` + 40 hex digits), and a job added
+    from outside may have any id up to 200 characters, so no fixed width fits."""
+    widths = [max(len(cell) for cell in column) for column in zip(*rows, strict=True)]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
 def jobs_table(jobs: list[dict[str, Any]]) -> str:
-    rows = [f"{'JOB':<44} {'NAME':<10} {'STATE':<9} {'UPLOAD':<24} CREATED"]
-    for job in jobs:
-        rows.append(
-            f"{job.get('id', ''):<44} {job.get('name', ''):<10} {job.get('state', ''):<9} "
-            f"{job.get('uploadId') or '':<24} {job.get('createdAt', '')}"
-        )
-    return "\n".join(rows)
+    header = tuple(title for title, _ in JOBS_COLUMNS)
+    rows = [tuple(str(job.get(name) or "") for _, name in JOBS_COLUMNS) for job in jobs]
+    return table([header, *rows])

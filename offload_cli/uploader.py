@@ -17,13 +17,28 @@ from typing import Any
 
 import urllib3
 
-from offload.client import transfer
-from offload.client.api import Api
-from offload.client.errors import ApiError, UsageError
-from offload.client.state import FileIdentity, StateStore, UploadState
+from offload_cli import transfer
+from offload_cli.api import Api
+from offload_cli.errors import ApiError, UsageError
+from offload_cli.state import FileIdentity, StateStore, UploadState
 
 Note = Callable[[str], None]
 ProgressFactory = Callable[[str, int, int], Any]  # (label, total bytes, bytes already there)
+
+
+def check_file(path: Path, size: int | None = None) -> None:
+    """Refuse, before any request, what the API would refuse anyway: a missing file, something
+    that is not a regular file, and an empty file (the API takes 1 byte or more: an upload
+    exists to start jobs on its bytes). ``size``: the size already read, if any."""
+    try:
+        if not path.is_file():
+            raise UsageError(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
+        if size is None:
+            size = path.stat().st_size
+    except OSError as exc:
+        raise UsageError(f"{path}: {exc.strerror or exc}") from exc
+    if size == 0:
+        raise UsageError(f"{path}: empty file: the API takes files of 1 byte or more; not sent")
 
 
 def guess_content_type(path: Path) -> str:
@@ -110,8 +125,10 @@ class Uploader:
     ) -> UploadOutcome:
         try:
             identity = FileIdentity.of(path)
-            if not Path(identity.path).is_file():
-                raise UsageError(f"{path}: not a regular file")
+        except OSError as exc:
+            raise UsageError(f"{path}: {exc.strerror or exc}") from exc
+        check_file(path, identity.size)
+        try:
             fd = os.open(identity.path, os.O_RDONLY)
         except OSError as exc:
             raise UsageError(f"{path}: {exc.strerror or exc}") from exc

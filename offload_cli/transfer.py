@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import urllib3
 
-from offload.client.api import backoff_s
-from offload.client.errors import TransferError
+from offload_cli.api import backoff_s
+from offload_cli.errors import TransferError
 
 MiB = 1 << 20
 # Parts in flight by default: 4 x 16 MiB keeps a fast link busy (rclone's default is 4 too);
