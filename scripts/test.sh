@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (README): setup, lint, format check, lock check, then the test suite.
+# The test command (README): setup, lint, format check, type check, lock check, then the tests.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k worker -x` (and skip the cdk synth step).
 # Lint, format and tests all run even when one fails; the exit status is non-zero if any failed.
 set -euo pipefail
@@ -15,6 +15,8 @@ echo "test: ruff check ."
 ruff check . || failed+=("ruff check")
 echo "test: ruff format --check ."
 ruff format --check . || failed+=("ruff format --check")
+echo "test: mypy (strict on offload/: pyproject.toml)"
+mypy || failed+=("mypy")
 # Every lock recompiled from its .in in a scratch copy (offline from uv's cache when it can).
 echo "test: python scripts/lock.py --check"
 python scripts/lock.py --check || failed+=("lock.py --check (stale requirements lock)")
