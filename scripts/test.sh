@@ -30,11 +30,11 @@ case "$pytest_rc" in
 esac
 
 # The deploy path: the pinned CDK CLI synthesises every environment offline (cdk-nag runs
-# inside synth and fails it on any unacknowledged finding).
+# inside synth and fails it on any unacknowledged finding), each into cdk.out/<env>.
 if [ "$#" -eq 0 ]; then
 	for env_name in dev prod; do
 		echo "test: cdk synth -c env=$env_name"
-		bash scripts/cdk.sh synth -c "env=$env_name" --quiet -o "cdk.out/$env_name" >/dev/null ||
+		bash scripts/cdk.sh synth -c "env=$env_name" --quiet >/dev/null ||
 			failed+=("cdk synth -c env=$env_name")
 	done
 fi
