@@ -4,7 +4,8 @@
 A ``.in`` file names the direct dependencies (pinned on purpose: an upgrade is a reviewed edit);
 its lock beside it (same name, ``.txt``) pins the whole dependency set with the sha256 of every
 file, and the installs use ``--require-hashes``. The locks are compiled in this order, since
-the later ones take the earlier ones' versions as constraints (``-c`` lines in the ``.in``):
+the later ones take the earlier ones' versions as constraints (``-c`` lines in their ``.in``;
+for the CDK app's, ``Lock.constraints``):
 
 1. ``requirements-runtime.txt``: the ``offload/`` package's runtime, for CPython 3.12 manylinux
    x86_64, wheels only (the Lambda runtime and the worker image);
