@@ -5,10 +5,15 @@ Stacks are environment-agnostic (no account or region), so synth needs no creden
 network and no Docker; the environment (``dev``/``prod``) comes from ``cdk.json`` context.
 cdk-nag's AwsSolutions pack runs as a policy-validation plugin: any finding that is not
 acknowledged (with its reason, in code) fails synth.
+
+Run without the CDK CLI, ``python app.py -c env=prod`` writes the environment's cloud assembly
+into ``cdk.out/<env>`` (``scripts/cdk.sh`` passes the CLI the same folder): each environment
+has its own templates, so ``cfn-lint cdk.out/prod/*.template.json`` checks one environment.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -22,7 +27,7 @@ from cdk_nag import AwsSolutionsChecks
 
 from stacks.api import ApiStack
 from stacks.auth import AuthStack
-from stacks.config import load
+from stacks.config import ConfigError, env_name, load
 from stacks.database import DatabaseStack
 from stacks.migrations import MigrationsStack
 from stacks.network import NetworkStack
@@ -121,21 +126,49 @@ def build(app: cdk.App, *, nag: bool = True) -> OffloadApp:
     )
 
 
-def standalone_context(argv: list[str]) -> dict:
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python app.py",
+        description="Synthesise the CDK app without the CDK CLI (which runs this file with its "
+        "own context and output folder: scripts/cdk.sh synth -c env=NAME).",
+    )
+    parser.add_argument(
+        "-c",
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a context value, as the CLI's -c (env=prod picks the environment; cdk.json and "
+        "cdk.context.json give the rest)",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="the cloud assembly's folder (default: $CDK_OUTDIR, else cdk.out/<env>)",
+    )
+    return parser.parse_args(argv)
+
+
+def standalone_context(pairs: list[str]) -> dict:
     """Context for ``python app.py [-c key=value ...]``: what the CDK CLI would pass (cdk.json
-    and cdk.context.json), plus ``-c`` pairs from the command line."""
+    and cdk.context.json), plus the ``-c`` pairs of the command line."""
     context: dict = {}
     for name in ("cdk.json", "cdk.context.json"):
         path = ROOT / name
         if path.exists():
             data = json.loads(path.read_text(encoding="utf-8"))
             context.update(data.get("context", {}) if name == "cdk.json" else data)
-    args = iter(argv)
-    for arg in args:
-        if arg in ("-c", "--context"):
-            key, _, value = next(args).partition("=")
-            context[key] = value
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        context[key] = value
     return context
+
+
+def default_outdir(context: dict) -> Path:
+    """``cdk.out/<env>``: one folder per environment, never two environments' templates side by
+    side (scripts/cdk.sh gives the CDK CLI the same folder)."""
+    return ROOT / "cdk.out" / env_name(context.get)
 
 
 def new_app(*, context: dict | None = None, outdir: str | None = None) -> cdk.App:
@@ -145,17 +178,22 @@ def new_app(*, context: dict | None = None, outdir: str | None = None) -> cdk.Ap
     return cdk.App(context=context, outdir=outdir, builtin_cloud_formation_validation=False)
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)  # --help exits here, before any synth
     if "CDK_CONTEXT_JSON" in os.environ:
         app = new_app()  # run by the CDK CLI: it passes the context and the output dir
     else:
-        app = new_app(
-            context=standalone_context(argv),
-            outdir=os.environ.get("CDK_OUTDIR") or str(ROOT / "cdk.out"),
-        )
-    build(app)
+        context = standalone_context(args.context)
+        outdir = args.output or os.environ.get("CDK_OUTDIR") or default_outdir(context)
+        app = new_app(context=context, outdir=str(outdir))
+    try:
+        build(app)
+    except ConfigError as exc:  # a bad cdk.json or -c value: the message is the whole story
+        print(f"app.py: error: {exc}", file=sys.stderr)
+        return 2
     app.synth()
+    return 0
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(main(sys.argv[1:]))

@@ -15,6 +15,7 @@ import sys
 from fargate_worker.worker import OffloadWorker
 from offload.logs import configure_logging
 from offload.settings import Settings
+from offload.usage import parse_env_only_args
 
 log = logging.getLogger("fargate_worker")
 
@@ -31,7 +32,14 @@ async def run(settings: Settings) -> int:
     return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parse_env_only_args(
+        "python -m fargate_worker",
+        "The Fargate worker: takes jobs from the Redis queue and runs them in sandboxed child "
+        "processes until SIGTERM or SIGINT, then stops taking jobs and gives the running ones "
+        "OFFLOAD_SHUTDOWN_GRACE_S to finish.",
+        argv,
+    )
     configure_logging()
     return asyncio.run(run(Settings.from_env()))
 

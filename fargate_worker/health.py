@@ -36,9 +36,16 @@ def check(path: str, max_age_s: float) -> tuple[bool, str]:
     return True, f"ok ({age:.0f}s old)"
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from offload.settings import Settings
+    from offload.usage import parse_env_only_args
 
+    parse_env_only_args(
+        "python -m fargate_worker.health",
+        "The worker container's health check: exit 0 when the worker's heartbeat file "
+        "(OFFLOAD_HEALTH_FILE) is younger than three heartbeat intervals, else 1.",
+        argv,
+    )
     settings = Settings.from_env()
     healthy, detail = check(settings.health_file, 3 * settings.health_interval_s)
     print(detail)

@@ -7,12 +7,26 @@ tests; in AWS it is unset.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
+if TYPE_CHECKING:  # boto3-stubs' per-service packages: in the dev venv only, never imported
+    from mypy_boto3_cloudwatch import CloudWatchClient
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_secretsmanager import SecretsManagerClient
+
+Service = Literal["s3", "secretsmanager", "cloudwatch"]
 _CLIENTS: dict[tuple[str, str | None], Any] = {}
 
 
-def client(service: str, endpoint_url: str | None = None) -> Any:
+@overload
+def client(service: Literal["s3"], endpoint_url: str | None = None) -> S3Client: ...
+@overload
+def client(
+    service: Literal["secretsmanager"], endpoint_url: str | None = None
+) -> SecretsManagerClient: ...
+@overload
+def client(service: Literal["cloudwatch"], endpoint_url: str | None = None) -> CloudWatchClient: ...
+def client(service: Service, endpoint_url: str | None = None) -> Any:
     cached = _CLIENTS.get((service, endpoint_url))
     if cached is None:
         import boto3  # imported lazily: it costs ~100 ms, and not every path needs it
@@ -44,7 +58,7 @@ def _endpoint_overridden(endpoint_url: str | None) -> bool:
     )
 
 
-def s3_client(endpoint_url: str | None = None) -> Any:
+def s3_client(endpoint_url: str | None = None) -> S3Client:
     return client("s3", endpoint_url)
 
 

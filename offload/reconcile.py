@@ -44,9 +44,9 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from psycopg.rows import class_row, dict_row
+from psycopg.rows import BaseRowFactory, class_row, dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
@@ -64,6 +64,8 @@ from offload.s3events import (
     upload_jobs,
 )
 from offload.settings import Settings
+
+Row = TypeVar("Row")
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +215,9 @@ class Reconciler:
         log.info("reconciliation done", extra=report.as_dict())
         return report
 
-    async def _fetch(self, statement: str, params: dict[str, Any], row_factory: Any) -> list:
+    async def _fetch(
+        self, statement: str, params: dict[str, Any], row_factory: BaseRowFactory[Row]
+    ) -> list[Row]:
         async with self.pool.connection() as conn:
             cursor = conn.cursor(row_factory=row_factory)
             await cursor.execute(statement, params)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -37,6 +37,7 @@ from offload.keys import UPLOADS_PREFIX, KeyLayoutError, UploadKey
 # Annotations only: parsing needs no database, and the acceptance functions are handed a store
 # and a pool by their caller (so psycopg is loaded by whoever opens the pool, not by this import).
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
     from psycopg_pool import AsyncConnectionPool
 
     from offload.db.uploads import Upload, UploadStore
@@ -79,7 +80,7 @@ class S3ObjectEvent:
         """Size and ETag known: no HEAD needed."""
         return self.size is not None and self.etag is not None
 
-    def with_head(self, head: dict[str, Any]) -> S3ObjectEvent:
+    def with_head(self, head: Mapping[str, Any]) -> S3ObjectEvent:
         """Fill what the event lacked from a ``HeadObject`` response."""
         return replace(
             self,
@@ -236,7 +237,7 @@ class CurrentObject:
     last_modified: datetime | None = None
 
     @classmethod
-    def from_head(cls, head: dict[str, Any]) -> CurrentObject:
+    def from_head(cls, head: Mapping[str, Any]) -> CurrentObject:
         return cls(
             size=int(head["ContentLength"]),
             etag=_unquote_etag(head.get("ETag")),
@@ -274,7 +275,7 @@ class JobState:
         return self.state in FINAL
 
 
-def head_current_object(s3: Any, bucket: str, key: str) -> CurrentObject | None:
+def head_current_object(s3: S3Client, bucket: str, key: str) -> CurrentObject | None:
     """The key's current version (a HEAD without version id, with a boto3 S3 client); None when
     there is none (no object, or a delete marker). Blocking: run it in a thread."""
     from botocore.exceptions import ClientError

@@ -20,6 +20,11 @@ PART_SIZE_MIB_MIN = 5
 PART_SIZE_MIB_MAX = 5 * 1024
 
 
+# BullMQ's removeOnComplete/removeOnFail: keep all (False), none (True), the last N, or by
+# {"age": seconds, "count": n}.
+Retention = bool | int | dict[str, int]
+
+
 class SettingsError(ValueError):
     """A setting is present but unusable; raised at start-up, never mid-job."""
 
@@ -41,7 +46,7 @@ def _int(
     return value
 
 
-def _retention(env: Mapping[str, str], name: str, default: dict[str, int]) -> bool | int | dict:
+def _retention(env: Mapping[str, str], name: str, default: Retention) -> Retention:
     """removeOnComplete/removeOnFail accept what BullMQ accepts: true/false, a count, or JSON
     {"age": seconds, "count": n}."""
     raw = env.get(name)
@@ -56,7 +61,11 @@ def _retention(env: Mapping[str, str], name: str, default: dict[str, int]) -> bo
         raise SettingsError(f"{name} must be true, false, a count or JSON, got {raw!r}") from exc
     if isinstance(value, int) and value >= 0:
         return value
-    if isinstance(value, dict) and set(value) <= {"age", "count"}:
+    if (
+        isinstance(value, dict)
+        and set(value) <= {"age", "count"}
+        and all(type(n) is int and n >= 0 for n in value.values())
+    ):
         return value
     raise SettingsError(f"{name} must be true, false, a count or {{age, count}}, got {raw!r}")
 
@@ -125,10 +134,10 @@ class Settings:
     drain_delay_s: int = 5
     default_attempts: int = 5
     default_backoff_ms: int = 2_000
-    remove_on_complete: bool | int | dict = field(
+    remove_on_complete: Retention = field(
         default_factory=lambda: {"age": 7 * 86_400, "count": 10_000}
     )
-    remove_on_fail: bool | int | dict = field(default_factory=lambda: {"age": 30 * 86_400})
+    remove_on_fail: Retention = field(default_factory=lambda: {"age": 30 * 86_400})
     limiter_max: int = 0
     limiter_duration_ms: int = 1_000
     job_timeout_s: int = 3_600

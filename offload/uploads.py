@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 from offload.keys import UploadKey
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
     from offload.db.uploads import Upload, UploadStore
     from offload.settings import Settings
 
@@ -273,13 +275,12 @@ def valid_upload_id(upload_id: str) -> bool:
 
 def _error_code(exc: Exception) -> str | None:
     response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        return response.get("Error", {}).get("Code")
-    return None
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
+    return code if isinstance(code, str) else None
 
 
 def presign_post(
-    s3: Any, bucket: str, key: str, content_type: str, size: int, expires_s: int
+    s3: S3Client, bucket: str, key: str, content_type: str, size: int, expires_s: int
 ) -> dict[str, Any]:
     """A presigned POST for exactly this key, Content-Type and size (``url`` and form
     ``fields``; the file goes last in the multipart/form-data body)."""
@@ -293,7 +294,7 @@ def presign_post(
 
 
 def presign_parts(
-    s3: Any, bucket: str, key: str, multipart_id: str, numbers: Iterable[int], expires_s: int
+    s3: S3Client, bucket: str, key: str, multipart_id: str, numbers: Iterable[int], expires_s: int
 ) -> list[dict[str, Any]]:
     return [
         {
@@ -324,7 +325,7 @@ def outputs_archived(finished_at: datetime | None, archive_after_days: int, now:
 
 
 def result_links(
-    s3: Any, bucket: str, owner: str, upload_id: str, result: Any, expires_s: int
+    s3: S3Client, bucket: str, owner: str, upload_id: str, result: Any, expires_s: int
 ) -> list[dict[str, str]]:
     """Presigned GETs for the outputs a job's result names (its ``*_key`` values). Only keys
     under this owner's upload's output prefix are signed: a result never opens anything
@@ -343,7 +344,7 @@ def result_links(
 
 
 def list_uploaded_parts(
-    s3: Any, bucket: str, key: str, multipart_id: str, page_size: int | None = None
+    s3: S3Client, bucket: str, key: str, multipart_id: str, page_size: int | None = None
 ) -> list[dict[str, Any]] | None:
     """Every part S3 holds for the multipart upload (all pages), or None when S3 no longer
     knows the upload (completed, aborted, or expired by the lifecycle rule)."""
@@ -374,7 +375,7 @@ def list_uploaded_parts(
         marker = next_marker
 
 
-def object_exists(s3: Any, bucket: str, key: str) -> bool:
+def object_exists(s3: S3Client, bucket: str, key: str) -> bool:
     try:
         s3.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
@@ -419,7 +420,7 @@ class UploadService:
     """The upload routes' logic over an S3 client (sync boto3) and an :class:`UploadStore`.
     Methods raise :class:`RequestError` subclasses for everything the caller can fix."""
 
-    def __init__(self, settings: Settings, s3: Any, store: UploadStore):
+    def __init__(self, settings: Settings, s3: S3Client, store: UploadStore):
         self.settings = settings
         self.s3 = s3
         self.store = store

@@ -56,8 +56,12 @@ class Api:
         self.tries = tries
         self.timeout_s = timeout_s
 
-    def call(self, method: str, path: str, body: Any = None, tries: int | None = None) -> Any:
-        """One API call; the parsed JSON answer on 2xx. Retries 429/5xx and connection errors,
+    def call(
+        self, method: str, path: str, body: Any = None, tries: int | None = None
+    ) -> dict[str, Any]:
+        """One API call; the JSON object of a 2xx answer (every route answers one: a 2xx
+        without one came from something else, e.g. a captive portal, and is an
+        UnavailableError, not a crash further on). Retries 429/5xx and connection errors,
         ``tries`` times in all (default: the client's). Every route but a job's retry is safe
         to repeat: a repeated POST /uploads leaves an unused pending row at worst, which
         expires; a repeated complete is told the upload is already completed; a repeated
@@ -97,7 +101,12 @@ class Api:
             parsed = _json(answer.data)
             message = parsed.get("message") if isinstance(parsed, dict) else None
             if 200 <= status < 300:
-                return parsed
+                if isinstance(parsed, dict):
+                    return parsed
+                raise UnavailableError(
+                    f"the API's answer to {method} {path} (HTTP {status}) is not a JSON object:"
+                    " is something else answering at this address?"
+                )
             if 400 <= status < 500 and status not in RETRY_STATUSES:
                 field = parsed.get("field") if isinstance(parsed, dict) else None
                 raise ApiError(status, str(message or answer.reason or "refused"), field)

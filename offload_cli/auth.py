@@ -5,10 +5,15 @@ with ``REFRESH_TOKEN_AUTH`` when the API answers 401. Or a given ID token, used 
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from offload_cli.config import ClientConfig
 from offload_cli.errors import AuthError, UnavailableError, UsageError
+
+if TYPE_CHECKING:  # boto3-stubs' package for Cognito: in the dev venv only, never imported
+    from mypy_boto3_cognito_idp import CognitoIdentityProviderClient
+    from mypy_boto3_cognito_idp.literals import AuthFlowTypeType
+    from mypy_boto3_cognito_idp.type_defs import AuthenticationResultTypeTypeDef
 
 # Cognito's answers that mean "these credentials will not do": exit 3, not a retry.
 _REFUSALS = {
@@ -49,6 +54,7 @@ class CognitoSession:
                 "no Cognito app client id: give --client-id (or OFFLOAD_CLIENT_ID), or --site"
             )
         self.config = config
+        self._client_id: str = config.client_id
         self.username = username
         self._lock = threading.Lock()
         self._client = _cognito_client(config)
@@ -77,12 +83,14 @@ class CognitoSession:
             self._id_token = result["IdToken"]
             return True
 
-    def _initiate(self, flow: str, parameters: dict[str, str]) -> dict[str, Any]:
+    def _initiate(
+        self, flow: AuthFlowTypeType, parameters: dict[str, str]
+    ) -> AuthenticationResultTypeTypeDef:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             answer = self._client.initiate_auth(
-                ClientId=self.config.client_id, AuthFlow=flow, AuthParameters=parameters
+                ClientId=self._client_id, AuthFlow=flow, AuthParameters=parameters
             )
         except ClientError as exc:
             error = exc.response.get("Error", {})
@@ -104,7 +112,7 @@ class CognitoSession:
         return result
 
 
-def _cognito_client(config: ClientConfig) -> Any:
+def _cognito_client(config: ClientConfig) -> CognitoIdentityProviderClient:
     import boto3
     from botocore import UNSIGNED
     from botocore.config import Config

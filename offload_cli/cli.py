@@ -401,7 +401,8 @@ def main(argv: list[str] | None = None, env: Env | None = None) -> int:
     parser = build_parser(env)
     args = parser.parse_args(argv)  # a usage error exits 2 here, "offload: error: ..."
     try:
-        return args.func(args, env)
+        status: int = args.func(args, env)  # every command's handler returns its exit status
+        return status
     except KeyboardInterrupt:
         print("offload: interrupted", file=sys.stderr, flush=True)
         return errors.INTERRUPTED

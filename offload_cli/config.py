@@ -50,7 +50,9 @@ def config_from_site(site: str, site_config: Mapping[str, Any]) -> ClientConfig:
     )
 
 
-def fetch_site_config(site: str, pool: urllib3.PoolManager, timeout_s: float = 15.0) -> dict:
+def fetch_site_config(
+    site: str, pool: urllib3.PoolManager, timeout_s: float = 15.0
+) -> dict[str, Any]:
     site = _http_url(site, "--site")
     url = (site if site.endswith("/") else site + "/") + "config.json"
     try:

@@ -96,6 +96,10 @@ class Throttle:
     rate: RateLimit | None = None
 
     def chunks(self, data: bytes | memoryview, sent: list[int]) -> Iterator[memoryview]:
+        """Views, not copies, of ``data``: urllib3 hands each chunk to ``socket.sendall``,
+        which takes any bytes-like object, although urllib3's annotation of ``body`` names
+        only bytes and str (hence the two ``type: ignore[arg-type]`` where a request sends
+        these chunks)."""
         view = memoryview(data)
         for start in range(0, len(view), CHUNK):
             if self.cancel.is_set():
@@ -176,7 +180,7 @@ def put_part(
         answer = pool.request(
             "PUT",
             url,
-            body=throttle.chunks(data, sent),
+            body=throttle.chunks(data, sent),  # type: ignore[arg-type]  # see Throttle.chunks
             headers={"Content-Length": str(len(data))},
             timeout=timeout,
             retries=False,
@@ -351,7 +355,7 @@ def post_single(
             answer = pool.request(
                 "POST",
                 post["url"],
-                body=body(sent),
+                body=body(sent),  # type: ignore[arg-type]  # memoryviews: see Throttle.chunks
                 headers={
                     "Content-Type": f"multipart/form-data; boundary={boundary}",
                     "Content-Length": str(length),

@@ -60,7 +60,7 @@ class UploadOutcome:
 
     @property
     def upload_id(self) -> str:
-        return self.upload["id"]
+        return str(self.upload["id"])
 
 
 class ApiPartUrls:

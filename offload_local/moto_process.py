@@ -9,6 +9,7 @@ parent binds to port 0 is the kernel's choice and already ours when the child st
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
@@ -23,7 +24,13 @@ from werkzeug.serving import make_server
 
 
 def main(argv: list[str]) -> int:
-    fd = int(argv[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m offload_local.moto_process",
+        description="moto's server on a listening socket inherited from the parent process "
+        "(offload_local/servers.py starts it).",
+    )
+    parser.add_argument("fd", type=int, help="the listening socket's file descriptor")
+    fd = parser.parse_args(argv).fd
     with socket.socket(fileno=os.dup(fd)) as probe:
         host, port = probe.getsockname()[:2]
     # What moto.server sets: some services build URLs back to the server from it.

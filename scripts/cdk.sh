@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The pinned CDK CLI (cdk-cli/package.json), run with this repository's venv.
-#   scripts/cdk.sh synth -c env=dev
+# The pinned CDK CLI (cdk-cli/package.json), run with this repository's venv; the cloud assembly
+# goes to cdk.out/<env> (cdk.out/dev without -c env=...), unless -o names another folder.
+#   scripts/cdk.sh synth -c env=dev             # cdk.out/dev/*.template.json
 #   scripts/cdk.sh deploy -c env=dev --all
 # Installs the CLI with `npm ci` when cdk-cli/node_modules is missing or stale. Synth needs no
 # AWS credentials, no Docker and (once .cdk-cache holds the Lambda dependencies) no network.
@@ -16,6 +17,13 @@ export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=18,20
 }
 
 ensure_cdk_cli >&2
+
+# Each environment synthesises into a folder of its own, cdk.out/<env> (unless -o is given):
+# `cdk synth -c env=prod` would otherwise write beside dev's templates in cdk.out.
+outdir="$(cdk_outdir "$@")"
+if [ -n "$outdir" ]; then
+	set -- "$@" --output "$outdir"
+fi
 
 # cdk.json runs `python3 app.py`: the venv's python3 comes first on PATH.
 export PATH="$PWD/.venv/bin:$PATH"

@@ -445,6 +445,37 @@ ensure_node() {
 	node_ok || die "Node.js >= $MIN_NODE_MAJOR and npm are required (found: $(node --version 2>/dev/null || echo none)); install them and run setup again"
 }
 
+# cdk_outdir ARGS...: the cloud assembly folder for a CDK command line, cdk.out/<env>, where
+# <env> is the environment it names (-c env=NAME, or -c offload:env=NAME: stacks/config.py's
+# ENV_KEYS, in that order), else cdk.json's offload:env, else dev: each environment gets its own
+# templates, as `python app.py` does (app.py, default_outdir). Nothing when the command line
+# names its own folder (-o/--output).
+cdk_outdir() {
+	local arg pair expect_pair=0 env="" offload_env=""
+	for arg in "$@"; do
+		pair=""
+		if [ "$expect_pair" = 1 ]; then
+			pair="$arg" expect_pair=0
+		else
+			case "$arg" in
+			-o | -o=* | --output | --output=*) return 0 ;;
+			-c | --context) expect_pair=1 ;;
+			-c=* | --context=*) pair="${arg#*=}" ;;
+			esac
+		fi
+		case "$pair" in
+		env=*) env="${pair#env=}" ;;
+		offload:env=*) offload_env="${pair#offload:env=}" ;;
+		esac
+	done
+	env="${env:-$offload_env}"
+	if [ -z "$env" ]; then
+		env="$("$VENV_PY" -c 'import json, sys
+print(json.load(open(sys.argv[1]))["context"].get("offload:env") or "")' "$REPO_ROOT/cdk.json")"
+	fi
+	printf '%s\n' "cdk.out/${env:-dev}"
+}
+
 # The pinned CDK CLI (cdk-cli/package-lock.json), installed with `npm ci` when missing or stale.
 # Only `cdk` needs it; `python app.py` and the tests synthesise without it.
 ensure_cdk_cli() {

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this machine for the tests and the demo; idempotent, and fast when nothing changed.
 #   1. Python >= 3.11 able to create venvs (Debian's python3-venv is installed if missing);
-#   2. .venv with requirements-dev.txt (skipped while .venv/.requirements.sha256 matches), and
+#   2. .venv with the dev lock requirements-dev.txt, every file checked against its hash
+#      (skipped while .venv/.requirements.sha256 matches; scripts/lock.py writes the lock), and
 #      the CLI's `offload` command (`pip install --no-deps -e .`: pyproject.toml);
 #   3. Redis reachable at REDIS_URL (default redis://127.0.0.1:6379/0);
 #   4. PostgreSQL reachable at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test),
@@ -50,7 +51,10 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
 else
 	log "installing requirements-dev.txt into $VENV_DIR"
 	rm -f "$stamp"
-	"$VENV_PY" -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	# The lock pins every package with its hashes: --require-hashes refuses anything else (an
+	# unpinned dependency, a file whose hash changed).
+	"$VENV_PY" -m pip install --quiet --disable-pip-version-check --require-hashes \
+		-r requirements-dev.txt
 	printf '%s\n' "$wanted" >"$stamp"
 fi
 
@@ -112,10 +116,15 @@ ensure_node
 ensure_cdk_cli
 
 # --- 6: the Lambdas' dependencies for the Lambda platform (cdk synth stays offline after) --
-if [ -z "$(ls -A .cdk-cache/lambda-deps 2>/dev/null)" ]; then
-	log "fetching the Lambda dependencies for the Lambda platform into .cdk-cache/"
+# The cache is keyed by the lock (stacks/bundling.py); the stamp spares the CDK import (seconds)
+# when this lock's tree is already there.
+lambda_stamp="${OFFLOAD_CDK_CACHE_DIR:-.cdk-cache/lambda-deps}/.offload-lock.sha256"
+lambda_lock="$(sha256sum lambdas/requirements.txt | cut -d' ' -f1)"
+if [ "$(cat "$lambda_stamp" 2>/dev/null)" != "$lambda_lock" ]; then
+	log "fetching the Lambda dependencies (lambdas/requirements.txt) for the Lambda platform into .cdk-cache/"
 	JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=18,20 "$VENV_PY" -c \
 		"from stacks.bundling import PipLocalBundling; PipLocalBundling().dependencies_dir()"
+	printf '%s\n' "$lambda_lock" >"$lambda_stamp"
 fi
 
 # --- 7: a browser for the web page's test (Playwright drives it; it never downloads one) -----

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The test command (README): setup, lint, format check, then the test suite.
+# The test command (README): setup, lint, format check, type check, lock check, then the tests.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -k worker -x` (and skip the cdk synth step).
 # Lint, format and tests all run even when one fails; the exit status is non-zero if any failed.
 set -euo pipefail
@@ -15,6 +15,11 @@ echo "test: ruff check ."
 ruff check . || failed+=("ruff check")
 echo "test: ruff format --check ."
 ruff format --check . || failed+=("ruff format --check")
+echo "test: mypy (strict on offload/: pyproject.toml)"
+mypy || failed+=("mypy")
+# Every lock recompiled from its .in in a scratch copy (offline from uv's cache when it can).
+echo "test: python scripts/lock.py --check"
+python scripts/lock.py --check || failed+=("lock.py --check (stale requirements lock)")
 echo "test: python -m pytest $*"
 pytest_rc=0
 python -m pytest "$@" || pytest_rc=$?
@@ -25,11 +30,11 @@ case "$pytest_rc" in
 esac
 
 # The deploy path: the pinned CDK CLI synthesises every environment offline (cdk-nag runs
-# inside synth and fails it on any unacknowledged finding).
+# inside synth and fails it on any unacknowledged finding), each into cdk.out/<env>.
 if [ "$#" -eq 0 ]; then
 	for env_name in dev prod; do
 		echo "test: cdk synth -c env=$env_name"
-		bash scripts/cdk.sh synth -c "env=$env_name" --quiet -o "cdk.out/$env_name" >/dev/null ||
+		bash scripts/cdk.sh synth -c "env=$env_name" --quiet >/dev/null ||
 			failed+=("cdk synth -c env=$env_name")
 	done
 fi

@@ -1,15 +1,17 @@
 """Lambda code packaging without Docker.
 
-One asset holds the code of every function: the dependencies of ``lambdas/requirements.txt``
-installed for the Lambda platform (CPython 3.12, manylinux x86_64 wheels only), plus the
-``offload/`` and ``lambdas/`` packages. Handlers are ``lambdas.<module>.handler``.
+One asset holds the code of every function: the dependencies locked in
+``lambdas/requirements.txt`` (every package pinned with its hashes, compiled by
+``scripts/lock.py`` for this platform) installed for the Lambda platform (CPython 3.12,
+manylinux x86_64 wheels only, ``--require-hashes``), plus the ``offload/`` and ``lambdas/``
+packages. Handlers are ``lambdas.<module>.handler``.
 
 ``PipLocalBundling`` is the local bundler CDK tries first (``BundlingOptions.local``): it
-pip-installs the requirements once into ``.cdk-cache/lambda-deps/<hash>/`` (the hash covers
-the requirements files, the target platform and Python version), then hard-links that tree
-into the asset directory and copies the two packages in. Repeat synths are therefore fast and
-need no network; only a change of the requirements reaches PyPI again. The Docker image is only
-the fallback, for a machine where the local bundler cannot run.
+pip-installs the lock once into ``.cdk-cache/lambda-deps/<hash>/`` (the hash covers the lock's
+content, the target platform and Python version), then hard-links that tree into the asset
+directory and copies the two packages in. Repeat synths are therefore fast and need no network;
+only a change of the lock reaches the package index again. The Docker image is only the
+fallback, for a machine where the local bundler cannot run.
 
 Byte code: ``/var/task`` is read-only in Lambda, so modules shipped without byte code are
 compiled from source at every cold start (boto3, botocore, Powertools, psycopg, bullmq: hundreds
@@ -41,10 +43,17 @@ from aws_cdk import AssetHashType, BundlingOptions, DockerImage, ILocalBundling
 from aws_cdk import aws_lambda as lambda_
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-REQUIREMENTS = "lambdas/requirements.txt"
+LOCK = "lambdas/requirements.txt"  # compiled by scripts/lock.py from requirements.in
 PACKAGES = ("offload", "lambdas")
 PYTHON_VERSION = "3.12"
-PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_28_x86_64")
+# The newest glibc a wheel may need: scripts/lock.py resolves the lock for
+# x86_64-manylinux_2_28, which takes every manylinux wheel up to glibc 2.28; pip takes exactly
+# the tags it is given (manylinux2014 adds manylinux2010 and manylinux1), so it gets them all.
+MANYLINUX_GLIBC_MAX = 28
+PLATFORMS = (
+    "manylinux2014_x86_64",
+    *(f"manylinux_2_{minor}_x86_64" for minor in range(5, MANYLINUX_GLIBC_MAX + 1)),
+)
 RUNTIME = lambda_.Runtime.PYTHON_3_12
 ARCHITECTURE = lambda_.Architecture.X86_64
 DEFAULT_CACHE_DIR = REPO_ROOT / ".cdk-cache" / "lambda-deps"
@@ -97,30 +106,14 @@ def compile_tree(*roots: Path) -> None:
         raise RuntimeError(f"compileall failed:\n{result.stderr[-4000:]}")
 
 
-def _requirement_files(path: Path) -> list[Path]:
-    """``path`` and every file it includes with ``-r`` / ``-c`` (recursively)."""
-    seen: list[Path] = []
-    pending = [path.resolve()]
-    while pending:
-        current = pending.pop()
-        if current in seen:
-            continue
-        seen.append(current)
-        for line in current.read_text(encoding="utf-8").splitlines():
-            parts = line.split("#", 1)[0].split()
-            if len(parts) == 2 and parts[0] in ("-r", "-c", "--requirement", "--constraint"):
-                pending.append((current.parent / parts[1]).resolve())
-    return seen
-
-
-def dependencies_hash(requirements: Path) -> str:
+def dependencies_hash(lock: Path) -> str:
+    """The cache key of an installed lock: its content and how it is installed."""
     digest = hashlib.sha256()
     compiled = lambda_python() is not None
     digest.update(
-        f"python={PYTHON_VERSION};platforms={','.join(PLATFORMS)};compiled={compiled};v2\n".encode()
+        f"python={PYTHON_VERSION};platforms={','.join(PLATFORMS)};compiled={compiled};v3\n".encode()
     )
-    for path in sorted(_requirement_files(requirements)):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    digest.update(lock.read_bytes())
     return digest.hexdigest()[:32]
 
 
@@ -161,19 +154,19 @@ class PipLocalBundling:
         self,
         *,
         repo_root: Path = REPO_ROOT,
-        requirements: str = REQUIREMENTS,
+        lock: str = LOCK,
         packages: tuple[str, ...] = PACKAGES,
         cache_dir: Path | None = None,
     ) -> None:
         self.repo_root = repo_root
-        self.requirements = repo_root / requirements
+        self.lock = repo_root / lock
         self.packages = packages
         env_cache = os.environ.get("OFFLOAD_CDK_CACHE_DIR")
         self.cache_dir = cache_dir or (Path(env_cache) if env_cache else DEFAULT_CACHE_DIR)
 
     def dependencies_dir(self) -> Path:
-        """The cached dependency tree for the current requirements, installed when missing."""
-        target = self.cache_dir / dependencies_hash(self.requirements)
+        """The cached dependency tree for the current lock, installed when missing."""
+        target = self.cache_dir / dependencies_hash(self.lock)
         if target.is_dir():
             return target
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -188,6 +181,7 @@ class PipLocalBundling:
                 "--disable-pip-version-check",
                 "--no-compile",
                 "--only-binary=:all:",
+                "--require-hashes",
                 "--implementation",
                 "cp",
                 "--python-version",
@@ -196,13 +190,13 @@ class PipLocalBundling:
                 "--target",
                 str(staging),
                 "-r",
-                str(self.requirements),
+                str(self.lock),
             ]
             result = subprocess.run(command, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise RuntimeError(
-                    "pip could not install the Lambda dependencies for "
-                    f"{PLATFORMS[0]} / cp{PYTHON_VERSION}:\n{result.stderr[-4000:]}"
+                    f"pip could not install {self.lock.name} for the Lambda (cp{PYTHON_VERSION},"
+                    f" manylinux_2_{MANYLINUX_GLIBC_MAX} x86_64):\n{result.stderr[-4000:]}"
                 )
             for name in _PRUNE_TOP_LEVEL:
                 shutil.rmtree(staging / name, ignore_errors=True)
@@ -235,7 +229,8 @@ def docker_bundling_command() -> list[str]:
     return [
         "bash",
         "-c",
-        "pip install --no-compile --no-cache-dir -r lambdas/requirements.txt -t /asset-output"
+        "pip install --no-compile --no-cache-dir --only-binary=:all: --require-hashes"
+        " -r lambdas/requirements.txt -t /asset-output"
         " && rm -rf /asset-output/bin /asset-output/node_modules"
         " && cp -r offload lambdas /asset-output/"
         " && find /asset-output -name __pycache__ -prune -exec rm -rf {} +"
@@ -252,11 +247,12 @@ def lambda_code(*, skip_bundling: bool = False) -> lambda_.Code:
     """
     if skip_bundling:
         return lambda_.Code.from_asset(
-            str(REPO_ROOT / "lambdas"), exclude=["__pycache__", "*.pyc", "requirements.txt"]
+            str(REPO_ROOT / "lambdas"),
+            exclude=["__pycache__", "*.pyc", "requirements.txt", "requirements.in"],
         )
     bundler = PipLocalBundling()
     asset_hash = hashlib.sha256(
-        (dependencies_hash(bundler.requirements) + source_hash(REPO_ROOT, PACKAGES)).encode()
+        (dependencies_hash(bundler.lock) + source_hash(REPO_ROOT, PACKAGES)).encode()
     ).hexdigest()
     return lambda_.Code.from_asset(
         str(REPO_ROOT),

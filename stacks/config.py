@@ -10,6 +10,7 @@ environment-agnostic and synth never needs credentials.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,6 +20,7 @@ from constructs import Node
 
 ENVIRONMENTS_KEY = "offload:environments"
 ENV_KEYS = ("env", "offload:env")
+DEFAULT_ENV = "dev"
 SKIP_BUNDLING_KEY = "offload:skipBundling"
 
 _RETENTION = {
@@ -306,12 +308,14 @@ class _TopLevel:
     web_origins: tuple[str, ...]
 
 
-def env_name(node: Node) -> str:
+def env_name(context: Callable[[str], Any]) -> str:
+    """The environment the context names (``context`` looks a key up: ``Node.try_get_context``
+    or a dict's ``get``); ``dev`` when it names none."""
     for key in ENV_KEYS:
-        value = node.try_get_context(key)
+        value = context(key)
         if value:
             return str(value)
-    return "dev"
+    return DEFAULT_ENV
 
 
 def load(node: Node) -> EnvConfig:
@@ -319,7 +323,7 @@ def load(node: Node) -> EnvConfig:
     environments = node.try_get_context(ENVIRONMENTS_KEY)
     if not isinstance(environments, dict) or not environments:
         raise ConfigError(f"cdk.json context has no {ENVIRONMENTS_KEY!r} block")
-    name = env_name(node)
+    name = env_name(node.try_get_context)
     if name not in environments:
         raise ConfigError(f"unknown environment {name!r}: cdk.json defines {sorted(environments)}")
     return parse(name, environments[name])

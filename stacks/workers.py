@@ -1,8 +1,8 @@
 """The Fargate workers: ``python -m fargate_worker`` from ``fargate_worker/Dockerfile``.
 
 - The image is a ``ContainerImage.from_asset`` of the repository root (``.dockerignore``
-  keeps only ``offload/``, ``fargate_worker/`` and the requirements): synth only stages it,
-  ``cdk deploy`` builds and pushes it.
+  keeps only ``offload/`` and ``fargate_worker/``, whose hashed lock the image installs):
+  synth only stages it, ``cdk deploy`` builds and pushes it.
 - Stop timeout 120 s (Fargate's maximum between SIGTERM and SIGKILL; the worker's own grace,
   ``OFFLOAD_SHUTDOWN_GRACE_S``, is shorter); container health check
   ``python -m fargate_worker.health``.

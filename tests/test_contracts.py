@@ -39,6 +39,8 @@ def test_settings_defaults_and_environment():
         ("OFFLOAD_CONCURRENCY", "0"),
         ("OFFLOAD_CONCURRENCY", "many"),
         ("OFFLOAD_REMOVE_ON_COMPLETE", '{"forever": 1}'),
+        ("OFFLOAD_REMOVE_ON_COMPLETE", '{"age": "a week"}'),
+        ("OFFLOAD_REMOVE_ON_FAIL", '{"count": -1}'),
         ("OFFLOAD_REMOVE_ON_FAIL", "maybe"),
     ],
 )

@@ -105,9 +105,17 @@ def _set_role_search_path(conn: psycopg.Connection, schema: str) -> None:
     log.info("schema %s is now the default search_path of this role in %s", schema, row[0])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     from offload.logs import configure_logging
+    from offload.usage import parse_env_only_args
 
+    parse_env_only_args(
+        "python -m offload.db.migrate",
+        "Apply the schema migrations (offload/db/migrations/*.sql) to the database of "
+        "DATABASE_URL, in schema OFFLOAD_DB_SCHEMA. Applied versions are skipped: running it "
+        "twice, or from two processes at once, is safe.",
+        argv,
+    )
     configure_logging()
     settings = Settings.from_env()
     applied = migrate(

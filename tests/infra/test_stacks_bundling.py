@@ -1,14 +1,16 @@
-"""The real Lambda bundling (the other infra tests skip it): pip-installed for the Lambda
-platform, offload/ and lambdas/ copied in, cached so repeat synths need no network."""
+"""The real Lambda bundling (the other infra tests skip it): the hashed lock pip-installed for
+the Lambda platform, offload/ and lambdas/ copied in, cached so repeat synths need no network."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
 import aws_cdk as cdk
 import pytest
 from aws_cdk import aws_lambda as lambda_
+from packaging.utils import canonicalize_name
 
 from stacks import bundling
 from stacks.bundling import PipLocalBundling, dependencies_hash, lambda_code, source_hash
@@ -53,6 +55,22 @@ def test_bundle_leaves_the_cli_out(bundle: Path) -> None:
     assert not list(bundle.glob("offload_cli*"))
 
 
+def test_bundle_holds_exactly_the_locked_versions(bundle: Path) -> None:
+    """Every package of lambdas/requirements.txt at its pinned version, and nothing else."""
+    lock = (bundling.REPO_ROOT / bundling.LOCK).read_text()
+    locked = {
+        canonicalize_name(name): version
+        for name, version in re.findall(r"^([A-Za-z0-9_.-]+)==([^\s;\\]+)", lock, re.MULTILINE)
+    }
+    installed = {
+        canonicalize_name(path.name.removesuffix(".dist-info").rsplit("-", 1)[0]): (
+            path.name.removesuffix(".dist-info").rsplit("-", 1)[1]
+        )
+        for path in bundle.glob("*.dist-info")
+    }
+    assert installed == locked
+
+
 def test_bundle_carries_byte_code_of_the_lambda_python(bundle: Path) -> None:
     """Lambda cannot write byte code to /var/task: without it every cold start compiles."""
     if bundling.lambda_python() is None:
@@ -95,14 +113,34 @@ def test_repeat_bundles_come_from_the_cache_without_pip(
     ).read_bytes()
 
 
-def test_dependency_hash_follows_included_requirement_files(tmp_path: Path) -> None:
-    (tmp_path / "base.txt").write_text("redis==8.1.0\n")
-    (tmp_path / "sub").mkdir()
-    requirements = tmp_path / "sub" / "requirements.txt"
-    requirements.write_text("-r ../base.txt\nboto3==1.44.5\n")
-    before = dependencies_hash(requirements)
-    (tmp_path / "base.txt").write_text("redis==8.1.1\n")
-    assert dependencies_hash(requirements) != before
+def test_dependency_cache_is_keyed_by_the_lock(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.txt"
+    lock.write_text("redis==8.1.0 --hash=sha256:aa\n")
+    before = dependencies_hash(lock)
+    lock.write_text("redis==8.1.0 --hash=sha256:bb\n")
+    assert dependencies_hash(lock) != before
+
+
+def test_the_bundle_installs_only_hashed_requirements(tmp_path: Path) -> None:
+    """pip runs with --require-hashes: a requirement without its hashes is refused, not fetched."""
+    (tmp_path / "requirements.txt").write_text("six==1.17.0\n")
+    bundler = PipLocalBundling(
+        repo_root=tmp_path, lock="requirements.txt", cache_dir=tmp_path / "cache"
+    )
+    with pytest.raises(RuntimeError, match="Hashes are required in --require-hashes mode"):
+        bundler.dependencies_dir()
+    assert not any(p for p in (tmp_path / "cache").iterdir() if p.is_dir())
+
+
+def test_the_lock_is_compiled_for_the_platform_the_bundle_installs() -> None:
+    """scripts/lock.py writes its target into the lock's header; pip installs for the same."""
+    header = (bundling.REPO_ROOT / bundling.LOCK).read_text().splitlines()[:2]
+    assert header[1].endswith(
+        f"(CPython {bundling.PYTHON_VERSION}, "
+        f"x86_64-manylinux_2_{bundling.MANYLINUX_GLIBC_MAX}, wheels only)"
+    ), header
+    assert bundling.PLATFORMS[0] == "manylinux2014_x86_64"
+    assert bundling.PLATFORMS[-1] == f"manylinux_2_{bundling.MANYLINUX_GLIBC_MAX}_x86_64"
 
 
 def test_source_hash_ignores_byte_code(tmp_path: Path) -> None:
