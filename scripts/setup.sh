@@ -65,7 +65,9 @@ cli_stamp="$VENV_DIR/.cli.sha256"
 cli_wanted="$(requirements_hash pyproject.toml)"
 if [ ! -x "$VENV_DIR/bin/offload" ] || [ "$(cat "$cli_stamp" 2>/dev/null)" != "$cli_wanted" ]; then
 	log "installing the offload command (offload_cli) into $VENV_DIR"
-	"$VENV_PY" -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	# --no-build-isolation: build with the locked setuptools of the venv, not a fresh download
+	"$VENV_PY" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation \
+		-e .
 	printf '%s\n' "$cli_wanted" >"$cli_stamp"
 fi
 
