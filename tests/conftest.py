@@ -17,7 +17,7 @@ import redis
 from psycopg.conninfo import make_conninfo
 
 from offload_local.stack import delete_keys, drop_schema
-from tests.support import servers
+from tests.support import servers, tiers
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -28,6 +28,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="system tests (tests/system/) at full size with the shipped worker and reconciler "
         "settings (also OFFLOAD_SYSTEM_LONG=1); default: the short versions CI runs",
     )
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the xdist_group markers it adds
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    tiers.assign(items)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_reach_no_server(request: pytest.FixtureRequest, monkeypatch) -> None:
+    """A unit test that talks to Redis or PostgreSQL is misfiled: it fails here, not silently
+    slows the fast tier."""
+    if request.node.get_closest_marker("unit") is not None:
+        monkeypatch.setenv("REDIS_URL", tiers.UNREACHABLE_REDIS_URL)
+        monkeypatch.setenv("DATABASE_URL", tiers.UNREACHABLE_DATABASE_URL)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ import io
 import json
 import time
 
+import pytest
+
 from offload.jobs import JobRef
 from tests.support.apigw import ApiResponse, call, configure, run_jobs
 from tests.support.harness import job_row
@@ -25,6 +27,7 @@ def unavailable(answer: ApiResponse) -> None:
     assert answer.body == {"message": "service temporarily unavailable, try again"}
 
 
+@pytest.mark.slow
 def test_the_first_request_after_a_postgres_outage_succeeds(lambda_env, settings, monkeypatch):
     """A warm container loses PostgreSQL for a while: every request meanwhile is a prompt 503
     (the pool waits 5 s, far from API Gateway's 29 s), and the very first request once

@@ -332,6 +332,7 @@ print(json.dumps({"heavy": heavy, "pre": pre, "denied": denied, "other": other})
     assert "access-control-allow-origin" not in headers(result["other"])
 
 
+@pytest.mark.slow
 def test_database_out_of_reach_is_503_json(lambda_env, monkeypatch):
     """PostgreSQL down (here: nothing listens on the port): the caller gets a JSON 503 it may
     retry, after the pool's 5 s wait, not a stack trace or a Lambda error."""

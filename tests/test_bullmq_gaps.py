@@ -7,6 +7,7 @@ import asyncio
 import statistics
 from dataclasses import replace
 
+import pytest
 import redis.asyncio as aioredis
 
 from fargate_worker.worker import worker_options
@@ -54,6 +55,7 @@ def _lateness_s(job, delay_ms: int) -> float:
     return (job.processedOn - job.timestamp - delay_ms) / 1000
 
 
+@pytest.mark.slow
 def test_idle_worker_picks_up_delayed_job_on_time(settings):
     """Gap 1: redis-py 8's default 5 s socket timeout is shorter than the worker's blocking
     waits (up to the drainDelay, or up to a delayed job's due time): without ``socket_timeout=
@@ -75,6 +77,7 @@ def test_idle_worker_picks_up_delayed_job_on_time(settings):
     assert -0.05 <= lateness <= 2.5, lateness
 
 
+@pytest.mark.slow
 def test_backoff_of_five_seconds_retries_on_time(settings):
     """Gap 1 again, for a retry: the 5 s backoff is one long blocking wait."""
     settings = replace(settings, drain_delay_s=5, default_backoff_ms=5000, default_attempts=2)
@@ -117,6 +120,7 @@ def test_sub_second_delays_are_honoured(settings):
     assert statistics.median(lateness) < 0.5, lateness
 
 
+@pytest.mark.slow
 def test_rate_limiter_lets_the_configured_rate_through(settings):
     """Gap 3: when the limit is hit, the Python worker blocks for a whole drainDelay instead
     of until the limit lifts: 2 jobs per 5 s instead of 2 per second."""

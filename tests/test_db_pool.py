@@ -35,6 +35,7 @@ def test_a_write_after_the_pool_closed_fails_at_once(database_url, pg_schema):
     asyncio.run(scenario())
 
 
+@pytest.mark.slow
 def test_the_first_write_after_an_outage_lands_on_its_first_try(database_url, pg_schema):
     """The worker's outcome writes (until_stored over create_pool's pool) share the pool with
     the API. During an outage long enough for psycopg_pool's reconnect timer to have doubled

@@ -22,6 +22,9 @@ from offload_local import servers
 from offload_local.stack import delete_keys, drop_schema
 from tests.support.servers import database_url, redis_url, unique_name
 
+# `python -m offload_local` and its throwaway servers, started for real
+pytestmark = pytest.mark.e2e
+
 UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"
 UNREACHABLE_PG = "postgresql://postgres@127.0.0.1:1/test"
 
@@ -71,6 +74,7 @@ def test_a_throwaway_redis_when_the_configured_one_does_not_answer(tmp_path, mon
     assert not servers.redis_answers(first)
 
 
+@pytest.mark.slow
 def test_a_throwaway_postgres_when_the_configured_one_does_not_answer(tmp_path, monkeypatch):
     with servers.postgres_server(UNREACHABLE_PG, tmp_path) as first:
         assert first != UNREACHABLE_PG

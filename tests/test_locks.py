@@ -156,6 +156,8 @@ def test_deployables_ship_the_runtime_versions_the_tests_run() -> None:
         assert pinned <= versions(dev).get(name, set()), ("requirements.txt", name)
 
 
+@pytest.mark.slow
+@pytest.mark.infra  # recompiles every lock twice: ~30 s, not for the fast tier
 def test_the_check_finds_a_stale_lock(tmp_path: Path) -> None:
     """`scripts/lock.py --check` (a step of scripts/test.sh) recompiles and compares: it passes
     on the committed files and fails once an .in file changes without its lock."""

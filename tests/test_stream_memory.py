@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import psutil
+import pytest
 
 from tests.support.harness import add, producer, spawn_worker, wait_for_state
 from tests.support.s3data import MiB, upload_generated
@@ -91,6 +92,7 @@ class TreeSampler:
             self.seen[proc.pid] = seen
 
 
+@pytest.mark.slow
 def test_inspect_of_1gb_object_keeps_every_worker_process_under_150mb(
     settings, s3, bucket, moto_endpoint, tmp_path
 ):

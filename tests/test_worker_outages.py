@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support.harness import (
     add,
@@ -45,6 +46,7 @@ def _done_at(gate: Path, count: int) -> dict[str, float] | None:
     return done if len(done) >= count else None
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_leaves_no_orphans_and_job_completes_once(settings, tmp_path):
     settings = replace(settings, lock_duration_ms=2000, stalled_interval_ms=1000)
     ticks = tmp_path / "ticks.log"
@@ -150,6 +152,7 @@ async def _completed_count(queue, expected: int) -> bool:
     return (await queue.getJobCounts("completed"))["completed"] == expected
 
 
+@pytest.mark.slow
 def test_postgres_outage_loses_no_outcome(settings, tmp_path, caplog):
     proxy = proxy_for(settings.database_url, 5432)
     worker_settings = replace(settings, database_url=url_through(settings.database_url, proxy.port))

@@ -10,6 +10,7 @@ from dataclasses import replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
 import redis
 
 from fargate_worker import health
@@ -100,6 +101,7 @@ def _beat(path: Path) -> tuple[str, int] | None:
         return None
 
 
+@pytest.mark.slow
 def test_health_heartbeat_is_rewritten_while_running_and_not_after_shutdown(settings):
     path = Path(settings.health_file)
     path.unlink(missing_ok=True)

@@ -18,6 +18,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+
 from offload.jobs import JobRef
 from offload.settings import Settings
 from tests.support import apigw
@@ -55,6 +57,7 @@ async def _active_at(settings: Settings, job_id: str, attempt: int, timeout_s: f
     )
 
 
+@pytest.mark.slow
 def test_a_job_stalled_past_the_limit_is_failed_in_postgres_too_and_can_run_again(
     lambda_env, settings, tmp_path
 ):
@@ -154,6 +157,7 @@ def _crash_loop(settings: Settings, log_dir: Path, lives_s: float, stop: threadi
     return count
 
 
+@pytest.mark.slow
 def test_abandoned_job_is_recovered_during_a_crash_loop(settings, tmp_path):
     """bullmq-py's first stalled check runs one stalled interval after the worker starts (Node
     checks at start): while workers died sooner than that, an abandoned job stayed active."""

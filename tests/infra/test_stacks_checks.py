@@ -4,7 +4,6 @@ the configuration's validation, and synth needing no credentials."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ from aws_cdk import aws_s3 as s3
 
 import app as offload_app
 from stacks.config import ConfigError, load, parse
-from tests.infra.conftest import ROOT, Synth, file_context
+from tests.infra.conftest import Synth, file_context
 
 CFN_LINT = "import sys; from cfnlint.runner import main; sys.exit(main())"
 
@@ -97,23 +96,3 @@ def test_environment_comes_from_context() -> None:
     assert load(cdk.App(context=file_context()).node).name == "dev"
     with pytest.raises(ConfigError, match="unknown environment"):
         load(cdk.App(context=file_context(env="staging")).node)
-
-
-def test_python_app_py_synthesises_every_environment_offline(tmp_path) -> None:
-    """``python app.py`` (no CDK CLI) reads cdk.json itself; bundling skipped to stay fast."""
-    for env in ("dev", "prod"):
-        outdir = tmp_path / env
-        result = subprocess.run(
-            [sys.executable, "app.py", "-c", f"env={env}", "-c", "offload:skipBundling=true"],
-            cwd=ROOT,
-            env={
-                **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CDK_"))},
-                "CDK_OUTDIR": str(outdir),
-            },
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert len(list(outdir.glob(f"Offload-{env}-*.template.json"))) == 9

@@ -232,7 +232,7 @@ class LoadResult:
     options: LoadOptions
     uploads: int = 0
     seconds: float = 0.0  # first upload of the window to the last job completed
-    post_done: dict[str, float] = field(default_factory=dict)  # upload id -> POST returned
+    post_done: dict[str, float] = field(default_factory=dict)  # upload id -> S3 POST sent
     legs: dict[str, list[float]] = field(default_factory=dict)  # latency name -> seconds
     status_latencies: list[float] = field(default_factory=list)
     status_statuses: dict[int, int] = field(default_factory=dict)
@@ -283,8 +283,7 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 def _upload_one(run: SystemRun, index: int, size: int) -> tuple[str, float]:
     data = (f"{index},{time.time()}," * (size // 16 + 1)).encode()[:size]
-    upload_id = run.upload(data, f"load-{index}.csv")
-    return upload_id, time.time()
+    return run.timed_upload(data, f"load-{index}.csv")
 
 
 def run_load(run: SystemRun, options: LoadOptions) -> LoadResult:
@@ -335,13 +334,13 @@ def run_load(run: SystemRun, options: LoadOptions) -> LoadResult:
                 sent += 1
                 index = next(counter)
             try:
-                upload_id, done_at = _upload_one(run, index, options.size)
+                upload_id, sent_at = _upload_one(run, index, options.size)
             except Exception as exc:  # counted, never lost silently
                 with lock:
                     result.failed.append(f"upload {index}: {exc}")
                 continue
             with lock:
-                result.post_done[upload_id] = done_at
+                result.post_done[upload_id] = sent_at
 
     before = cpu_snapshot(run)
     started = time.monotonic()
@@ -412,8 +411,8 @@ def report(result: LoadResult) -> str:
         f"{'latency (ms)':<44}{'p50':>9}{'p99':>9}{'max':>9}",
     ]
     for name, label in (
-        ("event_to_active", "S3 event -> job active"),
-        ("event_to_queued", "  S3 event -> queued (SQS, enqueue Lambda)"),
+        ("event_to_active", "S3 POST sent -> job active"),
+        ("event_to_queued", "  S3 POST sent -> queued (S3 event, enqueue)"),
         ("queued_to_active", "  queued -> active (queue, worker)"),
     ):
         values = result.legs.get(name, [])

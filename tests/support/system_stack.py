@@ -283,6 +283,14 @@ class SystemRun:
     def upload(self, data: bytes, filename: str, content_type: str = "text/csv") -> str:
         """One upload as a browser makes it: ``POST /uploads``, then the presigned POST to S3
         (the moto server). Returns the upload id."""
+        return self.timed_upload(data, filename, content_type)[0]
+
+    def timed_upload(
+        self, data: bytes, filename: str, content_type: str = "text/csv"
+    ) -> tuple[str, float]:
+        """``upload``, and the wall-clock time at which the presigned POST was sent: the S3
+        event comes after it, whereas a time taken once the POST returned can come after the
+        job is active (a driver thread that waited for the GIL)."""
         created = self.api.call(
             "POST",
             "/uploads",
@@ -290,8 +298,9 @@ class SystemRun:
         )
         if created.status != 201:
             raise RuntimeError(f"POST /uploads answered {created.status}: {created.body}")
+        sent_at = time.time()
         presigned_post(created.body["post"], filename, data, content_type, pool=self.http)
-        return created.body["id"]
+        return created.body["id"], sent_at
 
     def add_jobs(self, refs: list[tuple[str, JobRef]]) -> list[str]:
         """Jobs added straight to the queue, as ``Producer`` adds every job (status row first)."""

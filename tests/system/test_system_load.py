@@ -11,7 +11,7 @@ from tests.support.system_load import LoadOptions, percentile, report, run_load
 from tests.support.system_stack import SystemConfig
 
 LOAD_CI = LoadOptions(
-    seconds=8, uploaders=4, backlog=16, warmup=8, idle_s=2, poll_only_s=2, drain_timeout_s=90
+    seconds=5, uploaders=4, backlog=16, warmup=8, idle_s=2, poll_only_s=2, drain_timeout_s=90
 )
 LOAD_LONG = LoadOptions(seconds=120)
 

@@ -50,15 +50,16 @@ class CrashLoop:
     config: SystemConfig
 
 
-# CI: 170 jobs, not 500: on 2 shared cores 500 jobs alone take ~2 minutes of the suite's ~3.
-# Their ~95 s of work cannot fit in the 4 slots during the fixed 22 s loop, so every one of its
-# ~11 kills lands while jobs run: stalls, double stalls, re-runs. Each worker lives ~4 s, less
+# CI: 150 jobs, not 550: on 2 shared cores 500 jobs alone take ~2 minutes. Their ~100 s of
+# work (mostly sleeping: the suite runs in parallel, and CPU-bound jobs would only slow the
+# tests beside this one) cannot fit in the 4 slots during the fixed 22 s loop, so every one of
+# its ~11 kills lands while jobs run: stalls, double stalls, re-runs. Each worker lives ~4 s, less
 # than its first timer-driven stalled-job check (4 s after it started): a fleet that only
 # checks on its timer recovers nothing during the loop.
 CRASH_CI = CrashLoop(
     uploads=30,
-    sleep_jobs=80,
-    cpu_jobs=60,
+    sleep_jobs=90,
+    cpu_jobs=30,
     kill_every_s=2.0,
     loop_min_s=22,
     loop_max_s=22,
