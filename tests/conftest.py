@@ -168,10 +168,19 @@ def app_role(database_url):
     with psycopg.connect(database_url, autocommit=True) as conn:
         database = conn.execute("SELECT current_database()").fetchone()[0]
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-        conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
+        with conn.transaction():
+            _lock_database_acl(conn)
+            conn.execute(f'GRANT CREATE ON DATABASE "{database}" TO {role}')
     try:
         yield make_conninfo(database_url, user=role, password=password), role
     finally:
-        with psycopg.connect(database_url, autocommit=True) as conn:
+        with psycopg.connect(database_url, autocommit=True) as conn, conn.transaction():
+            _lock_database_acl(conn)
             conn.execute(f"DROP OWNED BY {role} CASCADE")  # its schema, tables, grants
             conn.execute(f"DROP ROLE {role}")
+
+
+def _lock_database_acl(conn: psycopg.Connection) -> None:
+    """Grants on the database rewrite its one catalog row: two at once (parallel tests, each
+    with a role of its own) fail with "tuple concurrently updated". One at a time, then."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext('offload-tests:database-acl'))")

@@ -43,6 +43,15 @@ def fail_always(ctx: JobContext) -> dict:
     raise ValueError(f"poison job {ctx.job_id} attempt {ctx.attempt}")
 
 
+@processor("fail_slowly_when_retried")
+def fail_slowly_when_retried(ctx: JobContext) -> dict:
+    """Fails at once on attempt 1, and after ``key`` seconds on later attempts: a retried job
+    still in flight for that long."""
+    if ctx.attempt > 1:
+        time.sleep(float(ctx.ref.key))
+    raise ValueError(f"poison job {ctx.job_id} attempt {ctx.attempt}")
+
+
 @processor("fail_with_nul")
 def fail_with_nul(ctx: JobContext) -> dict:
     """An error quoting binary input: PostgreSQL text cannot hold its NUL byte."""
