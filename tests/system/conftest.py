@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.system_stack import SystemConfig, SystemRun
 
-_FIGURES = pytest.StashKey[list[tuple[str, dict[str, Any]]]]()
+_FIGURES = "system-figures"  # the user_properties entry that holds a test's figures
 
 
 @pytest.fixture
@@ -46,18 +46,28 @@ def system(tmp_path) -> Iterator[Callable[[SystemConfig], SystemRun]]:
 
 @pytest.fixture
 def figures(request: pytest.FixtureRequest) -> Callable[[dict[str, Any]], None]:
-    """Records the test's figures for the summary (and prints them with ``-s``)."""
+    """Records the test's figures for the summary (and prints them with ``-s``). They travel
+    in the test's report (``user_properties``): under pytest-xdist the summary is written by
+    the controller, which sees the workers' reports, not their memory."""
 
     def record(values: dict[str, Any]) -> None:
-        request.config.stash.setdefault(_FIGURES, []).append((request.node.name, values))
-        print(f"FIGURES {request.node.name} {json.dumps(values, default=str)}")
+        text = json.dumps(values, default=str)
+        request.node.user_properties.append((_FIGURES, text))
+        print(f"FIGURES {request.node.name} {text}")
 
     return record
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    recorded = config.stash.get(_FIGURES, [])
+    recorded = sorted(
+        (report.nodeid.rsplit("::", 1)[-1], text)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, text in getattr(report, "user_properties", ())
+        if name == _FIGURES
+    )
     if recorded:
         terminalreporter.section("system figures")
-        for name, values in recorded:
-            terminalreporter.write_line(f"{name}: {json.dumps(values, default=str)}")
+        for name, text in recorded:
+            terminalreporter.write_line(f"{name}: {text}")
