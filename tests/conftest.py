@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import psycopg
@@ -184,3 +185,23 @@ def _lock_database_acl(conn: psycopg.Connection) -> None:
     """Grants on the database rewrite its one catalog row: two at once (parallel tests, each
     with a role of its own) fail with "tuple concurrently updated". One at a time, then."""
     conn.execute("SELECT pg_advisory_xact_lock(hashtext('offload-tests:database-acl'))")
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """The system tests' figures (tests/system/conftest.py), in a section of their own. Here,
+    not beside them: under pytest-xdist the controller collects nothing, so it never loads
+    tests/system/conftest.py."""
+    from tests.support.system_stack import FIGURES_PROPERTY
+
+    recorded = sorted(
+        (report.nodeid.rsplit("::", 1)[-1], text)
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, text in getattr(report, "user_properties", ())
+        if name == FIGURES_PROPERTY
+    )
+    if recorded:
+        terminalreporter.section("system figures")
+        for name, text in recorded:
+            terminalreporter.write_line(f"{name}: {text}")

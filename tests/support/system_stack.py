@@ -48,6 +48,8 @@ from tests.support.own_servers import (
 T = TypeVar("T")
 PROCESSOR_MODULES = f"{TEST_PROCESSORS},fargate_worker.processors.builtin"
 STACK_START_TIMEOUT_S = 180.0
+# The user_properties entry of a system test's report that holds its figures (JSON).
+FIGURES_PROPERTY = "system-figures"
 _WORKER_EXIT = re.compile(r"worker \d+ \(pid (\d+)\) exited with ([^;]+);")
 
 

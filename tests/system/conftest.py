@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.system_stack import SystemConfig, SystemRun
-
-_FIGURES = "system-figures"  # the user_properties entry that holds a test's figures
+from tests.support.system_stack import FIGURES_PROPERTY, SystemConfig, SystemRun
 
 
 @pytest.fixture
@@ -48,26 +46,11 @@ def system(tmp_path) -> Iterator[Callable[[SystemConfig], SystemRun]]:
 def figures(request: pytest.FixtureRequest) -> Callable[[dict[str, Any]], None]:
     """Records the test's figures for the summary (and prints them with ``-s``). They travel
     in the test's report (``user_properties``): under pytest-xdist the summary is written by
-    the controller, which sees the workers' reports, not their memory."""
+    the controller (tests/conftest.py), which sees the workers' reports, not their memory."""
 
     def record(values: dict[str, Any]) -> None:
         text = json.dumps(values, default=str)
-        request.node.user_properties.append((_FIGURES, text))
+        request.node.user_properties.append((FIGURES_PROPERTY, text))
         print(f"FIGURES {request.node.name} {text}")
 
     return record
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    recorded = sorted(
-        (report.nodeid.rsplit("::", 1)[-1], text)
-        for reports in terminalreporter.stats.values()
-        for report in reports
-        if getattr(report, "when", None) == "call"
-        for name, text in getattr(report, "user_properties", ())
-        if name == _FIGURES
-    )
-    if recorded:
-        terminalreporter.section("system figures")
-        for name, text in recorded:
-            terminalreporter.write_line(f"{name}: {text}")
