@@ -8,6 +8,7 @@
 set -euo pipefail
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+exit_on_help "${BASH_SOURCE[0]}" "$@"
 cd "$REPO_ROOT"
 
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=18,20

@@ -3,5 +3,8 @@
 # (python -m offload_local). Extra arguments go to it, e.g. `scripts/demo.sh --workers 4`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+exit_on_help "${BASH_SOURCE[0]}" "$@"
 bash scripts/setup.sh
 exec .venv/bin/python -m offload_local "$@"

@@ -12,6 +12,21 @@ MIN_PYTHON="3.11"
 # Throwaway PostgreSQL clusters (one per port) live here when no cluster serves the URL's port.
 OFFLOAD_PG_ROOT="${OFFLOAD_PG_ROOT:-/var/lib/offload-pg}"
 
+# exit_on_help SCRIPT ARG...: with -h or --help first, prints SCRIPT's usage (its header comment,
+# from the line after the shebang to the first line that is not a comment) and exits 0, before
+# the script does anything.
+exit_on_help() {
+	local script="$1"
+	shift
+	case "${1:-}" in
+	-h | --help) ;;
+	*) return 0 ;;
+	esac
+	printf 'usage: bash scripts/%s [options]\n' "$(basename "$script")"
+	sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "$script" | grep -v '^shellcheck '
+	exit 0
+}
+
 log() { printf 'setup: %s\n' "$*"; }
 warn() { printf 'setup: warning: %s\n' "$*" >&2; }
 die() {

@@ -16,6 +16,7 @@ set -euo pipefail
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+exit_on_help "${BASH_SOURCE[0]}" "$@"
 cd "$REPO_ROOT"
 
 with_browser=0

@@ -10,6 +10,9 @@
 # even when one fails; the exit status is non-zero if any failed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# shellcheck source=scripts/lib.sh
+source scripts/lib.sh
+exit_on_help "${BASH_SOURCE[0]}" "$@"
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION=18,20
 
 fast=0

@@ -89,9 +89,9 @@ class Run:
     connections: list[tuple[str, int]]
 
 
-def run_isolated(command: list[str], tmp_path: Path) -> Run:
-    """``python COMMAND`` with every server it could reach pointing at a recording listener,
-    run from ``tmp_path`` (nothing lands in the repository)."""
+def run_isolated(command: list[str], tmp_path: Path, program: str = sys.executable) -> Run:
+    """``python COMMAND`` (or ``PROGRAM COMMAND``) with every server it could reach pointing at
+    a recording listener, run from ``tmp_path`` (nothing lands in the repository)."""
     with ConnectionRecorder() as servers:
         address = f"127.0.0.1:{servers.port}"
         env = {k: v for k, v in os.environ.items() if k not in INHERITED_SERVERS}
@@ -116,7 +116,7 @@ def run_isolated(command: list[str], tmp_path: Path) -> Run:
         # A new session: an entry point that does start something (a worker and its sandbox
         # processes) is stopped whole when it does not exit.
         child = subprocess.Popen(
-            [sys.executable, *command],
+            [program, *command],
             cwd=tmp_path,
             env=env,
             stdout=subprocess.PIPE,
@@ -142,6 +142,22 @@ def test_help_prints_usage_and_connects_nowhere(argv: tuple[str, ...], tmp_path:
     assert run.returncode == 0, run.err[-2000:]
     assert run.out.lstrip().startswith("usage:"), run.out[:500]
     assert not (tmp_path / "cdk.out").exists(), "--help synthesised the CDK app"
+
+
+SHELL_SCRIPTS = sorted(p.name for p in (ROOT / "scripts").glob("*.sh") if p.name != "lib.sh")
+
+
+@pytest.mark.parametrize("script", SHELL_SCRIPTS)
+def test_each_shell_script_answers_help_before_doing_anything(script: str, tmp_path: Path) -> None:
+    """``bash scripts/setup.sh --help`` used to be an unknown option, and ``test.sh --help`` ran
+    the setup before pytest printed its own help."""
+    venv_before = (ROOT / ".venv").stat().st_mtime
+    run = run_isolated([str(ROOT / "scripts" / script), "--help"], tmp_path, program="bash")
+    assert run.returncode == 0, run.err[-2000:]
+    assert run.out.startswith(f"usage: bash scripts/{script}"), run.out[:500]
+    assert run.connections == []
+    assert "setup:" not in run.out + run.err  # setup did not run
+    assert (ROOT / ".venv").stat().st_mtime == venv_before
 
 
 ENVIRONMENT_CONFIGURED = ("fargate_worker", "fargate_worker.health", "offload.db.migrate")
