@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from offload.jobs_service import JobService
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "offload-api")
-_SUB = re.compile(r"^[A-Za-z0-9_-]{1,128}$")  # a Cognito sub is a UUID; it names key segments
+_SUB = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a Cognito sub is a UUID; it names key segments
 
 # What the module needs before any request: the metrics namespace and the CORS origins. Plain
 # environment parsing (the container's settings, with their secrets, come with the first
@@ -107,7 +107,7 @@ def _caller() -> str:
     context = app.current_event.raw_event.get("requestContext") or {}
     claims = (context.get("authorizer") or {}).get("claims") or {}
     sub = claims.get("sub") if isinstance(claims, dict) else None
-    if not isinstance(sub, str) or not _SUB.match(sub):
+    if not isinstance(sub, str) or not _SUB.fullmatch(sub):
         raise Unauthorized("missing or invalid caller identity")
     logger.append_keys(user=sub)
     return sub
@@ -122,7 +122,7 @@ def _body() -> Any:
         raise InvalidRequest("request body is required")
     try:
         return json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than the stack
         raise InvalidRequest("request body is not valid JSON") from exc
 
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from offload.db.job_queries import (
     DEFAULT_LIMIT,
+    JOB_ID,
     MAX_LIMIT,
     Cursor,
     InvalidCursor,
@@ -43,8 +44,7 @@ if TYPE_CHECKING:
     from offload.db.status import StatusStore
     from offload.settings import Settings
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
-_LIMIT = re.compile(r"^[0-9]{1,4}$")
+_LIMIT = re.compile(r"[0-9]{1,4}")
 _GONE = "job is no longer in the queue (past retention) and cannot be retried"
 
 
@@ -53,7 +53,7 @@ def parse_list_params(limit: str | None, cursor: str | None) -> tuple[int, Curso
     position to start after."""
     size = DEFAULT_LIMIT
     if limit is not None:
-        if not _LIMIT.match(limit) or not 1 <= int(limit) <= MAX_LIMIT:
+        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= MAX_LIMIT:
             raise InvalidRequest(f"limit must be an integer within 1..{MAX_LIMIT}", field="limit")
         size = int(limit)
     after = None
@@ -87,7 +87,7 @@ class JobService:
 
     async def _owned(self, owner: str, job_id: str) -> JobRow:
         row = None
-        if _JOB_ID.match(job_id):
+        if JOB_ID.fullmatch(job_id):
             row = await self.queries.get_for_owner(job_id, owner)
         if row is None:
             raise NotFound("job not found")

@@ -18,7 +18,7 @@ MAX_FILENAME_BYTES = 200
 # Cc (controls), Cf (format: bidi overrides, zero-width), Zl/Zp (line breaks), Cs, Co, Cn.
 _DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 _UNSAFE = re.compile(r'[/\\:*?"<>|]')
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class KeyLayoutError(ValueError):
@@ -49,7 +49,7 @@ class UploadKey:
     @classmethod
     def build(cls, owner: str, upload_id: str, filename: str) -> UploadKey:
         for label, part in (("owner", owner), ("upload id", upload_id)):
-            if not _ID.match(part):
+            if not _ID.fullmatch(part):
                 raise KeyLayoutError(f"{label} {part!r} is not a valid key segment")
         return cls(owner, upload_id, sanitize_filename(filename))
 
@@ -61,7 +61,7 @@ class UploadKey:
         if len(parts) != 3 or not all(parts):
             raise KeyLayoutError(f"key {key!r} is not uploads/<owner>/<upload id>/<name>")
         owner, upload_id, filename = parts
-        if not (_ID.match(owner) and _ID.match(upload_id)):
+        if not (_ID.fullmatch(owner) and _ID.fullmatch(upload_id)):
             raise KeyLayoutError(f"key {key!r} has an invalid owner or upload id")
         return cls(owner, upload_id, filename)
 

@@ -70,7 +70,7 @@ Row = TypeVar("Row")
 log = logging.getLogger(__name__)
 
 DEFAULT_LIMIT = 500
-_ETAG = re.compile(r"^[0-9a-f]{32}(-[0-9]+)?$")
+_ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 
 _UPLOAD_COLUMNS = (
     "u.id, u.owner, u.bucket, u.key, u.filename, u.content_type, u.size_announced,"
@@ -175,7 +175,7 @@ def ref_for_job_row(row: dict[str, Any]) -> JobRef | None:
         )
     if revision is None:
         candidates.append(JobRef(**common))
-    elif _ETAG.match(revision):
+    elif _ETAG.fullmatch(revision):
         candidates.append(JobRef(**common, etag=revision))
     else:
         candidates.append(JobRef(**common, version_id=revision))

@@ -49,10 +49,10 @@ MAX_FILENAME_CHARS = 16_384  # longer names are refused, shorter ones are saniti
 MAX_ETAG_CHARS = 1_024
 LIST_PARTS_PAGE = 1_000  # S3's own maximum page size for ListParts
 
-_UPLOAD_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # type "/" subtype, both RFC 9110 tokens (lower case after normalisation); no wildcards.
 _TOKEN = r"[a-z0-9!#$%&'*+.^_`|~-]+"
-_MEDIA_TYPE = re.compile(rf"^{_TOKEN}/{_TOKEN}$")
+_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -93,7 +93,7 @@ def normalize_content_type(raw: str) -> str:
     """``type/subtype`` in lower case, parameters (``; charset=...``) dropped. Raises
     InvalidRequest when what is left is not a concrete media type."""
     base = raw.split(";", 1)[0].strip().lower()
-    if len(base) > 255 or not _MEDIA_TYPE.match(base) or "*" in base:
+    if len(base) > 255 or not _MEDIA_TYPE.fullmatch(base) or "*" in base:
         raise InvalidRequest(
             "contentType must be a media type such as image/png", field="contentType"
         )
@@ -267,7 +267,7 @@ def new_upload_id() -> str:
 
 
 def valid_upload_id(upload_id: str) -> bool:
-    return bool(_UPLOAD_ID.match(upload_id))
+    return bool(_UPLOAD_ID.fullmatch(upload_id))
 
 
 # --- S3 ---------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ class CognitoAuthorizer:
             ).validate(decoded.claims)
         except (JoseError, ValueError) as exc:
             raise Unauthorized(f"invalid token: {exc}") from exc
-        if decoded.claims.get("aud") not in self._client_ids:
+        audience = decoded.claims.get("aud")
+        # A Cognito ID token's aud is one client id; a list (or anything unhashable) was a
+        # TypeError here, a 502 where API Gateway answers 401.
+        if not isinstance(audience, str) or audience not in self._client_ids:
             raise Unauthorized("token issued to another app client")
         return dict(decoded.claims)

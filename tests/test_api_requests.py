@@ -4,6 +4,7 @@ creates nothing."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import subprocess
@@ -116,7 +117,9 @@ def test_size_limit_comes_from_settings(lambda_env, monkeypatch):
         ("[1, 2]", "JSON object"),
         ('"a string"', "JSON object"),
         ("null", "JSON object"),
+        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),  # json.loads: RecursionError, a 500
     ],
+    ids=lambda value: value[:24] if isinstance(value, str) else repr(value),
 )
 def test_create_refuses_malformed_bodies(lambda_env, settings, raw, words):
     refused(call("POST", "/uploads", raw_body=raw), 400, words=words)
@@ -257,9 +260,21 @@ def test_unknown_routes_are_json_404(lambda_env, method, path):
 
 
 def test_invalid_ids_are_404(lambda_env):
-    for path in ("/uploads/" + "a" * 300, "/uploads/a.b", "/uploads/%2e%2e"):
+    for path in ("/uploads/" + "a" * 300, "/uploads/a.b", "/uploads/%2e%2e", "/uploads/abc\n"):
         refused(call("GET", path), 404, words="upload not found")
-    refused(call("GET", "/jobs/" + "a" * 300), 404, words="job not found")
+    for path in ("/jobs/" + "a" * 300, "/jobs/abc\n"):  # `$` matches before a final newline
+        refused(call("GET", path), 404, words="job not found")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"t": 1, "i": "a\x00b"}, {"t": 1, "i": "job\n"}, {"t": 1, "i": "x" * 300}],
+    ids=["nul", "newline", "long"],
+)
+def test_a_cursor_holding_an_impossible_job_id_is_400(lambda_env, fields):
+    """A NUL in the cursor's id reached PostgreSQL, which refuses it in text: a 500."""
+    token = base64.urlsafe_b64encode(json.dumps(fields).encode()).decode().rstrip("=")
+    refused(call("GET", "/jobs", query={"cursor": token}), 400, "cursor", "not valid")
 
 
 def test_logs_carry_ids_but_no_urls_bodies_or_tokens(lambda_env, monkeypatch):

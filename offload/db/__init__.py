@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 
-_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def check_schema_name(schema: str) -> str:
     """The name, if it is one we put in SQL and libpq options unquoted; ValueError otherwise."""
-    if not _SCHEMA_NAME.match(schema):
+    if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema name {schema!r} must match {_SCHEMA_NAME.pattern}")
     return schema
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,6 +24,10 @@ from offload.db.uploads import revision_sql
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
 MAX_CURSOR_CHARS = 512
+# What a job id can be (bullmq ids we make: offload/jobs.py); anything else names no job, and a
+# NUL in it would reach PostgreSQL, whose text refuses it. Always fullmatch: `$` would let a
+# final newline through.
+JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -84,8 +89,10 @@ def decode_cursor(token: str) -> Cursor:
         micros, job_id = fields["t"], fields["i"]
         if isinstance(micros, bool) or not isinstance(micros, int) or not isinstance(job_id, str):
             raise TypeError
+        if not JOB_ID.fullmatch(job_id):
+            raise ValueError("not a job id")
         return Cursor(_EPOCH + timedelta(microseconds=micros), job_id)
-    except (binascii.Error, ValueError, TypeError, KeyError, OverflowError) as exc:
+    except (binascii.Error, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
         raise InvalidCursor("cursor is not valid") from exc
 
 
