@@ -110,7 +110,11 @@ class _Handler(BaseHTTPRequestHandler):
     # --- the API --------------------------------------------------------------------------
 
     def _api(self, path: str, raw_query: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        declared = (self.headers.get("Content-Length") or "0").strip()
+        if not declared.isascii() or not declared.isdigit():  # "-1", "abc": was a 502
+            self._send_json(400, {"message": "Invalid Content-Length"})
+            return
+        length = int(declared)
         if length > MAX_BODY_BYTES:
             self._send_json(413, {"message": "Request Too Long"})
             return

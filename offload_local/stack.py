@@ -225,7 +225,11 @@ class LocalStack:
         self.workers.start()
         # Registered last, so it runs first: workers drain before the servers go away.
         self._exit.callback(self.workers.stop, opts.worker_grace_s + 5)
-        (workdir / "stack.json").write_text(json.dumps(self.info.__dict__, indent=2) + "\n")
+        # Owner-only: it holds the demo user's password.
+        descriptor = os.open(workdir / "stack.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # an older file keeps its mode through O_CREAT
+        with os.fdopen(descriptor, "w") as out:
+            out.write(json.dumps(self.info.__dict__, indent=2) + "\n")
         return self.info
 
     def _start_functions(self, runtime_env: dict[str, str], logdir: Path) -> None:

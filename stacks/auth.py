@@ -68,6 +68,8 @@ class UserDirectory(Construct):
             # Cognito over TLS, never to our API); SRP stays allowed for SDK-based clients.
             auth_flows=cognito.AuthFlow(user_srp=True, user_password=True),
             generate_secret=False,  # a browser cannot keep a secret
+            # No hosted UI, no OAuth flows, no callback URLs: nothing we do not use.
+            disable_o_auth=True,
             prevent_user_existence_errors=True,
             enable_token_revocation=True,
             access_token_validity=Duration.hours(1),

@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -92,6 +94,27 @@ def test_the_gateway_checks_the_cognito_token(local_stack):
     assert http("GET", url, headers={"Authorization": f"Bearer {token}"}).status == 200
     unknown = http("GET", info.api_url + "/nothing-here", headers={"Authorization": token})
     assert unknown.status == 403  # API Gateway: "Missing Authentication Token"
+
+
+@pytest.mark.parametrize("declared", ["-1", "abc", "1e3", "\u0661"])
+def test_a_content_length_that_is_no_length_is_400(local_stack, declared):
+    """``int()`` took "-1" (then read() waited for the connection to close) and raised on the
+    others: a 502 from the gateway where API Gateway answers 400."""
+    target = urlsplit(local_stack.info.api_url)
+    request = (
+        f"POST {target.path}/uploads HTTP/1.1\r\nHost: {target.netloc}\r\n"
+        f"Content-Length: {declared}\r\nConnection: close\r\n\r\n"
+    )
+    with socket.create_connection((target.hostname, target.port), timeout=10) as conn:
+        conn.sendall(request.encode())
+        status_line = conn.makefile("rb").readline().decode()
+    assert status_line.split()[1] == "400", status_line
+
+
+def test_stack_json_is_readable_by_its_owner_only(local_stack):
+    """It holds the demo user's password."""
+    mode = (local_stack.options.workdir / "stack.json").stat().st_mode
+    assert mode & 0o777 == 0o600, oct(mode)
 
 
 def test_each_user_sees_only_their_own_jobs(local_stack):

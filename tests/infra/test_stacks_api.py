@@ -28,6 +28,10 @@ def test_user_pool_is_invite_only_with_strong_passwords(each_env: Synth) -> None
     # What the web page and the CLI use:
     assert "ALLOW_USER_PASSWORD_AUTH" in client["ExplicitAuthFlows"]
     assert client["PreventUserExistenceErrors"] == "ENABLED"
+    # No OAuth flows, scopes, hosted UI or callback URLs: nothing we do not use.
+    assert client.get("AllowedOAuthFlowsUserPoolClient") is False
+    for unused in ("AllowedOAuthFlows", "AllowedOAuthScopes", "CallbackURLs", "LogoutURLs"):
+        assert unused not in client, unused
 
 
 def test_threat_protection_in_prod(dev: Synth, prod: Synth) -> None:

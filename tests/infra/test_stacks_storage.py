@@ -107,7 +107,7 @@ def test_lifecycle_archives_uploads_and_outputs_per_config(dev: Synth, prod: Syn
 def test_lifecycle_aborts_multipart_uploads_and_expires_old_versions(
     dev: Synth, prod: Synth
 ) -> None:
-    for synth, abort_days, noncurrent_days in ((dev, 2, 7), (prod, 7, 30)):
+    for synth, abort_days, noncurrent_days in ((dev, 1, 7), (prod, 7, 30)):
         by_id = rules(synth)
         abort = by_id["AbortIncompleteMultipartUploads"]
         assert abort["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": abort_days}
