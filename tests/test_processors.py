@@ -403,7 +403,7 @@ def test_thumbnail_applies_exif_orientation(moto_endpoint, s3, bucket) -> None:
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        (b"just some text, not pixels\n" * 100, "not an image"),
+        (b"just some text, not pixels\n" * 100, "not a supported image: detected text/plain"),
         (image_bytes((400, 300), "JPEG")[:600], "cannot decode image"),  # truncated
         (png_header(100_000, 100_000), "image too large"),  # 10 Gpx claimed in ~100 bytes
     ],
@@ -417,6 +417,34 @@ def test_thumbnail_of_bad_input_is_a_permanent_error(
     with pytest.raises(PermanentJobError, match=match):
         thumbnail(ctx)
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="processed/")
+
+
+@pytest.mark.parametrize(
+    ("fmt", "detected"),
+    [("BMP", "image/bmp"), ("TIFF", "image/tiff"), ("ICO", "image/x-icon"), ("PPM", None)],
+)
+def test_thumbnail_opens_only_the_formats_it_supports(
+    moto_endpoint, s3, bucket, fmt: str, detected: str | None
+) -> None:
+    """Pillow reads dozens of formats, each a decoder a hostile file can aim at: the type is
+    detected from the bytes (whatever the upload announced) and only JPEG, PNG, GIF and WebP
+    are opened, Pillow being told so too."""
+    s3.put_object(
+        Bucket=bucket, Key=UPLOAD_KEY, Body=image_bytes((64, 64), fmt), ContentType="image/png"
+    )
+    ctx, _ = make_ctx(moto_endpoint, bucket, UPLOAD_KEY)
+    with pytest.raises(PermanentJobError, match="not a supported image") as raised:
+        thumbnail(ctx)
+    assert (detected or "application/octet-stream") in str(raised.value)
+
+
+def test_thumbnail_errors_name_no_bucket(moto_endpoint, s3, bucket) -> None:
+    """The error is shown to the user (``GET /jobs``): no bucket, no key beyond their own."""
+    s3.put_object(Bucket=bucket, Key=UPLOAD_KEY, Body=png_header(100_000, 100_000))
+    ctx, _ = make_ctx(moto_endpoint, bucket, UPLOAD_KEY)
+    with pytest.raises(PermanentJobError) as raised:
+        thumbnail(ctx)
+    assert bucket not in str(raised.value) and "s3://" not in str(raised.value)
 
 
 @pytest.mark.parametrize("limit", [3_000, 9_000])  # over 2x the limit: Pillow; under: ours

@@ -36,6 +36,14 @@ THUMBNAIL_QUALITY = 85
 MAX_SOURCE_PIXELS = 100_000_000
 # Thumbnails spool the source to local disk (Pillow needs to seek): bound what a job may use.
 MAX_THUMBNAIL_SOURCE_BYTES = 1 << 30
+# The formats a thumbnail is made of, by the type detected from their bytes (never the type the
+# upload announced): Pillow opens only these, so a hostile file cannot reach its other decoders.
+THUMBNAIL_FORMATS = {
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/gif": "GIF",
+    "image/webp": "WEBP",
+}
 
 
 def output_key(source_key: str, name: str) -> str:
@@ -125,7 +133,7 @@ def thumbnail(ctx: JobContext) -> dict[str, Any]:
 
     limit = MAX_THUMBNAIL_SOURCE_BYTES
     with spool(ctx.s3, ref, max_bytes=limit, on_progress=downloaded) as (file, _):
-        image, source_size = _decode_thumbnail(file, f"s3://{ref.bucket}/{ref.key}")
+        image, source_size = _decode_thumbnail(file)
     out = io.BytesIO()
     image.save(out, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
     thumbnail_key = output_key(ref.key, "thumbnail.jpg")
@@ -142,11 +150,20 @@ def thumbnail(ctx: JobContext) -> dict[str, Any]:
     }
 
 
-def _decode_thumbnail(file: Any, where: str) -> tuple[Image, tuple[int, int]]:
+def _decode_thumbnail(file: Any) -> tuple[Image, tuple[int, int]]:
     """Open, bound, shrink and orient the image; returns the RGB thumbnail and the source's
     size as displayed (EXIF rotation applied). Pillow is imported here only, so a sandbox
-    child that only inspects never loads it."""
+    child that only inspects never loads it. Errors are shown to the user as they are: they
+    name no bucket or key (the job's logs have those)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
+
+    detected = detect_content_type(file.read(SNIFF_BYTES), complete=False)
+    file.seek(0)
+    if detected not in THUMBNAIL_FORMATS:
+        supported = ", ".join(sorted(THUMBNAIL_FORMATS))
+        raise PermanentJobError(
+            f"not a supported image: detected {detected} (supported: {supported})"
+        )
 
     limit = MAX_SOURCE_PIXELS
     saved_limit = Image.MAX_IMAGE_PIXELS
@@ -156,12 +173,10 @@ def _decode_thumbnail(file: Any, where: str) -> tuple[Image, tuple[int, int]]:
         Image.MAX_IMAGE_PIXELS = limit
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(file)
+            image = Image.open(file, formats=[THUMBNAIL_FORMATS[detected]])
         width, height = image.size
         if width * height > limit:
-            raise PermanentJobError(
-                f"{where}: image too large ({width}x{height} px, limit {limit} px)"
-            )
+            raise PermanentJobError(f"image too large ({width}x{height} px, limit {limit} px)")
         if image.format == "JPEG":
             # Let libjpeg decode at 1/2, 1/4 or 1/8 scale: a 50 MP photo never hits RAM whole.
             image.draft("RGB", (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
@@ -172,12 +187,12 @@ def _decode_thumbnail(file: Any, where: str) -> tuple[Image, tuple[int, int]]:
         image.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
         image = _to_rgb(image)
     except Image.DecompressionBombError as exc:
-        raise PermanentJobError(f"{where}: image too large ({exc})") from exc
+        raise PermanentJobError(f"image too large ({exc})") from exc
     except UnidentifiedImageError as exc:
-        raise PermanentJobError(f"{where}: not an image Pillow can read") from exc
+        raise PermanentJobError(f"not an image Pillow can read as {detected}") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         # Truncated or corrupt data: the bytes of this object version will never change.
-        raise PermanentJobError(f"{where}: cannot decode image ({exc})") from exc
+        raise PermanentJobError(f"cannot decode image ({exc})") from exc
     finally:
         Image.MAX_IMAGE_PIXELS = saved_limit  # a process-wide setting: leave it as found
     return image, (width, height)
