@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import resource
 import select
 import signal
 import sys
@@ -28,6 +29,7 @@ from multiprocessing.connection import Connection
 from offload.settings import Settings
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
 
 
 def die_with_parent(worker_pid: int) -> None:
@@ -42,6 +44,21 @@ def die_with_parent(worker_pid: int) -> None:
     # Either may have died before prctl took effect: then nobody would kill us later.
     if os.getppid() != parent_at_start or not _alive(worker_pid):
         os._exit(1)
+
+
+def limit_resources(memory_mib: int) -> None:
+    """What a processor fed a hostile file can take: ``memory_mib`` of address space (a decoder
+    that allocates without end gets a MemoryError, the attempt fails and the task lives), no
+    core dump (it would hold the user's data), and no privilege gained through exec (a setuid
+    binary run by a processor gets none)."""
+    if memory_mib > 0:
+        limit = memory_mib * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
 
 
 def watch_worker(worker_pid: int) -> None:
@@ -144,6 +161,7 @@ def child_main(
 ) -> None:
     die_with_parent(worker_pid)
     watch_worker(worker_pid)
+    limit_resources(settings.sandbox_memory_mib)
     # The fork server's environment is the worker's at the time the server started; a child
     # gets the worker's environment as it is now, as a freshly spawned process would.
     os.environ.clear()

@@ -142,6 +142,10 @@ class Settings:
     limiter_duration_ms: int = 1_000
     job_timeout_s: int = 3_600
     sandbox_max_jobs: int = 50
+    # Address space of each sandbox child (RLIMIT_AS; 0: none). A child that imported boto3 and
+    # Pillow maps ~400 MiB before its job: this leaves a job ~1 GiB, so a hostile file that
+    # makes a decoder allocate without end gets a MemoryError instead of the task's OOM kill.
+    sandbox_memory_mib: int = 1_536
     shutdown_grace_s: int = 100
     processor_modules: tuple[str, ...] = ("fargate_worker.processors.builtin",)
     s3_endpoint_url: str | None = None
@@ -220,6 +224,9 @@ class Settings:
             ),
             job_timeout_s=_int(env, "OFFLOAD_JOB_TIMEOUT_S", defaults.job_timeout_s, 1),
             sandbox_max_jobs=_int(env, "OFFLOAD_SANDBOX_MAX_JOBS", defaults.sandbox_max_jobs, 1),
+            sandbox_memory_mib=_int(
+                env, "OFFLOAD_SANDBOX_MEMORY_MIB", defaults.sandbox_memory_mib, 0
+            ),
             shutdown_grace_s=_int(env, "OFFLOAD_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
             processor_modules=_csv(env, "OFFLOAD_PROCESSOR_MODULES") or defaults.processor_modules,
             s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,

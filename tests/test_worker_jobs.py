@@ -171,6 +171,32 @@ def test_child_crash_is_a_retried_attempt(settings):
     assert "MemoryError" in job_events(settings, oom_row["id"])[2]["message"]
 
 
+def test_a_job_allocating_past_the_childs_limit_fails_its_attempt_and_the_worker_goes_on(
+    settings,
+):
+    """A decoder fed a bomb: the child's address space is bounded (OFFLOAD_SANDBOX_MEMORY_MIB),
+    so the job gets a MemoryError, its attempt fails as any error does, and the next job runs
+    in the same worker. The child also runs without core dumps and with no_new_privs."""
+    settings = replace(settings, sandbox_memory_mib=768, default_attempts=1)
+
+    async def scenario():
+        async with producer(settings) as prod, running_worker(settings):
+            bomb = await add(prod, "allocate", "2048")
+            fits = await add(prod, "allocate", "64")
+            return (
+                await wait_for_state(settings, bomb, "failed"),
+                await wait_for_state(settings, fits, "completed"),
+            )
+
+    bomb_row, fits_row = asyncio.run(scenario())
+    assert bomb_row["attempt"] == 1 and "MemoryError" in bomb_row["error_message"]
+    assert fits_row["result"] == {
+        "address_space": 768 * 1024 * 1024,
+        "core": 0,
+        "no_new_privs": "1",
+    }
+
+
 def test_job_past_timeout_has_its_child_killed(settings):
     from fargate_worker.processors import _REGISTRY, Processor
 

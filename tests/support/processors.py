@@ -7,6 +7,7 @@ Jobs carry references only, so a test processor reads its parameter from the job
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import sys
 import time
@@ -143,6 +144,20 @@ def memory_error(ctx: JobContext) -> dict:
     if ctx.attempt < int(ctx.ref.key):
         raise MemoryError("simulated out of memory")
     return {"attempt": ctx.attempt}
+
+
+@processor("allocate")
+def allocate(ctx: JobContext) -> dict:
+    """Touches ``key`` MiB (a decoder fed a bomb), then reports the child's limits."""
+    block = bytearray(int(ctx.ref.key) * 1024 * 1024)
+    block[::4096] = b"x" * len(block[::4096])
+    with open("/proc/self/status") as status:
+        no_new_privs = next(line.split()[1] for line in status if line.startswith("NoNewPrivs"))
+    return {
+        "address_space": resource.getrlimit(resource.RLIMIT_AS)[0],
+        "core": resource.getrlimit(resource.RLIMIT_CORE)[0],
+        "no_new_privs": no_new_privs,
+    }
 
 
 @processor("quick_progress")
