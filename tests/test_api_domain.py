@@ -175,11 +175,14 @@ def test_upload_ids_are_random_key_segments():
 
 def test_cursor_round_trip_is_exact():
     at = datetime(2026, 11, 23, 15, 4, 5, 123456, tzinfo=UTC)
-    for job_id in ("inspect-abc", "", "a" * 200, "ünïcode"):
+    for job_id in ("inspect-abc", "a" * 200, "42", "x.y_z-1"):
         cursor = Cursor(at, job_id)
         token = encode_cursor(cursor)
         assert "=" not in token and "/" not in token and "+" not in token
         assert decode_cursor(token) == cursor
+    for no_job_id in ("", "ünïcode", "a" * 201, "a\x00b", "job\n"):  # a position after no job
+        with pytest.raises(InvalidCursor):
+            decode_cursor(encode_cursor(Cursor(at, no_job_id)))
     before_epoch = Cursor(datetime(1960, 1, 1, tzinfo=UTC) + timedelta(microseconds=1), "x")
     assert decode_cursor(encode_cursor(before_epoch)) == before_epoch
 
