@@ -25,10 +25,9 @@ from constructs import Construct
 from stacks.base import OffloadStack
 from stacks.config import DatabaseConfig, EnvConfig
 from stacks.nag import acknowledge
-from stacks.network import Network
+from stacks.network import POSTGRES_PORT, Network
 
 ENGINE_VERSION = rds.PostgresEngineVersion.VER_16_13
-POSTGRES_PORT = 5432
 MASTER_USER = "offload_admin"
 
 

@@ -15,6 +15,9 @@ from constructs import Construct
 from stacks.base import OffloadStack
 from stacks.config import EnvConfig, NetworkConfig, log_retention
 
+REDIS_PORT = 6379
+POSTGRES_PORT = 5432
+
 PUBLIC = "Public"
 APP = "App"
 DATA = "Data"
@@ -89,8 +92,24 @@ class Network(Construct):
         # The workloads' security groups live here, so the data stores' groups (in their own
         # stacks) can admit exactly these and nothing else.
         self.workers_sg = ec2.SecurityGroup(
-            self, "WorkersSecurityGroup", vpc=self.vpc, description="offload Fargate workers"
+            self,
+            "WorkersSecurityGroup",
+            vpc=self.vpc,
+            description="offload Fargate workers",
+            allow_all_outbound=False,
         )
+        # A worker runs hostile files' processing: it reaches only what it talks to. HTTPS for
+        # the AWS APIs (interface endpoints, the S3 gateway endpoint, ECR, or through NAT where
+        # a service has no endpoint), and Redis and PostgreSQL in the data subnets (their own
+        # groups admit the workers' group; the subnets' ranges keep this stack free of theirs).
+        self.workers_sg.add_egress_rule(ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to AWS APIs")
+        for subnet in self.vpc.select_subnets(subnet_group_name=DATA).subnets:
+            for port, what in ((REDIS_PORT, "Redis"), (POSTGRES_PORT, "PostgreSQL")):
+                self.workers_sg.add_egress_rule(
+                    ec2.Peer.ipv4(subnet.ipv4_cidr_block),
+                    ec2.Port.tcp(port),
+                    f"{what} (data subnet)",
+                )
         self.lambdas_sg = ec2.SecurityGroup(
             self, "LambdasSecurityGroup", vpc=self.vpc, description="offload Lambda functions"
         )

@@ -27,9 +27,7 @@ from constructs import Construct
 from stacks.base import OffloadStack
 from stacks.config import EnvConfig, RedisConfig
 from stacks.nag import acknowledge
-from stacks.network import Network
-
-REDIS_PORT = 6379
+from stacks.network import REDIS_PORT, Network
 
 
 class RedisQueue(Construct):

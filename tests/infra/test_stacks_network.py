@@ -77,3 +77,21 @@ def test_flow_logs_to_a_log_group_with_retention(dev: Synth, prod: Synth) -> Non
             {"ResourceType": "VPC", "TrafficType": "ALL", "LogDestinationType": "cloud-watch-logs"},
         )
         template.has_resource_properties("AWS::Logs::LogGroup", {"RetentionInDays": days})
+
+
+def test_workers_reach_only_https_redis_and_postgres(each_env: Synth) -> None:
+    """The workers run hostile files' processing: no egress on every port to everywhere."""
+    stack = each_env.stacks.network
+    groups = each_env.resources(stack, "AWS::EC2::SecurityGroup")
+    workers = next(
+        g["Properties"] for g in groups.values()
+        if g["Properties"]["GroupDescription"] == "offload Fargate workers"
+    )  # fmt: skip
+    egress = workers["SecurityGroupEgress"]
+    assert all(rule["IpProtocol"] == "tcp" for rule in egress), egress
+    anywhere = [rule for rule in egress if rule.get("CidrIp") == "0.0.0.0/0"]
+    assert [(r["FromPort"], r["ToPort"]) for r in anywhere] == [(443, 443)]
+    inside = [rule for rule in egress if rule.get("CidrIp") != "0.0.0.0/0"]
+    assert sorted({r["FromPort"] for r in inside}) == [5432, 6379]
+    assert all(r["FromPort"] == r["ToPort"] for r in inside)
+    assert len(inside) == 4  # two data subnets, two ports
