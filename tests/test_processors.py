@@ -232,9 +232,17 @@ def test_replaced_object_is_a_permanent_error(moto_endpoint, s3, bucket) -> None
     s3.put_object(Bucket=bucket, Key=UPLOAD_KEY, Body=b"second upload")
     ctx, _ = make_ctx(moto_endpoint, bucket, UPLOAD_KEY, etag=etag)
 
-    with pytest.raises(PermanentJobError, match=r"replaced.*\[PreconditionFailed\]"):
+    with pytest.raises(PermanentJobError, match=r"replaced.*\[PreconditionFailed\]") as raised:
         inspect_object(ctx)
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix="processed/")
+    assert_names_no_bucket_or_key(raised.value, bucket, UPLOAD_KEY)
+
+
+def assert_names_no_bucket_or_key(error: Exception, bucket: str, key: str) -> None:
+    """A job's error is shown to its user (``GET /jobs``): a short message without the bucket
+    or the key (the logs, keyed by job id, have them)."""
+    text = str(error)
+    assert bucket not in text and key not in text and "s3://" not in text, text
 
 
 class IgnoresIfMatch:
@@ -260,14 +268,16 @@ def test_etag_is_checked_even_if_the_endpoint_ignores_if_match(moto_endpoint, s3
 
 def test_missing_key_is_a_permanent_error(moto_endpoint, s3, bucket) -> None:
     ctx, _ = make_ctx(moto_endpoint, bucket, "uploads/user-1/up-1/gone.bin")
-    with pytest.raises(PermanentJobError, match=r"does not exist \[NoSuchKey\]"):
+    with pytest.raises(PermanentJobError, match=r"does not exist \[NoSuchKey\]") as raised:
         inspect_object(ctx)
+    assert_names_no_bucket_or_key(raised.value, bucket, "uploads/user-1/up-1/gone.bin")
 
 
 def test_missing_bucket_is_a_permanent_error(moto_endpoint) -> None:
     ctx, _ = make_ctx(moto_endpoint, "no-such-bucket-4242", "demo/x")
-    with pytest.raises(PermanentJobError, match=r"\[NoSuchBucket\]"):
+    with pytest.raises(PermanentJobError, match=r"\[NoSuchBucket\]") as raised:
         inspect_object(ctx)
+    assert_names_no_bucket_or_key(raised.value, "no-such-bucket-4242", "demo/x")
 
 
 class FakeBody:

@@ -108,10 +108,8 @@ def permanent_error(exc: ClientError, ref: JobRef) -> PermanentJobError | None:
     reason = _PERMANENT_CODES.get(code)
     if reason is None:
         return None
-    where = f"s3://{ref.bucket}/{ref.key}"
-    if ref.version_id:
-        where += f" (version {ref.version_id})"
-    return PermanentJobError(f"{where}: {reason} [{code}]")
+    # Shown to the user as it is (GET /jobs): no bucket or key, which the job's logs have.
+    return PermanentJobError(f"the uploaded file: {reason} [{code}]")
 
 
 @contextmanager
@@ -133,7 +131,7 @@ def open_object(s3: Any, ref: JobRef) -> Iterator[S3Object]:
             # Belt and braces: S3 enforces IfMatch, but an endpoint that ignores it must not
             # make us process another upload's bytes under this job's name.
             raise PermanentJobError(
-                f"s3://{ref.bucket}/{ref.key}: object was replaced since the job was queued "
+                f"the uploaded file was replaced since the job was queued "
                 f"(etag {etag}, expected {_unquote(ref.etag)})"
             )
         obj = S3Object(
@@ -171,7 +169,7 @@ def spool(
         with open_object(s3, ref) as obj:
             if max_bytes is not None and obj.content_length > max_bytes:
                 raise PermanentJobError(
-                    f"s3://{ref.bucket}/{ref.key}: {obj.content_length} bytes is over the "
+                    f"the uploaded file's {obj.content_length} bytes are over the "
                     f"{max_bytes}-byte limit for this job"
                 )
             done = 0
