@@ -15,11 +15,13 @@ import collections
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import signal
 import struct
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from typing import Any
 
 from fargate_worker.errors import (
@@ -41,11 +43,49 @@ _MP = multiprocessing.get_context("forkserver")
 _PRELOAD = ("fargate_worker.sandbox_child", "fargate_worker.context")
 # Imported last, after the processors: boto3 and botocore's caches for every child.
 _PRELOAD_LAST = "fargate_worker.sandbox_preload"
+# What a child (and the hostile file it parses) must not find: the credentials to the queue and
+# the database, and where to fetch them. Processors reach S3 only; the worker holds the rest.
+SECRET_ENVIRONMENT = (
+    "REDIS_URL",  # may carry a password
+    "REDIS_AUTH_TOKEN",
+    "REDIS_AUTH_SECRET_ARN",
+    "DATABASE_URL",  # may carry a password
+    "DATABASE_SECRET_ARN",
+)
 START_TIMEOUT_S = 60.0
 _HEADER = struct.Struct("!i")
 _LONG_HEADER = struct.Struct("!Q")
 _READ_SIZE = 1 << 16
 RESPAWN_BACKOFF_S = (0.5, 1, 2, 5, 10)
+
+
+def child_environment(environ: dict[str, str]) -> dict[str, str]:
+    return {name: value for name, value in environ.items() if name not in SECRET_ENVIRONMENT}
+
+
+def child_settings(settings: Settings) -> Settings:
+    """The settings a child gets: the worker's, without a way into Redis or PostgreSQL."""
+    return replace(
+        settings,
+        redis_url="",
+        redis_auth_token=None,
+        redis_auth_secret_arn=None,
+        database_url="",
+        database_secret_arn=None,
+        database_proxy_host=None,
+    )
+
+
+@contextlib.contextmanager
+def _secrets_out_of_the_environment() -> Iterator[None]:
+    """While the fork server starts: it is exec'd with this process's environment, which the
+    kernel keeps for it and for every child it forks (``/proc/<pid>/environ``), whatever they
+    do to ``os.environ`` afterwards."""
+    saved = {name: os.environ.pop(name) for name in SECRET_ENVIRONMENT if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -68,7 +108,13 @@ class SandboxProcess:
         self.jobs_run = 0
         self.process = _MP.Process(
             target=child_main,
-            args=(child_conn, os.getpid(), settings, max_jobs, dict(os.environ)),
+            args=(
+                child_conn,
+                os.getpid(),
+                child_settings(settings),
+                max_jobs,
+                child_environment(dict(os.environ)),
+            ),
             name="offload-sandbox",
             daemon=True,
         )
@@ -217,6 +263,8 @@ class SandboxPool:
     async def start(self) -> None:
         # Takes effect if the fork server is not running yet (first pool of the process).
         _MP.set_forkserver_preload([*_PRELOAD, *self._settings.processor_modules, _PRELOAD_LAST])
+        with _secrets_out_of_the_environment():
+            multiprocessing.forkserver.ensure_running()  # no-op once it runs
         boxes = [
             SandboxProcess(self._settings, self._settings.sandbox_max_jobs)
             for _ in range(self._size)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from tests.support.harness import (
     add,
@@ -14,6 +16,7 @@ from tests.support.harness import (
     producer,
     queue_job_in_state,
     running_worker,
+    spawn_worker,
     wait_for,
     wait_for_state,
 )
@@ -197,6 +200,37 @@ def test_a_job_allocating_past_the_childs_limit_fails_its_attempt_and_the_worker
     }
 
 
+def test_a_sandbox_child_finds_none_of_the_workers_secrets(settings, tmp_path):
+    """A hostile file parsed in a child must find no credential to the queue or the database:
+    not in its environment, not in the one the kernel keeps from its exec (the fork server's,
+    which /proc shows whatever os.environ says since), not in the settings it is given."""
+    marker = "pw-" + tmp_path.name[-12:].replace("_", "")
+    url = urlsplit(settings.database_url)
+    with_password = urlunsplit(url._replace(netloc=f"postgres:{marker}@{url.hostname}:{url.port}"))
+    settings = replace(settings, database_url=with_password, default_attempts=1)
+    worker = spawn_worker(
+        settings, tmp_path / "worker.log", DATABASE_SECRET_ARN="", OFFLOAD_TEST_MARKER="kept"
+    )
+
+    async def scenario():
+        async with producer(settings) as prod:
+            job_id = await add(prod, "environment", "x")
+            return await wait_for_state(settings, job_id, "completed", timeout_s=60)
+
+    try:
+        row = asyncio.run(scenario())
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    found = row["result"]
+    assert "OFFLOAD_TEST_MARKER" in found["names"]  # the rest of the environment is there
+    for name in ("DATABASE_URL", "REDIS_URL", "REDIS_AUTH_TOKEN", "DATABASE_SECRET_ARN"):
+        assert name not in found["names"], name
+        assert not any(entry.startswith(f"{name}=") for entry in found["kernel_environ"]), name
+    assert marker not in json.dumps(found)
+    assert found["settings"]["redis_auth_token"] is None
+
+
 def test_job_past_timeout_has_its_child_killed(settings):
     from fargate_worker.processors import _REGISTRY, Processor
 
@@ -212,8 +246,9 @@ def test_job_past_timeout_has_its_child_killed(settings):
             await wait_for(lambda: len(worker.sandbox.child_pids) == settings.concurrency)
             return row, elapsed, pids_before, set(worker.sandbox.child_pids)
 
-    assert "sleep" in _REGISTRY and isinstance(_REGISTRY["sleep"], Processor)
     row, elapsed, before, after = asyncio.run(scenario())
+    # (the worker loaded the test processors: in this process too, whatever ran before here)
+    assert "sleep" in _REGISTRY and isinstance(_REGISTRY["sleep"], Processor)
     assert "timeout" in row["error_message"]
     assert elapsed < 15  # the job sleeps 30 s: cut short at its 1 s timeout, even under load
     assert len(before - after) == 1  # the timed-out child was replaced

@@ -160,6 +160,24 @@ def allocate(ctx: JobContext) -> dict:
     }
 
 
+@processor("environment")
+def environment(ctx: JobContext) -> dict:
+    """What a processor (or the hostile file it parses) can find of the worker's secrets: the
+    environment as Python sees it, the one the kernel shows, and the settings it was given."""
+    with open("/proc/self/environ", "rb") as raw:
+        kernel = [entry.decode(errors="replace") for entry in raw.read().split(b"\0") if entry]
+    return {
+        "names": sorted(os.environ),
+        "kernel_environ": kernel,
+        "settings": {
+            "redis_url": ctx.settings.redis_url,
+            "redis_auth_token": ctx.settings.redis_auth_token,
+            "database_url": ctx.settings.database_url,
+            "database_secret_arn": ctx.settings.database_secret_arn,
+        },
+    }
+
+
 @processor("quick_progress")
 def quick_progress(ctx: JobContext) -> dict:
     """Reports progress as an inspect of a small file does, and is done at once."""
