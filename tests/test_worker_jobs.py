@@ -156,17 +156,25 @@ def test_invalid_job_data_fails_without_retries(settings):
     assert "non-empty string 'key'" in row["error_message"]
 
 
-def test_child_crash_is_a_retried_attempt(settings):
-    async def scenario():
-        async with producer(settings) as prod, running_worker(settings):
-            crash = await add(prod, "crash_until", "2")
-            oom = await add(prod, "memory_error", "2")
-            return (
-                await wait_for_state(settings, crash, "completed"),
-                await wait_for_state(settings, oom, "completed"),
-            )
+def rows_once(settings, *jobs: tuple[str, str, str]) -> list[dict]:
+    """Adds the jobs (name, key, state awaited) to one in-process worker at once; their rows
+    once each has reached its state."""
 
-    crash_row, oom_row = asyncio.run(scenario())
+    async def scenario() -> list[dict]:
+        async with producer(settings) as prod, running_worker(settings):
+            ids = [await add(prod, name, key) for name, key, _ in jobs]
+            return [
+                await wait_for_state(settings, job_id, state)
+                for job_id, (_, _, state) in zip(ids, jobs, strict=True)
+            ]
+
+    return asyncio.run(scenario())
+
+
+def test_child_crash_is_a_retried_attempt(settings):
+    crash_row, oom_row = rows_once(
+        settings, ("crash_until", "2", "completed"), ("memory_error", "2", "completed")
+    )
     assert crash_row["attempt"] == 2 and crash_row["result"] == {"attempt": 2}
     crash_events = job_events(settings, crash_row["id"])
     assert "killed by SIGKILL" in crash_events[2]["message"]
@@ -181,17 +189,9 @@ def test_a_job_allocating_past_the_childs_limit_fails_its_attempt_and_the_worker
     so the job gets a MemoryError, its attempt fails as any error does, and the next job runs
     in the same worker. The child also runs without core dumps and with no_new_privs."""
     settings = replace(settings, sandbox_memory_mib=768, default_attempts=1)
-
-    async def scenario():
-        async with producer(settings) as prod, running_worker(settings):
-            bomb = await add(prod, "allocate", "2048")
-            fits = await add(prod, "allocate", "64")
-            return (
-                await wait_for_state(settings, bomb, "failed"),
-                await wait_for_state(settings, fits, "completed"),
-            )
-
-    bomb_row, fits_row = asyncio.run(scenario())
+    bomb_row, fits_row = rows_once(
+        settings, ("allocate", "2048", "failed"), ("allocate", "64", "completed")
+    )
     assert bomb_row["attempt"] == 1 and "MemoryError" in bomb_row["error_message"]
     assert fits_row["result"] == {
         "address_space": 768 * 1024 * 1024,
