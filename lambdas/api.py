@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +42,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from lambdas.tracing import current_tracer, traced
 from offload import uploads
+from offload.keys import KEY_SEGMENT_ID
 from offload.settings import Settings
 from offload.uploads import InvalidRequest, RequestError
 
@@ -52,7 +52,6 @@ if TYPE_CHECKING:
     from offload.jobs_service import JobService
 
 SERVICE = os.environ.get("POWERTOOLS_SERVICE_NAME", "offload-api")
-_SUB = re.compile(r"[A-Za-z0-9_-]{1,128}")  # a Cognito sub is a UUID; it names key segments
 
 # What the module needs before any request: the metrics namespace and the CORS origins. Plain
 # environment parsing (the container's settings, with their secrets, come with the first
@@ -107,7 +106,8 @@ def _caller() -> str:
     context = app.current_event.raw_event.get("requestContext") or {}
     claims = (context.get("authorizer") or {}).get("claims") or {}
     sub = claims.get("sub") if isinstance(claims, dict) else None
-    if not isinstance(sub, str) or not _SUB.fullmatch(sub):
+    # A Cognito sub is a UUID; it names key segments.
+    if not isinstance(sub, str) or not KEY_SEGMENT_ID.fullmatch(sub):
         raise Unauthorized("missing or invalid caller identity")
     logger.append_keys(user=sub)
     return sub

@@ -18,7 +18,9 @@ MAX_FILENAME_BYTES = 200
 # Cc (controls), Cf (format: bidi overrides, zero-width), Zl/Zp (line breaks), Cs, Co, Cn.
 _DROPPED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 _UNSAFE = re.compile(r'[/\\:*?"<>|]')
-_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# One key segment naming an owner (a Cognito sub) or an upload: what callers' ids must be.
+# Always fullmatch: `$` would let a final newline through.
+KEY_SEGMENT_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 
 
 class KeyLayoutError(ValueError):
@@ -49,7 +51,7 @@ class UploadKey:
     @classmethod
     def build(cls, owner: str, upload_id: str, filename: str) -> UploadKey:
         for label, part in (("owner", owner), ("upload id", upload_id)):
-            if not _ID.fullmatch(part):
+            if not KEY_SEGMENT_ID.fullmatch(part):
                 raise KeyLayoutError(f"{label} {part!r} is not a valid key segment")
         return cls(owner, upload_id, sanitize_filename(filename))
 
@@ -61,7 +63,7 @@ class UploadKey:
         if len(parts) != 3 or not all(parts):
             raise KeyLayoutError(f"key {key!r} is not uploads/<owner>/<upload id>/<name>")
         owner, upload_id, filename = parts
-        if not (_ID.fullmatch(owner) and _ID.fullmatch(upload_id)):
+        if not (KEY_SEGMENT_ID.fullmatch(owner) and KEY_SEGMENT_ID.fullmatch(upload_id)):
             raise KeyLayoutError(f"key {key!r} has an invalid owner or upload id")
         return cls(owner, upload_id, filename)
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from offload.keys import UploadKey
+from offload.keys import KEY_SEGMENT_ID, UploadKey
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -49,7 +49,6 @@ MAX_FILENAME_CHARS = 16_384  # longer names are refused, shorter ones are saniti
 MAX_ETAG_CHARS = 1_024
 LIST_PARTS_PAGE = 1_000  # S3's own maximum page size for ListParts
 
-_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
 # type "/" subtype, both RFC 9110 tokens (lower case after normalisation); no wildcards.
 _TOKEN = r"[a-z0-9!#$%&'*+.^_`|~-]+"
 _MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
@@ -267,7 +266,7 @@ def new_upload_id() -> str:
 
 
 def valid_upload_id(upload_id: str) -> bool:
-    return bool(_UPLOAD_ID.fullmatch(upload_id))
+    return bool(KEY_SEGMENT_ID.fullmatch(upload_id))
 
 
 # --- S3 ---------------------------------------------------------------------------------------
