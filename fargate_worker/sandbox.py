@@ -20,7 +20,7 @@ import os
 import pickle
 import signal
 import struct
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -59,7 +59,7 @@ _READ_SIZE = 1 << 16
 RESPAWN_BACKOFF_S = (0.5, 1, 2, 5, 10)
 
 
-def child_environment(environ: dict[str, str]) -> dict[str, str]:
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in environ.items() if name not in SECRET_ENVIRONMENT}
 
 
@@ -113,7 +113,7 @@ class SandboxProcess:
                 os.getpid(),
                 child_settings(settings),
                 max_jobs,
-                child_environment(dict(os.environ)),
+                child_environment(os.environ),
             ),
             name="offload-sandbox",
             daemon=True,

@@ -56,10 +56,10 @@ def tier_of(item: pytest.Item) -> str:
         raise pytest.UsageError(f"{item.nodeid}: more than one tier marker {explicit}")
     if explicit:
         return explicit[0]
-    parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
-    if parts[0] == "infra":
+    folder = _folder(item)
+    if folder == "infra":
         return "infra"
-    if parts[0] == "system":
+    if folder == "system":
         return "e2e"
     fixtures = set(getattr(item, "fixturenames", ()))
     if fixtures & E2E_FIXTURES:
@@ -67,6 +67,11 @@ def tier_of(item: pytest.Item) -> str:
     if fixtures & SERVER_FIXTURES:
         return "integration"
     return "unit"
+
+
+def _folder(item: pytest.Item) -> str:
+    """The item's first path part under tests/: a folder ("infra", "system") or its file."""
+    return Path(str(item.path)).resolve().relative_to(TESTS).parts[0]
 
 
 def xdist_group_of(item: pytest.Item) -> str | None:
@@ -78,21 +83,18 @@ def xdist_group_of(item: pytest.Item) -> str | None:
 
 
 def assign(items: list[pytest.Item]) -> None:
-    """Marks every item with its tier (and its xdist group), and orders the items by tier."""
-    tiers: dict[str, str] = {}
+    """Marks every item with its tier (and its xdist group), and orders the items: the slow
+    ones and the long groups first, then by tier."""
+    order: dict[str, tuple[bool, int]] = {}
     for item in items:
         tier = tier_of(item)
-        tiers[item.nodeid] = tier
         if item.get_closest_marker(tier) is None:
             item.add_marker(getattr(pytest.mark, tier))
-        if Path(str(item.path)).resolve().relative_to(TESTS).parts[0] == "system":
+        if _folder(item) == "system":
             item.add_marker(pytest.mark.slow)  # every system test runs a stack for 10 s or more
         group = xdist_group_of(item)
         if group is not None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(  # stable: within a tier, the files' order
-        key=lambda item: (
-            not (item.get_closest_marker("slow") or xdist_group_of(item) in LONG_GROUPS),
-            ORDER.index(tiers[item.nodeid]),
-        )
-    )
+        starts_first = item.get_closest_marker("slow") is not None or group in LONG_GROUPS
+        order[item.nodeid] = (not starts_first, ORDER.index(tier))
+    items.sort(key=lambda item: order[item.nodeid])  # stable: within a tier, the files' order
