@@ -69,14 +69,24 @@ def write_file(path: Path, size: int) -> None:
 class Boto3PartUrls:
     """What the API does for the CLI, done with boto3: presigned ``upload_part`` URLs."""
 
-    def __init__(self, s3: Any, key: str, upload_id: str, expires_s: int = 900, batch: int = 100):
-        self.s3, self.key, self.upload_id = s3, key, upload_id
+    def __init__(
+        self,
+        s3: Any,
+        key: str,
+        upload_id: str,
+        plan: Any,
+        expires_s: int = 900,
+        batch: int = 100,
+    ):
+        self.s3, self.key, self.upload_id, self.plan = s3, key, upload_id, plan
         self.expires_s, self.batch = expires_s, batch
 
     def part_urls(self, numbers: list[int]) -> tuple[dict[int, str], float]:
         from offload.uploads import presign_parts  # what the API hands out
 
-        parts = presign_parts(self.s3, BUCKET, self.key, self.upload_id, numbers, self.expires_s)
+        parts = presign_parts(
+            self.s3, BUCKET, self.key, self.upload_id, self.plan, numbers, self.expires_s
+        )
         return {part["partNumber"]: part["url"] for part in parts}, time.time() + self.expires_s
 
 
@@ -87,6 +97,7 @@ def run_boto3(s3: Any, path: Path, key: str, config: Any) -> float:
 
 
 def run_offload(s3: Any, path: Path, key: str, parallel: int, part_size: int) -> float:
+    from offload.uploads import PartPlan
     from offload_cli import transfer
     from offload_cli.api import new_pool
 
@@ -95,7 +106,8 @@ def run_offload(s3: Any, path: Path, key: str, parallel: int, part_size: int) ->
     started = time.perf_counter()
     upload_id = s3.create_multipart_upload(Bucket=BUCKET, Key=key)["UploadId"]
     numbers = list(range(1, transfer.part_count(size, part_size) + 1))
-    urls = transfer.PartUrls(Boto3PartUrls(s3, key, upload_id), numbers)
+    plan = PartPlan(size=size, part_size=part_size, part_count=len(numbers))
+    urls = transfer.PartUrls(Boto3PartUrls(s3, key, upload_id, plan), numbers)
     fd = os.open(path, os.O_RDONLY)
     try:
         etags = transfer.put_parts(

@@ -2,7 +2,9 @@
 
 PostgreSQL is the source of truth; this function puts back into the queue the uploads that are
 in S3 without their jobs and the jobs PostgreSQL has in flight that the queue no longer knows,
-and settles rows whose job the queue has already finished (see ``offload.reconcile``). Work
+settles rows whose job the queue has already finished, and aborts pending multipart uploads
+whose part URLs expired more than ``OFFLOAD_EXPIRED_UPLOAD_GRACE_S`` ago (default 3600 s; see
+``offload.reconcile``). Work
 per run is bounded by ``OFFLOAD_RECONCILE_LIMIT`` rows per repair (default 500); rows count as
 stuck after ``OFFLOAD_RECONCILE_AFTER_S`` (default 600 s). The counts are logged and published
 as EMF metrics (namespace ``OFFLOAD_METRICS_NAMESPACE``, dimension ``Queue``). A failure
@@ -44,6 +46,8 @@ _METRICS = {
     "JobsRequeued": "jobs_requeued",
     "JobsUnrecoverable": "jobs_unrecoverable",
     "JobsSettled": "jobs_settled",
+    "UploadsExpiredAborted": "expired_aborted",
+    "UploadsExpiredAbortFailed": "expired_abort_failed",
 }
 
 

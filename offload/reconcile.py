@@ -30,7 +30,11 @@ Four repairs, each bounded per run:
    stack) with a ``job_events`` entry saying so. A job the queue still has in flight needs
    nothing: the worker that runs it writes its row.
 
-All repairs only touch rows older than ``reconcile_after_s``, leaving the normal path (row
+4. **Expired uploads.** A pending multipart upload whose latest part URLs expired more than
+   ``expired_upload_grace_s`` ago is aborted, row and S3 multipart upload (its parts deleted),
+   instead of waiting days for the bucket's lifecycle rule (``offload.expired_uploads``).
+
+Repairs 0-3 only touch rows older than ``reconcile_after_s``, leaving the normal path (row
 written, then the job added a few milliseconds later) alone. Jobs are idempotent (same id, same
 output keys), so a repair that races a slow normal path costs at most a repeated run.
 Operators who remove a job from Redis by hand must also end its row (``failed``): otherwise
@@ -44,7 +48,7 @@ import logging
 import re
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg.rows import BaseRowFactory, class_row, dict_row
 from psycopg.types.json import Jsonb
@@ -52,6 +56,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from offload.db.status import storable_text
 from offload.db.uploads import Upload, UploadStore, revision_sql
+from offload.expired_uploads import abort_expired_uploads
 from offload.jobs import JobRef, job_id
 from offload.queue import Producer
 from offload.s3events import (
@@ -65,6 +70,9 @@ from offload.s3events import (
 )
 from offload.settings import Settings
 
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
 Row = TypeVar("Row")
 
 log = logging.getLogger(__name__)
@@ -75,7 +83,7 @@ _ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 _UPLOAD_COLUMNS = (
     "u.id, u.owner, u.bucket, u.key, u.filename, u.content_type, u.size_announced,"
     " u.size_actual, u.etag, u.version_id, u.multipart_upload_id, u.state, u.error,"
-    " u.created_at, u.updated_at, u.part_size"
+    " u.created_at, u.updated_at, u.part_size, u.part_urls_expire_at"
 )
 
 STRANDED_UPLOADS = f"""
@@ -151,6 +159,9 @@ class ReconcileReport:
     jobs_requeued: int = 0
     jobs_unrecoverable: int = 0
     jobs_settled: int = 0
+    expired_checked: int = 0
+    expired_aborted: int = 0
+    expired_abort_failed: int = 0
     cursor_wrapped: bool = False
 
     def as_dict(self) -> dict[str, Any]:
@@ -210,6 +221,7 @@ class Reconciler:
     async def run(self) -> ReconcileReport:
         report = ReconcileReport()
         await self.repair_lost_events(report)
+        await self.repair_expired_uploads(report)  # after 0: it skips objects found there
         await self.repair_stranded_uploads(report)
         await self.repair_lost_jobs(report)
         log.info("reconciliation done", extra=report.as_dict())
@@ -268,6 +280,19 @@ class Reconciler:
                 )
         # A short page means the end of the id range: start again from the beginning.
         await client.set(cursor_key, uploads[-1].id if len(uploads) == self.limit else "")
+
+    async def repair_expired_uploads(self, report: ReconcileReport) -> None:
+        def s3() -> S3Client:
+            from offload.aws import s3_client  # boto3: only when there is something to abort
+
+            return s3_client(self.settings.s3_endpoint_url)
+
+        expired = await abort_expired_uploads(
+            self.pool, s3, self.settings.expired_upload_grace_s, self.limit
+        )
+        report.expired_checked += expired.checked
+        report.expired_aborted += expired.aborted
+        report.expired_abort_failed += expired.abort_failed
 
     async def repair_stranded_uploads(self, report: ReconcileReport) -> None:
         uploads: list[Upload] = await self._fetch(

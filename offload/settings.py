@@ -182,6 +182,12 @@ class Settings:
     part_url_batch: int = 100
     reconcile_after_s: int = 600
     reconcile_limit: int = 500
+    # How long after its latest part URLs expired a pending multipart upload is aborted by the
+    # reconciler (its parts deleted, its row aborted). Long enough for a part PUT started just
+    # before the expiry to finish and for a client back from a short interruption (sleep,
+    # network loss) to resume with fresh URLs; short enough that abandoned parts are not kept
+    # for the lifecycle rule's days.
+    expired_upload_grace_s: int = 3600
     enqueue_record_timeout_s: int = 10
     # API: the web origins allowed by CORS (none: no CORS headers).
     cors_origins: tuple[str, ...] = ()
@@ -263,6 +269,9 @@ class Settings:
             part_url_batch=_int(env, "OFFLOAD_PART_URL_BATCH", defaults.part_url_batch, 1),
             reconcile_after_s=_int(env, "OFFLOAD_RECONCILE_AFTER_S", defaults.reconcile_after_s, 1),
             reconcile_limit=_int(env, "OFFLOAD_RECONCILE_LIMIT", defaults.reconcile_limit, 1),
+            expired_upload_grace_s=_int(
+                env, "OFFLOAD_EXPIRED_UPLOAD_GRACE_S", defaults.expired_upload_grace_s, 60
+            ),
             enqueue_record_timeout_s=_int(
                 env, "OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S", defaults.enqueue_record_timeout_s, 1
             ),

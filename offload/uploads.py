@@ -11,8 +11,15 @@ URLs, and sends the bytes straight to S3.
   ``part_size_bytes``, more when 10,000 parts would not hold the file) and stored on the row;
   every later request plans from the stored size (:func:`upload_plan`), so changing the setting
   never breaks an upload in flight. Rows created before the size was stored have none and keep
-  the rule they were created under (5 MiB minimum). The client can ask which parts S3 already
-  has (resume), then complete or abort.
+  the rule they were created under (5 MiB minimum). Each part URL has its part's exact size
+  signed into it (``Content-Length`` in ``X-Amz-SignedHeaders``), so S3 refuses a PUT of any
+  other length: what a client parks in S3 is bounded by the plan, not by S3's 5 GiB per part.
+  The client can ask which parts S3 already has (resume), then complete or abort.
+* Every signing of part URLs (and every complete) records, before any URL exists, when the
+  latest URLs expire (``part_urls_expire_at``). The reconciler aborts a pending multipart
+  upload whose latest URLs expired more than ``expired_upload_grace_s`` ago
+  (``offload.expired_uploads``); both sides are conditional UPDATEs of the same row, so a
+  client that resumes or completes and the reconciler never both win.
 
 Every lookup is scoped by the caller's ``sub``; an upload of someone else looks exactly like an
 upload that does not exist (:class:`NotFound`), so ids cannot be probed.
@@ -272,7 +279,7 @@ def valid_upload_id(upload_id: str) -> bool:
 # --- S3 ---------------------------------------------------------------------------------------
 
 
-def _error_code(exc: Exception) -> str | None:
+def error_code(exc: Exception) -> str | None:
     response = getattr(exc, "response", None)
     code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
     return code if isinstance(code, str) else None
@@ -293,8 +300,19 @@ def presign_post(
 
 
 def presign_parts(
-    s3: S3Client, bucket: str, key: str, multipart_id: str, numbers: Iterable[int], expires_s: int
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    multipart_id: str,
+    plan: PartPlan,
+    numbers: Iterable[int],
+    expires_s: int,
 ) -> list[dict[str, Any]]:
+    """Presigned ``upload_part`` PUTs, each with its part's exact size from ``plan`` signed in:
+    botocore serialises ``ContentLength`` as the ``Content-Length`` header and a presigned URL
+    signs every header the request carries, so the URL lists ``content-length`` in
+    ``X-Amz-SignedHeaders`` and S3 answers 403 (SignatureDoesNotMatch) to a PUT of any other
+    length. Browsers (XHR) and the CLI (urllib3) send exactly the part's bytes with that length."""
     return [
         {
             "partNumber": number,
@@ -305,6 +323,7 @@ def presign_parts(
                     "Key": key,
                     "UploadId": multipart_id,
                     "PartNumber": number,
+                    "ContentLength": plan.part_bytes(number),
                 },
                 ExpiresIn=expires_s,
                 HttpMethod="PUT",
@@ -359,7 +378,7 @@ def list_uploaded_parts(
                 PartNumberMarker=marker,
             )
         except Exception as exc:
-            if _error_code(exc) == "NoSuchUpload":
+            if error_code(exc) == "NoSuchUpload":
                 return None
             raise
         parts.extend(
@@ -378,7 +397,7 @@ def object_exists(s3: S3Client, bucket: str, key: str) -> bool:
     try:
         s3.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        if _error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return False
         raise
     return True
@@ -425,8 +444,10 @@ class UploadService:
         self.store = store
         self.bucket = settings.upload_bucket
 
-    def _expires_at(self) -> str:
-        return _iso(datetime.now(UTC) + timedelta(seconds=self.settings.url_expiry_s)) or ""
+    def _expiry(self) -> datetime:
+        """When URLs signed now expire. Taken just before signing, so the URLs' own expiry is
+        at most a request's duration later (the reconciler's grace period covers that)."""
+        return datetime.now(UTC) + timedelta(seconds=self.settings.url_expiry_s)
 
     async def _owned(self, owner: str, upload_id: str) -> Upload:
         upload = None
@@ -445,7 +466,19 @@ class UploadService:
     @staticmethod
     def _pending(upload: Upload, action: str) -> None:
         if upload.state != "pending":
-            raise Conflict(f"upload is {upload.state}; only a pending upload can be {action}")
+            why = f" ({upload.error})" if upload.error else ""
+            raise Conflict(f"upload is {upload.state}{why}; only a pending upload can be {action}")
+
+    async def _still_pending(
+        self, upload: Upload, owner: str, action: str, expires_at: datetime
+    ) -> None:
+        """Record that part URLs valid until ``expires_at`` are handed out (or that a
+        complete is under way, which holds the reconciler off the same way), before they
+        exist. Raises Conflict when the row stopped being pending since it was read: the
+        reconciler aborted it as expired, or the client aborted it."""
+        if await self.store.extend_part_urls(upload.id, owner, expires_at) is None:
+            self._pending(await self._owned(owner, upload.id), action)
+            raise Conflict(f"upload changed meanwhile; it can no longer be {action}")
 
     async def create(self, owner: str, body: Any) -> dict[str, Any]:
         request = parse_create_request(body, self.settings)
@@ -454,6 +487,7 @@ class UploadService:
         single = request.size <= single_upload_limit(self.settings)
         multipart_id = None
         part_size = None
+        expires_at = self._expiry()
         if not single:
             # Chosen now, stored with the row: later requests plan from the stored size.
             part_size = plan_parts(request.size, self.settings.part_size_bytes).part_size
@@ -471,6 +505,7 @@ class UploadService:
                 size_announced=request.size,
                 multipart_upload_id=multipart_id,
                 part_size=part_size,
+                part_urls_expire_at=None if single else expires_at,
             )
         except BaseException:
             # No row, no way to ever complete it: do not leave it behind. Best effort (the
@@ -482,7 +517,7 @@ class UploadService:
                     )
             raise
         view = upload_view(upload)
-        view["expiresAt"] = self._expires_at()
+        view["expiresAt"] = _iso(expires_at)
         expiry = self.settings.url_expiry_s
         if single:
             view["post"] = presign_post(
@@ -492,7 +527,7 @@ class UploadService:
             assert multipart_id is not None
             batch = range(1, min(view["partCount"], self.settings.part_url_batch) + 1)
             view["partUrls"] = presign_parts(
-                self.s3, self.bucket, str(key), multipart_id, batch, expiry
+                self.s3, self.bucket, str(key), multipart_id, upload_plan(upload), batch, expiry
             )
         return view
 
@@ -523,11 +558,13 @@ class UploadService:
         self._pending(upload, "uploaded to")
         plan = upload_plan(upload)
         numbers = parse_part_numbers(body, plan, self.settings.part_url_batch)
+        expires_at = self._expiry()
+        await self._still_pending(upload, owner, "uploaded to", expires_at)
         return {
             "id": upload.id,
-            "expiresAt": self._expires_at(),
+            "expiresAt": _iso(expires_at),
             "partUrls": presign_parts(
-                self.s3, self.bucket, upload.key, multipart_id, numbers,
+                self.s3, self.bucket, upload.key, multipart_id, plan, numbers,
                 self.settings.url_expiry_s,
             ),
         }  # fmt: skip
@@ -579,6 +616,9 @@ class UploadService:
                     f"part {number} has {sizes[number]} bytes, expected {plan.part_bytes(number)}",
                     field="parts",
                 )
+        # From here on the reconciler leaves the upload alone for a URL lifetime plus its
+        # grace period; if it aborted the upload in between, nothing is assembled.
+        await self._still_pending(upload, owner, "completed", self._expiry())
         try:
             # Never over an existing object: the key is this upload's own, so an object there
             # is this upload completed already (a concurrent or retried request) or bytes the
@@ -593,7 +633,7 @@ class UploadService:
                 IfNoneMatch="*",
             )
         except Exception as exc:
-            code = _error_code(exc)
+            code = error_code(exc)
             if code == "NoSuchUpload":
                 raise await self._gone(upload) from exc
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -625,7 +665,7 @@ class UploadService:
                     Bucket=self.bucket, Key=upload.key, UploadId=upload.multipart_upload_id
                 )
             except Exception as exc:
-                if _error_code(exc) != "NoSuchUpload":
+                if error_code(exc) != "NoSuchUpload":
                     raise
                 check_object = True
         if check_object and object_exists(self.s3, self.bucket, upload.key):

@@ -187,12 +187,14 @@ class QueueLambdas(Construct):
         self.reconciler = function(
             "Reconciler",
             "reconciler",
-            "re-enqueue uploads whose job is missing, every 5 minutes",
+            "re-enqueue uploads whose job is missing, abort expired uploads, every 5 minutes",
             database_env,
             timeout=Duration.minutes(2),
         )
         # HEADs the objects of uploads whose S3 event was lost (offload/reconcile.py)
         self.reconciler.role.add_managed_policy(storage.read_uploads_policy)  # type: ignore[union-attr]
+        # aborts pending multipart uploads whose part URLs expired (offload/expired_uploads.py)
+        self.reconciler.role.add_managed_policy(storage.abort_uploads_policy)  # type: ignore[union-attr]
         database.secret.grant_read(self.reconciler)
         queue.auth_token.grant_read(self.reconciler)
 

@@ -259,6 +259,17 @@ class UploadStorage(Construct):
             ),
             tell_missing_from_forbidden(),
         )
+        # The reconciler aborts pending multipart uploads whose part URLs expired
+        # (offload/expired_uploads.py): abort only, no write, no listing of parts.
+        self.abort_uploads_policy = policy(
+            "AbortUploadsPolicy",
+            "offload: abort expired multipart uploads (uploads/*)",
+            iam.PolicyStatement(
+                sid="AbortExpiredUploads",
+                actions=["s3:AbortMultipartUpload"],
+                resources=[uploads],
+            ),
+        )
 
 
 class StorageStack(OffloadStack):

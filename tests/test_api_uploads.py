@@ -22,6 +22,7 @@ from psycopg.rows import dict_row
 
 from offload.keys import UploadKey
 from offload.uploads import MiB
+from tests.support import sigv4
 from tests.support.apigw import call, configure
 from tests.support.s3data import upload_generated
 
@@ -140,7 +141,7 @@ def test_multipart_upload_resumed_after_losing_the_client(
         query = {name: values[0] for name, values in parse_qs(url.query).items()}
         assert unquote(url.path).endswith("/" + view["key"])
         assert query["X-Amz-Expires"] == "300"
-        assert query["X-Amz-SignedHeaders"] == "host"
+        assert query["X-Amz-SignedHeaders"] == "content-length;host"
         assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
         assert query["partNumber"] == str(part["partNumber"])
         assert "X-Amz-Signature" in query
@@ -201,6 +202,28 @@ def test_multipart_upload_resumed_after_losing_the_client(
     assert again.status == 409 and "already completed" in again.message
     assert upload_row(settings, upload_id)["state"] == "pending"  # not taken for aborted
     assert call("DELETE", f"/uploads/{upload_id}").status == 409
+
+
+def test_each_part_url_signs_its_parts_exact_size(lambda_env, monkeypatch):
+    """moto does not check signatures: S3's check is recomputed with botocore's signer
+    (tests/support/sigv4.py). Each URL signs ``content-length`` with its own part's size (the
+    last part's being the remainder), so S3 refuses any other length, and a body sent without
+    a length (chunked) as well."""
+    view = start_multipart(monkeypatch, OFFLOAD_PART_URL_BATCH=2)
+    more = call("POST", f"/uploads/{view['id']}/parts", body={"partNumbers": [4, 3]})
+    assert more.status == 200, more.body
+    urls = {p["partNumber"]: p["url"] for p in view["partUrls"] + more.body["partUrls"]}
+    sizes = {1: 5 * MiB, 2: 5 * MiB, 3: 5 * MiB, 4: SIZE - 15 * MiB}
+    assert sorted(urls) == sorted(sizes) and sizes[4] == MiB + 12_345
+    keys = (os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"])
+    for number, url in urls.items():
+        assert sigv4.signed_headers(url) == ["content-length", "host"]
+        size = sizes[number]
+        assert sigv4.accepts(url, "PUT", {"Content-Length": str(size)}, *keys), number
+        for other in (size - 1, size + 1, 5 * 1024 * MiB, sizes[4] if number < 4 else 5 * MiB):
+            assert not sigv4.accepts(url, "PUT", {"Content-Length": str(other)}, *keys), other
+        chunked = {"Transfer-Encoding": "chunked"}
+        assert not sigv4.accepts(url, "PUT", chunked, *keys)
 
 
 def test_uploaded_parts_are_listed_across_pages(lambda_env, monkeypatch, payload):

@@ -15,11 +15,13 @@ import pytest
 
 from offload_cli.progress import human_bytes
 from offload_local import aws_resources
+from tests.support import sigv4
 from tests.support.local_stack import ApiClient
 
 MiB = 1 << 20
 PHONE = {"width": 390, "height": 844}
 DESKTOP = {"width": 1280, "height": 900}
+LOCAL_STACK_KEYS = ("testing", "testing")  # the local stack's moto credentials sign its URLs
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CHROMIUM = os.environ.get("OFFLOAD_CHROMIUM", "/usr/bin/chromium")
 # As root, and with no route to the internet: no sandbox, and no background fetches.
@@ -72,9 +74,12 @@ def sign_in(page, info) -> None:
 
 def test_sign_in_upload_multipart_and_see_the_job_complete(local_stack, page, tmp_path):
     info = local_stack.info
-    data = os.urandom(21 * MiB)  # > 8 MiB: multipart in the local stack, 5 parts of 5 MiB
+    # > 8 MiB: multipart in the local stack, 4 parts of 5 MiB and a short one of 1 MiB + 12,345
+    data = os.urandom(21 * MiB + 12_345)
     path = tmp_path / "browser upload.bin"
     path.write_bytes(data)
+    puts: list = []
+    page.on("request", lambda request: request.method == "PUT" and puts.append(request))
 
     sign_in(page, info)
     page.set_input_files("#file-input", str(path))
@@ -85,6 +90,18 @@ def test_sign_in_upload_multipart_and_see_the_job_complete(local_stack, page, tm
 
     upload = ApiClient(info).call("GET", f"/uploads/{upload_id}").body
     assert upload["type"] == "multipart" and upload["partCount"] == 5
+    # Each part URL signs its part's size: moto does not check signatures, so each PUT the
+    # browser sent is checked as S3 checks it (tests/support/sigv4.py), with its headers.
+    sizes = {n: 5 * MiB for n in range(1, 5)} | {5: MiB + 12_345}
+    assert sorted(int(sigv4.query(r.url)["partNumber"]) for r in puts) == sorted(sizes)
+    for request in puts:
+        number = int(sigv4.query(request.url)["partNumber"])
+        headers = request.all_headers()
+        assert headers["content-length"] == str(sizes[number])
+        assert sigv4.signed_headers(request.url) == ["content-length", "host"]
+        assert sigv4.accepts(request.url, "PUT", headers, *LOCAL_STACK_KEYS)
+        other = {**headers, "content-length": str(sizes[number] - 1)}
+        assert not sigv4.accepts(request.url, "PUT", other, *LOCAL_STACK_KEYS)
 
     job = page.locator(
         f"[data-testid=job-row][data-job-name=inspect][data-upload-id='{upload_id}']"

@@ -47,6 +47,11 @@ class Upload:
     # A multipart upload's part size, chosen when it was created (migration 0002). None for a
     # single upload, and for multipart uploads created before the column existed.
     part_size: int | None = None
+    # When the last part URLs handed out for a multipart upload expire (migration 0003): the
+    # latest signing wins, and a complete pushes it forward too. None for single uploads and
+    # for multipart uploads from before the column existed. The reconciler aborts a pending
+    # upload only once this lies a grace period in the past (offload.expired_uploads).
+    part_urls_expire_at: datetime | None = None
 
     @property
     def revision(self) -> str:
@@ -63,7 +68,8 @@ def revision_sql(table: str) -> str:
 
 _COLUMNS = (
     "id, owner, bucket, key, filename, content_type, size_announced, size_actual, etag,"
-    " version_id, multipart_upload_id, state, error, created_at, updated_at, part_size"
+    " version_id, multipart_upload_id, state, error, created_at, updated_at, part_size,"
+    " part_urls_expire_at"
 )
 
 
@@ -89,12 +95,13 @@ class UploadStore:
         size_announced: int,
         multipart_upload_id: str | None = None,
         part_size: int | None = None,
+        part_urls_expire_at: datetime | None = None,
     ) -> Upload:
         row = await self._fetch_one(
             f"INSERT INTO uploads (id, owner, bucket, key, filename, content_type,"
-            f" size_announced, multipart_upload_id, part_size)"
+            f" size_announced, multipart_upload_id, part_size, part_urls_expire_at)"
             f" VALUES (%(id)s, %(owner)s, %(bucket)s, %(key)s, %(filename)s, %(content_type)s,"
-            f" %(size)s, %(mpu)s, %(part_size)s) RETURNING {_COLUMNS}",
+            f" %(size)s, %(mpu)s, %(part_size)s, %(urls_expire)s) RETURNING {_COLUMNS}",
             {
                 "id": upload_id,
                 "owner": owner,
@@ -105,6 +112,7 @@ class UploadStore:
                 "size": size_announced,
                 "mpu": multipart_upload_id,
                 "part_size": part_size,
+                "urls_expire": part_urls_expire_at,
             },
         )
         assert row is not None
@@ -243,3 +251,33 @@ class UploadStore:
 
     async def mark_aborted(self, upload_id: str) -> Upload | None:
         return await self._transition(upload_id, "aborted", ("pending",))
+
+    async def extend_part_urls(
+        self, upload_id: str, owner: str, expire_at: datetime
+    ) -> Upload | None:
+        """Record that URLs valid until ``expire_at`` are handed out for the caller's pending
+        multipart upload (or that a complete is under way), *before* they exist: the latest
+        expiry wins. None when the row is no longer pending, e.g. the reconciler aborted it
+        as expired in between: the caller then hands nothing out. Both this and the
+        reconciler's :meth:`expire` are conditional UPDATEs of the one row, so PostgreSQL
+        orders them: either the reconciler sees the new expiry and leaves the upload alone,
+        or this sees ``aborted``."""
+        return await self._fetch_one(
+            "UPDATE uploads SET part_urls_expire_at = GREATEST(part_urls_expire_at, %(at)s)"
+            " WHERE id = %(id)s AND owner = %(owner)s AND state = 'pending'"
+            f" AND multipart_upload_id IS NOT NULL RETURNING {_COLUMNS}",
+            {"id": upload_id, "owner": owner, "at": expire_at},
+        )
+
+    async def expire(self, upload_id: str, grace_s: int, reason: str) -> Upload | None:
+        """``pending`` -> ``aborted`` (``error`` = ``reason``) if the multipart upload's last
+        part URLs expired more than ``grace_s`` seconds ago, judged by PostgreSQL's clock at
+        the moment of the UPDATE; None otherwise (URLs re-signed or a complete started
+        meanwhile, completed, aborted). Tried once: the reconciler's next run tries again."""
+        return await self._fetch_one(
+            "UPDATE uploads SET state = 'aborted', error = %(reason)s, updated_at = now()"
+            " WHERE id = %(id)s AND state = 'pending' AND multipart_upload_id IS NOT NULL"
+            " AND part_urls_expire_at < now() - make_interval(secs => %(grace_s)s)"
+            f" RETURNING {_COLUMNS}",
+            {"id": upload_id, "grace_s": grace_s, "reason": reason},
+        )

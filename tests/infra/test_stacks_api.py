@@ -212,8 +212,10 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
 
     statements, managed = role_statements(dev, "lambdas.reconciler.handler")
     assert actions(statements) == xray | secrets
-    # HEADs uploaded originals whose event was lost; never writes, never reads outputs
-    assert "ReadUploadsPolicy" in managed and "Manage" not in managed
+    # HEADs uploaded originals whose event was lost and aborts expired multipart uploads
+    # (AbortUploadsPolicy, scoped in test_stacks_storage); never writes, never reads outputs
+    assert "ReadUploadsPolicy" in managed and "AbortUploadsPolicy" in managed
+    assert "Manage" not in managed
     assert "Write" not in managed and "Processed" not in managed
 
 

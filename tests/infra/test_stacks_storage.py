@@ -165,3 +165,6 @@ def test_access_policies_are_scoped_to_prefixes(dev: Synth) -> None:
     assert by_sid["TellMissingFromForbidden"]["Action"] == "s3:ListBucket"
     assert by_sid["ReadProcessed"]["Action"] == "s3:GetObject"
     assert resource_suffix(by_sid["ReadProcessed"]) == "/processed/*"
+    # the reconciler's: abort expired multipart uploads, nothing else, under uploads/ only
+    assert by_sid["AbortExpiredUploads"]["Action"] == "s3:AbortMultipartUpload"
+    assert resource_suffix(by_sid["AbortExpiredUploads"]) == "/uploads/*"

@@ -65,6 +65,7 @@ class Seen:
     target: str  # path and query
     status: int  # what the client got (DROP: nothing)
     body: bytes  # the request's body, for requests other than PUT (parts are megabytes)
+    headers: dict[str, str] = field(default_factory=dict)  # as the client sent them
 
 
 class HttpProxy:
@@ -155,13 +156,13 @@ class HttpProxy:
         try:
             status, reason, headers, data = self._forward(handler, method, host, port, body)
         except OSError:
-            self._record(method, target, DROP, body)
+            self._record(method, target, DROP, body, handler)
             handler.close_connection = True
             return
         if failing:
             self._fail(handler, method, target, body, *failing)
             return
-        self._record(method, target, status, body)
+        self._record(method, target, status, body, handler)
         handler.send_response(status, reason)
         for name, value in headers:
             if name.lower() not in HOP_BY_HOP:
@@ -216,7 +217,7 @@ class HttpProxy:
         rule: Rule,
         answer: int,
     ) -> None:
-        self._record(method, target, answer, body)
+        self._record(method, target, answer, body, handler)
         if answer == DROP:
             handler.close_connection = True
             return
@@ -227,6 +228,11 @@ class HttpProxy:
         handler.end_headers()
         handler.wfile.write(rule.body)
 
-    def _record(self, method: str, target: str, status: int, body: bytes) -> None:
+    def _record(
+        self, method: str, target: str, status: int, body: bytes, handler: BaseHTTPRequestHandler
+    ) -> None:
+        seen = Seen(
+            method, target, status, b"" if method == "PUT" else body, dict(handler.headers.items())
+        )
         with self._lock:
-            self.seen.append(Seen(method, target, status, b"" if method == "PUT" else body))
+            self.seen.append(seen)
