@@ -1,6 +1,6 @@
 """Reconciliation: PostgreSQL is the source of truth, Redis only dispatches.
 
-Four repairs, each bounded per run:
+Five repairs, each bounded per run:
 
 0. **Lost events.** An upload still ``pending`` whose object is in S3 for longer than
    ``reconcile_after_s``: its S3 event never reached the enqueue Lambda (it ended in the DLQ

@@ -232,3 +232,17 @@ def test_an_upload_claimed_while_its_complete_is_under_way_is_not_assembled(
     assert upload_row(settings, view["id"])["state"] == "aborted"
     assert open_multipart(s3, bucket) == set()
     assert "Contents" not in s3.list_objects_v2(Bucket=bucket, Prefix=view["key"])
+
+
+def test_an_upload_the_lifecycle_rule_aborted_first_is_marked_aborted(
+    lambda_env, settings, s3, bucket, monkeypatch, payload
+):
+    """S3 no longer knows the multipart upload (NoSuchUpload): the row is aborted all the
+    same, so the client learns why."""
+    view = start_multipart(monkeypatch)
+    multipart_id = upload_row(settings, view["id"])["multipart_upload_id"]
+    s3.abort_multipart_upload(Bucket=bucket, Key=view["key"], UploadId=multipart_id)
+    urls_expired(settings, view["id"], GRACE_S + 60)
+    report = reconcile()
+    assert (report["expired_aborted"], report["expired_abort_failed"]) == (1, 0)
+    assert upload_row(settings, view["id"])["state"] == "aborted"
