@@ -224,7 +224,7 @@ def test_presigned_urls_name_the_buckets_regional_host(monkeypatch):
     """Signed offline, no endpoint override (as in AWS): the global host would answer a new
     bucket outside us-east-1 with a 307 that a browser's CORS preflight cannot follow."""
     from offload import aws
-    from offload.uploads import presign_parts, presign_post
+    from offload.uploads import plan_parts, presign_parts, presign_post
 
     monkeypatch.setattr(aws, "_CLIENTS", {})
     for name, value in {
@@ -240,7 +240,8 @@ def test_presigned_urls_name_the_buckets_regional_host(monkeypatch):
     assert presign_post(s3, "offload-uploads", "uploads/a/b/c.bin", "text/plain", 3, 60)[
         "url"
     ].startswith(host)
-    [part] = presign_parts(s3, "offload-uploads", "uploads/a/b/c.bin", "mpu", [1], 60)
+    plan = plan_parts(3)
+    [part] = presign_parts(s3, "offload-uploads", "uploads/a/b/c.bin", "mpu", plan, [1], 60)
     assert part["url"].startswith(host + "uploads/a/b/c.bin?")
 
 
