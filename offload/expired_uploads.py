@@ -30,7 +30,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.uploads import Upload, UploadStore
@@ -40,22 +39,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 log = logging.getLogger(__name__)
-
-UPLOAD_COLUMNS = (
-    "id, owner, bucket, key, filename, content_type, size_announced, size_actual, etag,"
-    " version_id, multipart_upload_id, state, error, created_at, updated_at, part_size,"
-    " part_urls_expire_at"
-)
-
-# Oldest expiry first. Pending rows are few (uploads in flight), and the state index narrows
-# to them; aborted rows leave the set, so no cursor is needed.
-EXPIRED_UPLOADS = f"""
-SELECT {UPLOAD_COLUMNS} FROM uploads
-WHERE state = 'pending' AND multipart_upload_id IS NOT NULL
-  AND part_urls_expire_at < now() - make_interval(secs => %(grace_s)s)
-ORDER BY part_urls_expire_at, id
-LIMIT %(limit)s
-"""
 
 
 @dataclass
@@ -83,10 +66,7 @@ async def abort_expired_uploads(
     called only when there is something to abort (boto3 costs ~100 ms to import)."""
     report = ExpiryReport()
     store = UploadStore(pool)
-    async with pool.connection() as conn:
-        cursor = conn.cursor(row_factory=class_row(Upload))
-        await cursor.execute(EXPIRED_UPLOADS, {"grace_s": grace_s, "limit": limit})
-        candidates = await cursor.fetchall()
+    candidates = await store.expired(grace_s, limit)
     s3 = s3_client() if candidates else None
     for upload in candidates:
         assert s3 is not None

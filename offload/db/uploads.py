@@ -269,6 +269,22 @@ class UploadStore:
             {"id": upload_id, "owner": owner, "at": expire_at},
         )
 
+    async def expired(self, grace_s: int, limit: int) -> list[Upload]:
+        """Pending multipart uploads whose latest part URLs expired more than ``grace_s``
+        seconds ago, oldest expiry first, at most ``limit``. Pending rows are few (uploads in
+        flight) and the (state, updated_at) index narrows to them; aborted rows leave the set,
+        so a caller needs no cursor."""
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=class_row(Upload))
+            await cursor.execute(
+                f"SELECT {_COLUMNS} FROM uploads"
+                " WHERE state = 'pending' AND multipart_upload_id IS NOT NULL"
+                " AND part_urls_expire_at < now() - make_interval(secs => %(grace_s)s)"
+                " ORDER BY part_urls_expire_at, id LIMIT %(limit)s",
+                {"grace_s": grace_s, "limit": limit},
+            )
+            return await cursor.fetchall()
+
     async def expire(self, upload_id: str, grace_s: int, reason: str) -> Upload | None:
         """``pending`` -> ``aborted`` (``error`` = ``reason``) if the multipart upload's last
         part URLs expired more than ``grace_s`` seconds ago, judged by PostgreSQL's clock at
