@@ -181,6 +181,8 @@ def put_part(
             "PUT",
             url,
             body=throttle.chunks(data, sent),  # type: ignore[arg-type]  # see Throttle.chunks
+            # Never chunked: the URL signs the part's exact Content-Length, and S3 refuses a
+            # PUT without it (or with another) as SignatureDoesNotMatch.
             headers={"Content-Length": str(len(data))},
             timeout=timeout,
             retries=False,
