@@ -447,14 +447,21 @@ class UploadService:
         if upload.state != "pending":
             raise Conflict(f"upload is {upload.state}; only a pending upload can be {action}")
 
-    async def create(self, owner: str, body: Any) -> dict[str, Any]:
+    async def create(self, owner: str, body: Any, tier: str = "standard") -> dict[str, Any]:
+        """A new upload for ``owner``, within the quota of their ``tier`` (offload.quotas)."""
+        from offload.quotas import QuotaCheck  # built on this module's errors
+
         request = parse_create_request(body, self.settings)
+        quota = QuotaCheck.for_request(self.settings, tier, request.size)
+        quota.check_size()
         upload_id = new_upload_id()
         key = UploadKey.build(owner, upload_id, request.filename)
         single = request.size <= single_upload_limit(self.settings)
         multipart_id = None
         part_size = None
         if not single:
+            # Over quota is refused before S3 holds anything for it; the insert checks again.
+            quota.admit(await self.store.usage(owner, quota))
             # Chosen now, stored with the row: later requests plan from the stored size.
             part_size = plan_parts(request.size, self.settings.part_size_bytes).part_size
             multipart_id = self.s3.create_multipart_upload(
@@ -471,6 +478,7 @@ class UploadService:
                 size_announced=request.size,
                 multipart_upload_id=multipart_id,
                 part_size=part_size,
+                quota=quota,
             )
         except BaseException:
             # No row, no way to ever complete it: do not leave it behind. Best effort (the
