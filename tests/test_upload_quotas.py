@@ -5,6 +5,7 @@ lock (concurrent creates never share the last slot), which uploads count, and th
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from datetime import timedelta
 
 import psycopg
@@ -14,7 +15,7 @@ from offload.db.pool import create_pool
 from offload.db.uploads import UploadStore
 from offload.quotas import QuotaCheck, QuotaExceeded
 from offload.settings import UploadQuota
-from offload.uploads import MiB
+from offload.uploads import MiB, UploadService
 from tests.support.apigw import call, configure
 
 SUB = "user-a"
@@ -240,3 +241,34 @@ def test_a_groups_claim_of_another_type_is_no_error(lambda_env, settings, monkey
     configure(monkeypatch, OFFLOAD_QUOTA_STANDARD_OPEN_UPLOADS=5)
     who = {"sub": "user-h", "cognito:groups": groups}
     assert call("POST", "/uploads", body=GOOD, claims=who).status == 201
+
+
+def test_a_multipart_upload_over_quota_is_refused_before_s3_is_asked(settings, s3, bucket):
+    """The quota is read before the S3 multipart upload is created (and checked again with the
+    insert): an over-quota request costs S3 nothing, not a create and an abort."""
+    created: list[str] = []
+    s3.meta.events.register(
+        "before-call.s3.CreateMultipartUpload", lambda **_: created.append("create")
+    )
+    settings = replace(
+        settings,
+        upload_bucket=bucket,
+        single_upload_max_bytes=1,
+        quota_standard=UploadQuota(open_uploads=1, bytes_in_flight=0, uploads_per_hour=0),
+    )
+    big = {"filename": "big.mp4", "size": 12 * MiB, "contentType": "video/mp4"}
+
+    async def scenario() -> None:
+        pool = create_pool(settings.database_url, settings.database_schema, max_size=1)
+        await pool.open(wait=True)
+        try:
+            service = UploadService(settings, s3, UploadStore(pool))
+            await service.create(SUB, big)
+            assert created == ["create"]
+            with pytest.raises(QuotaExceeded):
+                await service.create(SUB, big)
+            assert created == ["create"]
+        finally:
+            await pool.close()
+
+    asyncio.run(scenario())
