@@ -146,7 +146,9 @@ class UploadStore:
         """Insert a ``pending`` row. With ``quota``, the owner's usage is read and checked
         (raising ``QuotaExceeded``) and the row inserted in one transaction, under the owner's
         advisory lock: concurrent creates of one owner are serialised there, so they cannot
-        both take the last slot (a plain count-then-insert would let both see it free)."""
+        both take the last slot (a plain count-then-insert would let both see it free). It
+        relies on READ COMMITTED (PostgreSQL's default): each statement after the lock sees the
+        rows its predecessor under the lock committed."""
         statement = (
             f"INSERT INTO uploads (id, owner, bucket, key, filename, content_type,"
             f" size_announced, multipart_upload_id, part_size)"
