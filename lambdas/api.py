@@ -13,8 +13,10 @@ Routes (docs/api.md has the bodies and answers):
 
 The caller is the Cognito ``sub`` the authorizer put in the request context; without it the
 answer is 401. Everything is scoped by it: another user's upload or job is answered exactly as
-a missing one (404), for every route. Errors are JSON ``{"message": ...}`` (plus ``field``
-when one request field is at fault).
+a missing one (404), for every route. The caller's user pool groups (``cognito:groups``) give
+their quota tier (``offload.caller``); a new upload over its quota is 429 with ``Retry-After``
+(``offload.quotas``). Errors are JSON ``{"message": ...}`` (plus ``field`` when one request
+field is at fault).
 
 The handler is thin: every route reads caller -> service -> answer, the rules living in
 ``offload.uploads.UploadService`` and ``offload.jobs_service.JobService``.
@@ -42,7 +44,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from lambdas.tracing import current_tracer, traced
 from offload import uploads
-from offload.keys import KEY_SEGMENT_ID
+from offload.caller import Caller
+from offload.quotas import QuotaExceeded
 from offload.settings import Settings
 from offload.uploads import InvalidRequest, RequestError
 
@@ -65,7 +68,12 @@ def _cors_config(origins: tuple[str, ...]) -> CORSConfig | None:
     """``OFFLOAD_CORS_ORIGIN``: the allowed origins; none = no CORS headers."""
     if not origins:
         return None
-    return CORSConfig(allow_origin=origins[0], extra_origins=list(origins[1:]) or None, max_age=600)
+    return CORSConfig(
+        allow_origin=origins[0],
+        extra_origins=list(origins[1:]) or None,
+        max_age=600,
+        expose_headers=["Retry-After"],  # a page's fetch may read when to try again (429)
+    )
 
 
 app = APIGatewayRestResolver(cors=_cors_config(_STARTUP.cors_origins))
@@ -101,16 +109,14 @@ def _error(status: int, message: str, field: str | None = None) -> Response:
     return _json(status, body)
 
 
-def _caller() -> str:
-    """The Cognito ``sub`` from the authorizer context, or 401."""
+def _caller() -> Caller:
+    """The caller (Cognito ``sub`` and groups) from the authorizer's claims, or 401."""
     context = app.current_event.raw_event.get("requestContext") or {}
-    claims = (context.get("authorizer") or {}).get("claims") or {}
-    sub = claims.get("sub") if isinstance(claims, dict) else None
-    # A Cognito sub is a UUID; it names key segments.
-    if not isinstance(sub, str) or not KEY_SEGMENT_ID.fullmatch(sub):
+    caller = Caller.from_claims((context.get("authorizer") or {}).get("claims"))
+    if caller is None:
         raise Unauthorized("missing or invalid caller identity")
-    logger.append_keys(user=sub)
-    return sub
+    logger.append_keys(user=caller.sub, tier=caller.tier.value)
+    return caller
 
 
 def _body() -> Any:
@@ -163,10 +169,10 @@ def _count(name: str) -> None:
 
 @app.post("/uploads")
 def create_upload() -> Response:
-    owner = _caller()
+    caller = _caller()
     body = _body()
     service = _upload_service()
-    view = _runtime().run(service.create(owner, body))
+    view = _runtime().run(service.create(caller.sub, body, caller.tier))
     logger.append_keys(upload_id=view["id"])
     logger.info(
         "upload created",
@@ -179,14 +185,14 @@ def create_upload() -> Response:
 
 @app.get("/uploads/<upload_id>")
 def get_upload(upload_id: str) -> Response:
-    owner = _caller()
+    owner = _caller().sub
     service = _upload_service()
     return _json(200, _runtime().run(service.get(owner, upload_id)))
 
 
 @app.post("/uploads/<upload_id>/parts")
 def part_urls(upload_id: str) -> Response:
-    owner = _caller()
+    owner = _caller().sub
     body = _body()
     service = _upload_service()
     answer = _runtime().run(service.part_urls(owner, upload_id, body))
@@ -196,7 +202,7 @@ def part_urls(upload_id: str) -> Response:
 
 @app.post("/uploads/<upload_id>/complete")
 def complete_upload(upload_id: str) -> Response:
-    owner = _caller()
+    owner = _caller().sub
     body = _body()
     service = _upload_service()
     view = _runtime().run(service.complete(owner, upload_id, body))
@@ -207,7 +213,7 @@ def complete_upload(upload_id: str) -> Response:
 
 @app.delete("/uploads/<upload_id>")
 def abort_upload(upload_id: str) -> Response:
-    owner = _caller()
+    owner = _caller().sub
     service = _upload_service()
     view = _runtime().run(service.abort(owner, upload_id))
     logger.info("upload aborted", extra={"upload_id": upload_id})
@@ -220,7 +226,7 @@ def abort_upload(upload_id: str) -> Response:
 
 @app.get("/jobs")
 def list_jobs() -> Response:
-    owner = _caller()
+    owner = _caller().sub
     event = app.current_event
     limit = event.get_query_string_value("limit")
     cursor = event.get_query_string_value("cursor")
@@ -230,14 +236,14 @@ def list_jobs() -> Response:
 
 @app.get("/jobs/<job_id>")
 def get_job(job_id: str) -> Response:
-    owner = _caller()
+    owner = _caller().sub
     service = _job_service()
     return _json(200, _runtime().run(service.get(owner, job_id)))
 
 
 @app.post("/jobs/<job_id>/retry")
 def retry_job(job_id: str) -> Response:
-    owner = _caller()
+    owner = _caller().sub
     service = _job_service()
     view = _runtime().run(service.retry(owner, job_id))
     logger.info("job retried", extra={"job_id": job_id})
@@ -253,6 +259,17 @@ def _request_error(exc: RequestError) -> Response:
     logger.info("request refused", extra={"status": exc.status, "reason": exc.message})
     _count("ClientErrors")
     return _error(exc.status, exc.message, exc.field)
+
+
+@app.exception_handler(QuotaExceeded)
+def _over_quota(exc: QuotaExceeded) -> Response:
+    """429 with ``Retry-After`` (seconds) and which limit, in the body as well (a page may not
+    read response headers across origins without CORS exposing them)."""
+    logger.info("over quota", extra={"quota": exc.quota, "retry_after_s": exc.retry_after_s})
+    _count("QuotaRefusals")
+    response = _json(exc.status, exc.body())
+    response.headers["Retry-After"] = str(exc.retry_after_s)
+    return response
 
 
 @app.not_found

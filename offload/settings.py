@@ -15,6 +15,7 @@ from typing import Any
 from urllib.parse import quote
 
 MiB = 1 << 20
+GiB = 1 << 30
 # OFFLOAD_PART_SIZE_MIB bounds: S3 parts (all but the last) are 5 MiB to 5 GiB.
 PART_SIZE_MIB_MIN = 5
 PART_SIZE_MIB_MAX = 5 * 1024
@@ -23,6 +24,22 @@ PART_SIZE_MIB_MAX = 5 * 1024
 # BullMQ's removeOnComplete/removeOnFail: keep all (False), none (True), the last N, or by
 # {"age": seconds, "count": n}.
 Retention = bool | int | dict[str, int]
+
+
+@dataclass(frozen=True)
+class UploadQuota:
+    """One tier's per-user limits on uploads (``offload.quotas``); 0: no limit. The bytes are
+    the announced sizes of the user's open uploads: what S3 may still be asked to park."""
+
+    open_uploads: int
+    bytes_in_flight: int
+    uploads_per_hour: int
+
+
+# Tier defaults (docs/settings.md). A standard user can still send the largest upload
+# (OFFLOAD_MAX_UPLOAD_BYTES, 50 GiB) with a few small ones beside it.
+STANDARD_QUOTA = UploadQuota(open_uploads=20, bytes_in_flight=100 * GiB, uploads_per_hour=200)
+PLUS_QUOTA = UploadQuota(open_uploads=100, bytes_in_flight=1024 * GiB, uploads_per_hour=2_000)
 
 
 class SettingsError(ValueError):
@@ -68,6 +85,16 @@ def _retention(env: Mapping[str, str], name: str, default: Retention) -> Retenti
     ):
         return value
     raise SettingsError(f"{name} must be true, false, a count or {{age, count}}, got {raw!r}")
+
+
+def _quota(env: Mapping[str, str], tier: str, default: UploadQuota) -> UploadQuota:
+    """``OFFLOAD_QUOTA_<TIER>_OPEN_UPLOADS`` / ``_BYTES_IN_FLIGHT`` / ``_UPLOADS_PER_HOUR``."""
+    prefix = f"OFFLOAD_QUOTA_{tier.upper()}_"
+    return UploadQuota(
+        open_uploads=_int(env, prefix + "OPEN_UPLOADS", default.open_uploads),
+        bytes_in_flight=_int(env, prefix + "BYTES_IN_FLIGHT", default.bytes_in_flight),
+        uploads_per_hour=_int(env, prefix + "UPLOADS_PER_HOUR", default.uploads_per_hour),
+    )
 
 
 def _database_url_from_parts(env: Mapping[str, str]) -> str | None:
@@ -176,6 +203,13 @@ class Settings:
         "application/octet-stream",
     )
     url_expiry_s: int = 900
+    # Days after which the bucket's lifecycle rule aborts an incomplete multipart upload (the
+    # stack sets it from its storage config): until then an unfinished multipart upload counts
+    # against its owner's quota, unless it is completed or aborted sooner.
+    multipart_abort_after_days: int = 7
+    # Per-user upload quotas by tier (offload.caller.Tier; offload.quotas enforces them).
+    quota_standard: UploadQuota = STANDARD_QUOTA
+    quota_plus: UploadQuota = PLUS_QUOTA
     # Days after which the lifecycle rule archives processing outputs (0: never): the API gives
     # no download links for outputs of jobs finished that long ago.
     processed_archive_after_days: int = 0
@@ -263,6 +297,11 @@ class Settings:
             allowed_content_types=_csv(env, "OFFLOAD_ALLOWED_CONTENT_TYPES")
             or defaults.allowed_content_types,
             url_expiry_s=_int(env, "OFFLOAD_URL_EXPIRY_S", defaults.url_expiry_s, 1),
+            multipart_abort_after_days=_int(
+                env, "OFFLOAD_MULTIPART_ABORT_AFTER_DAYS", defaults.multipart_abort_after_days, 1
+            ),
+            quota_standard=_quota(env, "standard", defaults.quota_standard),
+            quota_plus=_quota(env, "plus", defaults.quota_plus),
             processed_archive_after_days=_int(
                 env, "OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS", defaults.processed_archive_after_days
             ),
@@ -277,6 +316,10 @@ class Settings:
             ),
             cors_origins=_csv(env, "OFFLOAD_CORS_ORIGIN"),
         )
+
+    def upload_quota(self, tier: str) -> UploadQuota:
+        """The quota of a tier (``offload.caller.Tier``); an unknown one gets the standard."""
+        return self.quota_plus if tier == "plus" else self.quota_standard
 
     def default_job_options(self) -> dict[str, Any]:
         """Options every producer attaches: retries and retention do not depend on who enqueued."""

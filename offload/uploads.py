@@ -480,8 +480,13 @@ class UploadService:
             self._pending(await self._owned(owner, upload.id), action)
             raise Conflict(f"upload changed meanwhile; it can no longer be {action}")
 
-    async def create(self, owner: str, body: Any) -> dict[str, Any]:
+    async def create(self, owner: str, body: Any, tier: str = "standard") -> dict[str, Any]:
+        """A new upload for ``owner``, within the quota of their ``tier`` (offload.quotas)."""
+        from offload.quotas import QuotaCheck  # built on this module's errors
+
         request = parse_create_request(body, self.settings)
+        quota = QuotaCheck.for_request(self.settings, tier, request.size)
+        quota.check_size()
         upload_id = new_upload_id()
         key = UploadKey.build(owner, upload_id, request.filename)
         single = request.size <= single_upload_limit(self.settings)
@@ -489,6 +494,8 @@ class UploadService:
         part_size = None
         expires_at = self._expiry()
         if not single:
+            # Over quota is refused before S3 holds anything for it; the insert checks again.
+            quota.admit(await self.store.usage(owner, quota))
             # Chosen now, stored with the row: later requests plan from the stored size.
             part_size = plan_parts(request.size, self.settings.part_size_bytes).part_size
             multipart_id = self.s3.create_multipart_upload(
@@ -506,6 +513,7 @@ class UploadService:
                 multipart_upload_id=multipart_id,
                 part_size=part_size,
                 part_urls_expire_at=None if single else expires_at,
+                quota=quota,
             )
         except BaseException:
             # No row, no way to ever complete it: do not leave it behind. Best effort (the

@@ -12,6 +12,8 @@ from typing import Any
 
 import boto3
 
+from offload.caller import KNOWN_GROUPS
+
 REGION = "us-east-1"
 UPLOADS_PREFIX = "uploads/"
 
@@ -124,7 +126,18 @@ def create_user_pool(endpoint: str, name: str) -> UserPool:
         GenerateSecret=False,
         ExplicitAuthFlows=["ALLOW_USER_PASSWORD_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"],
     )["UserPoolClient"]["ClientId"]
+    # The groups the stack creates (stacks/auth.py), so a user can be put in a tier.
+    for group in sorted(KNOWN_GROUPS):
+        cognito.create_group(GroupName=group, UserPoolId=pool_id)
     return UserPool(pool_id, client_id)
+
+
+def add_to_group(endpoint: str, pool: UserPool, username: str, group: str) -> None:
+    """Put a user in a group (``plus``, ``operators``...): their next ID token names it in
+    ``cognito:groups``, as Cognito's does."""
+    client("cognito-idp", endpoint).admin_add_user_to_group(
+        UserPoolId=pool.id, Username=username, GroupName=group
+    )
 
 
 def random_password() -> str:

@@ -128,6 +128,9 @@ class QueueLambdas(Construct):
                 "UPLOAD_BUCKET": storage.bucket.bucket_name,
                 "OFFLOAD_CORS_ORIGIN": ",".join(web_origins),
                 "OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS": str(storage.processed_archive_after_days),
+                "OFFLOAD_MULTIPART_ABORT_AFTER_DAYS": str(
+                    storage.abort_incomplete_multipart_after_days
+                ),
             },
             timeout=API_TIMEOUT,
             memory_size=1024,

@@ -1,6 +1,7 @@
 """Cognito: the user pool behind the API's authorizer, and the web page's app client.
 
-No self sign-up (an administrator invites users: docs/deploy.md, "First user"); a strong
+No self sign-up (an administrator invites users: docs/deploy.md, "First user", and puts them
+in a group: ``operators``, and the quota tiers ``standard`` and ``plus``); a strong
 password policy; optional TOTP MFA; threat protection (the Plus feature plan) where the
 environment asks for it. Stateful (it holds the users): ``AuthStack`` has termination
 protection where the environment asks for it; never rename the construct ids.
@@ -17,6 +18,18 @@ from constructs import Construct
 from stacks.base import OffloadStack
 from stacks.config import AuthConfig, EnvConfig
 from stacks.nag import acknowledge
+
+# (name, description, precedence): the names are the ones offload.caller knows.
+USER_GROUPS = (
+    ("operators", "Runs the service: operator views and tools (not a quota tier)", 0),
+    ("plus", "Quota tier plus: the larger per-user upload quotas (OFFLOAD_QUOTA_PLUS_*)", 10),
+    (
+        "standard",
+        "Quota tier standard: the default per-user upload quotas (a user in no tier group"
+        " has them too)",
+        20,
+    ),
+)
 
 
 class UserDirectory(Construct):
@@ -76,6 +89,20 @@ class UserDirectory(Construct):
             id_token_validity=Duration.hours(1),
             refresh_token_validity=Duration.days(30),
         )
+        # The groups the API reads from the ID token's cognito:groups claim (offload.caller):
+        # the quota tiers, and the operators' role. Precedence matters only for IAM roles
+        # (none here): the lowest number wins; an operator's quotas are their tier's.
+        self.groups = {
+            name: cognito.CfnUserPoolGroup(
+                self,
+                f"Group{name.title()}",
+                user_pool_id=self.user_pool.user_pool_id,
+                group_name=name,
+                description=description,
+                precedence=precedence,
+            )
+            for name, description, precedence in USER_GROUPS
+        }
         acknowledge(
             self.user_pool,
             "AwsSolutions-COG2",

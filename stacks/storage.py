@@ -44,6 +44,8 @@ class UploadStorage(Construct):
         # The API stops handing out links to outputs old enough to be archived (Glacier
         # objects answer a GET with InvalidObjectState until restored).
         self.processed_archive_after_days = config.processed_archive_after_days
+        # The API counts an unfinished multipart upload against its owner's quota until then.
+        self.abort_incomplete_multipart_after_days = config.abort_incomplete_multipart_after_days
         self.access_logs = s3.Bucket(
             self,
             "AccessLogs",

@@ -344,6 +344,8 @@ print(json.dumps({"heavy": heavy, "pre": pre, "denied": denied, "other": other})
     assert "POST" in headers(result["pre"])["access-control-allow-methods"]
     assert result["denied"]["statusCode"] == 401
     assert headers(result["denied"])["access-control-allow-origin"] == "https://app.example.com"
+    # A page may read when to try again after a 429 (a quota: test_upload_quotas.py).
+    assert "Retry-After" in headers(result["denied"])["access-control-expose-headers"]
     assert "access-control-allow-origin" not in headers(result["other"])
 
 

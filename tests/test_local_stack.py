@@ -4,6 +4,7 @@ enqueue Lambda, a worker, and the status the API shows."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -13,7 +14,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from offload_local import aws_resources
-from tests.support.local_stack import ApiClient, http, presigned_post, wait_until
+from tests.support.local_stack import (
+    PLUS_OPEN_UPLOADS,
+    ApiClient,
+    http,
+    presigned_post,
+    wait_until,
+)
 
 MiB = 1 << 20
 pytestmark = pytest.mark.timeout(240)
@@ -145,3 +152,30 @@ def test_a_malformed_event_ends_in_the_dead_letter_queue(local_stack):
 
     messages = wait_until(in_dlq, timeout_s=60, what="the bad event in the DLQ")
     assert messages[0]["Body"] == "{not json"
+
+
+def test_a_plus_users_group_reaches_the_api_and_their_quota_answers_429(local_stack):
+    """A user put in the ``plus`` group gets it in their ID token (Cognito, here moto), the
+    gateway's authorizer passes it on as API Gateway does, and the API applies the plus
+    quota: one open upload on this stack (tests/support/local_stack.py), then 429 with
+    Retry-After through the gateway."""
+    info = local_stack.info
+    pool = aws_resources.UserPool(info.user_pool_id, info.client_id)
+    plus = aws_resources.create_user(info.moto_endpoint, pool, "plus@example.com")
+    aws_resources.add_to_group(info.moto_endpoint, pool, plus.username, "plus")
+    client = ApiClient(info, plus.username, plus.password)
+    payload = client.token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["cognito:groups"] == ["plus"]
+
+    small = {"filename": "a.csv", "size": 10, "contentType": "text/csv"}
+    uploads = [client.call("POST", "/uploads", small) for _ in range(PLUS_OPEN_UPLOADS)]
+    assert [u.status for u in uploads] == [201] * PLUS_OPEN_UPLOADS
+    refused = client.call("POST", "/uploads", small)
+    assert refused.status == 429, refused.body
+    assert int(refused.headers["retry-after"]) >= 1
+    assert refused.body["tier"] == "plus" and refused.body["quota"] == "openUploads"
+    # The demo user (in no group: standard, without limits on this stack) is not refused.
+    assert ApiClient(info).call("POST", "/uploads", small).status == 201
+    assert client.call("DELETE", f"/uploads/{uploads[0].body['id']}").status == 200
+    assert client.call("POST", "/uploads", small).status == 201

@@ -17,14 +17,20 @@ object the winner did not decide on.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from psycopg import AsyncConnection
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.pool import until_stored
+from offload.quotas import OpenUpload, Usage
+
+if TYPE_CHECKING:
+    from offload.quotas import QuotaCheck
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,52 @@ _COLUMNS = (
 )
 
 
+def quota_lock_key(owner: str) -> int:
+    """The per-owner advisory lock key (a signed 64-bit int, as PostgreSQL takes it) that
+    serialises an owner's quota checks: their uploads' count and insert happen under it. A
+    collision with another owner only makes the two wait for each other."""
+    digest = hashlib.blake2b(f"offload-upload-quota:{owner}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def _usage(conn: AsyncConnection[Any], owner: str, check: QuotaCheck) -> Usage:
+    """What ``owner`` has open, and the upload filling their hourly window (offload.quotas):
+    bounded reads over the (owner, created_at) index."""
+    params = {
+        "owner": owner,
+        "single": check.single_open_s,
+        "multi": check.multipart_open_s,
+        "longest": max(check.single_open_s, check.multipart_open_s),
+        "nth": max(check.quota.uploads_per_hour - 1, 0),
+    }
+    hourly = (
+        "(SELECT created_at FROM uploads WHERE owner = %(owner)s"
+        " AND created_at > now() - interval '1 hour'"
+        " ORDER BY created_at DESC OFFSET %(nth)s LIMIT 1)"
+        if check.quota.uploads_per_hour
+        else "NULL::timestamptz"
+    )
+    cursor = await conn.execute(f"SELECT now(), {hourly}", params)
+    row = await cursor.fetchone()
+    assert row is not None
+    now, hour_filled_by = row
+    if not (check.quota.open_uploads or check.quota.bytes_in_flight):
+        return Usage(now=now, open=(), hour_filled_by=hour_filled_by)
+    cursor = await conn.execute(
+        "SELECT size, expires_at FROM ("
+        " SELECT COALESCE(size_announced, 0) AS size, created_at + interval '1 second'"
+        " * CASE WHEN multipart_upload_id IS NULL THEN %(single)s ELSE %(multi)s END"
+        " AS expires_at FROM uploads WHERE owner = %(owner)s AND state = 'pending'"
+        " AND created_at > now() - interval '1 second' * %(longest)s) AS pending"
+        " WHERE expires_at > now()",
+        params,
+    )
+    open_uploads = tuple(
+        OpenUpload(size, expires_at) for size, expires_at in await cursor.fetchall()
+    )
+    return Usage(now=now, open=open_uploads, hour_filled_by=hour_filled_by)
+
+
 class UploadStore:
     def __init__(self, pool: AsyncConnectionPool):
         self._pool = pool
@@ -96,27 +148,47 @@ class UploadStore:
         multipart_upload_id: str | None = None,
         part_size: int | None = None,
         part_urls_expire_at: datetime | None = None,
+        quota: QuotaCheck | None = None,
     ) -> Upload:
-        row = await self._fetch_one(
+        """Insert a ``pending`` row. With ``quota``, the owner's usage is read and checked
+        (raising ``QuotaExceeded``) and the row inserted in one transaction, under the owner's
+        advisory lock: concurrent creates of one owner are serialised there, so they cannot
+        both take the last slot (a plain count-then-insert would let both see it free). It
+        relies on READ COMMITTED (PostgreSQL's default): each statement after the lock sees the
+        rows its predecessor under the lock committed."""
+        statement = (
             f"INSERT INTO uploads (id, owner, bucket, key, filename, content_type,"
             f" size_announced, multipart_upload_id, part_size, part_urls_expire_at)"
             f" VALUES (%(id)s, %(owner)s, %(bucket)s, %(key)s, %(filename)s, %(content_type)s,"
-            f" %(size)s, %(mpu)s, %(part_size)s, %(urls_expire)s) RETURNING {_COLUMNS}",
-            {
-                "id": upload_id,
-                "owner": owner,
-                "bucket": bucket,
-                "key": key,
-                "filename": filename,
-                "content_type": content_type,
-                "size": size_announced,
-                "mpu": multipart_upload_id,
-                "part_size": part_size,
-                "urls_expire": part_urls_expire_at,
-            },
+            f" %(size)s, %(mpu)s, %(part_size)s, %(urls_expire)s) RETURNING {_COLUMNS}"
         )
+        params = {
+            "id": upload_id,
+            "owner": owner,
+            "bucket": bucket,
+            "key": key,
+            "filename": filename,
+            "content_type": content_type,
+            "size": size_announced,
+            "mpu": multipart_upload_id,
+            "part_size": part_size,
+            "urls_expire": part_urls_expire_at,
+        }
+        async with self._pool.connection() as conn, conn.transaction():
+            if quota is not None:
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (quota_lock_key(owner),))
+                quota.admit(await _usage(conn, owner, quota))
+            cursor = conn.cursor(row_factory=class_row(Upload))
+            await cursor.execute(statement, params)
+            row = await cursor.fetchone()
         assert row is not None
         return row
+
+    async def usage(self, owner: str, quota: QuotaCheck) -> Usage:
+        """The owner's usage, read without the lock: a cheap early refusal before work that
+        costs more (creating the S3 multipart upload); ``create`` checks again under it."""
+        async with self._pool.connection() as conn:
+            return await _usage(conn, owner, quota)
 
     async def get_for_owner(self, upload_id: str, owner: str) -> Upload | None:
         """The caller's upload, or None: absent and foreign look the same (no id probing)."""

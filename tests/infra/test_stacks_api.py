@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from offload.caller import KNOWN_GROUPS
 from stacks.api import ENQUEUE_TIMEOUT, ROUTES
 from stacks.storage import EVENTS_VISIBILITY_TIMEOUT
 from tests.infra.conftest import Synth
@@ -32,6 +33,27 @@ def test_user_pool_is_invite_only_with_strong_passwords(each_env: Synth) -> None
     assert client.get("AllowedOAuthFlowsUserPoolClient") is False
     for unused in ("AllowedOAuthFlows", "AllowedOAuthScopes", "CallbackURLs", "LogoutURLs"):
         assert unused not in client, unused
+
+
+def test_user_pool_has_the_groups_the_api_reads(each_env: Synth) -> None:
+    """The quota tiers and the operators' group, each with a description and a precedence:
+    the very names offload.caller reads from the token's cognito:groups claim."""
+    groups = {
+        props["GroupName"]: props
+        for props in (
+            resource["Properties"]
+            for resource in each_env.resources(
+                each_env.stacks.auth, "AWS::Cognito::UserPoolGroup"
+            ).values()
+        )
+    }
+    assert set(groups) == {"standard", "plus", "operators"} == set(KNOWN_GROUPS)
+    for props in groups.values():
+        assert props["Description"]
+        assert isinstance(props["Precedence"], int)
+        assert "UserPool" in json.dumps(props["UserPoolId"])
+    assert len({props["Precedence"] for props in groups.values()}) == 3
+    assert groups["plus"]["Precedence"] < groups["standard"]["Precedence"]
 
 
 def test_threat_protection_in_prod(dev: Synth, prod: Synth) -> None:
@@ -130,6 +152,9 @@ def test_four_python_functions_in_the_vpc(dev: Synth) -> None:
     assert api_env["OFFLOAD_CORS_ORIGIN"] == "http://localhost:5173"
     # the lifecycle rule's age, so the API stops linking to archived outputs
     assert api_env["OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS"] == "90"
+    # the lifecycle rule's age, so an unfinished multipart upload stops counting against
+    # its owner's quota when the rule aborts it (dev: 1 day)
+    assert api_env["OFFLOAD_MULTIPART_ABORT_AFTER_DAYS"] == "1"
 
 
 def test_enqueue_event_source_batches_with_partial_failures(dev: Synth, prod: Synth) -> None:

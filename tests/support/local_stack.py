@@ -19,6 +19,14 @@ from offload_local import aws_resources
 from offload_local.stack import LocalStack, StackInfo, StackOptions
 from tests.support import servers
 
+# Per-user upload quotas (offload.quotas) off for a standard user: what the e2e and system
+# stacks give their demo user, who sends every test's uploads.
+NO_QUOTAS = {
+    f"OFFLOAD_QUOTA_STANDARD_{limit}": "0"
+    for limit in ("OPEN_UPLOADS", "BYTES_IN_FLIGHT", "UPLOADS_PER_HOUR")
+}
+PLUS_OPEN_UPLOADS = 1
+
 
 def start_options(workdir: Path, **overrides: Any) -> StackOptions:
     options = StackOptions(
@@ -41,6 +49,11 @@ def start_options(workdir: Path, **overrides: Any) -> StackOptions:
             "OFFLOAD_PART_SIZE_MIB": "5",
             "OFFLOAD_BACKOFF_MS": "200",
             "OFFLOAD_DRAIN_DELAY_S": "1",
+            # Every test of the session is the demo user (standard): no quota refuses them.
+            # A plus user gets one open upload, so that a test sees a plus user's quota, and
+            # its 429, end to end (test_local_stack.py).
+            **NO_QUOTAS,
+            "OFFLOAD_QUOTA_PLUS_OPEN_UPLOADS": str(PLUS_OPEN_UPLOADS),
         },
     )
     for name, value in overrides.items():
