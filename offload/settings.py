@@ -88,6 +88,16 @@ def _sslmode(env: Mapping[str, str], default: str) -> str:
     return raw
 
 
+def _sslrootcert(env: Mapping[str, str], sslmode: str, default: str) -> str:
+    """A CA file named but missing would fail every connection with verify-*: fail at start."""
+    raw = env.get("DATABASE_SSLROOTCERT")
+    if not raw:
+        return default
+    if sslmode in ("verify-ca", "verify-full") and not os.path.isfile(raw):
+        raise SettingsError(f"DATABASE_SSLROOTCERT {raw!r} is not a file")
+    return raw
+
+
 def tls_query(sslmode: str, sslrootcert: str) -> str:
     """The URL query of a database URL we build: the CA file only where it is used (the
     verifying modes), so a local URL without TLS stays short."""
@@ -222,7 +232,7 @@ class Settings:
         env = os.environ if env is None else env
         defaults = cls()
         sslmode = _sslmode(env, defaults.database_sslmode)
-        sslrootcert = env.get("DATABASE_SSLROOTCERT") or defaults.database_sslrootcert
+        sslrootcert = _sslrootcert(env, sslmode, defaults.database_sslrootcert)
         return cls(
             redis_url=env.get("REDIS_URL", defaults.redis_url),
             redis_auth_token=env.get("REDIS_AUTH_TOKEN") or None,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import boto3
 import psycopg
@@ -21,7 +22,7 @@ from offload.db.credentials import (
     resolve_database_url,
 )
 from offload.db.pool import create_pool
-from offload.settings import DATABASE_CA_FILE, Settings
+from offload.settings import DATABASE_CA_FILE, Settings, SettingsError
 from tests.support.servers import unique_name
 
 
@@ -120,7 +121,9 @@ def test_a_secret_arn_in_the_settings_makes_the_pool_read_the_secret():
     assert isinstance(source, SecretDatabaseUrl)
 
 
-def test_the_settings_tls_reaches_the_url_built_from_the_secret(moto_endpoint, monkeypatch):
+def test_the_settings_tls_reaches_the_url_built_from_the_secret(
+    moto_endpoint, monkeypatch, tmp_path
+):
     """DATABASE_SSLMODE / DATABASE_SSLROOTCERT apply to the secret's URL, which the pool and
     the migrations connect with; the CA file only where libpq reads it."""
     secret = json.dumps({"username": "u", "password": "p", "host": "db.internal"})
@@ -128,15 +131,27 @@ def test_the_settings_tls_reaches_the_url_built_from_the_secret(moto_endpoint, m
         Name=unique_name("db"), SecretString=secret
     )["ARN"]
     monkeypatch.setenv("SECRETS_ENDPOINT_URL", moto_endpoint)
-    env = {"DATABASE_SECRET_ARN": arn, "DATABASE_SSLROOTCERT": "/etc/ca dir/roots.pem"}
+    ca = tmp_path / "ca dir" / "roots.pem"
+    ca.parent.mkdir()
+    ca.write_bytes(Path(DATABASE_CA_FILE).read_bytes())
+    env = {"DATABASE_SECRET_ARN": arn, "DATABASE_SSLROOTCERT": str(ca)}
     url = resolve_database_url(Settings.from_env(env))
     assert url.endswith(
-        "@db.internal:5432/postgres?sslmode=verify-full&sslrootcert=/etc/ca%20dir/roots.pem"
+        "@db.internal:5432/postgres?sslmode=verify-full&sslrootcert=" + str(ca).replace(" ", "%20")
     )
-    assert conninfo_to_dict(url)["sslrootcert"] == "/etc/ca dir/roots.pem"
+    assert conninfo_to_dict(url)["sslrootcert"] == str(ca)
     source = database_url_source(Settings.from_env({**env, "DATABASE_SSLMODE": "disable"}))
     assert isinstance(source, SecretDatabaseUrl)
     assert source.url().endswith("@db.internal:5432/postgres?sslmode=disable")
+
+
+def test_a_ca_file_that_is_not_there_fails_at_start(tmp_path):
+    with pytest.raises(SettingsError, match="DATABASE_SSLROOTCERT"):
+        Settings.from_env({"DATABASE_SSLROOTCERT": str(tmp_path / "missing.pem")})
+    # unused without verification: not checked
+    Settings.from_env(
+        {"DATABASE_SSLROOTCERT": str(tmp_path / "missing.pem"), "DATABASE_SSLMODE": "disable"}
+    )
 
 
 def test_a_checked_pool_replaces_a_connection_closed_while_idle(database_url):
