@@ -11,6 +11,7 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +20,16 @@ GiB = 1 << 30
 # OFFLOAD_PART_SIZE_MIB bounds: S3 parts (all but the last) are 5 MiB to 5 GiB.
 PART_SIZE_MIB_MIN = 5
 PART_SIZE_MIB_MAX = 5 * 1024
+
+
+# libpq's sslmode values. Only verify-full checks that the server holds a certificate for the
+# host connected to, from a CA we trust: what the deployed runtimes use (the default).
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# The CAs the deployed database endpoints chain to, shipped inside the package so that the
+# Lambda bundle and the worker image both carry it: RDS's G1 roots (the instance, which the
+# workers reach directly) and Amazon Trust Services' roots (RDS Proxy, which the Lambdas reach).
+# offload/db/ca/README.md says where it comes from and how it is refreshed.
+DATABASE_CA_FILE = str(Path(__file__).resolve().parent / "db" / "ca" / "aws-database-roots.pem")
 
 
 # BullMQ's removeOnComplete/removeOnFail: keep all (False), none (True), the last N, or by
@@ -97,10 +108,36 @@ def _quota(env: Mapping[str, str], tier: str, default: UploadQuota) -> UploadQuo
     )
 
 
-def _database_url_from_parts(env: Mapping[str, str]) -> str | None:
+def _sslmode(env: Mapping[str, str], default: str) -> str:
+    raw = env.get("DATABASE_SSLMODE") or default
+    if raw not in SSLMODES:
+        raise SettingsError(f"DATABASE_SSLMODE must be one of {', '.join(SSLMODES)}, got {raw!r}")
+    return raw
+
+
+def _sslrootcert(env: Mapping[str, str], sslmode: str, default: str) -> str:
+    """A CA file named but missing would fail every connection with verify-*: fail at start."""
+    raw = env.get("DATABASE_SSLROOTCERT")
+    if not raw:
+        return default
+    if sslmode in ("verify-ca", "verify-full") and not os.path.isfile(raw):
+        raise SettingsError(f"DATABASE_SSLROOTCERT {raw!r} is not a file")
+    return raw
+
+
+def tls_query(sslmode: str, sslrootcert: str) -> str:
+    """The URL query of a database URL we build: the CA file only where it is used (the
+    verifying modes), so a local URL without TLS stays short."""
+    query = f"sslmode={sslmode}"
+    if sslmode in ("verify-ca", "verify-full"):
+        query += f"&sslrootcert={quote(sslrootcert, safe='/')}"
+    return query
+
+
+def _database_url_from_parts(env: Mapping[str, str], tls: str) -> str | None:
     """ECS injects secrets one value at a time, and an RDS secret holds parts, not a URL: the
-    worker gets DATABASE_HOST/PORT/NAME/SSLMODE as plain values and DATABASE_USER/PASSWORD
-    from the secret."""
+    database as DATABASE_HOST/PORT/NAME as plain values and DATABASE_USER/PASSWORD from the
+    secret; TLS as for every URL we build (``tls`` from DATABASE_SSLMODE/SSLROOTCERT)."""
     host = env.get("DATABASE_HOST")
     if not host:
         return None
@@ -109,7 +146,7 @@ def _database_url_from_parts(env: Mapping[str, str]) -> str | None:
     auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
     return (
         f"postgresql://{auth}{host}:{env.get('DATABASE_PORT', '5432')}/"
-        f"{env.get('DATABASE_NAME', 'postgres')}?sslmode={env.get('DATABASE_SSLMODE', 'require')}"
+        f"{env.get('DATABASE_NAME', 'postgres')}?{tls}"
     )
 
 
@@ -152,6 +189,10 @@ class Settings:
     # so do PgBouncer and most poolers): the schema is then the database role's default
     # search_path, which the migrations set (offload.db.migrate), instead of "-c search_path".
     database_schema_from_role: bool = False
+    # TLS of the URLs built from the secret or from parts (never of DATABASE_URL, used as
+    # given): verify-full against the AWS roots shipped in the package, unless told otherwise.
+    database_sslmode: str = "verify-full"
+    database_sslrootcert: str = DATABASE_CA_FILE
     queue_name: str = "uploads"
     queue_prefix: str = "{offload}"
     concurrency: int = 2
@@ -230,16 +271,20 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         defaults = cls()
+        sslmode = _sslmode(env, defaults.database_sslmode)
+        sslrootcert = _sslrootcert(env, sslmode, defaults.database_sslrootcert)
         return cls(
             redis_url=env.get("REDIS_URL", defaults.redis_url),
             redis_auth_token=env.get("REDIS_AUTH_TOKEN") or None,
             redis_auth_secret_arn=env.get("REDIS_AUTH_SECRET_ARN") or None,
             database_url=env.get("DATABASE_URL")
-            or _database_url_from_parts(env)
+            or _database_url_from_parts(env, tls_query(sslmode, sslrootcert))
             or defaults.database_url,
             database_schema=env.get("OFFLOAD_DB_SCHEMA", defaults.database_schema),
             database_secret_arn=env.get("DATABASE_SECRET_ARN") or None,
             database_proxy_host=env.get("DATABASE_PROXY_HOST") or None,
+            database_sslmode=sslmode,
+            database_sslrootcert=sslrootcert,
             # RDS Proxy refuses startup options: behind it the schema comes from the role.
             database_schema_from_role=_flag(env, "OFFLOAD_DB_SCHEMA_FROM_ROLE")
             or bool(env.get("DATABASE_PROXY_HOST")),

@@ -42,7 +42,7 @@ from stacks.metrics import NAMESPACE
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
-from stacks.runtime_env import queue_env
+from stacks.runtime_env import database_tls_env, queue_env
 from stacks.storage import UploadStorage
 
 API_TIMEOUT = Duration.seconds(29)  # API Gateway's own integration limit
@@ -96,6 +96,7 @@ class QueueLambdas(Construct):
         database_env = {
             "DATABASE_SECRET_ARN": database.secret.secret_arn,
             "DATABASE_PROXY_HOST": database.proxy_host,
+            **database_tls_env(),
         }
 
         def function(

@@ -2,6 +2,9 @@
 
 - PostgreSQL 16, minor version pinned (upgrades are deliberate: bump ``ENGINE_VERSION``).
 - Encrypted storage, TLS required (``rds.force_ssl``), isolated subnets.
+- Clients verify the server (``sslmode=verify-full``, ``stacks/runtime_env.py``): the
+  instance's CA is pinned (``rds-ca-rsa2048-g1``) and the roots of it and of RDS Proxy's
+  certificates ship with the runtime (``offload/db/ca/``).
 - Credentials generated into Secrets Manager, rotated on a schedule (single user).
 - RDS Proxy (secret auth, TLS required) for the Lambdas; the Fargate workers, long-lived with
   small pools, connect to the instance directly.

@@ -27,6 +27,7 @@ from stacks.database import Database
 from stacks.functions import BASIC_EXECUTION_POLICY, arn_ref, python_function
 from stacks.nag import acknowledge
 from stacks.network import Network
+from stacks.runtime_env import database_tls_env
 
 MIGRATIONS_DIR = REPO_ROOT / "offload" / "db" / "migrations"
 HANDLER = "lambdas.migrate.handler"
@@ -67,6 +68,7 @@ class SchemaMigrations(Construct):
             environment={
                 "DATABASE_SECRET_ARN": database.secret.secret_arn,
                 "DATABASE_PROXY_HOST": database.proxy_host,
+                **database_tls_env(),
                 "OFFLOAD_DB_SCHEMA": schema,
                 "LOG_LEVEL": "INFO",
             },

@@ -8,6 +8,15 @@ from stacks.metrics import NAMESPACE
 
 QUEUE_NAME = "uploads"
 QUEUE_PREFIX = "offload"  # settings wrap it as the hash tag "{offload}" (cluster-mode safe)
+# PostgreSQL over TLS that checks the server: its certificate must chain to the AWS roots the
+# runtime ships (offload/db/ca/, the default DATABASE_SSLROOTCERT) and name the host connected
+# to, the RDS Proxy endpoint (Lambdas) or the instance (workers).
+DATABASE_SSLMODE = "verify-full"
+
+
+def database_tls_env() -> dict[str, str]:
+    """What every component that reaches PostgreSQL sets beside its credentials."""
+    return {"DATABASE_SSLMODE": DATABASE_SSLMODE}
 
 
 def queue_env(*, redis_url: str, schema: str, log_level: str = "INFO") -> dict[str, str]:

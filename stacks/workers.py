@@ -41,7 +41,7 @@ from stacks.metrics import WAITING, queue_metric
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
-from stacks.runtime_env import QUEUE_NAME, queue_env
+from stacks.runtime_env import QUEUE_NAME, database_tls_env, queue_env
 from stacks.storage import UploadStorage
 
 STOP_TIMEOUT = Duration.seconds(120)
@@ -127,6 +127,7 @@ class Workers(Construct):
             # PostgreSQL, directly (not through the proxy): host, port, database and the
             # current credentials from the secret (offload.db.credentials).
             "DATABASE_SECRET_ARN": database.secret.secret_arn,
+            **database_tls_env(),
         }
         self.container = self.task_definition.add_container(
             "Worker",

@@ -8,7 +8,7 @@ import redis
 from offload.jobs import INSPECT, THUMBNAIL, InvalidJobData, JobRef, job_id
 from offload.keys import KeyLayoutError, UploadKey, sanitize_filename
 from offload.redis_conn import redact
-from offload.settings import Settings, SettingsError
+from offload.settings import DATABASE_CA_FILE, Settings, SettingsError
 
 
 def test_settings_defaults_and_environment():
@@ -144,7 +144,12 @@ def test_database_url_from_injected_parts():
         }
     )
     assert settings.database_url == (
-        "postgresql://app:p%40ss%2Fword@db.internal:5433/offload?sslmode=require"
+        "postgresql://app:p%40ss%2Fword@db.internal:5433/offload"
+        f"?sslmode=verify-full&sslrootcert={DATABASE_CA_FILE}"
     )
+    local = Settings.from_env({"DATABASE_HOST": "127.0.0.1", "DATABASE_SSLMODE": "disable"})
+    assert local.database_url == "postgresql://127.0.0.1:5432/postgres?sslmode=disable"
+    with pytest.raises(SettingsError, match="DATABASE_SSLMODE"):
+        Settings.from_env({"DATABASE_SSLMODE": "required"})
     explicit = Settings.from_env({"DATABASE_URL": "postgresql://x@y/z", "DATABASE_HOST": "h"})
     assert explicit.database_url == "postgresql://x@y/z"

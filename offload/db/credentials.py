@@ -18,24 +18,28 @@ from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
 from offload import aws
-from offload.settings import Settings
+from offload.settings import DATABASE_CA_FILE, Settings, tls_query
 
 DEFAULT_MAX_AGE_S = 15.0  # after a rotation, new connections fail for at most this long
 
 
 def database_url_from_secret(
-    secret: str, host_override: str | None = None, sslmode: str = "require"
+    secret: str,
+    host_override: str | None = None,
+    sslmode: str = "verify-full",
+    sslrootcert: str = DATABASE_CA_FILE,
 ) -> str:
     """An RDS-format secret (username, password, host, port, dbname) as a libpq URL; the host
-    is replaced by the RDS Proxy endpoint when one is given. RDS and its proxy take TLS only;
-    ``sslmode`` is for local servers without it (tests)."""
+    is replaced by the RDS Proxy endpoint when one is given. RDS and its proxy take TLS only,
+    and verify-full checks the server against ``sslrootcert`` (a TLS server that only claims
+    the name would otherwise get the password); other modes are for local servers (tests)."""
     fields = json.loads(secret)
     host = host_override or fields["host"]
     user = quote(fields["username"], safe="")
     password = quote(fields["password"], safe="")
     return (
         f"postgresql://{user}:{password}@{host}:{fields.get('port', 5432)}/"
-        f"{fields.get('dbname', 'postgres')}?sslmode={sslmode}"
+        f"{fields.get('dbname', 'postgres')}?{tls_query(sslmode, sslrootcert)}"
     )
 
 
@@ -52,11 +56,13 @@ class SecretDatabaseUrl:
         max_age_s: float = DEFAULT_MAX_AGE_S,
         read: Callable[[str], str] = aws.secret_string,
         initial: str | None = None,
-        sslmode: str = "require",
+        sslmode: str = "verify-full",
+        sslrootcert: str = DATABASE_CA_FILE,
     ):
         self._arn = secret_arn
         self._host = host_override
         self._sslmode = sslmode
+        self._sslrootcert = sslrootcert
         self._max_age_s = max_age_s
         self._read = read
         self._lock = threading.Lock()
@@ -70,7 +76,9 @@ class SecretDatabaseUrl:
         with self._lock:
             if not self._fresh():
                 secret = self._read(self._arn)
-                self._url = database_url_from_secret(secret, self._host, self._sslmode)
+                self._url = database_url_from_secret(
+                    secret, self._host, self._sslmode, self._sslrootcert
+                )
                 self._read_at = time.monotonic()
             assert self._url is not None
             return self._url
@@ -93,7 +101,11 @@ def database_url_source(
     if not settings.database_secret_arn:
         return settings.database_url
     return SecretDatabaseUrl(
-        settings.database_secret_arn, settings.database_proxy_host, initial=initial
+        settings.database_secret_arn,
+        settings.database_proxy_host,
+        initial=initial,
+        sslmode=settings.database_sslmode,
+        sslrootcert=settings.database_sslrootcert,
     )
 
 
@@ -101,4 +113,9 @@ def resolve_database_url(settings: Settings) -> str:
     """The URL to connect with now (one-off connections: migrations, scripts)."""
     if not settings.database_secret_arn:
         return settings.database_url
-    return SecretDatabaseUrl(settings.database_secret_arn, settings.database_proxy_host).url()
+    return SecretDatabaseUrl(
+        settings.database_secret_arn,
+        settings.database_proxy_host,
+        sslmode=settings.database_sslmode,
+        sslrootcert=settings.database_sslrootcert,
+    ).url()

@@ -38,7 +38,12 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_bundle_has_the_code_and_the_dependencies(bundle: Path) -> None:
-    for path in ("offload/settings.py", "offload/db/migrate.py", "lambdas/runtime.py"):
+    for path in (
+        "offload/settings.py",
+        "offload/db/migrate.py",
+        "offload/db/ca/aws-database-roots.pem",  # verify-full to RDS Proxy
+        "lambdas/runtime.py",
+    ):
         assert (bundle / path).is_file(), path
     for package in ("bullmq", "redis", "psycopg", "psycopg_pool", "boto3", "aws_lambda_powertools"):
         assert (bundle / package / "__init__.py").is_file(), package

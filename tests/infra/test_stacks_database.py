@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from offload.settings import DATABASE_CA_FILE
 from stacks.migrations import migrations_hash
 from tests.infra.conftest import Synth
 
@@ -99,3 +101,32 @@ def test_migrations_hash_follows_the_files(tmp_path) -> None:
     before = migrations_hash(tmp_path)
     (tmp_path / "0002_b.sql").write_text("create table b ();")
     assert migrations_hash(tmp_path) != before
+
+
+def test_every_database_client_verifies_the_server(each_env: Synth) -> None:
+    """Every Lambda and the worker that reach PostgreSQL connect with verify-full, against the
+    CA file the runtime ships (no other set): the proxy's name for the Lambdas, the instance's
+    for the workers, each checked against its certificate."""
+    clients: list[dict] = []
+    for stack in each_env.stacks.all():
+        for function in each_env.resources(stack, "AWS::Lambda::Function").values():
+            env = function["Properties"].get("Environment", {}).get("Variables", {})
+            if "DATABASE_SECRET_ARN" in env:
+                clients.append(env)
+    [task] = each_env.resources(each_env.stacks.workers, "AWS::ECS::TaskDefinition").values()
+    [worker] = task["Properties"]["ContainerDefinitions"]
+    clients.append({e["Name"]: e["Value"] for e in worker["Environment"]})
+    # the API's functions, the migrations, the worker
+    assert len(clients) >= 3
+    for env in clients:
+        assert env["DATABASE_SSLMODE"] == "verify-full"
+        assert "DATABASE_SSLROOTCERT" not in env  # the shipped roots (offload/db/ca/)
+        assert "DATABASE_URL" not in env
+
+
+def test_the_instance_certificate_is_under_a_root_the_runtime_ships(each_env: Synth) -> None:
+    db = each_env.one(each_env.stacks.database, "AWS::RDS::DBInstance")
+    assert db["CACertificateIdentifier"] == "rds-ca-rsa2048-g1"
+    shipped = Path(DATABASE_CA_FILE).read_text(encoding="ascii")
+    for region in ("us-east-1", "eu-west-1", "eu-central-1", "ap-northeast-1"):
+        assert f"# Amazon RDS {region} Root CA RSA2048 G1\n" in shipped, region

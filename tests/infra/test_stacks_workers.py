@@ -29,6 +29,8 @@ def test_image_is_the_worker_dockerfile_staged_not_built(dev: Synth) -> None:
     staged = dev.outdir / image["source"]["directory"]
     assert (staged / "fargate_worker" / "Dockerfile").is_file()
     assert (staged / "offload" / "settings.py").is_file()
+    # the CA the worker verifies the RDS instance by (verify-full), copied by COPY offload/
+    assert (staged / "offload" / "db" / "ca" / "aws-database-roots.pem").is_file()
     assert not (staged / ".venv").exists() and not (staged / "tests").exists()
     assert "cdk-hnb659fds-container-assets" in json.dumps(container(dev)["Image"])
 

@@ -41,6 +41,7 @@ SHARED_SESSION_GROUPS = {
     "dev": "cdk-app",  # tests/infra/conftest.py: the synthesised apps
     "prod": "cdk-app",
     "each_env": "cdk-app",
+    "tls_postgres": "tls-postgres",  # tests/test_database_tls.py: a TLS cluster of its own
 }
 # Groups whose tests add up to a minute or more on one worker: started with the slow tests.
 LONG_GROUPS = frozenset({"local-stack"})
