@@ -137,3 +137,21 @@ def test_a_pool_logs_in_as_the_role_with_a_token(database_url, pg_schema, aws_cr
         return user, stored
 
     assert asyncio.run(scenario()) == (f"{pg_schema}_worker", True)
+
+
+def test_the_api_lambda_logs_in_as_its_iam_user(lambda_env, settings, aws_credentials, monkeypatch):
+    """The API function as deployed: DATABASE_IAM_USER names its database user, the token is
+    signed at cold start. As the worker's user the same request cannot create the upload
+    (no privilege on uploads): the login is the one the setting names."""
+    from lambdas import runtime
+    from tests.support.apigw import call, configure
+
+    body = {"filename": "a.txt", "size": 3, "contentType": "text/plain"}
+    configure(monkeypatch, DATABASE_IAM_USER=f"{settings.database_schema}_worker")
+    refused = call("POST", "/uploads", body=body)
+    assert refused.status == 500  # permission denied for table uploads
+
+    runtime.reset()  # a new container (cold start)
+    configure(monkeypatch, DATABASE_IAM_USER=f"{settings.database_schema}_api")
+    created = call("POST", "/uploads", body=body)
+    assert created.status == 201, created.body

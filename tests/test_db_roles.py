@@ -125,11 +125,13 @@ def test_migrating_again_restores_the_grants_and_revokes_extra_ones(database_url
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
         conn.execute(f"GRANT DELETE ON jobs TO {prefix}_api")
+        conn.execute(f"GRANT CREATE ON SCHEMA {schema} TO {prefix}_api")
         conn.execute(f"REVOKE INSERT ON uploads FROM {prefix}_api")
     assert not _denied(api, "DELETE FROM jobs")
 
     assert migrate(database_url, schema, role_prefix=prefix) == []  # no migration, same roles
     assert _denied(api, "DELETE FROM jobs")
+    assert _denied(api, "CREATE TABLE extra (id int)")
     assert not _denied(
         api,
         "INSERT INTO uploads (id, owner, bucket, key, filename) VALUES ('u', 'o', 'b', 'k', 'f')",

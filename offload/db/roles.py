@@ -117,6 +117,7 @@ def ensure_roles(
         for component, name in names.items():
             role = sql.Identifier(name)
             ident = sql.Identifier(schema)
+            conn.execute(sql.SQL("REVOKE ALL ON SCHEMA {} FROM {}").format(ident, role))
             conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(ident, role))
             conn.execute(
                 sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(ident, role)
