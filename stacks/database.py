@@ -166,7 +166,6 @@ class Database(Construct):
             vpc_subnets=subnets,
             security_groups=[self.proxy_security_group],
             require_tls=True,
-            iam_auth=True,
             default_auth_scheme=rds.DefaultAuthScheme.IAM_AUTH,
             idle_client_timeout=Duration.minutes(30),
             max_connections_percent=80,
