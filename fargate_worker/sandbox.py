@@ -73,6 +73,7 @@ def child_settings(settings: Settings) -> Settings:
         database_url="",
         database_secret_arn=None,
         database_proxy_host=None,
+        database_iam_user=None,
     )
 
 

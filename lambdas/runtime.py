@@ -6,9 +6,10 @@ them, so each container runs every invocation on the same long-lived loop instea
 ``asyncio.run`` (which would close the loop, and the connections with it, after each call).
 
 Secrets: Lambda cannot inject Secrets Manager values into environment variables, so when
-``DATABASE_SECRET_ARN`` / ``REDIS_AUTH_SECRET_ARN`` are set, the values are fetched at cold
-start and never logged; the pool reads the database secret again before a new connection
-when its copy is a few seconds old, so a rotation does not cut a warm container off.
+``REDIS_AUTH_SECRET_ARN`` is set, the token is fetched at cold start and never logged. The
+database login is an IAM token for the function's own database user (``DATABASE_IAM_USER``,
+signed at cold start and again before a new connection once it is ten minutes old); only the
+migrations function reads the master secret (``DATABASE_SECRET_ARN``).
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 def settings() -> Settings:
     base = Settings.from_env()
     overrides: dict[str, Any] = {}
-    if base.database_secret_arn:  # read now; the pool reads it again when it may have rotated
+    # Read (or signed) now; the pool asks again when the secret may have rotated or the token
+    # is getting old.
+    if base.database_secret_arn or base.database_iam_user:
         overrides["database_url"] = resolve_database_url(base)
     if base.redis_auth_secret_arn:
         overrides["redis_auth_token"] = aws.secret_string(base.redis_auth_secret_arn)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # boto3-stubs' per-service packages: in the dev venv only, ne
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
-Service = Literal["s3", "secretsmanager", "cloudwatch"]
+Service = Literal["s3", "secretsmanager", "cloudwatch", "rds"]
 _CLIENTS: dict[tuple[str, str | None], Any] = {}
 
 
@@ -26,6 +26,8 @@ def client(
 ) -> SecretsManagerClient: ...
 @overload
 def client(service: Literal["cloudwatch"], endpoint_url: str | None = None) -> CloudWatchClient: ...
+@overload
+def client(service: Literal["rds"], endpoint_url: str | None = None) -> Any: ...
 def client(service: Service, endpoint_url: str | None = None) -> Any:
     cached = _CLIENTS.get((service, endpoint_url))
     if cached is None:
@@ -67,3 +69,12 @@ def secret_string(arn: str) -> str:
     endpoint: moto). Never logged."""
     secrets = client("secretsmanager", os.environ.get("SECRETS_ENDPOINT_URL"))
     return secrets.get_secret_value(SecretId=arn)["SecretString"]
+
+
+def rds_auth_token(host: str, port: int, user: str) -> str:
+    """An IAM authentication token for ``user`` at ``host:port`` (RDS or RDS Proxy): the
+    password of one login within 15 minutes. Signed locally with the process's credentials
+    (the Lambda's or the task's role); no request is made, so it cannot fail on the network.
+    Never logged."""
+    token: str = client("rds").generate_db_auth_token(DBHostname=host, Port=port, DBUsername=user)
+    return token

@@ -193,6 +193,13 @@ class Settings:
     # given): verify-full against the AWS roots shipped in the package, unless told otherwise.
     database_sslmode: str = "verify-full"
     database_sslrootcert: str = DATABASE_CA_FILE
+    # The migrations: create the components' login roles <prefix>_api, _enqueue, _worker,
+    # _reconciler with their grants (offload.db.roles). None: no roles are managed.
+    database_role_prefix: str | None = None
+    # Log in as this database user with an IAM token (rds-db:connect) generated before each new
+    # connection, instead of a password: host, port, database and sslmode from database_url
+    # (DATABASE_HOST/PORT/NAME/SSLMODE), the host replaced by database_proxy_host when set.
+    database_iam_user: str | None = None
     queue_name: str = "uploads"
     queue_prefix: str = "{offload}"
     concurrency: int = 2
@@ -288,6 +295,8 @@ class Settings:
             # RDS Proxy refuses startup options: behind it the schema comes from the role.
             database_schema_from_role=_flag(env, "OFFLOAD_DB_SCHEMA_FROM_ROLE")
             or bool(env.get("DATABASE_PROXY_HOST")),
+            database_role_prefix=env.get("OFFLOAD_DB_ROLE_PREFIX") or None,
+            database_iam_user=env.get("DATABASE_IAM_USER") or None,
             queue_name=env.get("OFFLOAD_QUEUE_NAME", defaults.queue_name),
             queue_prefix=_hash_tagged(env.get("OFFLOAD_QUEUE_PREFIX", "offload")),
             concurrency=_int(env, "OFFLOAD_CONCURRENCY", defaults.concurrency, minimum=1),

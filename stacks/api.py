@@ -5,15 +5,19 @@
   origins (also on gateway errors, so a browser can read a 401).
 - Lambdas (one shared code asset, ``lambdas.<module>.handler``), in the VPC's app subnets with
   the Lambdas' security group, each with only the permissions it uses:
-  - ``api``: presign and manage uploads under ``uploads/*``; database and Redis secrets.
+  - ``api``: presign and manage uploads under ``uploads/*``; the Redis secret.
   - ``enqueue``: the S3 event queue as event source (batch size, partial batch failures),
     reserved concurrency so a burst of uploads cannot flood Redis with connections; reads
-    ``uploads/*`` objects' metadata; database and Redis secrets.
+    ``uploads/*`` objects' metadata; the Redis secret.
   - ``queue_metrics``: every minute, publishes the queue counts (``Offload`` namespace) that
     the workers scale on; Redis secret.
   - ``reconciler``: every 5 minutes, re-enqueues uploads whose job went missing (from
     PostgreSQL), and takes the objects of uploads whose S3 event was lost (reads ``uploads/*``
-    objects' metadata); database and Redis secrets.
+    objects' metadata); the Redis secret.
+
+Each function that uses PostgreSQL logs in through RDS Proxy as its own database user
+(``offload_api``, ``offload_enqueue``, ``offload_reconciler``: ``offload.db.roles``) with an
+IAM token, and may ``rds-db:connect`` as that user only; none can read the master secret.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from stacks.metrics import NAMESPACE
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
-from stacks.runtime_env import database_tls_env, queue_env
+from stacks.runtime_env import database_user, queue_env
 from stacks.storage import UploadStorage
 
 API_TIMEOUT = Duration.seconds(29)  # API Gateway's own integration limit
@@ -93,11 +97,10 @@ class QueueLambdas(Construct):
             **queue_env(redis_url=queue.url, schema=schema),
             "REDIS_AUTH_SECRET_ARN": queue.auth_token.secret_arn,
         }
-        database_env = {
-            "DATABASE_SECRET_ARN": database.secret.secret_arn,
-            "DATABASE_PROXY_HOST": database.proxy_host,
-            **database_tls_env(),
-        }
+
+        def database_env(component: str) -> dict[str, str]:
+            """The function's own database user, through RDS Proxy with IAM: no secret."""
+            return database.client_env(user=database_user(schema, component), proxy=True)
 
         def function(
             id: str, module: str, description: str, env: dict[str, str], **kwargs: Any
@@ -125,7 +128,7 @@ class QueueLambdas(Construct):
             "api",
             "upload and status API",
             {
-                **database_env,
+                **database_env("api"),
                 "UPLOAD_BUCKET": storage.bucket.bucket_name,
                 "OFFLOAD_CORS_ORIGIN": ",".join(web_origins),
                 "OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS": str(storage.processed_archive_after_days),
@@ -138,14 +141,14 @@ class QueueLambdas(Construct):
         )
         self.api.role.add_managed_policy(storage.manage_uploads_policy)  # type: ignore[union-attr]
         self.api.role.add_managed_policy(storage.read_processed_policy)  # type: ignore[union-attr]
-        database.secret.grant_read(self.api)
+        database.grant_connect(self.api, database_user(schema, "api"), proxy=True)
         queue.auth_token.grant_read(self.api)  # POST /jobs/{id}/retry enqueues
 
         self.enqueue = function(
             "Enqueue",
             "enqueue",
             "S3 upload events -> Redis queue",
-            {**database_env, "UPLOAD_BUCKET": storage.bucket.bucket_name},
+            {**database_env("enqueue"), "UPLOAD_BUCKET": storage.bucket.bucket_name},
             timeout=ENQUEUE_TIMEOUT,
             reserved_concurrent_executions=config.enqueue_reserved_concurrency,
         )
@@ -161,7 +164,7 @@ class QueueLambdas(Construct):
             )
         )
         self.enqueue.role.add_managed_policy(storage.read_uploads_policy)  # type: ignore[union-attr]
-        database.secret.grant_read(self.enqueue)
+        database.grant_connect(self.enqueue, database_user(schema, "enqueue"), proxy=True)
         queue.auth_token.grant_read(self.enqueue)
 
         self.queue_metrics = function(
@@ -192,14 +195,14 @@ class QueueLambdas(Construct):
             "Reconciler",
             "reconciler",
             "re-enqueue uploads whose job is missing, abort expired uploads, every 5 minutes",
-            database_env,
+            database_env("reconciler"),
             timeout=Duration.minutes(2),
         )
         # HEADs the objects of uploads whose S3 event was lost (offload/reconcile.py)
         self.reconciler.role.add_managed_policy(storage.read_uploads_policy)  # type: ignore[union-attr]
         # aborts pending multipart uploads whose part URLs expired (offload/expired_uploads.py)
         self.reconciler.role.add_managed_policy(storage.abort_uploads_policy)  # type: ignore[union-attr]
-        database.secret.grant_read(self.reconciler)
+        database.grant_connect(self.reconciler, database_user(schema, "reconciler"), proxy=True)
         queue.auth_token.grant_read(self.reconciler)
 
         for rule_id, fn, every in (

@@ -2,12 +2,16 @@
 
 - PostgreSQL 16, minor version pinned (upgrades are deliberate: bump ``ENGINE_VERSION``).
 - Encrypted storage, TLS required (``rds.force_ssl``), isolated subnets.
+- Master credentials generated into Secrets Manager, rotated on a schedule (single user), for
+  the schema migrations only (``stacks/migrations.py``, directly to the instance).
+- Every runtime component logs in as its own database role (``offload.db.roles``, made by the
+  migrations) with IAM authentication: :meth:`Database.grant_connect` lets one IAM principal
+  ``rds-db:connect`` as one database user, no password exists at run time.
 - Clients verify the server (``sslmode=verify-full``, ``stacks/runtime_env.py``): the
   instance's CA is pinned (``rds-ca-rsa2048-g1``) and the roots of it and of RDS Proxy's
   certificates ship with the runtime (``offload/db/ca/``).
-- Credentials generated into Secrets Manager, rotated on a schedule (single user).
-- RDS Proxy (secret auth, TLS required) for the Lambdas; the Fargate workers, long-lived with
-  small pools, connect to the instance directly.
+- RDS Proxy (end-to-end IAM authentication, TLS required) for the Lambdas; the Fargate
+  workers, long-lived with small pools, connect to the instance directly.
 - Backups; Multi-AZ and deletion protection where the environment asks (prod).
 
 Stateful: ``DatabaseStack`` has termination protection where the environment asks for it;
@@ -20,6 +24,7 @@ from typing import Any
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_rds as rds
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -29,9 +34,12 @@ from stacks.base import OffloadStack
 from stacks.config import DatabaseConfig, EnvConfig
 from stacks.nag import acknowledge
 from stacks.network import POSTGRES_PORT, Network
+from stacks.runtime_env import database_env, database_user
 
 ENGINE_VERSION = rds.PostgresEngineVersion.VER_16_13
 MASTER_USER = "offload_admin"
+# The components that reach PostgreSQL through RDS Proxy (the Lambdas; offload.db.roles).
+PROXIED = ("api", "enqueue", "reconciler")
 
 
 class Database(Construct):
@@ -49,13 +57,18 @@ class Database(Construct):
         log_retention: logs.RetentionDays,
         removal_policy: RemovalPolicy,
         deletion_protection: bool,
+        proxy_users: tuple[str, ...],
     ) -> None:
         super().__init__(scope, id)
+        self.database_name = config.database_name
+        self.proxy_users = proxy_users
         engine = rds.DatabaseInstanceEngine.postgres(version=ENGINE_VERSION)
         self.security_group = ec2.SecurityGroup(
             self,
             "SecurityGroup",
             vpc=vpc,
+            # (the migrations function is admitted too; the text stays: a changed description
+            # replaces the group)
             description="offload PostgreSQL: from its proxy, the workers and the rotation only",
             allow_all_outbound=False,
         )
@@ -137,15 +150,26 @@ class Database(Construct):
             automatically_after=Duration.days(config.rotation_days),
         )
 
+        # End-to-end IAM: clients present a token for their own user, and the proxy logs in to
+        # the instance with IAM as that user too; it holds no secret, and the master user
+        # cannot log in through it. Its role may connect to the instance as the proxied
+        # users only (the Lambdas' database users).
+        self.proxy_role = iam.Role(
+            self,
+            "ProxyRole",
+            assumed_by=iam.ServicePrincipal("rds.amazonaws.com"),
+            description="offload RDS Proxy: IAM logins to the instance as the Lambdas' users",
+        )
+        for user in proxy_users:
+            self.instance.grant_connect(self.proxy_role, user)
         self.proxy = self.instance.add_proxy(
             "Proxy",
-            secrets=[self.secret],
+            role=self.proxy_role,
             vpc=vpc,
             vpc_subnets=subnets,
             security_groups=[self.proxy_security_group],
             require_tls=True,
-            iam_auth=False,
-            client_password_auth_type=rds.ClientPasswordAuthType.POSTGRES_SCRAM_SHA_256,
+            default_auth_scheme=rds.DefaultAuthScheme.IAM_AUTH,
             idle_client_timeout=Duration.minutes(30),
             max_connections_percent=80,
             # Below API Gateway's 29 s: a saturated pool answers the API Lambda in time for it
@@ -172,6 +196,27 @@ class Database(Construct):
                 "No deletion protection in this (non-production) environment so it can be torn "
                 "down; prod has it.",
             )
+
+    def grant_connect(self, grantee: iam.IGrantable, db_user: str, *, proxy: bool) -> None:
+        """``rds-db:connect`` as ``db_user`` only, on the proxy (``proxy=True``: the
+        Lambdas) or on the instance (the workers): one database user per IAM principal."""
+        if proxy:
+            if db_user not in self.proxy_users:
+                raise ValueError(f"{db_user} is not among the proxy's users {self.proxy_users}")
+            self.proxy.grant_connect(grantee, db_user)
+        else:
+            self.instance.grant_connect(grantee, db_user)
+
+    def client_env(self, *, user: str, proxy: bool) -> dict[str, str]:
+        """The environment of a component that logs in as ``user``, through the proxy or
+        directly (``stacks.runtime_env.database_env``)."""
+        return database_env(
+            host=self.proxy_host if proxy else self.host,
+            port=str(POSTGRES_PORT) if proxy else self.port,
+            name=self.database_name,
+            user=user,
+            proxy=proxy,
+        )
 
     @property
     def proxy_host(self) -> str:
@@ -209,8 +254,11 @@ class DatabaseStack(OffloadStack):
             vpc=network.vpc,
             subnets=network.data_subnets,
             proxy_clients=[network.lambdas_sg],
-            direct_clients=[network.workers_sg],
+            direct_clients=[network.workers_sg, network.migrations_sg],
             log_retention=config.log_retention,
             removal_policy=self.stateful_removal_policy,
             deletion_protection=config.retain_stateful_resources,
+            proxy_users=tuple(
+                database_user(config.database.schema, component) for component in PROXIED
+            ),
         )

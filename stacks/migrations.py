@@ -1,5 +1,8 @@
 """Schema migrations on deploy: a custom resource runs ``offload.db.migrate`` (the logic of
-``python -m offload.db.migrate``) through RDS Proxy whenever a migration file changes.
+``python -m offload.db.migrate``) whenever a migration file or the database roles' grants
+change. It is the one function that holds the master secret: it logs in to the instance
+directly (RDS Proxy takes IAM logins only) and makes the components' own database roles
+(``OFFLOAD_DB_ROLE_PREFIX``: ``offload.db.roles``), which every runtime component uses.
 
 ``MigrationsStack`` sits between the database and the code that uses it: the API and the
 workers stacks depend on it, so CloudFormation applies the migrations before new Lambda code
@@ -30,13 +33,15 @@ from stacks.network import Network
 from stacks.runtime_env import database_tls_env
 
 MIGRATIONS_DIR = REPO_ROOT / "offload" / "db" / "migrations"
+ROLES_MODULE = REPO_ROOT / "offload" / "db" / "roles.py"  # the roles' grants
 HANDLER = "lambdas.migrate.handler"
 
 
-def migrations_hash(directory: Path = MIGRATIONS_DIR) -> str:
-    """Changes with any migration file, so the custom resource runs again exactly then."""
+def migrations_hash(directory: Path = MIGRATIONS_DIR, roles: Path = ROLES_MODULE) -> str:
+    """Changes with any migration file or the roles' grants, so the custom resource runs
+    again exactly then."""
     digest = hashlib.sha256()
-    for path in sorted(directory.glob("*.sql")):
+    for path in [*sorted(directory.glob("*.sql")), roles]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
@@ -66,10 +71,11 @@ class SchemaMigrations(Construct):
             subnets=subnets,
             security_group=security_group,
             environment={
+                # The master user, straight to the instance (the secret names its host).
                 "DATABASE_SECRET_ARN": database.secret.secret_arn,
-                "DATABASE_PROXY_HOST": database.proxy_host,
                 **database_tls_env(),
                 "OFFLOAD_DB_SCHEMA": schema,
+                "OFFLOAD_DB_ROLE_PREFIX": schema,
                 "LOG_LEVEL": "INFO",
             },
             log_retention=log_retention,
@@ -106,10 +112,11 @@ class SchemaMigrations(Construct):
                 "Schema": schema,
                 "MigrationsHash": migrations_hash(),
                 # The Lambdas reach PostgreSQL through RDS Proxy, which refuses libpq startup
-                # options, so the migration also makes the schema their role's default
-                # search_path (lambdas/migrate.py, because DATABASE_PROXY_HOST is set). Only a
-                # marker here: a new property re-runs the resource on existing deployments.
+                # options: the migration makes the schema each component role's default
+                # search_path (offload.db.roles). Only markers here: a new property re-runs
+                # the resource on existing deployments.
                 "SchemaFromRole": "true",
+                "RolePrefix": schema,
             },
         )
 
@@ -136,7 +143,7 @@ class MigrationsStack(OffloadStack):
             code=code,
             vpc=network.vpc,
             subnets=network.app_subnets,
-            security_group=network.lambdas_sg,
+            security_group=network.migrations_sg,
             database=database,
             schema=config.database.schema,
             log_retention=config.log_retention,

@@ -113,6 +113,15 @@ class Network(Construct):
         self.lambdas_sg = ec2.SecurityGroup(
             self, "LambdasSecurityGroup", vpc=self.vpc, description="offload Lambda functions"
         )
+        # The schema migrations function logs in as the master user, with its password: RDS
+        # Proxy authenticates with IAM only, so that function reaches the instance directly,
+        # and only it (and the workers) among the Lambdas' peers may.
+        self.migrations_sg = ec2.SecurityGroup(
+            self,
+            "MigrationsSecurityGroup",
+            vpc=self.vpc,
+            description="offload schema migrations function",
+        )
 
     @property
     def app_subnets(self) -> ec2.SubnetSelection:

@@ -29,3 +29,27 @@ def queue_env(*, redis_url: str, schema: str, log_level: str = "INFO") -> dict[s
         "OFFLOAD_METRICS_NAMESPACE": NAMESPACE,
         "LOG_LEVEL": log_level,
     }
+
+
+def database_user(schema: str, component: str) -> str:
+    """The database role a component logs in as: ``offload.db.roles.role_name`` with the
+    schema's name as prefix (the migrations function gets the same prefix,
+    ``OFFLOAD_DB_ROLE_PREFIX``). Restated here, not imported: stacks import no runtime code;
+    tests/infra/test_stacks_database.py checks the two agree."""
+    return f"{schema}_{component}"
+
+
+def database_env(*, host: str, port: str, name: str, user: str, proxy: bool) -> dict[str, str]:
+    """How a runtime component reaches PostgreSQL: its own database user, an IAM token as the
+    password (``offload.db.credentials.IamDatabaseUrl``), no secret. Behind RDS Proxy the
+    schema comes from the role's default search_path (the proxy refuses startup options)."""
+    env = {
+        "DATABASE_HOST": host,
+        "DATABASE_PORT": port,
+        "DATABASE_NAME": name,
+        "DATABASE_IAM_USER": user,
+        **database_tls_env(),
+    }
+    if proxy:
+        env["OFFLOAD_DB_SCHEMA_FROM_ROLE"] = "true"
+    return env

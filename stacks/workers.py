@@ -6,12 +6,12 @@
 - Stop timeout 120 s (Fargate's maximum between SIGTERM and SIGKILL; the worker's own grace,
   ``OFFLOAD_SHUTDOWN_GRACE_S``, is shorter); container health check
   ``python -m fargate_worker.health``.
-- The Redis AUTH token is injected by ECS from Secrets Manager. The database secret is read
-  by the worker itself (``DATABASE_SECRET_ARN``), again whenever its pool opens a connection
-  and its copy is a few seconds old: the secret rotates, and a password injected at task
-  start would lock a long-running task out of PostgreSQL after the first rotation.
-- The task role reads ``uploads/*`` and the database secret, writes ``processed/*`` and sets
-  its own task's scale-in protection, nothing else.
+- The Redis AUTH token is injected by ECS from Secrets Manager. PostgreSQL: the worker logs in
+  to the instance as its own database user (``offload_worker``: job rows and events only,
+  ``offload.db.roles``) with an IAM token it signs before each new connection
+  (``DATABASE_IAM_USER``); no database password or secret reaches the task.
+- The task role reads ``uploads/*``, writes ``processed/*``, may ``rds-db:connect`` as
+  ``offload_worker`` and sets its own task's scale-in protection, nothing else.
 - Autoscaling on the queue backlog only (never on CPU: busy tasks would be killed): waiting
   jobs per running task, from the queue-metrics Lambda's ``Waiting`` metric and Container
   Insights' ``RunningTaskCount``. Out in steps, fast, from zero on a backlog of one; in by one
@@ -41,7 +41,7 @@ from stacks.metrics import WAITING, queue_metric
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
-from stacks.runtime_env import QUEUE_NAME, database_tls_env, queue_env
+from stacks.runtime_env import QUEUE_NAME, database_user, queue_env
 from stacks.storage import UploadStorage
 
 STOP_TIMEOUT = Duration.seconds(120)
@@ -124,10 +124,9 @@ class Workers(Construct):
             "OFFLOAD_CONCURRENCY": str(config.concurrency),
             "OFFLOAD_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
             "UPLOAD_BUCKET": storage.bucket.bucket_name,
-            # PostgreSQL, directly (not through the proxy): host, port, database and the
-            # current credentials from the secret (offload.db.credentials).
-            "DATABASE_SECRET_ARN": database.secret.secret_arn,
-            **database_tls_env(),
+            # PostgreSQL, directly (not through the proxy), as the worker's own database user
+            # with an IAM token (offload.db.credentials): no password, no secret.
+            **database.client_env(user=database_user(schema, "worker"), proxy=False),
         }
         self.container = self.task_definition.add_container(
             "Worker",
@@ -151,7 +150,7 @@ class Workers(Construct):
             self.task_definition,
             "AwsSolutions-ECS2",
             "Only non-secret settings are plain environment variables; the Redis token is "
-            "injected from Secrets Manager and the database credentials are read from it.",
+            "injected from Secrets Manager and the database login is an IAM token.",
         )
 
         spot = [ecs.CapacityProviderStrategy(capacity_provider="FARGATE_SPOT", weight=3)]
@@ -179,7 +178,9 @@ class Workers(Construct):
         )
 
         self._grant_task_role(storage)
-        database.secret.grant_read(self.task_definition.task_role)
+        database.grant_connect(
+            self.task_definition.task_role, database_user(schema, "worker"), proxy=False
+        )
         self._autoscale(config)
 
     def _grant_task_role(self, storage: UploadStorage) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from lambdas import migrate as migrate_handler
 from lambdas import runtime
@@ -47,3 +48,21 @@ def test_schema_from_resource_properties(schema):
     finally:
         with psycopg.connect(runtime.settings().database_url, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{other}" CASCADE')
+
+
+def test_the_deploy_makes_the_components_roles(schema, database_url, monkeypatch):
+    """As the stack runs it (OFFLOAD_DB_ROLE_PREFIX): the runtime's roles exist after the
+    deploy's migration step, with the schema as their search_path."""
+    from offload.db.roles import drop_roles, role_names
+
+    monkeypatch.setenv("OFFLOAD_DB_ROLE_PREFIX", schema)
+    names = role_names(schema)
+    try:
+        migrate_handler.handler({"RequestType": "Create"}, None)
+        for name in names.values():
+            with psycopg.connect(make_conninfo(database_url, user=name)) as conn:
+                assert conn.execute("SELECT current_schema()").fetchone()[0] == schema
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            drop_roles(conn, names.values())

@@ -8,6 +8,9 @@ are skipped, so running it twice, or from two processes at once, is safe.
 With ``role_default`` the schema also becomes the connecting role's default search_path in
 this database (``ALTER ROLE CURRENT_USER IN DATABASE ... SET search_path``), for connections
 that cannot pin it with a startup option: through RDS Proxy (``offload.db.pool``).
+
+With ``role_prefix`` the migrations also create (or update) the components' own login roles
+and their grants (``offload.db.roles``): the runtime never logs in as the schema's owner.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from psycopg import sql
 
 from offload.db import check_schema_name
 from offload.db.credentials import resolve_database_url
+from offload.db.roles import ensure_roles
 from offload.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -58,6 +62,7 @@ def migrate(
     directory: Path = MIGRATIONS_DIR,
     *,
     role_default: bool = False,
+    role_prefix: str | None = None,
 ) -> list[int]:
     """Apply pending migrations; returns the versions this call applied."""
     check_schema_name(schema)  # before the name reaches SQL
@@ -87,6 +92,8 @@ def migrate(
                 applied.append(migration.version)
             if role_default:
                 _set_role_search_path(conn, schema)
+            if role_prefix:
+                ensure_roles(conn, schema, role_prefix)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (lock_key,))
     return applied
@@ -112,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parse_env_only_args(
         "python -m offload.db.migrate",
         "Apply the schema migrations (offload/db/migrations/*.sql) to the database of "
-        "DATABASE_URL, in schema OFFLOAD_DB_SCHEMA. Applied versions are skipped: running it "
+        "DATABASE_URL, in schema OFFLOAD_DB_SCHEMA, and (with OFFLOAD_DB_ROLE_PREFIX) the "
+        "components' database roles and grants. Applied versions are skipped: running it "
         "twice, or from two processes at once, is safe.",
         argv,
     )
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         resolve_database_url(settings),
         settings.database_schema,
         role_default=settings.database_schema_from_role,
+        role_prefix=settings.database_role_prefix,
     )
     log.info(
         "schema %s is up to date (%d migration(s) applied now)",

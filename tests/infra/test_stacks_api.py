@@ -148,7 +148,7 @@ def test_four_python_functions_in_the_vpc(dev: Synth) -> None:
         assert "REDIS_AUTH_SECRET_ARN" in env and "REDIS_AUTH_TOKEN" not in env
         assert env["OFFLOAD_QUEUE_NAME"] == "uploads"
     api_env = by_handler["lambdas.api.handler"]["Environment"]["Variables"]
-    assert {"DATABASE_SECRET_ARN", "DATABASE_PROXY_HOST", "UPLOAD_BUCKET"} <= set(api_env)
+    assert {"DATABASE_HOST", "DATABASE_IAM_USER", "UPLOAD_BUCKET"} <= set(api_env)
     assert api_env["OFFLOAD_CORS_ORIGIN"] == "http://localhost:5173"
     # the lifecycle rule's age, so the API stops linking to archived outputs
     assert api_env["OFFLOAD_PROCESSED_ARCHIVE_AFTER_DAYS"] == "90"
@@ -205,12 +205,45 @@ def actions(statements: list[dict]) -> set[str]:
     return found
 
 
+DATABASE_USERS = {
+    "lambdas.api.handler": "offload_api",
+    "lambdas.enqueue.handler": "offload_enqueue",
+    "lambdas.reconciler.handler": "offload_reconciler",
+}
+
+
+def test_each_database_function_logs_in_as_its_own_user_through_the_proxy(dev: Synth) -> None:
+    """No runtime function holds the master secret: each signs an IAM token for its own
+    database user (offload.db.roles), and may connect as that user only, on the proxy."""
+    functions = dev.resources(dev.stacks.api, "AWS::Lambda::Function").values()
+    by_handler = {f["Properties"]["Handler"]: f["Properties"] for f in functions}
+    for handler, props in by_handler.items():
+        env = props["Environment"]["Variables"]
+        assert "DATABASE_SECRET_ARN" not in env and "DATABASE_PASSWORD" not in env, handler
+        if handler not in DATABASE_USERS:
+            assert not any(name.startswith("DATABASE_") for name in env), handler
+            continue
+        assert env["DATABASE_IAM_USER"] == DATABASE_USERS[handler]
+        assert "Proxy" in json.dumps(env["DATABASE_HOST"])
+        assert env["OFFLOAD_DB_SCHEMA_FROM_ROLE"] == "true"
+        statements, _ = role_statements(dev, handler)
+        [connect] = [s for s in statements if "rds-db:connect" in json.dumps(s["Action"])]
+        assert connect["Action"] == "rds-db:connect"
+        resource = json.dumps(connect["Resource"])
+        assert ":dbuser:" in resource and "Proxy" in resource
+        assert resource.endswith(f'"/{DATABASE_USERS[handler]}"]]}}') and "*" not in resource
+    # nothing in the stack may read the database secret
+    policies = dev.resources(dev.stacks.api, "AWS::IAM::Policy").values()
+    assert "DatabaseInstanceSecret" not in json.dumps(list(policies))
+
+
 def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     xray = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
     secrets = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
+    connect = {"rds-db:connect"}
 
     statements, managed = role_statements(dev, "lambdas.api.handler")
-    assert actions(statements) == xray | secrets
+    assert actions(statements) == xray | secrets | connect
     assert "ManageUploadsPolicy" in managed and "ReadUploadsPolicy" not in managed
     # result links are presigned GETs of processed/*: the signer needs s3:GetObject there
     assert "ReadProcessedPolicy" in managed and "Write" not in managed
@@ -224,7 +257,7 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
         "sqs:DeleteMessage",
         "sqs:GetQueueAttributes",
     }
-    assert actions(statements) - sqs == xray | secrets
+    assert actions(statements) - sqs == xray | secrets | connect
     assert "ReadUploadsPolicy" in managed and "Manage" not in managed and "Write" not in managed
 
     statements, managed = role_statements(dev, "lambdas.queue_metrics.handler")
@@ -236,7 +269,7 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     assert "Uploads" not in managed
 
     statements, managed = role_statements(dev, "lambdas.reconciler.handler")
-    assert actions(statements) == xray | secrets
+    assert actions(statements) == xray | secrets | connect
     # HEADs uploaded originals whose event was lost and aborts expired multipart uploads
     # (AbortUploadsPolicy, scoped in test_stacks_storage); never writes, never reads outputs
     assert "ReadUploadsPolicy" in managed and "AbortUploadsPolicy" in managed

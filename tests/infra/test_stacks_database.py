@@ -28,8 +28,54 @@ def test_tls_is_required(each_env: Synth) -> None:
     proxy = each_env.one(each_env.stacks.database, "AWS::RDS::DBProxy")
     assert proxy["RequireTLS"] is True
     assert proxy["EngineFamily"] == "POSTGRESQL"
-    [auth] = proxy["Auth"]
-    assert auth["AuthScheme"] == "SECRETS"
+
+
+def test_iam_authentication_end_to_end(each_env: Synth) -> None:
+    """Clients log in with IAM tokens, to the instance and through the proxy, which holds no
+    secret: the master password serves only the migrations and its rotation."""
+    db = each_env.one(each_env.stacks.database, "AWS::RDS::DBInstance")
+    assert db["EnableIAMDatabaseAuthentication"] is True
+    proxy = each_env.one(each_env.stacks.database, "AWS::RDS::DBProxy")
+    assert proxy["DefaultAuthScheme"] == "IAM_AUTH"
+    assert all(auth.get("AuthScheme") != "SECRETS" for auth in proxy.get("Auth", []))
+    assert "Secret" not in json.dumps(proxy)
+    # The proxy logs in to the instance as the Lambdas' users, and only as them.
+    role = proxy["RoleArn"]["Fn::GetAtt"][0]
+    [policy] = [
+        p["Properties"]
+        for p in each_env.resources(each_env.stacks.database, "AWS::IAM::Policy").values()
+        if {"Ref": role} in p["Properties"]["Roles"]
+    ]
+    [statement] = policy["PolicyDocument"]["Statement"]
+    assert statement["Action"] == "rds-db:connect"
+    users = sorted(json.dumps(arn).rsplit("/", 1)[1].split('"')[0] for arn in statement["Resource"])
+    assert users == ["offload_api", "offload_enqueue", "offload_reconciler"]
+    assert all("DbiResourceId" in json.dumps(arn) for arn in statement["Resource"])
+
+
+def test_only_the_migrations_function_can_read_the_master_secret(dev: Synth) -> None:
+    readers = []
+    for stack in dev.stacks.all():
+        for policy in dev.resources(stack, "AWS::IAM::Policy").values():
+            for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+                if "DatabaseInstanceSecret" in json.dumps(statement["Resource"]):
+                    readers.append((stack.stack_name, json.dumps(policy["Properties"]["Roles"])))
+    assert readers and all("Migrations" in roles for _, roles in readers), readers
+    for stack in dev.stacks.all():
+        for resource in dev.resources(stack, "AWS::Lambda::Function").values():
+            env = resource["Properties"].get("Environment", {}).get("Variables", {})
+            if "DATABASE_SECRET_ARN" in env:
+                assert resource["Properties"]["Handler"] == "lambdas.migrate.handler"
+        for resource in dev.resources(stack, "AWS::ECS::TaskDefinition").values():
+            assert "DatabaseInstanceSecret" not in json.dumps(resource)
+
+
+def test_the_stacks_name_the_database_users_as_the_migrations_make_them() -> None:
+    from offload.db.roles import COMPONENTS, role_name
+    from stacks.runtime_env import database_user
+
+    for component in COMPONENTS:
+        assert database_user("offload", component) == role_name("offload", component)
 
 
 def test_multi_az_backups_and_deletion_protection_in_prod(dev: Synth, prod: Synth) -> None:
@@ -68,8 +114,9 @@ def test_only_the_proxy_and_workers_reach_the_instance(dev: Synth) -> None:
     assert "LambdasSecurityGroup" in sources
     assert "ProxySecurityGroup" in sources
     assert "RotationSingleUserSecurityGroup" in sources
-    # proxy, workers, rotation -> instance; lambdas -> proxy (never the instance)
-    assert len(ingress) == 4
+    assert "MigrationsSecurityGroup" in sources
+    # proxy, workers, migrations, rotation -> instance; lambdas -> proxy (never the instance)
+    assert len(ingress) == 5
     for rule in ingress:
         if "LambdasSecurityGroup" in json.dumps(rule["SourceSecurityGroupId"]):
             assert "ProxySecurityGroup" in json.dumps(rule["GroupId"])
@@ -86,7 +133,11 @@ def test_migrations_run_on_deploy_and_when_a_migration_changes(dev: Synth) -> No
         f for f in functions.values() if f["Properties"]["Handler"] == "lambdas.migrate.handler"
     ]
     env = migrate["Properties"]["Environment"]["Variables"]
-    assert {"DATABASE_SECRET_ARN", "DATABASE_PROXY_HOST", "OFFLOAD_DB_SCHEMA"} <= set(env)
+    # the master user, straight to the instance (the proxy takes IAM logins only)
+    assert {"DATABASE_SECRET_ARN", "OFFLOAD_DB_SCHEMA"} <= set(env)
+    assert "DATABASE_PROXY_HOST" not in env
+    assert env["OFFLOAD_DB_ROLE_PREFIX"] == "offload" == resource["RolePrefix"]
+    assert "MigrationsSecurityGroup" in json.dumps(migrate["Properties"]["VpcConfig"])
 
 
 def test_new_code_deploys_after_the_migrations(dev: Synth) -> None:
@@ -97,10 +148,15 @@ def test_new_code_deploys_after_the_migrations(dev: Synth) -> None:
 
 
 def test_migrations_hash_follows_the_files(tmp_path) -> None:
+    roles = tmp_path / "roles.py"
+    roles.write_text("GRANTS = {}")
     (tmp_path / "0001_a.sql").write_text("create table a ();")
-    before = migrations_hash(tmp_path)
+    before = migrations_hash(tmp_path, roles)
     (tmp_path / "0002_b.sql").write_text("create table b ();")
-    assert migrations_hash(tmp_path) != before
+    after = migrations_hash(tmp_path, roles)
+    assert after != before
+    roles.write_text("GRANTS = {'api': {}}")  # a grant changed: the roles are updated
+    assert migrations_hash(tmp_path, roles) != after
 
 
 def test_every_database_client_verifies_the_server(each_env: Synth) -> None:
@@ -111,7 +167,7 @@ def test_every_database_client_verifies_the_server(each_env: Synth) -> None:
     for stack in each_env.stacks.all():
         for function in each_env.resources(stack, "AWS::Lambda::Function").values():
             env = function["Properties"].get("Environment", {}).get("Variables", {})
-            if "DATABASE_SECRET_ARN" in env:
+            if "DATABASE_SECRET_ARN" in env or "DATABASE_IAM_USER" in env:
                 clients.append(env)
     [task] = each_env.resources(each_env.stacks.workers, "AWS::ECS::TaskDefinition").values()
     [worker] = task["Properties"]["ContainerDefinitions"]

@@ -61,10 +61,12 @@ def test_secrets_come_from_secrets_manager(dev: Synth) -> None:
     assert "RedisAuthToken" in secrets["REDIS_AUTH_TOKEN"]
     env = {e["Name"]: json.dumps(e["Value"]) for e in definition["Environment"]}
     assert env["REDIS_URL"].startswith('{"Fn::Join": ["", ["rediss://"')
-    # The database secret is read by the worker (it rotates): its ARN, never its values.
-    assert "DatabaseInstanceSecretAttachment" in env["DATABASE_SECRET_ARN"]
+    # PostgreSQL: the worker's own database user with an IAM token; no secret, no password.
+    assert "DATABASE_SECRET_ARN" not in env
+    assert env["DATABASE_IAM_USER"] == '"offload_worker"'
+    assert "DatabaseInstance" in env["DATABASE_HOST"] and "Proxy" not in env["DATABASE_HOST"]
     assert "UPLOAD_BUCKET" in env
-    assert not any("PASSWORD" in name or "TOKEN" in name or "USER" in name for name in env)
+    assert not any("PASSWORD" in name or "TOKEN" in name or "SECRET" in name for name in env)
 
 
 def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
@@ -97,17 +99,21 @@ def test_task_role_least_privilege(dev: Synth) -> None:
         if {"Ref": task_role_id} in p["Properties"]["Roles"]
     ]
     statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
-    by_actions = {tuple(sorted(s["Action"])): s for s in statements}
+    by_actions = {
+        tuple(sorted([s["Action"]] if isinstance(s["Action"], str) else s["Action"])): s
+        for s in statements
+    }
     assert set(by_actions) == {
         ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection"),
-        ("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"),
+        ("rds-db:connect",),
     }
     protection = by_actions["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
     assert ":task/" in json.dumps(protection["Resource"])
-    # The database secret only (read again after a rotation); ECS injects the Redis token.
-    secret = by_actions["secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"]
-    assert "RedisAuthToken" not in json.dumps(secret["Resource"])
-    assert "Database" in json.dumps(secret["Resource"])
+    # No secret at all (ECS injects the Redis token with the execution role); PostgreSQL as
+    # the worker's database user only, on the instance (not the proxy).
+    connect = json.dumps(by_actions["rds-db:connect",]["Resource"])
+    assert ":dbuser:" in connect and "DbiResourceId" in connect and "*" not in connect
+    assert connect.endswith('"/offload_worker"]]}')
 
 
 def scaling(synth: Synth) -> tuple[dict, dict[str, dict], dict[str, dict]]:

@@ -24,6 +24,7 @@ from offload.jobs import JobRef
 from offload.queue import Producer
 from offload.queue import producer as producer
 from offload.settings import Settings
+from tests.support.servers import role_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_PROCESSORS = "tests.support.processors"
@@ -89,12 +90,31 @@ def spawn_worker(settings: Settings, log_path: Path, **extra_env: str) -> subpro
 
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[OffloadWorker]:
-    worker = OffloadWorker(settings)
+    """The worker, logged in as the worker's database role when the test schema has one."""
+    worker = OffloadWorker(as_component(settings, "worker"))
     await worker.start()
     try:
         yield worker
     finally:
         await worker.shutdown(grace_s=5)
+
+
+def as_component(settings: Settings, component: str) -> Settings:
+    """``settings`` logging in as ``component``'s own database role (``offload.db.roles``),
+    as deployed, when the schema has that role (every ``pg_schema`` fixture's schema does);
+    unchanged otherwise (a schema made without roles: the local stack, benchmarks)."""
+    from offload.db.roles import role_name
+
+    try:
+        name = role_name(settings.database_schema, component)
+    except ValueError:  # a schema name too long to prefix a role: made without roles
+        return settings
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            return settings
+    return replace(
+        settings, database_url=role_url(settings.database_url, settings.database_schema, component)
+    )
 
 
 @asynccontextmanager

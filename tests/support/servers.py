@@ -8,6 +8,9 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
+from psycopg.conninfo import make_conninfo
+
 from offload_local.servers import (
     DEFAULT_DATABASE_URL,
     DEFAULT_REDIS_URL,
@@ -44,13 +47,25 @@ def unique_name(prefix: str) -> str:
 
 @contextmanager
 def pg_schema(url: str | None = None) -> Iterator[str]:
-    """A migrated schema of its own; dropped afterwards."""
+    """A migrated schema of its own, with the components' database roles of its own (named
+    after it: ``<schema>_api``, ...; see :func:`role_url`); all dropped afterwards."""
     from offload.db.migrate import migrate
+    from offload.db.roles import drop_roles, role_names
 
     url = url or database_url()
     schema = unique_name("t")
-    migrate(url, schema)
     try:
+        migrate(url, schema, role_prefix=schema)
         yield schema
     finally:
         drop_schema(url, schema)
+        with psycopg.connect(url, autocommit=True) as conn:
+            drop_roles(conn, role_names(schema).values())
+
+
+def role_url(url: str, schema: str, component: str) -> str:
+    """``url`` logging in as the database role of ``component`` made for ``schema`` by
+    :func:`pg_schema` (the test server trusts local logins: no password)."""
+    from offload.db.roles import role_name
+
+    return make_conninfo(url, user=role_name(schema, component))
