@@ -97,5 +97,8 @@ def user_message(exc: BaseException, names: Iterable[str] = ()) -> str:
     """``Type: message`` of ``exc`` as its user may read it."""
     text = infrastructure_message(exc)
     if text is None:
-        text = redact(str(exc), names)
+        try:
+            text = redact(str(exc), names)
+        except Exception:  # an exception whose __str__ fails still has a type to show
+            text = ""
     return redact(f"{type(exc).__name__}: {text}" if text else type(exc).__name__, names)

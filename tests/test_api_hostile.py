@@ -319,6 +319,7 @@ ROUTES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("method", "template"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 @api_settings
 @given(data=st.data())
@@ -331,6 +332,7 @@ def test_hostile_requests_get_a_json_answer_below_500_within_the_callers_namespa
     run(world, method, path, query=query, **body)
 
 
+@pytest.mark.slow
 @api_settings
 @given(data=st.data())
 def test_any_method_and_path_gets_a_json_answer_below_500(

@@ -85,3 +85,23 @@ def test_the_api_redacts_an_error_stored_by_another_writer(lambda_env, settings,
     listed = call("GET", "/jobs").body["jobs"]
     assert [job["error"] for job in listed] == [shown]
     assert job_row(settings, row["id"])["error_message"] == stored  # stored as written
+
+
+def test_an_uploads_error_is_shown_without_internal_names(lambda_env, settings, bucket):
+    """An upload's ``error`` (a rejection's reason) goes through the same redaction."""
+    import psycopg
+
+    created = call(
+        "POST", "/uploads", body={"filename": "a.jpg", "size": 5, "contentType": "image/jpeg"}
+    )
+    assert created.status == 201
+    stored = f"object s3://{bucket}/x is 7 bytes, 5 were announced (bucket {bucket})"
+    with psycopg.connect(
+        settings.database_url, options=f"-c search_path={settings.database_schema}"
+    ) as conn:
+        conn.execute(
+            "UPDATE uploads SET state = 'rejected', error = %s WHERE id = %s",
+            (stored, created.body["id"]),
+        )
+    shown = call("GET", f"/uploads/{created.body['id']}").body["error"]
+    assert shown == "object [hidden] is 7 bytes, 5 were announced (bucket [hidden])"

@@ -98,3 +98,12 @@ def test_redact_is_idempotent():
     text = user_message(RuntimeError(ACCESS_DENIED), [BUCKET])
     assert redact(text, [BUCKET]) == text
     assert_no_internal_name(text)
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+
+def test_an_exception_whose_text_fails_shows_its_type():
+    assert user_message(Unprintable()) == "Unprintable"

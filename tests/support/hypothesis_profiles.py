@@ -21,7 +21,7 @@ import os
 
 from hypothesis import HealthCheck, settings
 
-DEFAULT_EXAMPLES = 300
+DEFAULT_EXAMPLES = 100
 
 
 def examples() -> int:
