@@ -35,7 +35,7 @@ from offload.keys import KEY_SEGMENT_ID
 from offload.queue import producer
 from offload.uploads import MiB
 from tests.support.apigw import LambdaContext, call, configure, decode, event
-from tests.support.hypothesis_profiles import api_settings
+from tests.support.hypothesis_profiles import api_settings, examples
 
 CALLER = "user-a"
 OTHER = "user-b"
@@ -306,6 +306,10 @@ def queries(world: World) -> st.SearchStrategy[dict[str, str] | None]:
 
 # --- the properties -----------------------------------------------------------------------------
 
+# The suite's 300 s per test holds the default run many times over; a long run gets a quarter
+# of a second an example (the upload routes took 0.12 s an example on the loaded machine).
+LONG = pytest.mark.timeout(max(300, examples() // 4))
+
 # (method, path template): every route of lambdas/api.py; "{id}" is drawn from ids().
 ROUTES = [
     ("POST", "/uploads"),
@@ -320,6 +324,7 @@ ROUTES = [
 
 
 @pytest.mark.slow
+@LONG
 @pytest.mark.parametrize(("method", "template"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 @api_settings
 @given(data=st.data())
@@ -333,6 +338,7 @@ def test_hostile_requests_get_a_json_answer_below_500_within_the_callers_namespa
 
 
 @pytest.mark.slow
+@LONG
 @api_settings
 @given(data=st.data())
 def test_any_method_and_path_gets_a_json_answer_below_500(
