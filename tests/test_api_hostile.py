@@ -186,7 +186,11 @@ def run(world: World, method: str, path: str, **kwargs: Any) -> None:
     :func:`check`."""
     from lambdas import api
 
-    check(api.handler(event(method, path, **kwargs), LambdaContext("offload-api", 29.0)), world)
+    binary = kwargs.pop("binary", None)
+    request = event(method, path, **kwargs)
+    if binary is not None:
+        request["body"], request["isBase64Encoded"] = base64.b64encode(binary).decode(), True
+    check(api.handler(request, LambdaContext("offload-api", 29.0)), world)
 
 
 # --- strategies ---------------------------------------------------------------------------------
@@ -237,10 +241,13 @@ DEEP = st.integers(1, 200_000).flatmap(
 @st.composite
 def bodies(draw: st.DrawFn) -> dict[str, Any]:
     """``event()`` keyword arguments for a body: JSON of any shape, text that is not JSON,
-    deep nesting, huge digit strings, NULs, none at all; sometimes base64-encoded."""
-    kind = draw(st.sampled_from(["shaped", "json", "raw", "deep", "none"]))
+    deep nesting, huge digit strings, NULs, none at all, sometimes base64-encoded; or any
+    bytes (``binary``: base64-encoded by :func:`run`)."""
+    kind = draw(st.sampled_from(["shaped", "json", "raw", "deep", "bytes", "none"]))
     if kind == "none":
         return {}
+    if kind == "bytes":  # any bytes, base64-encoded by API Gateway: not always UTF-8
+        return {"binary": draw(st.binary(max_size=64))}
     if kind == "shaped":
         raw = json.dumps(draw(SHAPED))
     elif kind == "json":
