@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from offload.user_errors import redact, user_message
+
 
 class PermanentJobError(Exception):
     """The job can never succeed (bad input, missing object, not an image): fail it now,
@@ -32,3 +36,33 @@ class RemoteTraceback(Exception):
 
     def __str__(self) -> str:
         return self.text
+
+
+class AttemptFailed(Exception):
+    """What the worker raises to bullmq for a failed attempt that may be retried: its text is
+    the job's user-facing error (:func:`job_error_message`), so bullmq's ``failedReason`` (read
+    by the reconciler, Bull Board, Node tools) holds no more than the status row does; the
+    original exception is its ``__cause__``, in bullmq's stack trace."""
+
+
+def job_error_message(exc: BaseException, names: Iterable[str] = ()) -> str:
+    """The ``error`` a job's user reads for ``exc`` (offload.user_errors says why). The texts
+    offload writes itself (a processor's PermanentJobError, the child's already-public
+    ``Type: message``, a timeout, a crash, bad job data, an unknown job name) keep their words,
+    less internal names; any other exception is described by :func:`user_message`."""
+    from bullmq import UnrecoverableError
+
+    from offload.jobs import InvalidJobData
+
+    own = (
+        PermanentJobError,
+        ProcessorFailed,
+        SandboxCrashed,
+        JobTimedOut,
+        AttemptFailed,
+        InvalidJobData,
+        UnrecoverableError,
+    )
+    if isinstance(exc, own):
+        return redact(str(exc) or type(exc).__name__, names)
+    return user_message(exc, names)

@@ -27,6 +27,7 @@ import traceback
 from multiprocessing.connection import Connection
 
 from offload.settings import Settings
+from offload.user_errors import user_message
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
@@ -123,8 +124,10 @@ def _failure(permanent: bool, exc: BaseException) -> tuple:
     """The error for the parent, its text made UTF-8-safe: a message may quote an undecodable
     file name (Python holds its bytes as lone surrogates), which neither PostgreSQL text nor
     Redis (redis-py encodes strictly) can take, so the outcome could not be stored and the
-    row stayed ``active``. A surrogate becomes its ``\\udcXX`` escape, which keeps the byte."""
-    message = f"{type(exc).__name__}: {exc}"
+    row stayed ``active``. A surrogate becomes its ``\\udcXX`` escape, which keeps the byte.
+    The message is what the job's user reads (offload.user_errors: no bucket, ARN, URL, SQL);
+    the traceback, with the exception's whole text, goes to the stack column."""
+    message = user_message(exc)
     return ("error", permanent, _utf8(message), _utf8(traceback.format_exc()))
 
 

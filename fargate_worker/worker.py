@@ -25,7 +25,7 @@ from bullmq import UnrecoverableError
 
 from fargate_worker import processors
 from fargate_worker.bull_worker import BullWorker
-from fargate_worker.errors import PermanentJobError
+from fargate_worker.errors import AttemptFailed, PermanentJobError, job_error_message
 from fargate_worker.health import heartbeat
 from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
@@ -37,6 +37,7 @@ from offload.jobs import InvalidJobData, JobRef
 from offload.metrics import MetricsEmitter
 from offload.redis_conn import connection_options, redact
 from offload.settings import Settings
+from offload.user_errors import redact as hide_internal_names
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,14 @@ class OffloadWorker:
             ref = None
         return JobIdentity(job.id, job.name, self.settings.queue_name, ref), attempt, max_attempts
 
+    def _internal_names(self, ref: JobRef | None = None) -> tuple[str, ...]:
+        """Names a job's user-facing error must not carry: the buckets."""
+        return (self.settings.upload_bucket, *((ref.bucket,) if ref else ()))
+
     async def _record_deferred_failure(self, job: Any) -> None:
         """bullmq is about to fail this job without running it (see BullWorker): store it."""
         identity, attempt, max_attempts = self._identity(job)
-        reason = str(job.deferredFailure)
+        reason = hide_internal_names(str(job.deferredFailure), self._internal_names(identity.ref))
         await self.store.mark_failed_unrun(identity, attempt, max_attempts, self.worker_id, reason)
         self._emit_done(job, "failed", time.monotonic())
         log.error(
@@ -171,18 +176,23 @@ class OffloadWorker:
             permanent = isinstance(exc, (PermanentJobError, InvalidJobData, UnrecoverableError))
             # bullmq's own rule (stalls count in attemptsStarted, not in attemptsMade)
             final = permanent or job.attemptsMade + 1 >= max_attempts
-            message = str(exc) or type(exc).__name__
+            # What the job's user reads; the stack keeps the whole story (error_stack column).
+            message = job_error_message(exc, self._internal_names(ref))
             stack = _stack_of(exc)
             if final:
                 await self.store.mark_failed(job.id, attempt, message, stack)
                 self._emit_done(job, "failed", started)
-                log.error("job failed", extra=context | {"error": message})
+                log.error("job failed", extra=context | {"error": message, "stack": stack})
             else:
                 await self.store.mark_retrying(job.id, attempt, message, stack)
-                log.warning("job attempt failed, will retry", extra=context | {"error": message})
-            if permanent and not isinstance(exc, UnrecoverableError):
+                log.warning(
+                    "job attempt failed, will retry",
+                    extra=context | {"error": message, "stack": stack},
+                )
+            # bullmq keeps str() of what it gets as the failed reason: the same public message.
+            if permanent:
                 raise UnrecoverableError(message) from exc
-            raise
+            raise AttemptFailed(message) from exc
         finally:
             self._active -= 1
             await self.protection.job_finished()

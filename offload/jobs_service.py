@@ -38,6 +38,7 @@ from offload.db.job_queries import (
     encode_cursor,
     job_view,
 )
+from offload.keys import PROCESSED_PREFIX, UPLOADS_PREFIX
 from offload.uploads import Conflict, InvalidRequest, NotFound, outputs_archived, result_links
 
 if TYPE_CHECKING:
@@ -63,6 +64,21 @@ def parse_list_params(limit: str | None, cursor: str | None) -> tuple[int, Curso
         except InvalidCursor as exc:
             raise InvalidRequest(str(exc), field="cursor") from exc
     return size, after
+
+
+def own_result(owner: str, result: Any) -> Any:
+    """A job's result without the output keys (``*_key`` values) outside the caller's
+    namespace: a processor names only its upload's outputs, and one that named another key
+    (a bug) must not show it to the user, as :func:`offload.uploads.result_links` never signs
+    it."""
+    if not isinstance(result, dict):
+        return result
+    prefixes = (f"{UPLOADS_PREFIX}{owner}/", f"{PROCESSED_PREFIX}{owner}/")
+    return {
+        name: value
+        for name, value in result.items()
+        if not (name.endswith("_key") and isinstance(value, str) and not value.startswith(prefixes))
+    }
 
 
 class JobService:
@@ -96,6 +112,7 @@ class JobService:
     def answer(self, owner: str, row: JobRow) -> dict[str, Any]:
         """A job as the API shows it: :func:`job_view`, ``links`` and ``outputsArchived``."""
         view = job_view(row)
+        view["result"] = own_result(owner, row.result)
         view["links"] = []
         view["outputsArchived"] = False
         if row.state == "completed" and row.upload_id and not row.superseded:

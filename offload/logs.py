@@ -26,6 +26,7 @@ CONTEXT_FIELDS = (
     "duration_ms",
     "state",
     "error",
+    "stack",  # a job's whole failure (its user-facing "error" is redacted: offload.user_errors)
 )
 
 

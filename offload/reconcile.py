@@ -69,6 +69,7 @@ from offload.s3events import (
     upload_jobs,
 )
 from offload.settings import Settings
+from offload.user_errors import redact
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -378,6 +379,9 @@ class Reconciler:
         log.warning("lost job re-enqueued", extra=fields)
         return "requeued"
 
+    def _bucket_names(self, row: dict[str, Any]) -> tuple[str, ...]:
+        return (self.settings.upload_bucket, row.get("bucket") or "")
+
     async def _settle(self, row: dict[str, Any], job: Any, state: str) -> int:
         """Copy the queue's final outcome onto the row; 1 if it moved, 0 if a worker wrote it
         in between (the row is then the worker's business again)."""
@@ -390,8 +394,19 @@ class Reconciler:
             "state": state,
             "attempt": max(job.attemptsMade, job.attemptsStarted),
             "result": None if failed else Jsonb(job.returnvalue),
-            "error_message": storable_text(job.failedReason) if failed else None,
-            "error_stack": storable_text(job.stacktrace[-1]) if failed and job.stacktrace else None,
+            # The reason is shown to the job's user (whoever wrote it: our worker stores a
+            # public one, another tool may not): redacted; the whole text goes to the stack.
+            "error_message": (
+                storable_text(redact(job.failedReason or "", self._bucket_names(row)))
+                if failed
+                else None
+            ),
+            "error_stack": (
+                storable_text(job.stacktrace[-1] if job.stacktrace else job.failedReason or "")
+                or None
+                if failed
+                else None
+            ),
             "finished_at": datetime.fromtimestamp(job.finishedOn / 1000, UTC),
             "message": message,
         }

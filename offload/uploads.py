@@ -39,6 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from offload.keys import KEY_SEGMENT_ID, UploadKey
+from offload.user_errors import redact
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -426,7 +427,7 @@ def upload_view(upload: Upload) -> dict[str, Any]:
     if upload.size_actual is not None:
         view["sizeActual"] = upload.size_actual
     if upload.error:
-        view["error"] = upload.error
+        view["error"] = redact(upload.error, [upload.bucket])  # offload.user_errors
     if upload.multipart_upload_id and upload.size_announced:
         plan = upload_plan(upload)
         view["partSize"] = plan.part_size

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,6 +20,13 @@ from psycopg.conninfo import make_conninfo
 
 from offload_local.stack import delete_keys, drop_schema
 from tests.support import servers, tiers
+
+# hypothesis caches what it learns of the source (.hypothesis/constants) in the working
+# directory unless told otherwise: outside the repository, under the system's temporary folder
+# (tests/support/hypothesis_profiles.py keeps no example database at all).
+os.environ.setdefault(
+    "HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "offload-hypothesis")
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

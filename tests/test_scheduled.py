@@ -388,6 +388,10 @@ def _finish_outside_our_worker(settings, outcomes: dict[str, str]) -> None:
         async def process(job, token):
             if outcomes[job.id] == "failed":
                 raise ValueError(f"failed outside: {job.id}")
+            if outcomes[job.id] == "failed naming the bucket":
+                raise ValueError(
+                    f"denied: arn:aws:s3:::{job.data['bucket']}/x, s3://{job.data['bucket']}/x"
+                )
             return {"done": job.id}
 
         worker = Worker(
@@ -399,7 +403,8 @@ def _finish_outside_our_worker(settings, outcomes: dict[str, str]) -> None:
             },
         )
         try:
-            for jid, state in outcomes.items():
+            for jid, outcome in outcomes.items():
+                state = outcome.split()[0]
                 await wait_for(lambda jid=jid, state=state: _in_state(queue, jid, state))
         finally:
             await worker.close()
@@ -433,6 +438,21 @@ def test_in_flight_rows_whose_queue_job_is_final_are_settled(lambda_env, setting
     last = _events(settings, done)[-1]
     assert last["state"] == "completed" and "settled by the reconciler" in last["message"]
     assert reconcile()["jobs_settled"] == 0  # settled rows are final: not checked again
+
+
+def test_a_settled_failure_shows_its_user_no_internal_name(lambda_env, settings, bucket):
+    """The queue's failed reason was written by someone else (Node BullMQ, an older worker):
+    the row's error, shown to the job's user, is redacted; the whole text goes to the stack."""
+    broken = _enqueue(settings, "noop", JobRef(bucket, "k", etag="e" * 32), {"attempts": 1})
+    _finish_outside_our_worker(settings, {broken: "failed naming the bucket"})
+    sql(settings, "UPDATE jobs SET state = 'active', attempt = 1 WHERE id = %s", broken)
+    age_rows(settings, "jobs", settings.reconcile_after_s + 60)
+
+    assert reconcile()["jobs_settled"] == 1
+    row = job_rows(settings)[0]
+    assert row["state"] == "failed"
+    assert row["error_message"] == "denied: [hidden], [hidden]"
+    assert f"arn:aws:s3:::{bucket}/x" in row["error_stack"]
 
 
 def _started_by_our_worker(settings, jid: str, name: str, ref: JobRef) -> None:

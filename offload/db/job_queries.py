@@ -20,6 +20,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.uploads import revision_sql
+from offload.user_errors import redact
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -55,6 +56,7 @@ class JobRow:
     # its result describes bytes the key no longer holds, and its outputs' keys now hold (or
     # will hold) the newest version's.
     superseded: bool | None = None
+    bucket: str | None = None  # never shown: named so that the error shown cannot carry it
 
 
 _COLUMNS = (
@@ -62,7 +64,8 @@ _COLUMNS = (
     " created_at, started_at, finished_at, updated_at,"
     " (SELECT u.filename FROM uploads u WHERE u.id = jobs.upload_id) AS filename,"
     f" (SELECT jobs.revision IS DISTINCT FROM {revision_sql('u')}"
-    "  FROM uploads u WHERE u.id = jobs.upload_id) AS superseded"
+    "  FROM uploads u WHERE u.id = jobs.upload_id) AS superseded,"
+    " bucket"
 )
 
 
@@ -96,8 +99,16 @@ def decode_cursor(token: str) -> Cursor:
         raise InvalidCursor("cursor is not valid") from exc
 
 
+def _shown_error(row: JobRow) -> str | None:
+    if row.error_message is None:
+        return None
+    return redact(row.error_message, [row.bucket or ""])
+
+
 def job_view(row: JobRow) -> dict[str, Any]:
-    """What the API shows of a job: no stack trace, no worker id, no bucket."""
+    """What the API shows of a job: no stack trace, no worker id, no bucket. The error is
+    redacted again here (offload.user_errors), whoever wrote it: rows written before the
+    writers redacted, or by a tool other than offload's worker, show no internal name either."""
 
     def iso(value: datetime | None) -> str | None:
         return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
@@ -112,7 +123,7 @@ def job_view(row: JobRow) -> dict[str, Any]:
         "attempts": row.attempt,
         "maxAttempts": row.max_attempts,
         "result": row.result,
-        "error": row.error_message,
+        "error": _shown_error(row),
         "createdAt": iso(row.created_at),
         "startedAt": iso(row.started_at),
         "finishedAt": iso(row.finished_at),

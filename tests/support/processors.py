@@ -244,3 +244,46 @@ def logged(ctx: JobContext) -> dict:
         time.sleep(float(seconds))
     line("done")
     return {"kind": kind, "seconds": float(seconds)}
+
+
+def _internal_names(ctx: JobContext) -> str:
+    """A text naming what a job's user must never read: the bucket, ARNs, an account id, a
+    presigned URL, an AWS host (as botocore's and other libraries' messages do)."""
+    bucket, key = ctx.ref.bucket, ctx.ref.key
+    return (
+        f"cannot write s3://{bucket}/{key}: User: arn:aws:sts::123456789012:assumed-role/w/i-0"
+        f" is not authorized on arn:aws:s3:::{bucket}/{key}"
+        f" (https://{bucket}.s3.us-east-1.amazonaws.com/{key}?X-Amz-Signature=abc, account"
+        f" 123456789012, bucket {bucket})"
+    )
+
+
+@processor("fail_naming_internals")
+def fail_naming_internals(ctx: JobContext) -> dict:
+    raise RuntimeError(_internal_names(ctx))
+
+
+@processor("fail_permanently_naming_internals")
+def fail_permanently_naming_internals(ctx: JobContext) -> dict:
+    """A processor's own permanent error that quotes too much."""
+    raise PermanentJobError(f"not an image: {_internal_names(ctx)}")
+
+
+@processor("fail_with_client_error")
+def fail_with_client_error(ctx: JobContext) -> dict:
+    """An S3 refusal as botocore raises it (AccessDenied names the role, bucket and key)."""
+    from botocore.exceptions import ClientError
+
+    error = {"Code": "AccessDenied", "Message": _internal_names(ctx)}
+    raise ClientError({"Error": error}, "PutObject")
+
+
+@processor("fail_with_sql_error")
+def fail_with_sql_error(ctx: JobContext) -> dict:
+    """A PostgreSQL error as psycopg raises it: its text quotes the statement."""
+    import psycopg
+
+    raise psycopg.errors.UndefinedTable(
+        'relation "secret_table" does not exist\nLINE 1: SELECT * FROM secret_table'
+        f" -- {ctx.ref.bucket}"
+    )
