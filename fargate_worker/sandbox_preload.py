@@ -15,6 +15,12 @@ from __future__ import annotations
 
 import boto3
 
+from fargate_worker.hardening import make_undumpable
+
+# The fork server was exec'd, so it is dumpable again: its children (siblings of each other,
+# same uid) must not read its memory or file descriptors. Each child clears it too.
+make_undumpable()
+
 boto3.client(
     "s3",
     region_name="us-east-1",
