@@ -271,6 +271,29 @@ def snoop(ctx: JobContext) -> dict:
     }
 
 
+class _TouchesWhenUnpickled:
+    """A pickle that creates a file where it is loaded: code of the child's choosing."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path(self.path),))
+
+
+@processor("pickle_to_the_worker")
+def pickle_to_the_worker(ctx: JobContext) -> dict:
+    """A compromised child writing its own message to the worker's pipe: a pickle that, if the
+    worker loaded it, would create the file named by the bucket in the worker."""
+    import gc
+    from multiprocessing.connection import Connection
+
+    conn = next(o for o in gc.get_objects() if isinstance(o, Connection) and not o.closed)
+    conn.send(_TouchesWhenUnpickled(ctx.ref.bucket))
+    time.sleep(2)  # the worker reads it while this job still runs
+    return {"sent": True}
+
+
 @processor("quick_progress")
 def quick_progress(ctx: JobContext) -> dict:
     """Reports progress as an inspect of a small file does, and is done at once."""
