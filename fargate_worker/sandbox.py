@@ -72,6 +72,8 @@ SECRET_ENVIRONMENT = (
     "AWS_SHARED_CREDENTIALS_FILE",
     "AWS_CONFIG_FILE",
     "ECS_AGENT_URI",  # the task's scale-in protection: the worker's business only
+    "ECS_CONTAINER_METADATA_URI",  # the task's metadata: nothing a processor needs
+    "ECS_CONTAINER_METADATA_URI_V4",
 )
 START_TIMEOUT_S = 60.0
 _HEADER = struct.Struct("!i")
