@@ -54,7 +54,7 @@ class PresignedS3:
             )
         length = int(headers["content-length"])
         return {
-            "Body": StreamingBody(response.raw, length),
+            "Body": _Body(response.raw, length),
             "ContentLength": length,
             "ContentType": headers.get("content-type"),
             "ETag": headers.get("etag"),
@@ -82,9 +82,9 @@ class PresignedS3:
             request = AWSRequest(method, url, data=body, headers=headers, stream_output=True)
             try:
                 response = _session(url).send(request.prepare())
-            except (HTTPClientError, BotoConnectionError):
+            except (HTTPClientError, BotoConnectionError) as exc:
                 if attempt == MAX_ATTEMPTS:
-                    raise
+                    raise S3TransferError(f"{type(exc).__name__} on S3 {name}") from None
                 _back_off(attempt)
                 continue
             if response.status_code < 300:
@@ -95,6 +95,28 @@ class PresignedS3:
                 raise error
             _back_off(attempt)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+class S3TransferError(Exception):
+    """S3 did not answer or the connection broke: retried like any error. The message names
+    the error's type only: botocore's would quote the presigned URL (its signature, the
+    worker's session token), and job errors reach PostgreSQL, the logs and the job's user."""
+
+
+class _Body(StreamingBody):
+    """botocore's body, whose read errors (a timeout, a broken connection) quote no URL."""
+
+    def read(self, amt: int | None = None) -> bytes:
+        try:
+            return bytes(super().read(amt))
+        except (HTTPClientError, BotoConnectionError) as exc:
+            raise S3TransferError(f"{type(exc).__name__} reading an S3 object") from None
+
+    def readinto(self, b: Any) -> int:
+        try:
+            return int(super().readinto(b))
+        except (HTTPClientError, BotoConnectionError) as exc:
+            raise S3TransferError(f"{type(exc).__name__} reading an S3 object") from None
 
 
 def _session(url: str) -> URLLib3Session:

@@ -1,8 +1,12 @@
 """What the worker presigns for a sandbox child (fargate_worker/s3grants.py): its job's object
-and its job's outputs, nothing else. Signing is local (no server): fake credentials."""
+and its job's outputs, nothing else; and what the child's client (presigned_s3.py) lets out of
+a URL. Signing is local (no server): fake credentials. The requests themselves go to moto in
+test_processors.py and test_worker_jobs.py."""
 
 from __future__ import annotations
 
+import socket
+import traceback
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -10,6 +14,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from fargate_worker import presigned_s3
 from fargate_worker.s3grants import GrantRefused, JobGrants
 from offload.jobs import JobRef
 
@@ -75,3 +80,20 @@ def test_a_job_on_a_key_outside_the_upload_layout_writes_next_to_its_key_only() 
     demo.presign("put_object", {"Bucket": "bkt", "Key": "processed/demo/a.jpg.manifest.json"})
     with pytest.raises(GrantRefused):
         demo.presign("put_object", {"Bucket": "bkt", "Key": "processed/demo/b.jpg.manifest.json"})
+
+
+def test_a_transfer_error_does_not_quote_the_presigned_url(monkeypatch) -> None:
+    """Job errors reach PostgreSQL, the logs and the job's user: botocore's connection errors
+    quote the URL, which holds the signature and the worker's session token."""
+    monkeypatch.setattr(presigned_s3, "MAX_ATTEMPTS", 2)
+    monkeypatch.setattr(presigned_s3, "_back_off", lambda attempt: None)
+    with socket.socket() as closed:  # a port nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/bkt/key?X-Amz-Signature=s3cr3t&X-Amz-Security-Token=t0ken"
+    s3 = presigned_s3.PresignedS3(lambda operation, params: url)
+    with pytest.raises(presigned_s3.S3TransferError) as raised:
+        s3.get_object(Bucket="bkt", Key="key")
+    text = "".join(traceback.format_exception(raised.value))
+    assert "EndpointConnectionError" in text
+    assert "s3cr3t" not in text and "t0ken" not in text and str(port) not in text
