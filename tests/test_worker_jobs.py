@@ -263,6 +263,9 @@ def _snoop(settings, moto_endpoint, s3, bucket, tmp_path) -> dict[str, Any]:
 
     try:
         row = asyncio.run(scenario())
+    except TimeoutError as exc:
+        log = (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
+        raise AssertionError(f"the snoop job did not complete; the worker's log:\n{log}") from exc
     finally:
         worker.terminate()
         worker.wait(30)

@@ -181,9 +181,13 @@ def environment(ctx: JobContext) -> dict:
 
 
 def _parent_of(pid: int) -> int:
-    """From /proc/<pid>/stat, which every process may read, dumpable or not."""
-    with open(f"/proc/{pid}/stat") as stat:
-        return int(stat.read().rsplit(")", 1)[1].split()[1])
+    """From /proc/<pid>/stat, which every process may read, dumpable or not; -1 for a process
+    gone since /proc was listed."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return -1
 
 
 def _try_to_read(pid: int, what: str) -> str:
