@@ -12,6 +12,7 @@ errors, 5xx answers and throttling.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable
@@ -123,7 +124,11 @@ def _session(url: str) -> URLLib3Session:
     """One HTTP session per child process: connections are reused from job to job."""
     global _SESSION
     if _SESSION is None:
-        _SESSION = URLLib3Session(verify=True, timeout=TIMEOUT_S, proxies=get_environ_proxies(url))
+        # The CA bundle and proxies boto3 would use (AWS_CA_BUNDLE, HTTPS_PROXY, NO_PROXY).
+        verify: str | bool = os.environ.get("AWS_CA_BUNDLE") or True
+        _SESSION = URLLib3Session(
+            verify=verify, timeout=TIMEOUT_S, proxies=get_environ_proxies(url)
+        )
     return _SESSION
 
 
