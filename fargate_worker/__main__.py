@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 
+from fargate_worker.hardening import make_undumpable
 from fargate_worker.worker import OffloadWorker
 from offload.logs import configure_logging
 from offload.settings import Settings
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
         "OFFLOAD_SHUTDOWN_GRACE_S to finish.",
         argv,
     )
+    # First, before a secret is read: the sandbox children run hostile input as this uid, and
+    # must not read this process's environment or memory through /proc (hardening.py).
+    make_undumpable()
     configure_logging()
     return asyncio.run(run(Settings.from_env()))
 

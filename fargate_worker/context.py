@@ -1,4 +1,5 @@
-"""What a processor gets: the job's reference, progress reporting, and an S3 client."""
+"""What a processor gets: the job's reference, progress reporting, and S3 access to its job's
+object and outputs (no more: a sandbox child holds no AWS credentials, ``s3grants.py``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from offload.aws import s3_client
+from fargate_worker.presigned_s3 import Presign, PresignedS3
 from offload.jobs import JobRef
 from offload.settings import Settings
 
@@ -23,6 +24,9 @@ class JobContext:
     data: dict[str, Any]
     settings: Settings
     send_progress: Callable[[Any], None]
+    # Returns the presigned URL of an S3 request (operation, boto3 parameters), or raises; in
+    # a sandbox child, the worker signs it if the job may make it (s3grants.JobGrants).
+    presign: Presign
     _last_progress_at: float = field(default=0.0, repr=False)
 
     @cached_property
@@ -38,7 +42,9 @@ class JobContext:
             self._last_progress_at = now
             self.send_progress(progress)
 
-    @property
-    def s3(self) -> Any:
-        """A boto3 S3 client, one per child process (clients are thread-safe and reusable)."""
-        return s3_client(self.settings.s3_endpoint_url)
+    @cached_property
+    def s3(self) -> PresignedS3:
+        """``get_object`` of the job's object and ``put_object`` of its outputs
+        (``output_key(ref.key, name)``), with boto3's parameters and response fields; any other
+        object or call is refused (``S3AccessRefused``, a permanent error)."""
+        return PresignedS3(self.presign)

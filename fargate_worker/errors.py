@@ -12,6 +12,11 @@ class PermanentJobError(Exception):
     without spending the remaining attempts."""
 
 
+class S3AccessRefused(PermanentJobError):
+    """The worker refused to presign an S3 request of a sandbox child: outside its job's object
+    and outputs (``s3grants.py``). The same request would be refused on every attempt."""
+
+
 class ProcessorFailed(Exception):
     """The processor raised in its child; the message is the child's ``Type: message``.
     A failed attempt, retried; the child itself is fine and is reused."""

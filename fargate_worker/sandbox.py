@@ -13,11 +13,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import pickle
 import signal
 import struct
 from collections.abc import Callable, Coroutine, Iterator, Mapping
@@ -31,6 +31,7 @@ from fargate_worker.errors import (
     RemoteTraceback,
     SandboxCrashed,
 )
+from fargate_worker.s3grants import GrantRefused, JobGrants
 from fargate_worker.sandbox_child import child_main
 from offload.settings import Settings
 
@@ -44,13 +45,35 @@ _PRELOAD = ("fargate_worker.sandbox_child", "fargate_worker.context")
 # Imported last, after the processors: boto3 and botocore's caches for every child.
 _PRELOAD_LAST = "fargate_worker.sandbox_preload"
 # What a child (and the hostile file it parses) must not find: the credentials to the queue and
-# the database, and where to fetch them. Processors reach S3 only; the worker holds the rest.
+# the database, and where to fetch them; and every way to AWS credentials (on Fargate, the
+# relative URI is the secret path of the task role's credentials on 169.254.170.2, and the task
+# role reads the database secret). A child reaches S3 only through URLs the worker presigns for
+# its job's objects (s3grants.py); the worker holds the rest.
 SECRET_ENVIRONMENT = (
     "REDIS_URL",  # may carry a password
     "REDIS_AUTH_TOKEN",
     "REDIS_AUTH_SECRET_ARN",
     "DATABASE_URL",  # may carry a password
     "DATABASE_SECRET_ARN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",  # the legacy name of the session token
+    "AWS_CREDENTIAL_EXPIRATION",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_ROLE_SESSION_NAME",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "ECS_AGENT_URI",  # the task's scale-in protection: the worker's business only
+    "ECS_CONTAINER_METADATA_URI",  # the task's metadata: nothing a processor needs
+    "ECS_CONTAINER_METADATA_URI_V4",
 )
 START_TIMEOUT_S = 60.0
 _HEADER = struct.Struct("!i")
@@ -136,7 +159,9 @@ class SandboxProcess:
         return self.process.is_alive() and self.jobs_run < self.max_jobs
 
     async def start(self) -> None:
-        self.process.start()
+        # Process.start() starts the fork server again if it died: never with the secrets.
+        with _secrets_out_of_the_environment():
+            self.process.start()
         self._child_conn.close()
         # The child's messages are read by a reader callback that stays registered for the
         # child's life (no poll + add/remove reader per message: these are syscalls).
@@ -155,8 +180,9 @@ class SandboxProcess:
 
     def _on_readable(self) -> None:
         """Read what the pipe has and split it into messages (multiprocessing.Connection's
-        framing, which the child's ``send`` writes: a 4-byte big-endian length, or -1 and an
-        8-byte one for messages over 2 GiB, then the pickle)."""
+        framing, which the child's ``send_bytes`` writes: a 4-byte big-endian length, or -1 and
+        an 8-byte one for messages over 2 GiB, then the message's JSON: never a pickle, whose
+        loading would run code the child chose, sandbox_child.py)."""
         try:
             data = os.read(self._conn.fileno(), _READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -170,7 +196,7 @@ class SandboxProcess:
             self._buffer += data
             try:
                 self._split_messages()
-            except Exception as exc:  # a message that does not unpickle: the child is unusable
+            except Exception as exc:  # a message that is not JSON: the child is unusable
                 self._unreadable = f"unreadable message from the sandbox child: {exc!r}"
                 self._eof = True
                 self._stop_reading()
@@ -190,7 +216,7 @@ class SandboxProcess:
                 start = 12
             if len(buffer) < start + size:
                 return
-            self._messages.append(pickle.loads(buffer[start : start + size]))
+            self._messages.append(tuple(json.loads(buffer[start : start + size])))
             del buffer[: start + size]
 
     async def _recv(self) -> tuple:
@@ -214,7 +240,13 @@ class SandboxProcess:
         return describe_exit(self.process.exitcode)
 
     async def run(
-        self, job_id: str, name: str, attempt: int, data: Any, on_progress: Callable[[Any], None]
+        self,
+        job_id: str,
+        name: str,
+        attempt: int,
+        data: Any,
+        on_progress: Callable[[Any], None],
+        grants: JobGrants | None = None,
     ) -> Any:
         self.jobs_run += 1
         self._conn.send(("run", job_id, name, attempt, data))
@@ -223,6 +255,8 @@ class SandboxProcess:
             kind = message[0]
             if kind == "progress":
                 on_progress(message[1])
+            elif kind == "presign" and len(message) == 3:
+                self._conn.send(("presigned", *await _presign(grants, message[1], message[2])))
             elif kind == "done":
                 return message[1]
             elif kind == "error":
@@ -243,6 +277,25 @@ class SandboxProcess:
         self.kill()
         if self.process.pid is not None:
             await asyncio.to_thread(self.process.join, 5)
+
+
+async def _presign(grants: JobGrants | None, operation: Any, params: Any) -> tuple[str, str]:
+    """The answer to a child's presign request: ``("ok", url)``, ``("refused", why)`` for a
+    request outside its job's objects (a permanent error in the child), or ``("failed", why)``
+    when signing itself failed (credentials unavailable: retried like any error)."""
+    if grants is None:
+        return "refused", "this job has no S3 object"
+    if not isinstance(operation, str) or not isinstance(params, dict):
+        return "refused", "malformed S3 request"
+    try:
+        # In a thread: signing may first refresh the worker's credentials (an HTTP call).
+        return "ok", await asyncio.to_thread(grants.presign, operation, params)
+    except GrantRefused as exc:
+        log.warning("refused a sandbox child's S3 request: %s", exc)
+        return "refused", str(exc)
+    except Exception as exc:
+        log.error("could not presign a sandbox child's S3 request: %r", exc)
+        return "failed", f"{type(exc).__name__}: {exc}"
 
 
 class SandboxPool:
@@ -318,13 +371,14 @@ class SandboxPool:
         data: Any,
         timeout_s: float,
         on_progress: Callable[[Any], None],
+        grants: JobGrants | None = None,
     ) -> Any:
         box = await self._ready.get()
         self._busy.add(box)
         healthy = False
         try:
             async with asyncio.timeout(timeout_s):
-                result = await box.run(job_id, name, attempt, data, on_progress)
+                result = await box.run(job_id, name, attempt, data, on_progress, grants)
             healthy = True
             return result
         except TimeoutError:

@@ -1,8 +1,12 @@
 """The sandbox child: runs processors one job at a time, talking to the worker over a pipe.
 
-Messages parent -> child: ``("run", job_id, name, attempt, data)``.
-Messages child -> parent: ``("progress", value)``, then ``("done", result)`` or
-``("error", permanent, message, traceback_text)``.
+Messages parent -> child (pickled: the worker is trusted): ``("run", job_id, name, attempt,
+data)``, and ``("presigned", status, url_or_reason)`` in answer to a ``presign``.
+Messages child -> parent: ``("progress", value)`` and ``("presign", operation, params)`` (an S3
+request the worker signs if the job may make it: the child holds no AWS credentials), then
+``("done", result)`` or ``("error", permanent, message, traceback_text)``. These are JSON, never
+pickles: the child runs hostile input, and unpickling its bytes would run its code in the
+worker.
 
 A worker killed with SIGKILL must leave no orphan that keeps writing outputs after another
 worker took the job over: the child watches the worker's pid (and, as a second line, asks the
@@ -25,12 +29,13 @@ import threading
 import time
 import traceback
 from multiprocessing.connection import Connection
+from typing import Any
 
+from fargate_worker.hardening import forbid_privilege_gain, make_undumpable
 from offload.settings import Settings
 from offload.user_errors import user_message
 
 PR_SET_PDEATHSIG = 1
-PR_SET_NO_NEW_PRIVS = 38
 
 
 def die_with_parent(worker_pid: int) -> None:
@@ -50,16 +55,16 @@ def die_with_parent(worker_pid: int) -> None:
 def limit_resources(memory_mib: int) -> None:
     """What a processor fed a hostile file can take: ``memory_mib`` of address space (a decoder
     that allocates without end gets a MemoryError, the attempt fails and the task lives), no
-    core dump (it would hold the user's data), and no privilege gained through exec (a setuid
-    binary run by a processor gets none)."""
+    core dump (it would hold the user's data), no privilege gained through exec (a setuid
+    binary run by a processor gets none), and not dumpable: the children of one worker share a
+    uid, and a child parsing one user's file must not read another child's memory (the other
+    user's file, its presigned URLs) through ``/proc/<pid>/mem``."""
     if memory_mib > 0:
         limit = memory_mib * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
+    forbid_privilege_gain()
+    make_undumpable()
 
 
 def watch_worker(worker_pid: int) -> None:
@@ -91,7 +96,36 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _run_one(message: tuple, registry: dict, settings: Settings, conn: Connection) -> tuple:
+class Pipe:
+    """The child's end of the pipe, safe to use from the processor's threads: one lock keeps
+    each message whole and each presign request next to its answer."""
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self._lock = threading.Lock()
+
+    def send(self, message: tuple) -> None:
+        data = json.dumps(message, allow_nan=False).encode()
+        with self._lock:
+            self.conn.send_bytes(data)
+
+    def presign(self, operation: str, params: dict[str, Any]) -> str:
+        from fargate_worker.errors import S3AccessRefused
+
+        data = json.dumps(("presign", operation, params)).encode()
+        with self._lock:
+            self.conn.send_bytes(data)
+            kind, status, value = self.conn.recv()
+        if kind != "presigned":
+            raise RuntimeError(f"the worker answered {kind!r} to a presign request")
+        if status == "refused":
+            raise S3AccessRefused(f"S3 request refused: {value}")
+        if status != "ok":
+            raise RuntimeError(f"the worker could not presign the S3 request: {value}")
+        return str(value)
+
+
+def _run_one(message: tuple, registry: dict, settings: Settings, pipe: Pipe) -> tuple:
     from fargate_worker.context import JobContext
     from fargate_worker.errors import PermanentJobError
     from offload.jobs import InvalidJobData
@@ -103,7 +137,8 @@ def _run_one(message: tuple, registry: dict, settings: Settings, conn: Connectio
         attempt=attempt,
         data=data,
         settings=settings,
-        send_progress=lambda value: conn.send(("progress", value)),
+        send_progress=lambda value: pipe.send(("progress", value)),
+        presign=pipe.presign,
     )
     processor = registry.get(name)
     if processor is None:
@@ -180,14 +215,15 @@ def child_main(
     configure_logging()
     log = logging.getLogger("fargate_worker.sandbox")
     registry = processors.load(settings.processor_modules)
+    pipe = Pipe(conn)
     try:
-        conn.send(("ready", os.getpid()))
+        pipe.send(("ready", os.getpid()))
         for _ in range(max_jobs):
             message = conn.recv()
             if message[0] != "run":
                 log.error("sandbox got an unknown message %r", message[0])
                 return
-            conn.send(_run_one(message, registry, settings, conn))
+            pipe.send(_run_one(message, registry, settings, pipe))
     except (EOFError, OSError):
         return  # the worker closed the pipe (shutdown, or it died): nothing left to report to
     finally:

@@ -7,13 +7,20 @@ themselves: a child's first job took 260-310 ms of CPU, the next ones ~10 ms. Lo
 child inherits the loaded modules and botocore's caches, and its first job takes ~30 ms.
 
 No client is kept and no credentials are resolved (they are given, fake, to this throwaway
-client): each child still makes its own client with the environment and credentials it runs
-with (``offload.aws``). Nothing here touches the network.
+client). The built-in processors no longer make a boto3 client in the child (it has no
+credentials: ``presigned_s3.py`` sends the requests the worker signs), so this now serves
+processors that load boto3 or botocore's S3 model themselves. Nothing here touches the network.
 """
 
 from __future__ import annotations
 
 import boto3
+
+from fargate_worker.hardening import make_undumpable
+
+# The fork server was exec'd, so it is dumpable again: its children (siblings of each other,
+# same uid) must not read its memory or file descriptors. Each child clears it too.
+make_undumpable()
 
 boto3.client(
     "s3",

@@ -29,7 +29,9 @@ from fargate_worker.errors import AttemptFailed, PermanentJobError, job_error_me
 from fargate_worker.health import heartbeat
 from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
+from fargate_worker.s3grants import JobGrants
 from fargate_worker.sandbox import SandboxPool
+from offload.aws import s3_client
 from offload.db.credentials import database_url_source
 from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
@@ -204,6 +206,7 @@ class OffloadWorker:
             raise UnrecoverableError(f"unknown job name {job.name!r} (known: {known})")
         if ref is None:
             JobRef.from_data(job.data)  # raises the precise InvalidJobData message
+            raise AssertionError("unreachable: the job data did not parse the first time")
         forward = ProgressForwarder(job, self.store, attempt)
         try:
             return await self.sandbox.run(
@@ -213,9 +216,15 @@ class OffloadWorker:
                 job.data,
                 processor.timeout_s or self.settings.job_timeout_s,
                 forward,
+                JobGrants(ref, self._s3),
             )
         finally:
             await forward.close()
+
+    def _s3(self) -> Any:
+        """The client that signs the sandbox children's S3 requests (``s3grants.py``): made at
+        the first request, off the event loop (making one resolves the credentials)."""
+        return s3_client(self.settings.s3_endpoint_url)
 
     def _emit_done(self, job: Any, outcome: str, started: float) -> None:
         metrics = {

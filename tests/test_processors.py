@@ -35,6 +35,8 @@ from fargate_worker.processors.s3stream import (
     open_object,
     spool,
 )
+from fargate_worker.s3grants import JobGrants
+from offload.aws import s3_client
 from offload.jobs import JobRef
 from offload.settings import Settings
 
@@ -44,14 +46,18 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def make_ctx(endpoint: str, bucket: str, key: str, **ref: Any) -> tuple[JobContext, list]:
+    """A processor's context whose S3 requests are presigned by the worker's own rules
+    (``JobGrants``), in this process instead of over a child's pipe."""
     progress: list = []
+    job = JobRef(bucket=bucket, key=key, **ref)
     ctx = JobContext(
         job_id="job-1",
         name="test",
         attempt=1,
-        data=JobRef(bucket=bucket, key=key, **ref).to_data(),
+        data=job.to_data(),
         settings=Settings(s3_endpoint_url=endpoint),
         send_progress=progress.append,
+        presign=JobGrants(job, lambda: s3_client(endpoint)).presign,
     )
     return ctx, progress
 

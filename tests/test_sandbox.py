@@ -231,6 +231,22 @@ def test_a_child_that_cannot_even_be_created_is_retried(settings, monkeypatch, c
     assert [why for _, why, _ in _start_failures(caplog)] == ["[Errno 24] Too many open files"] * 2
 
 
+def test_the_worker_runs_no_code_a_child_sends_it(settings, tmp_path):
+    """A child parses hostile files: what it sends the worker is data (JSON), never a pickle,
+    whose loading would run the child's code in the worker, which holds every secret."""
+    marker = tmp_path / "ran-in-the-worker"
+    settings = replace(settings, default_attempts=1)
+
+    async def scenario():
+        async with producer(settings) as prod, running_worker(settings):
+            job_id = await add(prod, "pickle_to_the_worker", "x", bucket=str(marker))
+            return await wait_for_state(settings, job_id, "failed", timeout_s=60)
+
+    row = asyncio.run(scenario())
+    assert not marker.exists()
+    assert "unreadable message from the sandbox child" in row["error_message"]
+
+
 def test_a_fresh_child_has_boto3_loaded_before_its_first_job(settings):
     """Children are recycled every few dozen jobs: each one importing boto3 and loading the S3
     model at its first job (~250 ms of CPU) cost more than small jobs themselves. The fork

@@ -231,6 +231,88 @@ def test_a_sandbox_child_finds_none_of_the_workers_secrets(settings, tmp_path):
     assert found["settings"]["redis_auth_token"] is None
 
 
+# What ECS and other AWS runtimes put in a container's environment to hand it credentials (fake
+# values): the worker has them, a child must not. The worker's own credentials for moto come
+# from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY (the moto fixture), which boto3 prefers.
+FAKE_AWS_ENVIRONMENT = {
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI": "/v2/credentials/5c4fbd0a-fake-guid",
+    "AWS_CONTAINER_AUTHORIZATION_TOKEN": "fake-authorization-token",
+    "AWS_SESSION_TOKEN": "fake-session-token",
+    "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/fake",
+    "AWS_WEB_IDENTITY_TOKEN_FILE": "/nonexistent/fake-token",
+    "AWS_EC2_METADATA_DISABLED": "true",  # no instance metadata here: fail fast, not in 3 s
+}
+SNOOPED_KEY = "uploads/user-1/up-1/hostile.bin"
+OTHER_USERS_KEY = "uploads/other-user/up-2/secret.bin"
+
+
+def _snoop(settings, moto_endpoint, s3, bucket, tmp_path) -> dict[str, Any]:
+    """The ``snoop`` processor's findings in a child of an unprivileged worker (the container's
+    setting, harness.UNPRIVILEGED) that has the fake AWS environment above."""
+    s3.put_object(Bucket=bucket, Key=SNOOPED_KEY, Body=b"the job's own object")
+    s3.put_object(Bucket=bucket, Key=OTHER_USERS_KEY, Body=b"another user's file")
+    settings = replace(settings, s3_endpoint_url=moto_endpoint, default_attempts=1)
+    worker = spawn_worker(
+        settings, tmp_path / "worker.log", unprivileged=True, **FAKE_AWS_ENVIRONMENT
+    )
+
+    async def scenario():
+        async with producer(settings) as prod:
+            job_id = await add(prod, "snoop", SNOOPED_KEY, bucket=bucket)
+            return await wait_for_state(settings, job_id, "completed", timeout_s=60)
+
+    try:
+        row = asyncio.run(scenario())
+    except TimeoutError as exc:
+        log = (tmp_path / "worker.log").read_text(errors="replace")[-4000:]
+        raise AssertionError(f"the snoop job did not complete; the worker's log:\n{log}") from exc
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    return row["result"]
+
+
+def test_a_sandbox_child_cannot_read_its_workers_or_its_siblings_memory(
+    settings, moto_endpoint, s3, bucket, tmp_path
+):
+    """Children run as the worker's uid; what keeps a compromised one out of the worker's
+    environment and memory (the Redis token, the database URL, the ECS credentials path), and
+    out of the other children (other users' files), is that none of them is dumpable
+    (hardening.make_undumpable): the kernel then refuses /proc/<pid>/environ and /mem to a
+    process of the same uid without CAP_SYS_PTRACE, which the container does not grant."""
+    found = _snoop(settings, moto_endpoint, s3, bucket, tmp_path)
+    assert found["uid"] != 0
+    assert found["siblings"] >= 1  # the pool's other child: the check below covers one
+    assert found["proc"] and all(what == "refused" for what in found["proc"].values()), found[
+        "proc"
+    ]
+
+
+def test_a_sandbox_child_has_no_aws_credentials_and_reaches_only_its_jobs_objects(
+    settings, moto_endpoint, s3, bucket, tmp_path
+):
+    """The task role reads every upload and the database secret: a child gets none of the
+    variables that lead to AWS credentials, so a client it makes has none; it reads its job's
+    object and writes its outputs through URLs the worker presigns for exactly those
+    (s3grants.py), and anything else is refused."""
+    found = _snoop(settings, moto_endpoint, s3, bucket, tmp_path)
+    credentials = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", *FAKE_AWS_ENVIRONMENT}
+    credentials.discard("AWS_EC2_METADATA_DISABLED")
+    assert not credentials & set(found["aws_environment"]), found["aws_environment"]
+    assert found["own_credentials"] == "NoCredentialsError"
+    assert found["s3"] == {
+        "read own object": "read: " + repr(b"the job's own object"),
+        "read another object": "refused",
+        "write own output": "written",
+        "write elsewhere": "refused",
+    }
+    written = s3.get_object(Bucket=bucket, Key="processed/user-1/up-1/snoop.txt")
+    assert written["Body"].read() == b"snooped"
+    assert (
+        s3.get_object(Bucket=bucket, Key=OTHER_USERS_KEY)["Body"].read() == b"another user's file"
+    )
+
+
 def test_job_past_timeout_has_its_child_killed(settings):
     from fargate_worker.processors import _REGISTRY, Processor
 

@@ -19,9 +19,9 @@ import filetype
 
 from fargate_worker.errors import PermanentJobError
 from fargate_worker.processors import processor
+from fargate_worker.processors.outputs import output_key
 from fargate_worker.processors.s3stream import open_object, spool
 from offload.jobs import INSPECT, THUMBNAIL
-from offload.keys import PROCESSED_PREFIX, KeyLayoutError, UploadKey
 
 if TYPE_CHECKING:
     from PIL.Image import Image
@@ -44,19 +44,6 @@ THUMBNAIL_FORMATS = {
     "image/gif": "GIF",
     "image/webp": "WEBP",
 }
-
-
-def output_key(source_key: str, name: str) -> str:
-    """Where output ``name`` of ``source_key`` goes, the same key on every run.
-
-    Uploads (uploads/<owner>/<upload>/<file>) get processed/<owner>/<upload>/<name>, so all of
-    an upload's outputs share a prefix; any other key (demos, manual runs) gets
-    processed/<key>.<name>.
-    """
-    try:
-        return UploadKey.parse(source_key).output_key(name)
-    except KeyLayoutError:
-        return f"{PROCESSED_PREFIX}{source_key}.{name}"
 
 
 def detect_content_type(head: bytes, complete: bool) -> str:

@@ -78,9 +78,31 @@ def env_for(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[
     return env
 
 
-def spawn_worker(settings: Settings, log_path: Path, **extra_env: str) -> subprocess.Popen:
+# The worker as its container runs it (fargate_worker/Dockerfile: a non-root uid, no
+# capabilities). Tests run as root here, and root reads every process's /proc files whatever
+# the process does (CAP_SYS_PTRACE): a child run as root would prove nothing about what a
+# child can read. So: uid and gid ``nobody``, every capability dropped for good (bounding set)
+# except CAP_DAC_READ_SEARCH, which only lets it reach the interpreter and the repository
+# (under root's home on the test machines) and grants nothing over other processes.
+UNPRIVILEGED = (
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+    "--inh-caps=-all,+dac_read_search",
+    "--ambient-caps=+dac_read_search",
+    "--bounding-set=-all,+dac_read_search",
+)
+
+
+def spawn_worker(
+    settings: Settings, log_path: Path, *, unprivileged: bool = False, **extra_env: str
+) -> subprocess.Popen:
+    """`python -m fargate_worker`; ``unprivileged``: as ``UNPRIVILEGED`` (when the tests run as
+    root; otherwise they already are an unprivileged uid)."""
+    prefix = UNPRIVILEGED if unprivileged and os.geteuid() == 0 else ()
     return subprocess.Popen(
-        [sys.executable, "-m", "fargate_worker"],
+        [*prefix, sys.executable, "-m", "fargate_worker"],
         cwd=REPO_ROOT,
         env=env_for(settings, extra_env),
         stdout=log_path.open("ab"),

@@ -12,10 +12,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from fargate_worker.context import JobContext
-from fargate_worker.errors import PermanentJobError
+from fargate_worker.errors import PermanentJobError, S3AccessRefused
 from fargate_worker.processors import processor
+from fargate_worker.processors.outputs import output_key
 
 
 @processor("noop")
@@ -176,6 +178,124 @@ def environment(ctx: JobContext) -> dict:
             "database_secret_arn": ctx.settings.database_secret_arn,
         },
     }
+
+
+def _parent_of(pid: int) -> int:
+    """From /proc/<pid>/stat, which every process may read, dumpable or not; -1 for a process
+    gone since /proc was listed."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        return -1
+
+
+def _try_to_read(pid: int, what: str) -> str:
+    """``refused`` when the kernel refuses to open /proc/<pid>/<what> (ptrace access check),
+    else what was read: the variable names of an environment, the size of a memory read."""
+    try:
+        with open(f"/proc/{pid}/{what}", "rb") as file:
+            if what == "environ":
+                names = [entry.split(b"=")[0].decode() for entry in file.read().split(b"\0")]
+                return "read: " + " ".join(sorted(name for name in names if name))
+            with open(f"/proc/{pid}/maps") as maps:
+                start = int(maps.readline().split("-")[0], 16)
+            file.seek(start)
+            return f"read: {len(file.read(4096))} bytes"
+    except PermissionError:
+        return "refused"
+    except OSError as exc:
+        return f"error: {exc!r}"
+
+
+def _s3_attempt(call: Any) -> str:
+    try:
+        response = call()
+    except S3AccessRefused:
+        return "refused"
+    except Exception as exc:
+        return f"error: {exc!r}"
+    body = response.get("Body")
+    return f"read: {body.read()!r}" if body is not None else "written"
+
+
+@processor("snoop")
+def snoop(ctx: JobContext) -> dict:
+    """What a compromised child reaches: the memory and environment of its worker, of its
+    parent (the fork server) and of its sibling children through /proc; AWS credentials in its
+    environment (a client made from it lists the bucket?); S3 objects beyond its job's object
+    and outputs (the job's key is an upload's; ``uploads/other-user/up-2/secret.bin`` exists in
+    the same bucket)."""
+    ref = ctx.ref
+    fork_server = os.getppid()
+    siblings = [
+        int(name)
+        for name in os.listdir("/proc")
+        if name.isdigit() and int(name) != os.getpid() and _parent_of(int(name)) == fork_server
+    ]
+    targets = {"worker": _parent_of(fork_server), "fork server": fork_server}
+    targets |= {f"sibling {n}": pid for n, pid in enumerate(siblings)}
+    proc = {
+        f"{role} {what}": _try_to_read(pid, what)
+        for role, pid in targets.items()
+        for what in ("environ", "mem")
+    }
+    try:
+        import boto3
+
+        client = boto3.client("s3", endpoint_url=ctx.settings.s3_endpoint_url)
+        client.list_objects_v2(Bucket=ref.bucket)
+        own_credentials = "listed the bucket"
+    except Exception as exc:
+        own_credentials = type(exc).__name__
+    other = "uploads/other-user/up-2/secret.bin"
+    s3 = {
+        "read own object": _s3_attempt(lambda: ctx.s3.get_object(Bucket=ref.bucket, Key=ref.key)),
+        "read another object": _s3_attempt(lambda: ctx.s3.get_object(Bucket=ref.bucket, Key=other)),
+        "write own output": _s3_attempt(
+            lambda: ctx.s3.put_object(
+                Bucket=ref.bucket,
+                Key=output_key(ref.key, "snoop.txt"),
+                Body=b"snooped",
+                ContentType="text/plain",
+            )
+        ),
+        "write elsewhere": _s3_attempt(
+            lambda: ctx.s3.put_object(Bucket=ref.bucket, Key=other, Body=b"overwritten")
+        ),
+    }
+    environment = sorted(name for name in os.environ if name.startswith(("AWS_", "ECS_")))
+    return {
+        "uid": os.getuid(),
+        "siblings": len(siblings),
+        "proc": proc,
+        "aws_environment": environment,
+        "own_credentials": own_credentials,
+        "s3": s3,
+    }
+
+
+class _TouchesWhenUnpickled:
+    """A pickle that creates a file where it is loaded: code of the child's choosing."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (Path(self.path),))
+
+
+@processor("pickle_to_the_worker")
+def pickle_to_the_worker(ctx: JobContext) -> dict:
+    """A compromised child writing its own message to the worker's pipe: a pickle that, if the
+    worker loaded it, would create the file named by the bucket in the worker."""
+    import gc
+    from multiprocessing.connection import Connection
+
+    conn = next(o for o in gc.get_objects() if isinstance(o, Connection) and not o.closed)
+    conn.send(_TouchesWhenUnpickled(ctx.ref.bucket))
+    time.sleep(2)  # the worker reads it while this job still runs
+    return {"sent": True}
 
 
 @processor("quick_progress")
