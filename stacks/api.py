@@ -89,10 +89,7 @@ class QueueLambdas(Construct):
         web_origins: tuple[str, ...],
     ) -> None:
         super().__init__(scope, id)
-        base_env = {
-            **queue_env(redis_url=queue.url, schema=schema),
-            "REDIS_AUTH_SECRET_ARN": queue.auth_token.secret_arn,
-        }
+        base_env = queue_env(redis_url=queue.url, schema=schema)
         database_env = {
             "DATABASE_SECRET_ARN": database.secret.secret_arn,
             "DATABASE_PROXY_HOST": database.proxy_host,
@@ -135,7 +132,7 @@ class QueueLambdas(Construct):
         self.api.role.add_managed_policy(storage.manage_uploads_policy)  # type: ignore[union-attr]
         self.api.role.add_managed_policy(storage.read_processed_policy)  # type: ignore[union-attr]
         database.secret.grant_read(self.api)
-        queue.auth_token.grant_read(self.api)  # POST /jobs/{id}/retry enqueues
+        _connect_as_producer(queue, self.api)  # POST /jobs/{id}/retry enqueues
 
         self.enqueue = function(
             "Enqueue",
@@ -158,7 +155,7 @@ class QueueLambdas(Construct):
         )
         self.enqueue.role.add_managed_policy(storage.read_uploads_policy)  # type: ignore[union-attr]
         database.secret.grant_read(self.enqueue)
-        queue.auth_token.grant_read(self.enqueue)
+        _connect_as_producer(queue, self.enqueue)
 
         self.queue_metrics = function(
             "QueueMetrics",
@@ -168,7 +165,7 @@ class QueueLambdas(Construct):
             timeout=Duration.seconds(30),
             memory_size=256,
         )
-        queue.auth_token.grant_read(self.queue_metrics)
+        _connect_as_producer(queue, self.queue_metrics)
         self.queue_metrics.add_to_role_policy(
             iam.PolicyStatement(
                 sid="PutOffloadMetrics",
@@ -194,7 +191,7 @@ class QueueLambdas(Construct):
         # HEADs the objects of uploads whose S3 event was lost (offload/reconcile.py)
         self.reconciler.role.add_managed_policy(storage.read_uploads_policy)  # type: ignore[union-attr]
         database.secret.grant_read(self.reconciler)
-        queue.auth_token.grant_read(self.reconciler)
+        _connect_as_producer(queue, self.reconciler)
 
         for rule_id, fn, every in (
             ("QueueMetricsSchedule", self.queue_metrics, QUEUE_METRICS_SCHEDULE),
@@ -393,3 +390,10 @@ class ApiStack(OffloadStack):
             log_retention=config.log_retention,
         )
         CfnOutput(self, "ApiUrl", value=self.api.url)
+
+
+def _connect_as_producer(queue: RedisQueue, fn: lambda_.Function) -> None:
+    """Every Lambda that touches Redis is a producer (adds jobs, reads jobs and counts): it may
+    log in as the producer user, with an IAM token of its own role."""
+    for key, value in queue.connect_as("producer", fn).items():
+        fn.add_environment(key, value)

@@ -29,6 +29,7 @@ from tests.support.events import (
 from tests.support.events import (
     invoke_enqueue as invoke,
 )
+from tests.support.redis_acl import as_environment
 from tests.support.tcpproxy import TcpProxy
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 24
@@ -131,7 +132,7 @@ def test_a_late_duplicate_does_not_rerun_a_finished_job(lambda_env, settings, s3
     (row,) = job_rows(settings)
     # the job ran, and retention later removed it from Redis
     sql(settings, "UPDATE jobs SET state = 'completed', attempt = 1 WHERE id = %s", row["id"])
-    queue_call(settings, lambda queue: queue.remove(row["id"]))
+    queue_call(as_environment(settings), lambda queue: queue.remove(row["id"]))
     assert invoke(event)["batchItemFailures"] == []
     assert queue_jobs(settings) == {}
     assert job_rows(settings)[0]["state"] == "completed"

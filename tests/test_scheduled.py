@@ -36,6 +36,7 @@ from tests.support.events import (
     invoke_reconciler as reconcile,
 )
 from tests.support.harness import producer, running_worker, wait_for, wait_for_state
+from tests.support.redis_acl import as_environment
 from tests.support.servers import unique_name
 
 # --- queue metrics ----------------------------------------------------------------------------
@@ -212,7 +213,7 @@ def _lose(settings, *job_ids: str) -> None:
         for jid in job_ids:
             await queue.remove(jid)
 
-    queue_call(settings, remove)
+    queue_call(as_environment(settings), remove)
     assert not set(job_ids) & set(queue_jobs(settings))
 
 

@@ -123,7 +123,9 @@ def test_four_python_functions_in_the_vpc(dev: Synth) -> None:
         assert all("AppSubnet" in json.dumps(s) for s in props["VpcConfig"]["SubnetIds"])
         assert props["TracingConfig"] == {"Mode": "Active"}
         env = props["Environment"]["Variables"]
-        assert "REDIS_AUTH_SECRET_ARN" in env and "REDIS_AUTH_TOKEN" not in env
+        assert "REDIS_AUTH_SECRET_ARN" not in env and "REDIS_AUTH_TOKEN" not in env
+        assert env["REDIS_USER"] == "offload-dev-producer"
+        assert "ReplicationGroup" in json.dumps(env["REDIS_IAM_AUTH_CACHE"])
         assert env["OFFLOAD_QUEUE_NAME"] == "uploads"
     api_env = by_handler["lambdas.api.handler"]["Environment"]["Variables"]
     assert {"DATABASE_SECRET_ARN", "DATABASE_PROXY_HOST", "UPLOAD_BUCKET"} <= set(api_env)
@@ -183,9 +185,10 @@ def actions(statements: list[dict]) -> set[str]:
 def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     xray = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
     secrets = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
+    redis = {"elasticache:Connect"}  # as the producer user (test_stacks_queue.py)
 
     statements, managed = role_statements(dev, "lambdas.api.handler")
-    assert actions(statements) == xray | secrets
+    assert actions(statements) == xray | secrets | redis
     assert "ManageUploadsPolicy" in managed and "ReadUploadsPolicy" not in managed
     # result links are presigned GETs of processed/*: the signer needs s3:GetObject there
     assert "ReadProcessedPolicy" in managed and "Write" not in managed
@@ -199,19 +202,17 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
         "sqs:DeleteMessage",
         "sqs:GetQueueAttributes",
     }
-    assert actions(statements) - sqs == xray | secrets
+    assert actions(statements) - sqs == xray | secrets | redis
     assert "ReadUploadsPolicy" in managed and "Manage" not in managed and "Write" not in managed
 
     statements, managed = role_statements(dev, "lambdas.queue_metrics.handler")
-    assert actions(statements) == xray | secrets | {"cloudwatch:PutMetricData"}
+    assert actions(statements) == xray | redis | {"cloudwatch:PutMetricData"}  # no secret
     [put] = [s for s in statements if s["Action"] == "cloudwatch:PutMetricData"]
     assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Offload"}}
-    metric_secrets = [s for s in statements if s["Action"] != "cloudwatch:PutMetricData"]
-    assert "DatabaseInstanceSecret" not in json.dumps(metric_secrets)  # Redis only
     assert "Uploads" not in managed
 
     statements, managed = role_statements(dev, "lambdas.reconciler.handler")
-    assert actions(statements) == xray | secrets
+    assert actions(statements) == xray | secrets | redis
     # HEADs uploaded originals whose event was lost; never writes, never reads outputs
     assert "ReadUploadsPolicy" in managed and "Manage" not in managed
     assert "Write" not in managed and "Processed" not in managed

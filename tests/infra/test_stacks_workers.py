@@ -52,17 +52,18 @@ def test_stop_timeout_and_health_check(each_env: Synth) -> None:
     assert int(env["OFFLOAD_SHUTDOWN_GRACE_S"]) < 120
 
 
-def test_secrets_come_from_secrets_manager(dev: Synth) -> None:
+def test_no_secret_in_the_environment_redis_by_iam(dev: Synth) -> None:
     definition = container(dev)
-    secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in definition["Secrets"]}
-    assert set(secrets) == {"REDIS_AUTH_TOKEN"}
-    assert "RedisAuthToken" in secrets["REDIS_AUTH_TOKEN"]
+    assert "Secrets" not in definition  # no Redis AUTH token: the worker signs an IAM token
     env = {e["Name"]: json.dumps(e["Value"]) for e in definition["Environment"]}
     assert env["REDIS_URL"].startswith('{"Fn::Join": ["", ["rediss://"')
+    assert json.loads(env["REDIS_USER"]) == "offload-dev-worker"
+    assert "ReplicationGroup" in env["REDIS_IAM_AUTH_CACHE"]
     # The database secret is read by the worker (it rotates): its ARN, never its values.
     assert "DatabaseInstanceSecretAttachment" in env["DATABASE_SECRET_ARN"]
     assert "UPLOAD_BUCKET" in env
-    assert not any("PASSWORD" in name or "TOKEN" in name or "USER" in name for name in env)
+    assert not any("PASSWORD" in name or "TOKEN" in name for name in env)
+    assert [name for name in env if "USER" in name] == ["REDIS_USER"]
 
 
 def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
@@ -95,10 +96,14 @@ def test_task_role_least_privilege(dev: Synth) -> None:
         if {"Ref": task_role_id} in p["Properties"]["Roles"]
     ]
     statements = [s for p in policies for s in p["PolicyDocument"]["Statement"]]
-    by_actions = {tuple(sorted(s["Action"])): s for s in statements}
+    by_actions = {
+        tuple(sorted([s["Action"]] if isinstance(s["Action"], str) else s["Action"])): s
+        for s in statements
+    }
     assert set(by_actions) == {
         ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection"),
         ("secretsmanager:DescribeSecret", "secretsmanager:GetSecretValue"),
+        ("elasticache:Connect",),  # as the worker user (test_stacks_queue.py)
     }
     protection = by_actions["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
     assert ":task/" in json.dumps(protection["Resource"])
