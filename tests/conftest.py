@@ -6,6 +6,7 @@ other's data and can run against a shared server.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -82,28 +83,30 @@ def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A redis-server of this run's own with the queue's ACL users (tests/support/redis_acl.py),
     default user off."""
     from tests.support.own_servers import new_run_id
-    from tests.support.redis_acl import ADMIN_URL_ENV, AclRedis
+    from tests.support.redis_acl import URLS_ENV, AclRedis
 
     server = AclRedis(tmp_path_factory.mktemp("acl-redis"), new_run_id())
     server.start()
-    saved = os.environ.get(ADMIN_URL_ENV)
-    os.environ[ADMIN_URL_ENV] = server.url  # tests/support/redis_acl.py: as_environment
+    saved = os.environ.get(URLS_ENV)
+    os.environ[URLS_ENV] = json.dumps(server.urls())  # tests/support/redis_acl.py: as_user
     try:
         yield server
     finally:
         if saved is None:
-            os.environ.pop(ADMIN_URL_ENV, None)
+            os.environ.pop(URLS_ENV, None)
         else:
-            os.environ[ADMIN_URL_ENV] = saved
+            os.environ[URLS_ENV] = saved
         if log_path := os.environ.get("OFFLOAD_TEST_REDIS_ACL_LOG"):
             server.append_denials(log_path)
         server.stop()
 
 
 def _acl_role() -> str | None:
-    """``OFFLOAD_TEST_REDIS_ACL=<role>``: every test that uses Redis talks to the ACL'd server
-    as that user (scripts/test_redis_acl.sh), the fixtures' own clean-up as its admin."""
-    return os.environ.get("OFFLOAD_TEST_REDIS_ACL") or None
+    """``OFFLOAD_TEST_REDIS_ACL=1`` (scripts/test_redis_acl.sh): every test that uses Redis
+    talks to the ACL'd server, as the producer (as the Lambdas do; or as the role named
+    instead of 1), the workers it starts as the worker, its own clean-up as the admin."""
+    value = os.environ.get("OFFLOAD_TEST_REDIS_ACL")
+    return "producer" if value == "1" else value or None
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from offload.jobs import JobRef
 from offload.queue import Producer
 from offload.queue import producer as producer
 from offload.settings import Settings
+from tests.support.redis_acl import as_user
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_PROCESSORS = "tests.support.processors"
@@ -78,6 +79,7 @@ def env_for(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[
 
 
 def spawn_worker(settings: Settings, log_path: Path, **extra_env: str) -> subprocess.Popen:
+    settings = as_user(settings, "worker")  # under the ACL (tests/support/redis_acl.py)
     return subprocess.Popen(
         [sys.executable, "-m", "fargate_worker"],
         cwd=REPO_ROOT,
@@ -89,7 +91,7 @@ def spawn_worker(settings: Settings, log_path: Path, **extra_env: str) -> subpro
 
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[OffloadWorker]:
-    worker = OffloadWorker(settings)
+    worker = OffloadWorker(as_user(settings, "worker"))  # under the ACL: as the worker
     await worker.start()
     try:
         yield worker

@@ -9,6 +9,7 @@ command, every key): the fixtures clean up and look at the server with it, as no
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import replace
@@ -23,16 +24,24 @@ from tests.support.own_servers import OwnRedis
 
 TEST_PREFIX_PATTERN = "{test_*}"  # tests/conftest.py's queue_prefix: "{test_<hex>}"
 ADMIN = "admin"
-ROLE_ENV = "OFFLOAD_TEST_REDIS_ACL"
-ADMIN_URL_ENV = "OFFLOAD_TEST_REDIS_ADMIN_URL"
+URLS_ENV = "OFFLOAD_TEST_REDIS_ACL_URLS"  # {user: url} of this process's ACL'd server
+
+
+def as_user(settings: Settings, user: str) -> Settings:
+    """``settings`` logging in as ``user`` when they point at the ACL'd server (the suite
+    rerun under the ACL), else unchanged: the worker runs as the worker user there whoever
+    the test is (tests/support/harness.py)."""
+    urls = json.loads(os.environ.get(URLS_ENV, "{}"))
+    if settings.redis_url not in urls.values():
+        return settings
+    return replace(settings, redis_url=urls[user])
 
 
 def as_environment(settings: Settings) -> Settings:
     """``settings`` for what a test does as the world around the system, not as one of its
-    roles (losing a job as a failover would, listing the server's clients): as the ACL'd
-    server's admin when the suite runs under the ACL, else unchanged."""
-    admin_url = os.environ.get(ADMIN_URL_ENV)
-    return replace(settings, redis_url=admin_url) if admin_url else settings
+    roles (losing a job as a failover would, listing the server's clients): the ACL'd
+    server's admin under the ACL."""
+    return as_user(settings, ADMIN)
 
 
 def acl_lines(passwords: dict[str, str]) -> list[str]:
@@ -64,6 +73,9 @@ class AclRedis(OwnRedis):
     def url_as(self, user: str) -> str:
         """The server's URL with ``user``'s credentials (a role or ``admin``)."""
         return f"redis://{user}:{quote(self.passwords[user], safe='')}@127.0.0.1:{self.port}/0"
+
+    def urls(self) -> dict[str, str]:
+        return {user: self.url_as(user) for user in (*redis_acl.ROLES, ADMIN)}
 
     @property
     def anonymous_url(self) -> str:
