@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 
+from offload.settings import Settings
 from stacks import redis_acl
+from stacks.runtime_env import QUEUE_PREFIX
 from tests.infra.conftest import Synth
 
 
@@ -47,7 +49,10 @@ def test_no_auth_token_a_user_group_of_role_users_instead(each_env: Synth) -> No
         user = by_name[f"offload-{env_name}-{role}"]
         assert user["UserId"] == user["UserName"]  # IAM authentication requires it
         assert user["AuthenticationMode"] == {"Type": "iam"}
-        assert user["AccessString"] == redis_acl.access_string(role, "{offload}")
+        # the prefix the runtime makes of the stacks' OFFLOAD_QUEUE_PREFIX
+        prefix = Settings.from_env({"OFFLOAD_QUEUE_PREFIX": QUEUE_PREFIX}).queue_prefix
+        assert user["AccessString"] == redis_acl.access_string(role, prefix)
+        assert f" ~{prefix}:* " in user["AccessString"]
         assert user["Engine"] == "redis"
     default = by_name["default"]
     assert default["AccessString"] == "off -@all"
