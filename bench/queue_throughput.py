@@ -283,7 +283,12 @@ async def run_round(
     queue = Queue(
         settings.queue_name,
         {
-            "connection": connection_options(settings.redis_url, settings.redis_auth_token),
+            "connection": connection_options(
+                settings.redis_url,
+                settings.redis_auth_token,
+                user=settings.redis_user,
+                iam_auth_cache=settings.redis_iam_auth_cache,
+            ),
             "prefix": settings.queue_prefix,
         },
     )

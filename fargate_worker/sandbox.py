@@ -53,6 +53,8 @@ SECRET_ENVIRONMENT = (
     "REDIS_URL",  # may carry a password
     "REDIS_AUTH_TOKEN",
     "REDIS_AUTH_SECRET_ARN",
+    "REDIS_USER",  # with the task role's credentials, enough to sign a Redis IAM token
+    "REDIS_IAM_AUTH_CACHE",
     "DATABASE_URL",  # may carry a password
     "DATABASE_SECRET_ARN",
     "AWS_ACCESS_KEY_ID",
@@ -93,6 +95,8 @@ def child_settings(settings: Settings) -> Settings:
         redis_url="",
         redis_auth_token=None,
         redis_auth_secret_arn=None,
+        redis_user=None,
+        redis_iam_auth_cache=None,
         database_url="",
         database_secret_arn=None,
         database_proxy_host=None,

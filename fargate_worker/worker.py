@@ -46,7 +46,12 @@ log = logging.getLogger(__name__)
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "connection": connection_options(settings.redis_url, settings.redis_auth_token),
+        "connection": connection_options(
+            settings.redis_url,
+            settings.redis_auth_token,
+            user=settings.redis_user,
+            iam_auth_cache=settings.redis_iam_auth_cache,
+        ),
         "prefix": settings.queue_prefix,
         "concurrency": settings.concurrency,
         "lockDuration": settings.lock_duration_ms,

@@ -35,7 +35,11 @@ PRODUCER_RETRIES = 2
 
 def producer_connection(settings: Settings) -> redis.asyncio.Redis:
     options = connection_options(
-        settings.redis_url, settings.redis_auth_token, socket_connect_timeout=3.0
+        settings.redis_url,
+        settings.redis_auth_token,
+        user=settings.redis_user,
+        iam_auth_cache=settings.redis_iam_auth_cache,
+        socket_connect_timeout=3.0,
     )
     options["socket_timeout"] = PRODUCER_SOCKET_TIMEOUT_S  # producers never block on Redis
     return redis.asyncio.Redis(

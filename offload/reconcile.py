@@ -212,12 +212,21 @@ class Reconciler:
         self.uploads = UploadStore(pool)
         self.limit = max(1, limit)
 
-    def cursor_key(self, repair: str) -> str:
-        """Where a repair keeps its place between runs. Outside the queue's own keys
-        (``<prefix>:<queue>:``), where Node BullMQ tools take any key for a job; under the same
-        prefix, so the same hash slot in cluster mode."""
+    @property
+    def cursor_key(self) -> str:
+        """Where the repairs keep their places between runs: one hash, a field per repair.
+        Outside the queue's own keys (``<prefix>:<queue>:``), where Node BullMQ tools take any
+        key for a job; under the same prefix, so the same hash slot in cluster mode. A hash,
+        not strings: the producer's Redis user has HGET/HSET for bullmq's job hashes, and no
+        GET/SET (which would let it take a job lock; stacks/redis_acl.py)."""
         settings = self.settings
-        return f"{settings.queue_prefix}:offload-reconciler:{settings.queue_name}:{repair}"
+        return f"{settings.queue_prefix}:offload-reconciler:{settings.queue_name}:cursors"
+
+    async def _cursor(self, repair: str) -> str:
+        return await self.producer.queue.client.hget(self.cursor_key, repair) or ""
+
+    async def _set_cursor(self, repair: str, value: str) -> None:
+        await self.producer.queue.client.hset(self.cursor_key, repair, value)
 
     async def run(self) -> ReconcileReport:
         report = ReconcileReport()
@@ -237,13 +246,11 @@ class Reconciler:
             return await cursor.fetchall()
 
     async def repair_lost_events(self, report: ReconcileReport) -> None:
-        client = self.producer.queue.client
-        cursor_key = self.cursor_key("pending-uploads")
         uploads: list[Upload] = await self._fetch(
             PENDING_UPLOADS,
             {
                 "after_s": self.settings.reconcile_after_s,
-                "cursor": await client.get(cursor_key) or "",
+                "cursor": await self._cursor("pending-uploads"),
                 "limit": self.limit,
             },
             class_row(Upload),
@@ -280,7 +287,9 @@ class Reconciler:
                     },
                 )
         # A short page means the end of the id range: start again from the beginning.
-        await client.set(cursor_key, uploads[-1].id if len(uploads) == self.limit else "")
+        await self._set_cursor(
+            "pending-uploads", uploads[-1].id if len(uploads) == self.limit else ""
+        )
 
     async def repair_expired_uploads(self, report: ReconcileReport) -> None:
         def s3() -> S3Client:
@@ -323,8 +332,7 @@ class Reconciler:
                 )
 
     async def repair_lost_jobs(self, report: ReconcileReport) -> None:
-        client = self.producer.queue.client
-        cursor = await client.get(self.cursor_key("jobs")) or ""
+        cursor = await self._cursor("jobs")
         rows = await self._fetch(
             IN_FLIGHT_JOBS,
             {
@@ -353,7 +361,7 @@ class Reconciler:
                 report.jobs_unrecoverable += 1
         # A short page means the end of the id range: start again from the beginning.
         report.cursor_wrapped = len(rows) < self.limit
-        await client.set(self.cursor_key("jobs"), "" if report.cursor_wrapped else rows[-1]["id"])
+        await self._set_cursor("jobs", "" if report.cursor_wrapped else rows[-1]["id"])
 
     async def _requeue(self, row: dict[str, Any]) -> str:
         fields = {"job_id": row["id"], "upload_id": row["upload_id"], "state": row["state"]}

@@ -8,8 +8,10 @@ worker keeps its dedicated blocking connection, and we set what bullmq-py gets w
   worker's blocking BZPOPMIN (up to 10 s). The read then times out, and an idle worker misses
   delayed jobs and long backoffs (docs/design.md, gap 1). Dead peers are found by TCP
   keepalive and ``health_check_interval`` instead.
-* TLS (``rediss://``) and the ElastiCache AUTH token, which may come separately from the URL
-  (injected from Secrets Manager) so it never sits in a plain-text template value.
+* TLS (``rediss://``), and who logs in: a password (in the URL or given apart, so it never
+  sits in a plain-text template value) or, on ElastiCache, an RBAC user with IAM
+  authentication: ``user`` plus ``iam_auth_cache`` (the replication group) make redis-py ask
+  ``offload.redis_iam`` for a fresh token on every connection.
 """
 
 from __future__ import annotations
@@ -21,9 +23,15 @@ _SCHEMES = {"redis": False, "rediss": True}
 
 
 def connection_options(
-    url: str, auth_token: str | None = None, *, socket_connect_timeout: float = 10.0
+    url: str,
+    auth_token: str | None = None,
+    *,
+    user: str | None = None,
+    iam_auth_cache: str | None = None,
+    socket_connect_timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """Keyword arguments for ``redis.asyncio.Redis`` (and so for bullmq's ``connection``)."""
+    """Keyword arguments for ``redis.asyncio.Redis`` (and so for bullmq's ``connection``).
+    ``user`` overrides the URL's user name."""
     parts = urlsplit(url)
     if parts.scheme not in _SCHEMES:
         raise ValueError(f"Redis URL must start with redis:// or rediss://, got {parts.scheme!r}")
@@ -41,6 +49,17 @@ def connection_options(
     }
     if auth_token:
         options["password"] = auth_token
+    if user:
+        options["username"] = user
+    if iam_auth_cache:
+        if not options["username"]:
+            raise ValueError("Redis IAM authentication needs a user (REDIS_USER)")
+        from offload.redis_iam import ElastiCacheIAMProvider  # botocore: only where used
+
+        # redis-py refuses a credential provider beside a user name or password.
+        username = options.pop("username")
+        options.pop("password")
+        options["credential_provider"] = ElastiCacheIAMProvider(username, iam_auth_cache)
     if _SCHEMES[parts.scheme]:
         options["ssl"] = True
         options["ssl_cert_reqs"] = "required"

@@ -178,6 +178,10 @@ class Settings:
     # The Lambdas: a secret holding the Redis AUTH token, read at cold start (lambdas/runtime.py;
     # Lambda cannot inject a secret into the environment, ECS injects REDIS_AUTH_TOKEN itself).
     redis_auth_secret_arn: str | None = None
+    # The Redis (ACL / ElastiCache RBAC) user to log in as; with redis_iam_auth_cache (the
+    # replication group id) its password is an IAM token of the process's own AWS role.
+    redis_user: str | None = None
+    redis_iam_auth_cache: str | None = None
     database_url: str = field(default="postgresql://postgres@127.0.0.1:5432/test", repr=False)
     database_schema: str = "offload"
     # An RDS secret (username, password, host, port, dbname) to connect with instead of
@@ -284,6 +288,8 @@ class Settings:
             redis_url=env.get("REDIS_URL", defaults.redis_url),
             redis_auth_token=env.get("REDIS_AUTH_TOKEN") or None,
             redis_auth_secret_arn=env.get("REDIS_AUTH_SECRET_ARN") or None,
+            redis_user=env.get("REDIS_USER") or None,
+            redis_iam_auth_cache=env.get("REDIS_IAM_AUTH_CACHE") or None,
             database_url=env.get("DATABASE_URL")
             or _database_url_from_parts(env, tls_query(sslmode, sslrootcert))
             or defaults.database_url,

@@ -93,10 +93,7 @@ class QueueLambdas(Construct):
         web_origins: tuple[str, ...],
     ) -> None:
         super().__init__(scope, id)
-        base_env = {
-            **queue_env(redis_url=queue.url, schema=schema),
-            "REDIS_AUTH_SECRET_ARN": queue.auth_token.secret_arn,
-        }
+        base_env = queue_env(redis_url=queue.url, schema=schema)
 
         def database_env(component: str) -> dict[str, str]:
             """The function's own database user, through RDS Proxy with IAM: no secret."""
@@ -142,7 +139,7 @@ class QueueLambdas(Construct):
         self.api.role.add_managed_policy(storage.manage_uploads_policy)  # type: ignore[union-attr]
         self.api.role.add_managed_policy(storage.read_processed_policy)  # type: ignore[union-attr]
         database.grant_connect(self.api, database_user(schema, "api"), proxy=True)
-        queue.auth_token.grant_read(self.api)  # POST /jobs/{id}/retry enqueues
+        _connect_as_producer(queue, self.api)  # POST /jobs/{id}/retry enqueues
 
         self.enqueue = function(
             "Enqueue",
@@ -165,7 +162,7 @@ class QueueLambdas(Construct):
         )
         self.enqueue.role.add_managed_policy(storage.read_uploads_policy)  # type: ignore[union-attr]
         database.grant_connect(self.enqueue, database_user(schema, "enqueue"), proxy=True)
-        queue.auth_token.grant_read(self.enqueue)
+        _connect_as_producer(queue, self.enqueue)
 
         self.queue_metrics = function(
             "QueueMetrics",
@@ -175,7 +172,7 @@ class QueueLambdas(Construct):
             timeout=Duration.seconds(30),
             memory_size=256,
         )
-        queue.auth_token.grant_read(self.queue_metrics)
+        _connect_as_producer(queue, self.queue_metrics)
         self.queue_metrics.add_to_role_policy(
             iam.PolicyStatement(
                 sid="PutOffloadMetrics",
@@ -203,7 +200,7 @@ class QueueLambdas(Construct):
         # aborts pending multipart uploads whose part URLs expired (offload/expired_uploads.py)
         self.reconciler.role.add_managed_policy(storage.abort_uploads_policy)  # type: ignore[union-attr]
         database.grant_connect(self.reconciler, database_user(schema, "reconciler"), proxy=True)
-        queue.auth_token.grant_read(self.reconciler)
+        _connect_as_producer(queue, self.reconciler)
 
         for rule_id, fn, every in (
             ("QueueMetricsSchedule", self.queue_metrics, QUEUE_METRICS_SCHEDULE),
@@ -402,3 +399,10 @@ class ApiStack(OffloadStack):
             log_retention=config.log_retention,
         )
         CfnOutput(self, "ApiUrl", value=self.api.url)
+
+
+def _connect_as_producer(queue: RedisQueue, fn: lambda_.Function) -> None:
+    """Every Lambda that touches Redis is a producer (adds jobs, reads jobs and counts): it may
+    log in as the producer user, with an IAM token of its own role."""
+    for key, value in queue.connect_as("producer", fn).items():
+        fn.add_environment(key, value)

@@ -30,7 +30,6 @@ from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from stacks.base import OffloadStack
@@ -92,8 +91,7 @@ class Workers(Construct):
         subnets: ec2.SubnetSelection,
         security_group: ec2.ISecurityGroup,
         storage: UploadStorage,
-        redis_url: str,
-        redis_auth_token: secretsmanager.ISecret,
+        queue: RedisQueue,
         database: Database,
         schema: str,
         log_retention: logs.RetentionDays,
@@ -120,7 +118,8 @@ class Workers(Construct):
             self, "Logs", retention=log_retention, removal_policy=RemovalPolicy.DESTROY
         )
         environment = {
-            **queue_env(redis_url=redis_url, schema=schema),
+            **queue_env(redis_url=queue.url, schema=schema),
+            **queue.connect_as("worker", self.task_definition.task_role),
             "OFFLOAD_CONCURRENCY": str(config.concurrency),
             "OFFLOAD_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
             "UPLOAD_BUCKET": storage.bucket.bucket_name,
@@ -133,9 +132,6 @@ class Workers(Construct):
             image=image,
             essential=True,
             environment=environment,
-            secrets={
-                "REDIS_AUTH_TOKEN": ecs.Secret.from_secrets_manager(redis_auth_token),
-            },
             logging=ecs.LogDrivers.aws_logs(stream_prefix="worker", log_group=log_group),
             health_check=ecs.HealthCheck(
                 command=HEALTH_COMMAND,
@@ -281,8 +277,7 @@ class WorkersStack(OffloadStack):
             subnets=network.app_subnets,
             security_group=network.workers_sg,
             storage=storage,
-            redis_url=queue.url,
-            redis_auth_token=queue.auth_token,
+            queue=queue,
             database=database,
             schema=config.database.schema,
             log_retention=config.log_retention,

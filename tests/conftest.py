@@ -6,6 +6,7 @@ other's data and can run against a shared server.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import tempfile
@@ -85,19 +86,59 @@ def bucket(s3) -> str:
     return name
 
 
+@pytest.fixture(scope="session")
+def acl_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A redis-server of this run's own with the queue's ACL users (tests/support/redis_acl.py),
+    default user off."""
+    from tests.support.own_servers import new_run_id
+    from tests.support.redis_acl import URLS_ENV, AclRedis
+
+    server = AclRedis(tmp_path_factory.mktemp("acl-redis"), new_run_id())
+    server.start()
+    saved = os.environ.get(URLS_ENV)
+    os.environ[URLS_ENV] = json.dumps(server.urls())  # tests/support/redis_acl.py: as_user
+    try:
+        yield server
+    finally:
+        if saved is None:
+            os.environ.pop(URLS_ENV, None)
+        else:
+            os.environ[URLS_ENV] = saved
+        if log_path := os.environ.get("OFFLOAD_TEST_REDIS_ACL_LOG"):
+            server.append_denials(log_path)
+        server.stop()
+
+
+def _acl_role() -> str | None:
+    """``OFFLOAD_TEST_REDIS_ACL=1`` (scripts/test_redis_acl.sh): every test that uses Redis
+    talks to the ACL'd server, as the producer (as the Lambdas do; or as the role named
+    instead of 1), the workers it starts as the worker, its own clean-up as the admin."""
+    value = os.environ.get("OFFLOAD_TEST_REDIS_ACL")
+    return "producer" if value == "1" else value or None
+
+
 @pytest.fixture
-def redis_url() -> str:
-    url = servers.redis_url()
+def redis_admin_url(request: pytest.FixtureRequest) -> str:
+    """A URL allowed every command: the shared Redis, or the ACL'd server's admin."""
+    if _acl_role():
+        return str(request.getfixturevalue("acl_redis").url)
+    return servers.redis_url()
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest, redis_admin_url: str) -> str:
+    role = _acl_role()
+    url = request.getfixturevalue("acl_redis").url_as(role) if role else redis_admin_url
     redis.Redis.from_url(url).ping()
     return url
 
 
 @pytest.fixture
-def queue_prefix(redis_url: str) -> Iterator[str]:
+def queue_prefix(redis_url: str, redis_admin_url: str) -> Iterator[str]:
     """A hash-tagged prefix of this test's own; its keys are deleted afterwards."""
     prefix = "{" + servers.unique_name("test") + "}"
     yield prefix
-    delete_keys(redis_url, prefix)
+    delete_keys(redis_admin_url, prefix)
 
 
 @pytest.fixture

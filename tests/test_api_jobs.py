@@ -16,6 +16,7 @@ from offload.jobs import JobRef
 from offload.queue import producer
 from tests.support.apigw import call, run_jobs
 from tests.support.harness import job_events, job_row
+from tests.support.redis_acl import as_environment
 
 
 def ref(owner: str, n: int) -> JobRef:
@@ -242,7 +243,7 @@ def test_retry_when_the_queue_disagrees_is_409_and_changes_nothing(lambda_env, s
     (gone,) = asyncio.run(run_jobs(settings, [("fail_always", ref("user-a", 2), {"attempts": 1})]))
 
     async def remove() -> None:
-        async with producer(settings) as made:
+        async with producer(as_environment(settings)) as made:
             await (await made.queue.getJob(gone)).remove()
 
     asyncio.run(remove())

@@ -20,6 +20,7 @@ from tests.support.harness import (
     wait_for,
     wait_for_state,
 )
+from tests.support.redis_acl import as_environment
 
 
 def test_connection_has_no_socket_timeout_and_supports_tls():
@@ -40,7 +41,7 @@ def test_connection_has_no_socket_timeout_and_supports_tls():
 
 async def _waiting_in_bzpopmin(settings, worker) -> bool:
     """Whether the worker sits in its blocking wait for a job (idle, not fetching)."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = aioredis.Redis.from_url(as_environment(settings).redis_url)
     try:
         clients = await client.client_list()
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from urllib.parse import urlsplit
 
 from lambdas import runtime
 from offload.jobs import INSPECT, THUMBNAIL
@@ -29,7 +28,8 @@ from tests.support.events import (
 from tests.support.events import (
     invoke_enqueue as invoke,
 )
-from tests.support.tcpproxy import TcpProxy
+from tests.support.redis_acl import as_environment
+from tests.support.tcpproxy import proxy_for, url_through
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 24
 
@@ -131,7 +131,7 @@ def test_a_late_duplicate_does_not_rerun_a_finished_job(lambda_env, settings, s3
     (row,) = job_rows(settings)
     # the job ran, and retention later removed it from Redis
     sql(settings, "UPDATE jobs SET state = 'completed', attempt = 1 WHERE id = %s", row["id"])
-    queue_call(settings, lambda queue: queue.remove(row["id"]))
+    queue_call(as_environment(settings), lambda queue: queue.remove(row["id"]))
     assert invoke(event)["batchItemFailures"] == []
     assert queue_jobs(settings) == {}
     assert job_rows(settings)[0]["state"] == "completed"
@@ -291,10 +291,9 @@ def test_redis_down_fails_every_record_that_needs_it_and_queues_nothing(
 def test_after_a_redis_outage_redelivered_messages_succeed(
     lambda_env, settings, s3, bucket, monkeypatch
 ):
-    target = urlsplit(settings.redis_url)
-    proxy = TcpProxy(target.hostname, target.port or 6379).start()
+    proxy = proxy_for(settings.redis_url, 6379)
     try:
-        _redis_down(monkeypatch, f"redis://127.0.0.1:{proxy.port}{target.path}")
+        _redis_down(monkeypatch, url_through(settings.redis_url, proxy.port))
         key = insert_upload(settings, bucket, filename="a.png", content_type="image/png", size=5)
         etag = _put(s3, bucket, key, b"hello")
         event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)), "m")])

@@ -36,6 +36,7 @@ from tests.support.events import (
     invoke_reconciler as reconcile,
 )
 from tests.support.harness import producer, running_worker, wait_for, wait_for_state
+from tests.support.redis_acl import as_environment, as_user
 from tests.support.servers import unique_name
 
 # --- queue metrics ----------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_queue_metrics_are_published_to_cloudwatch(metrics_settings, moto_endpoi
             settings.queue_name,
             process,
             {
-                "connection": connection_options(settings.redis_url),
+                "connection": connection_options(as_user(settings, "worker").redis_url),
                 "prefix": settings.queue_prefix,
                 "concurrency": 1,
             },
@@ -212,7 +213,7 @@ def _lose(settings, *job_ids: str) -> None:
         for jid in job_ids:
             await queue.remove(jid)
 
-    queue_call(settings, remove)
+    queue_call(as_environment(settings), remove)
     assert not set(job_ids) & set(queue_jobs(settings))
 
 
@@ -398,7 +399,7 @@ def _finish_outside_our_worker(settings, outcomes: dict[str, str]) -> None:
             settings.queue_name,
             process,
             {
-                "connection": connection_options(settings.redis_url),
+                "connection": connection_options(as_user(settings, "worker").redis_url),
                 "prefix": settings.queue_prefix,
             },
         )

@@ -33,6 +33,7 @@ from tests.support.harness import (
     wait_for,
     wait_for_state,
 )
+from tests.support.redis_acl import as_user
 from tests.support.tcpproxy import proxy_for, url_through
 
 JOB = JobIdentity("job-1", "inspect", "uploads", JobRef("bucket", "uploads/a/b/c.bin"))
@@ -166,8 +167,9 @@ def test_a_worker_that_lost_its_lock_cannot_overwrite_the_attempt_that_took_over
     settings = replace(
         settings, lock_duration_ms=2000, stalled_interval_ms=1000, max_stalled_count=1
     )
-    proxy = proxy_for(settings.redis_url, 6379)
-    settings_a = replace(settings, redis_url=url_through(settings.redis_url, proxy.port))
+    worker_url = as_user(settings, "worker").redis_url  # under the ACL: the worker user
+    proxy = proxy_for(worker_url, 6379)
+    settings_a = replace(settings, redis_url=url_through(worker_url, proxy.port))
     gates = tmp_path / "gates"
     gates.mkdir()
 

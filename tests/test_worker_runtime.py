@@ -17,6 +17,7 @@ from fargate_worker import health
 from fargate_worker.protection import TaskProtection
 from offload.metrics import MetricsEmitter
 from tests.support.harness import add, producer, running_worker, wait_for, wait_for_state
+from tests.support.redis_acl import as_environment
 
 
 class _AgentHandler(BaseHTTPRequestHandler):
@@ -160,7 +161,7 @@ def test_worker_uses_two_redis_connections_whatever_its_concurrency(settings):
         async with running_worker(settings) as worker:
             await asyncio.sleep(1)
             prefix = worker.bull.qualifiedName
-            clients = redis.Redis.from_url(settings.redis_url).client_list()
+            clients = redis.Redis.from_url(as_environment(settings).redis_url).client_list()
             return [c for c in clients if c["name"].startswith(prefix)]
 
     ours = asyncio.run(scenario())

@@ -145,7 +145,9 @@ def test_four_python_functions_in_the_vpc(dev: Synth) -> None:
         assert all("AppSubnet" in json.dumps(s) for s in props["VpcConfig"]["SubnetIds"])
         assert props["TracingConfig"] == {"Mode": "Active"}
         env = props["Environment"]["Variables"]
-        assert "REDIS_AUTH_SECRET_ARN" in env and "REDIS_AUTH_TOKEN" not in env
+        assert "REDIS_AUTH_SECRET_ARN" not in env and "REDIS_AUTH_TOKEN" not in env
+        assert env["REDIS_USER"] == "offload-dev-producer"
+        assert "ReplicationGroup" in json.dumps(env["REDIS_IAM_AUTH_CACHE"])
         assert env["OFFLOAD_QUEUE_NAME"] == "uploads"
     api_env = by_handler["lambdas.api.handler"]["Environment"]["Variables"]
     assert {"DATABASE_HOST", "DATABASE_IAM_USER", "UPLOAD_BUCKET"} <= set(api_env)
@@ -239,11 +241,12 @@ def test_each_database_function_logs_in_as_its_own_user_through_the_proxy(dev: S
 
 def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     xray = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
-    secrets = {"secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret"}
-    connect = {"rds-db:connect"}
+    connect = {"rds-db:connect"}  # as its own database user (test_stacks_database.py)
+    redis = {"elasticache:Connect"}  # as the producer user (test_stacks_queue.py)
 
+    # No secret at all: IAM logins to PostgreSQL and Redis (only the migrations read one).
     statements, managed = role_statements(dev, "lambdas.api.handler")
-    assert actions(statements) == xray | secrets | connect
+    assert actions(statements) == xray | connect | redis
     assert "ManageUploadsPolicy" in managed and "ReadUploadsPolicy" not in managed
     # result links are presigned GETs of processed/*: the signer needs s3:GetObject there
     assert "ReadProcessedPolicy" in managed and "Write" not in managed
@@ -257,19 +260,17 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
         "sqs:DeleteMessage",
         "sqs:GetQueueAttributes",
     }
-    assert actions(statements) - sqs == xray | secrets | connect
+    assert actions(statements) - sqs == xray | connect | redis
     assert "ReadUploadsPolicy" in managed and "Manage" not in managed and "Write" not in managed
 
     statements, managed = role_statements(dev, "lambdas.queue_metrics.handler")
-    assert actions(statements) == xray | secrets | {"cloudwatch:PutMetricData"}
+    assert actions(statements) == xray | redis | {"cloudwatch:PutMetricData"}  # no secret
     [put] = [s for s in statements if s["Action"] == "cloudwatch:PutMetricData"]
     assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Offload"}}
-    metric_secrets = [s for s in statements if s["Action"] != "cloudwatch:PutMetricData"]
-    assert "DatabaseInstanceSecret" not in json.dumps(metric_secrets)  # Redis only
     assert "Uploads" not in managed
 
     statements, managed = role_statements(dev, "lambdas.reconciler.handler")
-    assert actions(statements) == xray | secrets | connect
+    assert actions(statements) == xray | connect | redis
     # HEADs uploaded originals whose event was lost and aborts expired multipart uploads
     # (AbortUploadsPolicy, scoped in test_stacks_storage); never writes, never reads outputs
     assert "ReadUploadsPolicy" in managed and "AbortUploadsPolicy" in managed

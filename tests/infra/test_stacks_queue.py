@@ -1,10 +1,14 @@
-"""ElastiCache: noeviction, TLS, encryption at rest, AUTH token from Secrets Manager, Multi-AZ
-in prod, isolated subnets, a security group open only to the workloads."""
+"""ElastiCache: noeviction, TLS, encryption at rest, RBAC users per role with IAM
+authentication (no AUTH token), Multi-AZ in prod, isolated subnets, a security group open only
+to the workloads."""
 
 from __future__ import annotations
 
 import json
 
+from offload.settings import Settings
+from stacks import redis_acl
+from stacks.runtime_env import QUEUE_PREFIX
 from tests.infra.conftest import Synth
 
 
@@ -26,15 +30,63 @@ def test_tls_encryption_at_rest_and_engine(each_env: Synth) -> None:
     assert rg["Port"] == 6379
 
 
-def test_auth_token_is_a_secrets_manager_reference_never_a_value(each_env: Synth) -> None:
+def test_no_auth_token_a_user_group_of_role_users_instead(each_env: Synth) -> None:
     stack = each_env.stacks.queue
+    env_name = each_env.env
     rg = each_env.one(stack, "AWS::ElastiCache::ReplicationGroup")
-    token = json.dumps(rg["AuthToken"])
-    assert "{{resolve:secretsmanager:" in token
-    assert "AuthToken" in token  # the generated secret below, by reference
-    secret = each_env.one(stack, "AWS::SecretsManager::Secret")
-    assert secret["GenerateSecretString"]["PasswordLength"] == 64
-    assert "SecretString" not in secret
+    assert "AuthToken" not in rg
+    assert not each_env.resources(stack, "AWS::SecretsManager::Secret")
+    group_id = next(iter(each_env.resources(stack, "AWS::ElastiCache::UserGroup")))
+    assert rg["UserGroupIds"] == [{"Ref": group_id}]
+    group = each_env.one(stack, "AWS::ElastiCache::UserGroup")
+    users = each_env.resources(stack, "AWS::ElastiCache::User")
+    assert sorted(group["UserIds"], key=json.dumps) == sorted(
+        ({"Ref": logical} for logical in users), key=json.dumps
+    )
+    by_name = {u["Properties"]["UserName"]: u["Properties"] for u in users.values()}
+    assert set(by_name) == {"default"} | {f"offload-{env_name}-{r}" for r in redis_acl.ROLES}
+    for role in redis_acl.ROLES:
+        user = by_name[f"offload-{env_name}-{role}"]
+        assert user["UserId"] == user["UserName"]  # IAM authentication requires it
+        assert user["AuthenticationMode"] == {"Type": "iam"}
+        # the prefix the runtime makes of the stacks' OFFLOAD_QUEUE_PREFIX
+        prefix = Settings.from_env({"OFFLOAD_QUEUE_PREFIX": QUEUE_PREFIX}).queue_prefix
+        assert user["AccessString"] == redis_acl.access_string(role, prefix)
+        assert f" ~{prefix}:* " in user["AccessString"]
+        assert user["Engine"] == "redis"
+    default = by_name["default"]
+    assert default["AccessString"] == "off -@all"
+    assert default["UserId"] == f"offload-{env_name}-default"  # "default" is ElastiCache's own
+    assert "Passwords" not in default and "Passwords" not in json.dumps(group)
+
+
+def _connect_grants(synth: Synth, stack) -> dict[str, str]:
+    """Each policy's elasticache:Connect resources, by policy logical id."""
+    found = {}
+    for logical, policy in synth.resources(stack, "AWS::IAM::Policy").items():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"]
+            if "elasticache:Connect" in ([actions] if isinstance(actions, str) else actions):
+                assert actions == "elasticache:Connect"
+                found[logical] = json.dumps(statement["Resource"])
+    return found
+
+
+def test_each_role_connects_as_its_own_iam_user(dev: Synth) -> None:
+    """elasticache:Connect on the replication group and the role's own user, nothing else:
+    the workers' task role as the worker, each Lambda's role as the producer; nobody may log
+    in as the operator yet (the ops view will be granted it)."""
+    workers = _connect_grants(dev, dev.stacks.workers)
+    api = _connect_grants(dev, dev.stacks.api)
+    assert len(workers) == 1 and len(api) == 4
+    for logical, resources in workers.items():
+        assert "TaskRole" in logical
+        assert "UserWorker" in resources and "ReplicationGroup" in resources
+        assert "UserProducer" not in resources and "UserOperator" not in resources
+    for resources in api.values():
+        assert "UserProducer" in resources and "ReplicationGroup" in resources
+        assert "UserWorker" not in resources and "UserOperator" not in resources
+        assert ":replicationgroup:" in resources
 
 
 def test_multi_az_with_failover_only_in_prod(dev: Synth, prod: Synth) -> None:

@@ -54,19 +54,20 @@ def test_stop_timeout_and_health_check(each_env: Synth) -> None:
     assert int(env["OFFLOAD_SHUTDOWN_GRACE_S"]) < 120
 
 
-def test_secrets_come_from_secrets_manager(dev: Synth) -> None:
+def test_no_secret_in_the_environment_redis_by_iam(dev: Synth) -> None:
     definition = container(dev)
-    secrets = {s["Name"]: json.dumps(s["ValueFrom"]) for s in definition["Secrets"]}
-    assert set(secrets) == {"REDIS_AUTH_TOKEN"}
-    assert "RedisAuthToken" in secrets["REDIS_AUTH_TOKEN"]
+    assert "Secrets" not in definition  # no Redis AUTH token: the worker signs an IAM token
     env = {e["Name"]: json.dumps(e["Value"]) for e in definition["Environment"]}
     assert env["REDIS_URL"].startswith('{"Fn::Join": ["", ["rediss://"')
+    assert json.loads(env["REDIS_USER"]) == "offload-dev-worker"
+    assert "ReplicationGroup" in env["REDIS_IAM_AUTH_CACHE"]
     # PostgreSQL: the worker's own database user with an IAM token; no secret, no password.
     assert "DATABASE_SECRET_ARN" not in env
     assert env["DATABASE_IAM_USER"] == '"offload_worker"'
     assert "DatabaseInstance" in env["DATABASE_HOST"] and "Proxy" not in env["DATABASE_HOST"]
     assert "UPLOAD_BUCKET" in env
     assert not any("PASSWORD" in name or "TOKEN" in name or "SECRET" in name for name in env)
+    assert sorted(name for name in env if "USER" in name) == ["DATABASE_IAM_USER", "REDIS_USER"]
 
 
 def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
@@ -106,6 +107,7 @@ def test_task_role_least_privilege(dev: Synth) -> None:
     assert set(by_actions) == {
         ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection"),
         ("rds-db:connect",),
+        ("elasticache:Connect",),  # as the worker user (test_stacks_queue.py)
     }
     protection = by_actions["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
     assert ":task/" in json.dumps(protection["Resource"])

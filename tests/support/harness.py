@@ -24,6 +24,7 @@ from offload.jobs import JobRef
 from offload.queue import Producer
 from offload.queue import producer as producer
 from offload.settings import Settings
+from tests.support.redis_acl import as_user
 from tests.support.servers import role_url
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +102,7 @@ def spawn_worker(
     """`python -m fargate_worker`; ``unprivileged``: as ``UNPRIVILEGED`` (when the tests run as
     root; otherwise they already are an unprivileged uid)."""
     prefix = UNPRIVILEGED if unprivileged and os.geteuid() == 0 else ()
+    settings = as_user(settings, "worker")  # under the ACL (tests/support/redis_acl.py)
     return subprocess.Popen(
         [*prefix, sys.executable, "-m", "fargate_worker"],
         cwd=REPO_ROOT,
@@ -112,8 +114,9 @@ def spawn_worker(
 
 @asynccontextmanager
 async def running_worker(settings: Settings) -> AsyncIterator[OffloadWorker]:
-    """The worker, logged in as the worker's database role when the test schema has one."""
-    worker = OffloadWorker(as_component(settings, "worker"))
+    """The worker, logged in as the worker's database role when the test schema has one,
+    and as the Redis worker user under the ACL (tests/support/redis_acl.py)."""
+    worker = OffloadWorker(as_user(as_component(settings, "worker"), "worker"))
     await worker.start()
     try:
         yield worker

@@ -85,19 +85,31 @@ def _running(proc: psutil.Process) -> bool:
 
 class OwnRedis:
     """``redis-server`` with AOF on (``appendfsync`` as given), data in ``workdir``, on a port
-    that stays the same across restarts (clients reconnect to the same URL)."""
+    that stays the same across restarts (clients reconnect to the same URL). ``extra_args`` go
+    on its command line; ``credentials`` (``user:password@``) into its URL, for a server whose
+    default user is off."""
 
-    def __init__(self, workdir: Path, run_id: str, appendfsync: str = "everysec"):
+    def __init__(
+        self,
+        workdir: Path,
+        run_id: str,
+        appendfsync: str = "everysec",
+        *,
+        extra_args: tuple[str, ...] = (),
+        credentials: str = "",
+    ):
         self.workdir = workdir
         self.run_id = run_id
         self.appendfsync = appendfsync
+        self.extra_args = extra_args
+        self.credentials = credentials
         self.port = 0  # chosen at the first start
         self.proc: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.credentials}127.0.0.1:{self.port}/0"
 
     @property
     def pid(self) -> int:
@@ -114,6 +126,7 @@ class OwnRedis:
                     *(binary, "--port", str(port), "--bind", "127.0.0.1"),
                     *("--dir", str(self.workdir), "--save", ""),
                     *("--appendonly", "yes", "--appendfsync", self.appendfsync),
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -121,9 +134,8 @@ class OwnRedis:
                 start_new_session=True,
             )
 
-    @staticmethod
-    def _is_ours(port: int, proc: subprocess.Popen) -> bool:
-        return _redis_pid(f"redis://127.0.0.1:{port}/0") == proc.pid
+    def _is_ours(self, port: int, proc: subprocess.Popen) -> bool:
+        return _redis_pid(f"redis://{self.credentials}127.0.0.1:{port}/0") == proc.pid
 
     def start(self, timeout_s: float = 30.0) -> None:
         """The first start picks a free port (race-free); a restart takes the same one."""

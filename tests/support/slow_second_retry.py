@@ -33,7 +33,8 @@ async def _ran_again(queue: Queue, job: Job) -> bool:
 async def _second_caller_waits(self: Job, state: str = "failed", opts: Any = None) -> None:
     queue = self.queue
     key = f"{queue.prefix}:{queue.name}:test-retry-callers:{self.id}:{self.attemptsMade}"
-    if await queue.client.incr(key) > 1:
+    # INCR, not redis-py's incr (INCRBY): the API runs as the producer user under the ACL
+    if await queue.client.execute_command("INCR", key) > 1:
         with suppress(TimeoutError):
             await wait_for(lambda: _ran_again(queue, self), timeout_s=WAIT_S)
     await _retry(self, state, opts or {})

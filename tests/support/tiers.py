@@ -31,7 +31,7 @@ ORDER = ("e2e", "infra", "integration", "unit")
 
 # Fixtures that reach a real server: a test that uses any of them (directly or through another
 # fixture) is at least an integration test.
-SERVER_FIXTURES = frozenset({"redis_url", "database_url", "moto_endpoint"})
+SERVER_FIXTURES = frozenset({"redis_url", "database_url", "moto_endpoint", "acl_redis"})
 # Fixtures that start the whole stack or a browser.
 E2E_FIXTURES = frozenset({"local_stack", "system"})
 
