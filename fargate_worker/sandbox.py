@@ -57,6 +57,7 @@ SECRET_ENVIRONMENT = (
     "REDIS_IAM_AUTH_CACHE",
     "DATABASE_URL",  # may carry a password
     "DATABASE_SECRET_ARN",
+    "DATABASE_IAM_USER",  # the worker's database user: with AWS credentials, a login
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
