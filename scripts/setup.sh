@@ -4,15 +4,15 @@
 #   2. .venv with the dev lock requirements-dev.txt, every file checked against its hash
 #      (skipped while .venv/.requirements.sha256 matches; scripts/lock.py writes the lock), and
 #      the CLI's `offload` command (`pip install --no-deps -e .`: pyproject.toml);
-#   3. .venv-checkov with requirements-checkov.txt (checkov, the template scanner of the infra
-#      tests: its pins clash with the dev lock's, so it has a venv of its own), hash-checked
-#      and skipped while .venv-checkov/.requirements.sha256 matches, like .venv;
-#   4. Redis reachable at REDIS_URL (default redis://127.0.0.1:6379/0);
-#   5. PostgreSQL reachable at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test),
+#   3. Redis reachable at REDIS_URL (default redis://127.0.0.1:6379/0);
+#   4. PostgreSQL reachable at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test),
 #      and the URL's database created;
-#   6. Node.js >= 18 with npm (Debian's nodejs and npm if missing: aws-cdk-lib runs on it), the
+#   5. Node.js >= 18 with npm (Debian's nodejs and npm if missing: aws-cdk-lib runs on it), the
 #      pinned CDK CLI, and the Lambdas' dependencies for the Lambda platform;
-#   7. with --browser (the test command): Debian's chromium, for the browser test.
+#   6. with --browser (the test command): Debian's chromium, for the browser test;
+#   7. with --checkov (the test command): .venv-checkov with requirements-checkov.txt (checkov,
+#      the template scanner of the infra tests, whose pins clash with the dev lock's), each file
+#      checked against its hash and skipped while .venv-checkov/.requirements.sha256 matches.
 # A local server that is not running is started (installed from Debian's packages first when
 # missing): that needs root. Remote URLs are only checked.
 set -euo pipefail
@@ -23,10 +23,12 @@ exit_on_help "${BASH_SOURCE[0]}" "$@"
 cd "$REPO_ROOT"
 
 with_browser=0
+with_checkov=0
 for arg in "$@"; do
 	case "$arg" in
 	--browser) with_browser=1 ;;
-	*) die "unknown option $arg (setup.sh [--browser])" ;;
+	--checkov) with_checkov=1 ;;
+	*) die "unknown option $arg (setup.sh [--browser] [--checkov])" ;;
 	esac
 done
 
@@ -75,28 +77,7 @@ if [ ! -x "$VENV_DIR/bin/offload" ] || [ "$(cat "$cli_stamp" 2>/dev/null)" != "$
 	printf '%s\n' "$cli_wanted" >"$cli_stamp"
 fi
 
-# --- 3: checkov's own venv ------------------------------------------------------------------
-# Same Python as .venv; tests/infra/test_stacks_checkov.py runs .venv-checkov/bin/checkov.
-if [ -x "$CHECKOV_VENV/bin/python" ] && python_ok "$CHECKOV_VENV/bin/python"; then
-	:
-else
-	rm -rf "$CHECKOV_VENV"
-	log "creating $CHECKOV_VENV (checkov, with the Python of $VENV_DIR)"
-	"$("$VENV_PY" -c 'import sys; print(sys._base_executable)')" -m venv "$CHECKOV_VENV"
-fi
-checkov_stamp="$CHECKOV_VENV/.requirements.sha256"
-checkov_wanted="$(VENV_PY="$CHECKOV_VENV/bin/python" requirements_hash requirements-checkov.txt)"
-if [ "$(cat "$checkov_stamp" 2>/dev/null)" = "$checkov_wanted" ]; then
-	log "checkov venv up to date"
-else
-	log "installing requirements-checkov.txt into $CHECKOV_VENV"
-	rm -f "$checkov_stamp"
-	"$CHECKOV_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
-		--require-hashes -r requirements-checkov.txt
-	printf '%s\n' "$checkov_wanted" >"$checkov_stamp"
-fi
-
-# --- 4 + 5: Redis and PostgreSQL ---------------------------------------------------------------
+# --- 3 + 4: Redis and PostgreSQL ---------------------------------------------------------------
 # One probe answers for both (and creates the database) when all is well: the fast path.
 probe="$(probe_services "$REDIS_URL" "$DATABASE_URL" --create-db)" ||
 	die "could not check the services (is $VENV_DIR complete? remove it and run setup again)"
@@ -138,11 +119,11 @@ case "$PG_RC" in
 esac
 log "PostgreSQL reachable at $PG_WHERE, database $PG_DB"
 
-# --- 6: Node.js and the pinned CDK CLI -------------------------------------------------------
+# --- 5: Node.js and the pinned CDK CLI -------------------------------------------------------
 ensure_node
 ensure_cdk_cli
 
-# --- 6: the Lambdas' dependencies for the Lambda platform (cdk synth stays offline after) -----
+# --- 6: the Lambdas' dependencies for the Lambda platform (cdk synth stays offline after) --
 # The cache is keyed by the lock (stacks/bundling.py); the stamp spares the CDK import (seconds)
 # when this lock's tree is already there.
 lambda_stamp="${OFFLOAD_CDK_CACHE_DIR:-.cdk-cache/lambda-deps}/.offload-lock.sha256"
@@ -160,6 +141,27 @@ if [ "$with_browser" = 1 ]; then
 		log "chromium: ${OFFLOAD_CHROMIUM:-/usr/bin/chromium}"
 	else
 		apt_install chromium
+	fi
+fi
+
+# --- 8: checkov in a venv of its own (tests/infra/test_stacks_checkov.py runs it) -----------
+if [ "$with_checkov" = 1 ]; then
+	checkov_py="$CHECKOV_VENV/bin/python"
+	if ! { [ -x "$checkov_py" ] && python_ok "$checkov_py"; }; then
+		rm -rf "$CHECKOV_VENV"
+		log "creating $CHECKOV_VENV with the Python of $VENV_DIR"
+		"$("$VENV_PY" -c 'import sys; print(sys._base_executable)')" -m venv "$CHECKOV_VENV"
+	fi
+	checkov_stamp="$CHECKOV_VENV/.requirements.sha256"
+	checkov_wanted="$(VENV_PY="$checkov_py" requirements_hash requirements-checkov.txt)"
+	if [ "$(cat "$checkov_stamp" 2>/dev/null)" = "$checkov_wanted" ]; then
+		log "checkov venv up to date"
+	else
+		log "installing requirements-checkov.txt into $CHECKOV_VENV"
+		rm -f "$checkov_stamp"
+		"$checkov_py" -m pip install --quiet --disable-pip-version-check --require-hashes \
+			-r requirements-checkov.txt
+		printf '%s\n' "$checkov_wanted" >"$checkov_stamp"
 	fi
 fi
 

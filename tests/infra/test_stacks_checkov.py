@@ -1,6 +1,6 @@
 """checkov over the synthesised CloudFormation templates of both environments.
 
-checkov runs from its own venv (``.venv-checkov``, made by scripts/setup.sh from
+checkov runs from its own venv (``.venv-checkov``, made by ``scripts/setup.sh --checkov`` from
 requirements-checkov.txt: its pins clash with the dev venv's) as a separate program, on the
 cloud assemblies the ``dev`` and ``prod`` fixtures already synthesised. Its configuration and
 the only place where a finding is accepted, each skipped check with its reason, is
@@ -38,7 +38,7 @@ def checkov(config: Path, synths: list[Synth], *extra: str, cwd: Path = ROOT) ->
     The templates are given one by one (``--file``), all in one run: with several
     ``--directory`` options checkov 3.3 prints one report per directory and scans the first
     directory again for each (duplicated findings, and a wrong count)."""
-    assert CHECKOV.is_file(), f"{CHECKOV} is missing: run scripts/setup.sh"
+    assert CHECKOV.is_file(), f"{CHECKOV} is missing: run scripts/setup.sh --checkov"
     files = [arg for path in templates(synths) for arg in ("--file", str(path))]
     result = subprocess.run(
         [str(CHECKOV), "--config-file", str(config), *files, "--output", "json", *extra],
