@@ -5,7 +5,7 @@ requirements-checkov.txt: its pins clash with the dev venv's) as a separate prog
 cloud assemblies the ``dev`` and ``prod`` fixtures already synthesised. Its configuration and
 the only place where a finding is accepted, each skipped check with its reason, is
 ``.checkov.yaml``; a skipped check that no longer fails anywhere is reported, so the list
-cannot outlive its findings.
+cannot outlive its findings. Both tests read one run of checkov (module fixture ``unskipped``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.infra.conftest import ROOT, Synth
@@ -32,7 +33,7 @@ def templates(synths: list[Synth]) -> list[Path]:
     return [path for synth in synths for path in sorted(synth.outdir.glob("*.template.json"))]
 
 
-def checkov(config: Path, synths: list[Synth], *extra: str, cwd: Path = ROOT) -> dict[str, Any]:
+def checkov(config: Path, synths: list[Synth], cwd: Path) -> dict[str, Any]:
     """One checkov run over the templates of ``synths``: its JSON report (one framework).
 
     The templates are given one by one (``--file``), all in one run: with several
@@ -41,7 +42,7 @@ def checkov(config: Path, synths: list[Synth], *extra: str, cwd: Path = ROOT) ->
     assert CHECKOV.is_file(), f"{CHECKOV} is missing: run scripts/setup.sh --checkov"
     files = [arg for path in templates(synths) for arg in ("--file", str(path))]
     result = subprocess.run(
-        [str(CHECKOV), "--config-file", str(config), *files, "--output", "json", *extra],
+        [str(CHECKOV), "--config-file", str(config), *files, "--output", "json"],
         cwd=cwd,
         env={k: v for k, v in os.environ.items() if k not in _NOT_INHERITED},
         capture_output=True,
@@ -89,13 +90,31 @@ def skipped_checks() -> dict[str, str]:
     return skipped
 
 
-def test_checkov_finds_nothing_in_either_environment(dev: Synth, prod: Synth) -> None:
-    report = checkov(CONFIG, [dev, prod])
-    failures = failed_checks(report)
+@pytest.fixture(scope="module")
+def unskipped(dev: Synth, prod: Synth, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """ONE checkov run (the slow part: ~6 s of CPU) for both tests: ``.checkov.yaml`` without
+    its skips, over both environments. Its findings minus the skipped checks are what checkov
+    run with ``.checkov.yaml`` reports (skip-check only drops checks); the skipped checks'
+    findings say which skips still matter."""
+    config = yaml.safe_load(CONFIG.read_text())
+    assert isinstance(config["skip-check"], list)  # the form checkov reads
+    del config["skip-check"]
+    scratch = tmp_path_factory.mktemp("checkov")
+    unskipped = scratch / "checkov.yaml"
+    unskipped.write_text(yaml.safe_dump(config))
+    # cwd elsewhere: checkov also reads a .checkov.yaml from its working directory.
+    return checkov(unskipped, [dev, prod], cwd=scratch)
+
+
+def test_checkov_finds_nothing_in_either_environment(
+    dev: Synth, prod: Synth, unskipped: dict[str, Any]
+) -> None:
+    skipped = skipped_checks()
+    failures = [line for line in failed_checks(unskipped) if line.split()[0] not in skipped]
     assert not failures, "checkov failed (fix, or skip with a reason in .checkov.yaml):\n" + (
         "\n".join(failures)
     )
-    summary = report["summary"]
+    summary = unskipped["summary"]
     assert len(templates([dev, prod])) == 18
     assert summary["parsing_errors"] == 0, summary
     # checkov read every resource of all 18 templates (a template it skipped would pass).
@@ -103,21 +122,14 @@ def test_checkov_finds_nothing_in_either_environment(dev: Synth, prod: Synth) ->
 
 
 def test_every_skipped_check_has_a_reason_and_still_fails_somewhere(
-    dev: Synth, prod: Synth, tmp_path: Path
+    unskipped: dict[str, Any],
 ) -> None:
-    """Only the skipped checks, without the skips: each must still fail on some resource (else
-    its skip is stale and would hide a regression). Also proves the run above can fail."""
+    """Each skipped check must still fail on some resource (else its skip is stale and would
+    hide a regression) and have its reason. Also proves that the run finds failures."""
     skipped = skipped_checks()
     assert skipped, "no skipped check: drop this test"
     for check_id, reason in skipped.items():
         assert re.fullmatch(r"CKV_AWS_\d+", check_id), check_id
         assert len(reason) >= 60, f"{check_id} needs its reason in a comment above it"
-    config = yaml.safe_load(CONFIG.read_text())
-    del config["skip-check"]
-    unskipped = tmp_path / "checkov.yaml"
-    unskipped.write_text(yaml.safe_dump(config))
-    # cwd elsewhere: checkov also reads a .checkov.yaml from its working directory.
-    report = checkov(unskipped, [dev, prod], "--check", ",".join(skipped), cwd=tmp_path)
-    still_failing = {line.split()[0] for line in failed_checks(report)}
-    assert sorted(set(skipped) - still_failing) == [], "stale skips in .checkov.yaml"
-    assert still_failing <= set(skipped)
+    failing = {line.split()[0] for line in failed_checks(unskipped)}
+    assert sorted(set(skipped) - failing) == [], "stale skips in .checkov.yaml"
