@@ -148,7 +148,10 @@ fi
 if [ "$with_checkov" = 1 ]; then
 	checkov_py="$CHECKOV_VENV/bin/python"
 	if ! { [ -x "$checkov_py" ] && python_ok "$checkov_py"; }; then
-		rm -rf "$CHECKOV_VENV"
+		if [ -e "$CHECKOV_VENV" ]; then
+			[ -f "$CHECKOV_VENV/pyvenv.cfg" ] || die "$CHECKOV_VENV exists but is not a venv; remove it"
+			rm -rf "$CHECKOV_VENV"
+		fi
 		log "creating $CHECKOV_VENV with the Python of $VENV_DIR"
 		"$("$VENV_PY" -c 'import sys; print(sys._base_executable)')" -m venv "$CHECKOV_VENV"
 	fi
