@@ -8,6 +8,8 @@
 REPO_ROOT="${REPO_ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 VENV_DIR="${VENV_DIR:-$REPO_ROOT/.venv}"
 VENV_PY="$VENV_DIR/bin/python"
+# checkov's own venv (its pins clash with the dev venv's): scripts/setup.sh --checkov.
+CHECKOV_VENV="${CHECKOV_VENV:-$REPO_ROOT/.venv-checkov}"
 MIN_PYTHON="3.11"
 # Throwaway PostgreSQL clusters (one per port) live here when no cluster serves the URL's port.
 OFFLOAD_PG_ROOT="${OFFLOAD_PG_ROOT:-/var/lib/offload-pg}"

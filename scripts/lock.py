@@ -15,7 +15,10 @@ for the CDK app's, ``Lock.constraints``):
    platform (a universal lock: markers say which line applies where), with the versions of
    the three locks above, so the tests run what ships;
 4. ``requirements.txt``: the CDK app, with the dev lock's versions (synth runs from the dev
-   venv, so the CDK app's lock is what the tests ran).
+   venv, so the CDK app's lock is what the tests ran);
+5. ``requirements-checkov.txt``: the template scanner checkov in a venv of its own
+   (``.venv-checkov``), for any CPython >= 3.11 like the dev lock but constrained by no other
+   lock: its pins clash with the dev venv's, and it runs as a separate program.
 
 The resolver is uv (pinned in requirements-dev.in): it resolves for a target platform and
 Python version other than this machine's; pip-compile can only resolve for the interpreter it
@@ -91,6 +94,7 @@ LOCKS = (
     Lock("fargate_worker/requirements.in", _DEPLOY),
     Lock("requirements-dev.in", _DEV),
     Lock("requirements.in", _DEV, constraints=("requirements-dev.txt",)),
+    Lock("requirements-checkov.in", _DEV),
 )
 
 

@@ -9,7 +9,10 @@
 #      and the URL's database created;
 #   5. Node.js >= 18 with npm (Debian's nodejs and npm if missing: aws-cdk-lib runs on it), the
 #      pinned CDK CLI, and the Lambdas' dependencies for the Lambda platform;
-#   6. with --browser (the test command): Debian's chromium, for the browser test.
+#   6. with --browser (the test command): Debian's chromium, for the browser test;
+#   7. with --checkov (the test command): .venv-checkov with requirements-checkov.txt (checkov,
+#      the template scanner of the infra tests, whose pins clash with the dev lock's), each file
+#      checked against its hash and skipped while .venv-checkov/.requirements.sha256 matches.
 # A local server that is not running is started (installed from Debian's packages first when
 # missing): that needs root. Remote URLs are only checked.
 set -euo pipefail
@@ -20,10 +23,12 @@ exit_on_help "${BASH_SOURCE[0]}" "$@"
 cd "$REPO_ROOT"
 
 with_browser=0
+with_checkov=0
 for arg in "$@"; do
 	case "$arg" in
 	--browser) with_browser=1 ;;
-	*) die "unknown option $arg (setup.sh [--browser])" ;;
+	--checkov) with_checkov=1 ;;
+	*) die "unknown option $arg (setup.sh [--browser] [--checkov])" ;;
 	esac
 done
 
@@ -136,6 +141,30 @@ if [ "$with_browser" = 1 ]; then
 		log "chromium: ${OFFLOAD_CHROMIUM:-/usr/bin/chromium}"
 	else
 		apt_install chromium
+	fi
+fi
+
+# --- 8: checkov in a venv of its own (tests/infra/test_stacks_checkov.py runs it) -----------
+if [ "$with_checkov" = 1 ]; then
+	checkov_py="$CHECKOV_VENV/bin/python"
+	if ! { [ -x "$checkov_py" ] && python_ok "$checkov_py"; }; then
+		if [ -e "$CHECKOV_VENV" ]; then
+			[ -f "$CHECKOV_VENV/pyvenv.cfg" ] || die "$CHECKOV_VENV exists but is not a venv; remove it"
+			rm -rf "$CHECKOV_VENV"
+		fi
+		log "creating $CHECKOV_VENV with the Python of $VENV_DIR"
+		"$("$VENV_PY" -c 'import sys; print(sys._base_executable)')" -m venv "$CHECKOV_VENV"
+	fi
+	checkov_stamp="$CHECKOV_VENV/.requirements.sha256"
+	checkov_wanted="$(VENV_PY="$checkov_py" requirements_hash requirements-checkov.txt)"
+	if [ "$(cat "$checkov_stamp" 2>/dev/null)" = "$checkov_wanted" ]; then
+		log "checkov venv up to date"
+	else
+		log "installing requirements-checkov.txt into $CHECKOV_VENV"
+		rm -f "$checkov_stamp"
+		"$checkov_py" -m pip install --quiet --disable-pip-version-check --require-hashes \
+			-r requirements-checkov.txt
+		printf '%s\n' "$checkov_wanted" >"$checkov_stamp"
 	fi
 fi
 

@@ -23,9 +23,9 @@ fi
 started=$(date +%s)
 
 if [ "$fast" = 1 ]; then
-	bash scripts/setup.sh # no browser: the e2e tier is not run
+	bash scripts/setup.sh # no browser, no checkov: the e2e and infra tiers are not run
 else
-	bash scripts/setup.sh --browser
+	bash scripts/setup.sh --browser --checkov
 fi
 # shellcheck source=/dev/null
 source .venv/bin/activate

@@ -53,10 +53,14 @@ class UploadStorage(Construct):
             encryption=s3.BucketEncryption.S3_MANAGED,  # the only one server access logs accept
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,
+            # Versioned: a log deleted or overwritten (to hide what a request did) stays
+            # recoverable as a noncurrent version, for as long as the logs are kept.
+            versioned=True,
             lifecycle_rules=[
                 s3.LifecycleRule(
                     id="ExpireAccessLogs",
                     expiration=Duration.days(config.access_log_retention_days),
+                    noncurrent_version_expiration=Duration.days(config.access_log_retention_days),
                     abort_incomplete_multipart_upload_after=Duration.days(1),
                 )
             ],

@@ -30,6 +30,7 @@ DOCS = sorted(
 SKIPPED_DIRS = {
     ".git",
     ".venv",
+    ".venv-checkov",
     "node_modules",
     ".cdk-cache",
     "cdk.out",

@@ -7,7 +7,7 @@ from typing import Any
 
 from aws_cdk.assertions import Match
 
-from tests.infra.conftest import Synth
+from tests.infra.conftest import Synth, file_context
 
 
 def uploads_bucket(synth: Synth) -> dict[str, Any]:
@@ -69,6 +69,23 @@ def test_server_access_logs_go_to_the_log_bucket(dev: Synth) -> None:
                 )
             }
         },
+    )
+
+
+def test_access_logs_are_versioned_and_old_versions_expire_with_the_logs(each_env: Synth) -> None:
+    """A deleted or overwritten access log stays recoverable (checkov CKV_AWS_21) for as long
+    as the logs are kept, and no longer: noncurrent versions expire with them."""
+    buckets = each_env.resources(each_env.stacks.storage, "AWS::S3::Bucket")
+    [props] = [
+        b["Properties"] for b in buckets.values() if "CorsConfiguration" not in b["Properties"]
+    ]
+    assert props["VersioningConfiguration"] == {"Status": "Enabled"}
+    [rule] = props["LifecycleConfiguration"]["Rules"]
+    environments = file_context()["offload:environments"]
+    days = environments[each_env.env]["storage"]["accessLogRetentionDays"]
+    assert (rule["ExpirationInDays"], rule["NoncurrentVersionExpiration"]) == (
+        days,
+        {"NoncurrentDays": days},
     )
 
 
