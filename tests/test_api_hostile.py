@@ -9,7 +9,7 @@ seeds the caller (user-a) and another user (user-b) with uploads (single and mul
 own, the other user's (which must look absent), and ids that only look like ids.
 
 How many examples: ``tests/support/hypothesis_profiles.py`` (``OFFLOAD_HYPOTHESIS_EXAMPLES``
-for the long run; docs/testing.md). Examples are derived from each test's name (derandomized),
+CI sets 2,000; docs/testing.md). Examples are derived from each test's name (derandomized),
 so a CI failure replays the same way on a developer's machine.
 """
 
