@@ -53,10 +53,42 @@ def database_url_from_secret(
     )
 
 
-class SecretDatabaseUrl:
-    """The database URL built from a secret, cached for ``max_age_s``. Calling the object is
-    a coroutine giving the URL (psycopg_pool calls it before each new connection); ``url()``
-    is the blocking form, for one-off connections such as the migrations."""
+class _ExpiringUrl:
+    """A URL made again once the copy in hand is ``max_age_s`` old. Calling the object is a
+    coroutine giving the URL (psycopg_pool calls it before each new connection); ``url()`` is
+    the blocking form, for one-off connections such as the migrations. Subclasses say how a
+    URL is made (``_make``: a network call, hence the lock and the thread)."""
+
+    def __init__(self, max_age_s: float, initial: str | None):
+        self._max_age_s = max_age_s
+        self._lock = threading.Lock()
+        self._url = initial
+        self._made_at = time.monotonic() if initial else float("-inf")
+
+    def _make(self) -> str:
+        raise NotImplementedError
+
+    def _fresh(self) -> bool:
+        return self._url is not None and time.monotonic() - self._made_at < self._max_age_s
+
+    def url(self) -> str:
+        with self._lock:
+            if not self._fresh():
+                self._url = self._make()
+                self._made_at = time.monotonic()
+            assert self._url is not None
+            return self._url
+
+    async def __call__(self) -> str:
+        if self._fresh():
+            assert self._url is not None
+            return self._url
+        return await asyncio.to_thread(self.url)  # boto3 blocks: keep it off the event loop
+
+
+class SecretDatabaseUrl(_ExpiringUrl):
+    """The database URL built from a secret, read again once ``max_age_s`` old (it may have
+    rotated)."""
 
     def __init__(
         self,
@@ -69,35 +101,16 @@ class SecretDatabaseUrl:
         sslmode: str = "verify-full",
         sslrootcert: str = DATABASE_CA_FILE,
     ):
+        super().__init__(max_age_s, initial)
         self._arn = secret_arn
         self._host = host_override
         self._sslmode = sslmode
         self._sslrootcert = sslrootcert
-        self._max_age_s = max_age_s
         self._read = read
-        self._lock = threading.Lock()
-        self._url = initial
-        self._read_at = time.monotonic() if initial else float("-inf")
 
-    def _fresh(self) -> bool:
-        return self._url is not None and time.monotonic() - self._read_at < self._max_age_s
-
-    def url(self) -> str:
-        with self._lock:
-            if not self._fresh():
-                secret = self._read(self._arn)
-                self._url = database_url_from_secret(
-                    secret, self._host, self._sslmode, self._sslrootcert
-                )
-                self._read_at = time.monotonic()
-            assert self._url is not None
-            return self._url
-
-    async def __call__(self) -> str:
-        if self._fresh():
-            assert self._url is not None
-            return self._url
-        return await asyncio.to_thread(self.url)  # boto3 blocks: keep it off the event loop
+    def _make(self) -> str:
+        secret = self._read(self._arn)
+        return database_url_from_secret(secret, self._host, self._sslmode, self._sslrootcert)
 
     def __repr__(self) -> str:  # never the password
         return f"SecretDatabaseUrl({self._arn!r}, host_override={self._host!r})"
@@ -127,10 +140,9 @@ def database_url_with_token(
     return make_conninfo("", **params)
 
 
-class IamDatabaseUrl:
-    """The database URL for ``user`` with a fresh IAM token as password, kept for
-    ``max_age_s``. Like :class:`SecretDatabaseUrl`: a coroutine for psycopg_pool, ``url()``
-    for one-off connections. The token is signed for the host the connection goes to (the
+class IamDatabaseUrl(_ExpiringUrl):
+    """The database URL for ``user`` with a fresh IAM token as password, signed again once
+    ``max_age_s`` old. The token is signed for the host the connection goes to (the
     RDS Proxy endpoint when ``host_override`` is set), as RDS checks."""
 
     def __init__(
@@ -147,6 +159,7 @@ class IamDatabaseUrl:
     ):
         from psycopg.conninfo import conninfo_to_dict
 
+        super().__init__(max_age_s, initial)
         base = conninfo_to_dict(base_url)
         self._host = host_override or str(base.get("host") or "")
         if not self._host:
@@ -156,30 +169,10 @@ class IamDatabaseUrl:
         self._user = user
         self._ssl = {"sslmode": sslmode, "sslrootcert": sslrootcert}
         self._sign = sign
-        self._max_age_s = max_age_s
-        self._lock = threading.Lock()
-        self._url = initial
-        self._made_at = time.monotonic() if initial else float("-inf")
 
-    def _fresh(self) -> bool:
-        return self._url is not None and time.monotonic() - self._made_at < self._max_age_s
-
-    def url(self) -> str:
-        with self._lock:
-            if not self._fresh():
-                token = self._sign(self._host, self._port, self._user)
-                self._url = database_url_with_token(
-                    self._base, self._user, token, host=self._host, **self._ssl
-                )
-                self._made_at = time.monotonic()
-            assert self._url is not None
-            return self._url
-
-    async def __call__(self) -> str:
-        if self._fresh():
-            assert self._url is not None
-            return self._url
-        return await asyncio.to_thread(self.url)  # boto3 loads its signer: off the loop
+    def _make(self) -> str:
+        token = self._sign(self._host, self._port, self._user)
+        return database_url_with_token(self._base, self._user, token, host=self._host, **self._ssl)
 
     def __repr__(self) -> str:  # never the token
         return f"IamDatabaseUrl(user={self._user!r}, host={self._host!r})"
