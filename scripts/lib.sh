@@ -104,6 +104,25 @@ ensure_python() {
 	BASE_PYTHON="$py"
 }
 
+# install_lock PYTHON LOCK: install the hash-locked LOCK into PYTHON's venv unless the venv's
+# stamp (.requirements.sha256: requirements_hash) says it already holds exactly that. The lock
+# pins every package with its hashes: --require-hashes refuses anything else (an unpinned
+# dependency, a file whose hash changed).
+install_lock() {
+	local python="$1" lock="$2" venv stamp wanted
+	venv="$(dirname "$(dirname "$python")")"
+	stamp="$venv/.requirements.sha256"
+	wanted="$(VENV_PY="$python" requirements_hash "$lock")"
+	if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
+		log "$venv up to date ($("$python" --version 2>&1))"
+		return
+	fi
+	log "installing $lock into $venv"
+	rm -f "$stamp"
+	"$python" -m pip install --quiet --disable-pip-version-check --require-hashes -r "$lock"
+	printf '%s\n' "$wanted" >"$stamp"
+}
+
 # requirements_hash FILE: sha256 over FILE, every file it includes (-r/-c, recursively) and the
 # venv's Python version, so any change to what would be installed triggers a reinstall.
 requirements_hash() {

@@ -50,19 +50,7 @@ else
 	"$BASE_PYTHON" -m venv "$VENV_DIR"
 fi
 
-stamp="$VENV_DIR/.requirements.sha256"
-wanted="$(requirements_hash requirements-dev.txt)"
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$wanted" ]; then
-	log "venv up to date ($("$VENV_PY" --version 2>&1))"
-else
-	log "installing requirements-dev.txt into $VENV_DIR"
-	rm -f "$stamp"
-	# The lock pins every package with its hashes: --require-hashes refuses anything else (an
-	# unpinned dependency, a file whose hash changed).
-	"$VENV_PY" -m pip install --quiet --disable-pip-version-check --require-hashes \
-		-r requirements-dev.txt
-	printf '%s\n' "$wanted" >"$stamp"
-fi
+install_lock "$VENV_PY" requirements-dev.txt
 
 # The CLI's `offload` command (pyproject.toml [project.scripts]): the repository installed in
 # the venv, editable and without dependencies (requirements-dev.txt has them); again whenever
@@ -155,17 +143,7 @@ if [ "$with_checkov" = 1 ]; then
 		log "creating $CHECKOV_VENV with the Python of $VENV_DIR"
 		"$("$VENV_PY" -c 'import sys; print(sys._base_executable)')" -m venv "$CHECKOV_VENV"
 	fi
-	checkov_stamp="$CHECKOV_VENV/.requirements.sha256"
-	checkov_wanted="$(VENV_PY="$checkov_py" requirements_hash requirements-checkov.txt)"
-	if [ "$(cat "$checkov_stamp" 2>/dev/null)" = "$checkov_wanted" ]; then
-		log "checkov venv up to date"
-	else
-		log "installing requirements-checkov.txt into $CHECKOV_VENV"
-		rm -f "$checkov_stamp"
-		"$checkov_py" -m pip install --quiet --disable-pip-version-check --require-hashes \
-			-r requirements-checkov.txt
-		printf '%s\n' "$checkov_wanted" >"$checkov_stamp"
-	fi
+	install_lock "$checkov_py" requirements-checkov.txt
 fi
 
 log "ready in $((($(date +%s%N) - started_ns) / 1000000)) ms"
