@@ -6,12 +6,15 @@
 - Stop timeout 120 s (Fargate's maximum between SIGTERM and SIGKILL; the worker's own grace,
   ``OFFLOAD_SHUTDOWN_GRACE_S``, is shorter); container health check
   ``python -m fargate_worker.health``.
-- The Redis AUTH token is injected by ECS from Secrets Manager. PostgreSQL: the worker logs in
+- No secret reaches the task. Redis: the worker logs in as its ElastiCache RBAC user
+  (``offload-<env>-worker``) with an IAM token it signs per connection (``REDIS_USER``,
+  ``REDIS_IAM_AUTH_CACHE``; ``offload.redis_iam``). PostgreSQL: the worker logs in
   to the instance as its own database user (``offload_worker``: job rows and events only,
   ``offload.db.roles``) with an IAM token it signs before each new connection
-  (``DATABASE_IAM_USER``); no database password or secret reaches the task.
+  (``DATABASE_IAM_USER``).
 - The task role reads ``uploads/*``, writes ``processed/*``, may ``rds-db:connect`` as
-  ``offload_worker`` and sets its own task's scale-in protection, nothing else.
+  ``offload_worker`` and ``elasticache:Connect`` as its Redis user, and sets its own task's
+  scale-in protection, nothing else.
 - Autoscaling on the queue backlog only (never on CPU: busy tasks would be killed): waiting
   jobs per running task, from the queue-metrics Lambda's ``Waiting`` metric and Container
   Insights' ``RunningTaskCount``. Out in steps, fast, from zero on a backlog of one; in by one
