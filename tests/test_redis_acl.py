@@ -24,7 +24,7 @@ from lambdas.queue_metrics import snapshot
 from offload.jobs import JobRef
 from offload.queue import open_queue, producer
 from stacks import redis_acl
-from tests.support.harness import queue_job_in_state, running_worker
+from tests.support.harness import queue_job_in_state, running_worker, wait_for
 from tests.support.redis_acl import ADMIN, AclRedis
 from tests.support.servers import unique_name
 
@@ -198,11 +198,12 @@ def test_roles_run_the_pipeline_each_as_its_own_user(acl_redis, settings):
         async with producer(as_role("producer")) as made:
             job_id = await made.enqueue("noop", JobRef(bucket="b", key="k/1"), None)
             async with running_worker(as_role("worker")):
-                await queue_job_in_state(made.queue, job_id, "completed")
+                # waited for: removing a job still active (locked) would remove nothing
+                await wait_for(lambda: queue_job_in_state(made.queue, job_id, "completed"))
                 operator = Queue(as_role("operator").queue_name, _queue_opts(as_role("operator")))
                 try:
                     workers = await operator.get_workers()
-                    await operator.remove(job_id)
+                    assert await operator.remove(job_id) == 1
                     after = await operator.getJobCounts("completed")
                 finally:
                     await operator.close()
