@@ -3,7 +3,7 @@
     python bench/queue_throughput.py [--jobs 10000] [--concurrency 8] [--rounds 2]
 
 Both sides get the same queue options, Redis connection options
-(``offload.redis_conn.connection_options``), worker options (``worker_options(settings)``),
+(``offload.redis_conn.settings_connection_options``), worker options (``worker_options(settings)``),
 concurrency and job options (``removeOnComplete``, deterministic job ids). The difference is
 what a job costs on our side: a sandbox child runs the ``noop`` processor, and the status row
 is written to PostgreSQL (active + completed, each with its event row) before bullmq moves the
@@ -62,7 +62,7 @@ from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import JobRef, job_id
 from offload.logs import JsonFormatter
-from offload.redis_conn import connection_options
+from offload.redis_conn import settings_connection_options
 from offload.settings import Settings
 from tests.support import servers
 
@@ -283,12 +283,7 @@ async def run_round(
     queue = Queue(
         settings.queue_name,
         {
-            "connection": connection_options(
-                settings.redis_url,
-                settings.redis_auth_token,
-                user=settings.redis_user,
-                iam_auth_cache=settings.redis_iam_auth_cache,
-            ),
+            "connection": settings_connection_options(settings),
             "prefix": settings.queue_prefix,
         },
     )

@@ -37,7 +37,7 @@ from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import InvalidJobData, JobRef
 from offload.metrics import MetricsEmitter
-from offload.redis_conn import connection_options, redact
+from offload.redis_conn import redact, settings_connection_options
 from offload.settings import Settings
 from offload.user_errors import redact as hide_internal_names
 
@@ -46,12 +46,7 @@ log = logging.getLogger(__name__)
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
-        "connection": connection_options(
-            settings.redis_url,
-            settings.redis_auth_token,
-            user=settings.redis_user,
-            iam_auth_cache=settings.redis_iam_auth_cache,
-        ),
+        "connection": settings_connection_options(settings),
         "prefix": settings.queue_prefix,
         "concurrency": settings.concurrency,
         "lockDuration": settings.lock_duration_ms,

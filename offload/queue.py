@@ -17,7 +17,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
 from offload.jobs import JobRef, job_id
-from offload.redis_conn import connection_options
+from offload.redis_conn import settings_connection_options
 from offload.settings import Settings
 
 # The status store (psycopg, ~100-150 ms to import) is loaded with the first Producer, which
@@ -34,13 +34,7 @@ PRODUCER_RETRIES = 2
 
 
 def producer_connection(settings: Settings) -> redis.asyncio.Redis:
-    options = connection_options(
-        settings.redis_url,
-        settings.redis_auth_token,
-        user=settings.redis_user,
-        iam_auth_cache=settings.redis_iam_auth_cache,
-        socket_connect_timeout=3.0,
-    )
+    options = settings_connection_options(settings, socket_connect_timeout=3.0)
     options["socket_timeout"] = PRODUCER_SOCKET_TIMEOUT_S  # producers never block on Redis
     return redis.asyncio.Redis(
         decode_responses=True,  # what bullmq's scripts expect

@@ -16,8 +16,11 @@ worker keeps its dedicated blocking connection, and we set what bullmq-py gets w
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
+
+if TYPE_CHECKING:
+    from offload.settings import Settings
 
 _SCHEMES = {"redis": False, "rediss": True}
 
@@ -64,6 +67,20 @@ def connection_options(
         options["ssl"] = True
         options["ssl_cert_reqs"] = "required"
     return options
+
+
+def settings_connection_options(
+    settings: Settings, *, socket_connect_timeout: float = 10.0
+) -> dict[str, Any]:
+    """``connection_options`` for the process's own Redis login as its settings say (URL,
+    password, RBAC user, IAM): one place, so no client forgets the user or the IAM token."""
+    return connection_options(
+        settings.redis_url,
+        settings.redis_auth_token,
+        user=settings.redis_user,
+        iam_auth_cache=settings.redis_iam_auth_cache,
+        socket_connect_timeout=socket_connect_timeout,
+    )
 
 
 def redact(url: str) -> str:
