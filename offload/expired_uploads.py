@@ -33,7 +33,8 @@ from typing import TYPE_CHECKING
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.uploads import Upload, UploadStore
-from offload.uploads import error_code, object_exists
+from offload.uploads import object_exists
+from offload.user_errors import aws_error_code
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -89,7 +90,7 @@ async def abort_expired_uploads(
                 UploadId=claimed.multipart_upload_id,
             )
         except Exception as exc:
-            if error_code(exc) != "NoSuchUpload":  # NoSuchUpload: the lifecycle rule was first
+            if aws_error_code(exc) != "NoSuchUpload":  # NoSuchUpload: the lifecycle rule was first
                 # The row stays aborted (no client can use it any more); the lifecycle rule
                 # deletes the parts in the end.
                 report.abort_failed += 1

@@ -33,6 +33,7 @@ from urllib.parse import unquote_plus
 
 from offload.jobs import INSPECT, THUMBNAIL, JobRef, job_id
 from offload.keys import UPLOADS_PREFIX, KeyLayoutError, UploadKey
+from offload.user_errors import aws_error_code
 
 # Annotations only: parsing needs no database, and the acceptance functions are handed a store
 # and a pool by their caller (so psycopg is loaded by whoever opens the pool, not by this import).
@@ -290,8 +291,7 @@ def head_current_object(s3: S3Client, bucket: str, key: str) -> CurrentObject | 
 
 def not_found(exc: Exception) -> bool:
     """An S3 ClientError that says the object (or the version) does not exist."""
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code")
-    return code in ("404", "NoSuchKey", "NoSuchVersion")
+    return aws_error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion")
 
 
 Enqueue = Callable[[str, JobRef], Awaitable[str]]

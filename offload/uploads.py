@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from offload.keys import KEY_SEGMENT_ID, UploadKey
-from offload.user_errors import redact
+from offload.user_errors import aws_error_code, redact
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -280,12 +280,6 @@ def valid_upload_id(upload_id: str) -> bool:
 # --- S3 ---------------------------------------------------------------------------------------
 
 
-def error_code(exc: Exception) -> str | None:
-    response = getattr(exc, "response", None)
-    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
-    return code if isinstance(code, str) else None
-
-
 def presign_post(
     s3: S3Client, bucket: str, key: str, content_type: str, size: int, expires_s: int
 ) -> dict[str, Any]:
@@ -379,7 +373,7 @@ def list_uploaded_parts(
                 PartNumberMarker=marker,
             )
         except Exception as exc:
-            if error_code(exc) == "NoSuchUpload":
+            if aws_error_code(exc) == "NoSuchUpload":
                 return None
             raise
         parts.extend(
@@ -398,7 +392,7 @@ def object_exists(s3: S3Client, bucket: str, key: str) -> bool:
     try:
         s3.head_object(Bucket=bucket, Key=key)
     except Exception as exc:
-        if error_code(exc) in ("404", "NoSuchKey", "NotFound"):
+        if aws_error_code(exc) in ("404", "NoSuchKey", "NotFound"):
             return False
         raise
     return True
@@ -642,7 +636,7 @@ class UploadService:
                 IfNoneMatch="*",
             )
         except Exception as exc:
-            code = error_code(exc)
+            code = aws_error_code(exc)
             if code == "NoSuchUpload":
                 raise await self._gone(upload) from exc
             if code in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -674,7 +668,7 @@ class UploadService:
                     Bucket=self.bucket, Key=upload.key, UploadId=upload.multipart_upload_id
                 )
             except Exception as exc:
-                if error_code(exc) != "NoSuchUpload":
+                if aws_error_code(exc) != "NoSuchUpload":
                     raise
                 check_object = True
         if check_object and object_exists(self.s3, self.bucket, upload.key):

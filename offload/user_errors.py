@@ -75,7 +75,9 @@ def redact(text: str, names: Iterable[str] = ()) -> str:
     return text
 
 
-def _aws_code(exc: BaseException) -> str | None:
+def aws_error_code(exc: BaseException) -> str | None:
+    """The error code of a botocore ``ClientError`` (``NoSuchKey``, ``404``, ...), if it is one
+    and the code is one plain word; None otherwise. For decisions as well as for users."""
     response = getattr(exc, "response", None)
     error = response.get("Error") if isinstance(response, dict) else None
     code = error.get("Code") if isinstance(error, dict) else None
@@ -88,7 +90,7 @@ def infrastructure_message(exc: BaseException) -> str | None:
     for cls in type(exc).__mro__:
         described = _INFRASTRUCTURE.get(cls.__module__.split(".", 1)[0])
         if described is not None:
-            code = _aws_code(exc)
+            code = aws_error_code(exc)
             return f"{described} ({code})" if code else described
     return None
 
