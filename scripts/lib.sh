@@ -512,18 +512,30 @@ print(json.load(open(sys.argv[1]))["context"].get("offload:env") or "")' "$REPO_
 	printf '%s\n' "cdk.out/${env:-dev}"
 }
 
-# The pinned CDK CLI (cdk-cli/package-lock.json), installed with `npm ci` when missing or stale.
-# Only `cdk` needs it; `python app.py` and the tests synthesise without it.
-ensure_cdk_cli() {
+# ensure_npm_packages DIR PROBE: DIR's locked packages (DIR/package-lock.json), installed with
+# `npm ci` when DIR/PROBE is missing or the lock changed since the last install.
+ensure_npm_packages() {
+	local dir="$REPO_ROOT/$1" probe="$2"
 	if ! command -v npm >/dev/null 2>&1; then
-		log "npm not found: the CDK CLI needs Node.js >= $MIN_NODE_MAJOR and npm (scripts/setup.sh installs them)"
+		log "npm not found: $1 needs Node.js >= $MIN_NODE_MAJOR and npm (scripts/setup.sh installs them)"
 		return 1
 	fi
-	local stamp="$REPO_ROOT/cdk-cli/node_modules/.offload-lock.sha256" wanted
-	wanted="$(sha256sum "$REPO_ROOT/cdk-cli/package-lock.json" | cut -d' ' -f1)"
-	if [ ! -x "$REPO_ROOT/cdk-cli/node_modules/.bin/cdk" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
-		log "installing the pinned CDK CLI (npm ci --prefix cdk-cli)"
-		npm ci --prefix "$REPO_ROOT/cdk-cli" --no-audit --no-fund --loglevel=error >&2
+	local stamp="$dir/node_modules/.offload-lock.sha256" wanted
+	wanted="$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)"
+	if [ ! -e "$dir/$probe" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+		log "installing $1's locked packages (npm ci --prefix $1)"
+		npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >&2
 		printf '%s\n' "$wanted" >"$stamp"
 	fi
+}
+
+# The pinned CDK CLI (cdk-cli/package-lock.json). Only `cdk` needs it; `python app.py` and the
+# tests synthesise without it.
+ensure_cdk_cli() {
+	ensure_npm_packages cdk-cli node_modules/.bin/cdk
+}
+
+# Node BullMQ for the compatibility tests (tests/node/package-lock.json).
+ensure_node_bullmq() {
+	ensure_npm_packages tests/node node_modules/bullmq/package.json
 }

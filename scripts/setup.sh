@@ -8,7 +8,8 @@
 #   4. PostgreSQL reachable at DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/test),
 #      and the URL's database created;
 #   5. Node.js >= 18 with npm (Debian's nodejs and npm if missing: aws-cdk-lib runs on it), the
-#      pinned CDK CLI, and the Lambdas' dependencies for the Lambda platform;
+#      pinned CDK CLI, Node BullMQ (tests/node: the compatibility tests), and the Lambdas'
+#      dependencies for the Lambda platform;
 #   6. with --browser (the test command): Debian's chromium, for the browser test;
 #   7. with --checkov (the test command): .venv-checkov with requirements-checkov.txt (checkov,
 #      the template scanner of the infra tests, whose pins clash with the dev lock's), each file
@@ -107,9 +108,10 @@ case "$PG_RC" in
 esac
 log "PostgreSQL reachable at $PG_WHERE, database $PG_DB"
 
-# --- 5: Node.js and the pinned CDK CLI -------------------------------------------------------
+# --- 5: Node.js, the pinned CDK CLI and Node BullMQ (the compatibility tests) ----------------
 ensure_node
 ensure_cdk_cli
+ensure_node_bullmq
 
 # --- 6: the Lambdas' dependencies for the Lambda platform (cdk synth stays offline after) --
 # The cache is keyed by the lock (stacks/bundling.py); the stamp spares the CDK import (seconds)
