@@ -9,6 +9,10 @@ records work that did not happen:
 5. only then does bullmq move the job out of active.
 A crash before 5 leaves the job active with an expiring lock: another worker's stalled check
 puts it back, it runs again (outputs are deterministic) and a later attempt overwrites the row.
+
+That is an upload step. A job whose name is a system job (``fargate_worker.system_jobs``:
+scheduled by the worker itself, no upload behind it) skips 2-4: it runs in this process, with
+no status row, its outcome in the logs and metrics (``_process_system_job``).
 """
 
 from __future__ import annotations
@@ -31,14 +35,18 @@ from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
 from fargate_worker.s3grants import JobGrants
 from fargate_worker.sandbox import SandboxPool
+from fargate_worker.schedules import ScheduleKeeper
+from fargate_worker.system_jobs import SystemJobRunner
 from offload.aws import s3_client
 from offload.db.credentials import database_url_source
 from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import InvalidJobData, JobRef
 from offload.metrics import MetricsEmitter
+from offload.queue import open_queue
 from offload.redis_conn import redact, settings_connection_options
-from offload.settings import Settings
+from offload.schedules import ScheduleError, check_patterns
+from offload.settings import Settings, SettingsError
 from offload.user_errors import redact as hide_internal_names
 
 log = logging.getLogger(__name__)
@@ -77,17 +85,22 @@ class OffloadWorker:
         self.sandbox = SandboxPool(settings, settings.concurrency)
         self.protection = TaskProtection(settings.ecs_agent_uri, settings.task_protection_minutes)
         self.metrics = MetricsEmitter(settings.metrics_namespace, {"Queue": settings.queue_name})
+        self.system = SystemJobRunner(settings)
+        self.schedules: ScheduleKeeper | None = None
         self.bull: BullWorker | None = None
         self._run_task: asyncio.Task | None = None
+        self._schedule_task: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
         self._active = 0
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self.registry = processors.load(self.settings.processor_modules)
+        self._check_job_names()
         # wait=False: the worker starts (and keeps its queue locks) even while PostgreSQL is
         # down; writes wait for it instead.
         await self.pool.open(wait=False)
+        await self.system.context.open()
         await self.sandbox.start()
         self.bull = BullWorker(
             self.settings.queue_name,
@@ -105,6 +118,13 @@ class OffloadWorker:
             "stalled", lambda job_id, *_: log.warning("job stalled", extra={"job_id": job_id})
         )
         self._run_task = asyncio.ensure_future(self.bull.run())
+        self.schedules = ScheduleKeeper(
+            open_queue(self.settings),
+            self.settings.schedules,
+            self.settings.default_job_options(),
+            self.settings.schedule_check_s,
+        )
+        self._schedule_task = asyncio.ensure_future(self.schedules.run())
         self._heartbeat = asyncio.ensure_future(
             heartbeat(self.settings.health_file, self.settings.health_interval_s, self._health)
         )
@@ -117,6 +137,25 @@ class OffloadWorker:
                 "state": f"concurrency={self.settings.concurrency}",
             },
         )
+
+    def _check_job_names(self) -> None:
+        """Every schedule names a system job, with a cron pattern bullmq can read, and no
+        system job shares a name with a processor: a SettingsError at start, not a job that
+        fails at 3 a.m."""
+        overlap = sorted(set(self.registry) & set(self.system.jobs))
+        if overlap:
+            raise SettingsError(f"processors and system jobs share the names {overlap}")
+        for schedule in self.settings.schedules:
+            if schedule.job not in self.system:
+                known = ", ".join(sorted(self.system.jobs))
+                raise SettingsError(
+                    f"OFFLOAD_SCHEDULES: schedule {schedule.id!r} names {schedule.job!r}, which"
+                    f" is not a system job (known: {known})"
+                )
+        try:
+            check_patterns(self.settings.schedules)
+        except ScheduleError as exc:
+            raise SettingsError(f"OFFLOAD_SCHEDULES: {exc}") from exc
 
     def _health(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "active_jobs": self._active}
@@ -140,6 +179,13 @@ class OffloadWorker:
 
     async def _record_deferred_failure(self, job: Any) -> None:
         """bullmq is about to fail this job without running it (see BullWorker): store it."""
+        if job.name in self.system:
+            self._emit_done(job, "failed", time.monotonic())
+            log.error(
+                "system job failed without running",
+                extra={"job_id": job.id, "job_name": job.name, "error": str(job.deferredFailure)},
+            )
+            return
         identity, attempt, max_attempts = self._identity(job)
         reason = hide_internal_names(str(job.deferredFailure), self._internal_names(identity.ref))
         await self.store.mark_failed_unrun(identity, attempt, max_attempts, self.worker_id, reason)
@@ -150,6 +196,50 @@ class OffloadWorker:
         )
 
     async def _process(self, job: Any, token: str) -> Any:
+        if job.name in self.system:
+            return await self._process_system_job(job)
+        return await self._process_upload_step(job)
+
+    async def _process_system_job(self, job: Any) -> Any:
+        """A system job (module docstring): run here, outcome logged and counted, no row."""
+        started = time.monotonic()
+        attempt = max(job.attemptsStarted, job.attemptsMade + 1)
+        context = {"job_id": job.id, "job_name": job.name, "attempt": attempt}
+        self._active += 1
+        await self.protection.job_started()
+        try:
+            result = await self.system.run(job)
+            self._emit_done(job, "completed", started)
+            log.info(
+                "system job completed",
+                extra=context
+                | {"duration_ms": round((time.monotonic() - started) * 1000), "counts": result},
+            )
+            return result
+        except asyncio.CancelledError:
+            log.warning("system job abandoned at shutdown", extra=context)
+            raise
+        except Exception as exc:
+            permanent = isinstance(exc, UnrecoverableError)
+            final = permanent or job.attemptsMade + 1 >= int(job.opts.get("attempts") or 1)
+            message = job_error_message(exc, self._internal_names())
+            stack = _stack_of(exc)
+            if final:
+                self._emit_done(job, "failed", started)
+                log.error("system job failed", extra=context | {"error": message, "stack": stack})
+            else:
+                log.warning(
+                    "system job attempt failed, will retry",
+                    extra=context | {"error": message, "stack": stack},
+                )
+            if permanent:
+                raise UnrecoverableError(message) from exc
+            raise AttemptFailed(message) from exc
+        finally:
+            self._active -= 1
+            await self.protection.job_finished()
+
+    async def _process_upload_step(self, job: Any) -> Any:
         started = time.monotonic()
         identity, attempt, max_attempts = self._identity(job)
         ref = identity.ref
@@ -250,6 +340,11 @@ class OffloadWorker:
         log.info(
             "shutting down", extra={"worker_id": self.worker_id, "state": f"{self._active} active"}
         )
+        if self._schedule_task is not None:
+            self._schedule_task.cancel()
+            await asyncio.gather(self._schedule_task, return_exceptions=True)
+        if self.schedules is not None:
+            await self.schedules.queue.close()
         close = asyncio.ensure_future(self.bull.close())
         done, _ = await asyncio.wait({close}, timeout=grace_s)
         clean = close in done
@@ -260,6 +355,7 @@ class OffloadWorker:
         if self._run_task is not None:
             await asyncio.gather(self._run_task, return_exceptions=True)
         await self.sandbox.close()
+        await self.system.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         await self.pool.close()
