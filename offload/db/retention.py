@@ -119,6 +119,8 @@ async def delete_expired(
             exclude |= retry.uploads
             report.kept_live.extend(sorted(retry.uploads))
             continue
+        if deleted_uploads == 0:
+            break
         report.batches += 1
         report.uploads += deleted_uploads
         report.jobs += deleted_jobs
