@@ -10,7 +10,9 @@ records work that did not happen:
 A crash before 5 leaves the job active with an expiring lock: another worker's stalled check
 puts it back, it runs again (outputs are deterministic) and a later attempt overwrites the row.
 
-That is an upload step. A job whose name is a system job (``fargate_worker.system_jobs``:
+That is a job with a status row: an upload step, or a job a user asked for
+(``offload.requested_jobs``: same order of effects, but run in this process, not in a sandbox:
+``fargate_worker.requested``). A job whose name is a system job (``fargate_worker.system_jobs``:
 scheduled by the worker itself, no upload behind it) skips 2-4: it runs in this process, with
 no status row, its outcome in the logs and metrics (``_process_system_job``).
 """
@@ -33,6 +35,7 @@ from fargate_worker.errors import AttemptFailed, PermanentJobError, job_error_me
 from fargate_worker.health import heartbeat
 from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
+from fargate_worker.requested import RequestedJobRunner
 from fargate_worker.s3grants import JobGrants
 from fargate_worker.sandbox import SandboxPool
 from fargate_worker.schedules import ScheduleKeeper
@@ -86,6 +89,7 @@ class OffloadWorker:
         self.protection = TaskProtection(settings.ecs_agent_uri, settings.task_protection_minutes)
         self.metrics = MetricsEmitter(settings.metrics_namespace, {"Queue": settings.queue_name})
         self.system = SystemJobRunner(settings)
+        self.requested = RequestedJobRunner(self.pool, self._s3)
         self.schedules: ScheduleKeeper | None = None
         self.bull: BullWorker | None = None
         self._run_task: asyncio.Task | None = None
@@ -142,9 +146,17 @@ class OffloadWorker:
         """Every schedule names a system job, with a cron pattern bullmq can read, and no
         system job shares a name with a processor: a SettingsError at start, not a job that
         fails at 3 a.m."""
-        overlap = sorted(set(self.registry) & set(self.system.jobs))
+        kinds = (set(self.registry), set(self.system.jobs), set(self.requested.names))
+        overlap = sorted(
+            name
+            for i, names in enumerate(kinds)
+            for name in names
+            if any(name in other for other in kinds[i + 1 :])
+        )
         if overlap:
-            raise SettingsError(f"processors and system jobs share the names {overlap}")
+            raise SettingsError(
+                f"processors, system jobs and requested jobs share the names {overlap}"
+            )
         for schedule in self.settings.schedules:
             if schedule.job not in self.system:
                 known = ", ".join(sorted(self.system.jobs))
@@ -198,7 +210,7 @@ class OffloadWorker:
     async def _process(self, job: Any, token: str) -> Any:
         if job.name in self.system:
             return await self._process_system_job(job)
-        return await self._process_upload_step(job)
+        return await self._process_tracked(job)
 
     async def _process_system_job(self, job: Any) -> Any:
         """A system job (module docstring): run here, outcome logged and counted, no row."""
@@ -239,7 +251,8 @@ class OffloadWorker:
             self._active -= 1
             await self.protection.job_finished()
 
-    async def _process_upload_step(self, job: Any) -> Any:
+    async def _process_tracked(self, job: Any) -> Any:
+        """A job with a status row (module docstring): an upload step or a requested job."""
         started = time.monotonic()
         identity, attempt, max_attempts = self._identity(job)
         ref = identity.ref
@@ -251,7 +264,7 @@ class OffloadWorker:
             # DEBUG: the start is recorded in PostgreSQL (state, started_at, event); at INFO a
             # job logs one line, with its outcome and duration.
             log.debug("job started", extra=context)
-            result = await self._run_in_sandbox(job, attempt, ref)
+            result = await self._run_tracked(job, attempt, ref)
             await self.store.mark_completed(job.id, attempt, result)
             self._emit_done(job, "completed", started)
             log.info(
@@ -288,6 +301,16 @@ class OffloadWorker:
         finally:
             self._active -= 1
             await self.protection.job_finished()
+
+    async def _run_tracked(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
+        """Where a job with a status row runs: a requested job here (``fargate_worker.requested``
+        says why), an upload step in a sandbox child."""
+        if job.name not in self.requested:
+            return await self._run_in_sandbox(job, attempt, ref)
+        if ref is None:
+            JobRef.from_data(job.data)  # raises the precise InvalidJobData message
+            raise AssertionError("unreachable: the job data did not parse the first time")
+        return await self.requested.run(job.name, ref)
 
     async def _run_in_sandbox(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
         processor = self.registry.get(job.name)

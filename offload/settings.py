@@ -303,6 +303,10 @@ class Settings:
     # own login (enough only where that login owns the schema).
     maintenance_database_url: str | None = field(default=None, repr=False)
     maintenance_database_iam_user: str | None = None
+    # POST /jobs (offload.requested_jobs): per user, requested jobs in flight at once and
+    # requested per hour (0: no limit).
+    requested_jobs_in_flight: int = 3
+    requested_jobs_per_hour: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -409,6 +413,12 @@ class Settings:
             ),
             maintenance_database_url=env.get("OFFLOAD_MAINTENANCE_DATABASE_URL") or None,
             maintenance_database_iam_user=env.get("DATABASE_MAINTENANCE_IAM_USER") or None,
+            requested_jobs_in_flight=_int(
+                env, "OFFLOAD_REQUESTED_JOBS_IN_FLIGHT", defaults.requested_jobs_in_flight
+            ),
+            requested_jobs_per_hour=_int(
+                env, "OFFLOAD_REQUESTED_JOBS_PER_HOUR", defaults.requested_jobs_per_hour
+            ),
         )
 
     def upload_quota(self, tier: str) -> UploadQuota:

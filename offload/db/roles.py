@@ -4,9 +4,11 @@ The migrations (run as the schema's owner, the RDS master user, which may create
 them and their grants; no runtime component logs in as the owner. What each role may do is
 read off the component's SQL:
 
-* ``api`` (lambdas/api.py: offload.db.uploads, job_queries, status.retry_claim): creates,
-  reads and moves uploads, reads jobs, claims a failed job for a retry (UPDATE + its event).
-  It never creates a job row itself: a retry re-queues an existing job.
+* ``api`` (lambdas/api.py: offload.db.uploads, job_queries, status.retry_claim,
+  db.requested): creates, reads and moves uploads, reads jobs, claims a failed job for a retry
+  (UPDATE + its event), and records the jobs a user asks for (``POST /jobs``: INSERT of a
+  ``queued`` row owned by the caller + its event). Its only job rows: a retry re-queues an
+  existing job.
 * ``enqueue`` (lambdas/enqueue.py: offload.s3events, queue.Producer): reads and moves uploads,
   reads an upload's jobs, records the jobs it queues (INSERT ... ON CONFLICT DO NOTHING).
 * ``worker`` (fargate_worker: offload.db.status): job rows and their events only; a worker
@@ -64,7 +66,7 @@ MAX_PREFIX = _MAX_NAME - 1 - _LONGEST_COMPONENT
 GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "api": {
         "uploads": ("SELECT", "INSERT", "UPDATE"),
-        "jobs": ("SELECT", "UPDATE"),
+        "jobs": ("SELECT", "INSERT", "UPDATE"),
         "job_events": ("INSERT",),
     },
     "enqueue": {
