@@ -219,3 +219,26 @@ def _redis(settings: Settings) -> dict:
     from offload.redis_conn import settings_connection_options
 
     return settings_connection_options(settings)
+
+
+@pytest.mark.unit
+def test_the_reconciler_rebuilds_a_lost_requested_job_from_its_row():
+    """The parameters are in the key: the row's bucket, key and owner give back the same job
+    (same id, same parameters), as the reconciler rebuilds lost jobs."""
+    from offload.reconcile import ref_for_job_row
+    from offload.requested_jobs import Export, export_from_ref, export_ref
+
+    export = Export(date(2026, 3, 1), date(2026, 3, 31))
+    ref = export_ref("bkt", "user-a", export)
+    row = {
+        "id": job_id("export", ref),
+        "name": "export",
+        "bucket": ref.bucket,
+        "key": ref.key,
+        "owner": "user-a",
+        "upload_id": None,
+        "revision": None,
+    }
+    rebuilt = ref_for_job_row(row)
+    assert rebuilt == ref
+    assert export_from_ref(rebuilt) == export
