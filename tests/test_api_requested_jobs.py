@@ -21,6 +21,7 @@ from offload.queue import open_queue, producer
 from offload.settings import Settings
 from tests.support.apigw import call, configure
 from tests.support.harness import running_worker, wait_for_state
+from tests.support.redis_acl import as_environment
 
 EXPORT = {"name": "export", "params": {"from": "2026-03-01", "to": "2026-03-31"}}
 
@@ -53,7 +54,7 @@ async def _seed(settings: Settings) -> dict[str, str]:
             (f"{at}+00", '=HYPERLINK("x")' if label == "formula" else "bad", ids[label]),
         )
     # Out of the queue: only the rows matter to an export, and the worker must not run them.
-    queue = open_queue(settings)
+    queue = open_queue(as_environment(settings))
     await queue.obliterate({"force": True})
     await queue.close()
     return ids

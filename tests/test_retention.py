@@ -18,6 +18,7 @@ from offload.jobs import JobRef
 from offload.queue import producer
 from offload.redis_conn import settings_connection_options
 from offload.settings import Settings
+from tests.support.redis_acl import as_environment, as_user
 from tests.support.servers import role_url
 
 OLD = "now() - interval '31 days'"
@@ -66,7 +67,7 @@ def _exists(settings: Settings, table: str, column: str, value: str) -> bool:
 
 
 def _in_redis(settings: Settings, job_id: str) -> bool:
-    client = redis.Redis.from_url(settings.redis_url)
+    client = redis.Redis.from_url(as_environment(settings).redis_url)
     try:
         return bool(client.exists(f"{settings.queue_prefix}:{settings.queue_name}:{job_id}"))
     finally:
@@ -85,7 +86,7 @@ def _maintenance(settings: Settings, **overrides: Any) -> Settings:
 
 
 async def _retention(settings: Settings) -> dict[str, Any]:
-    context = SystemContext(settings)
+    context = SystemContext(as_user(settings, "worker"))  # the worker's Redis user
     await context.open()
     try:
         return await SYSTEM_JOBS["retention"].run(context)
@@ -158,7 +159,7 @@ async def _keeps_live(settings: Settings) -> None:
         settings.queue_name,
         _never_called,
         {
-            "connection": settings_connection_options(settings),
+            "connection": settings_connection_options(as_user(settings, "worker")),
             "prefix": settings.queue_prefix,
             "autorun": False,
             "lockDuration": 60_000,

@@ -20,6 +20,7 @@ from offload.schedules import Schedule
 from offload.settings import Settings, SettingsError
 from offload_local.stack import delete_keys
 from tests.support.harness import running_worker, wait_for
+from tests.support.redis_acl import as_environment, as_user
 from tests.support.servers import role_url
 
 YEARLY = Schedule("yearly", "retention", cron="0 0 1 1 *", tz="Europe/Paris")
@@ -97,7 +98,8 @@ def test_twenty_concurrent_registrations_give_one_schedule_and_one_next_job(sett
 async def _twenty_registrations(settings: Settings) -> None:
     schedules = (YEARLY, HOURLY)
     options = settings.default_job_options()
-    keepers = [ScheduleKeeper(open_queue(settings), schedules, options, 60) for _ in range(20)]
+    as_worker = as_user(settings, "worker")  # who registers schedules (under the ACL)
+    keepers = [ScheduleKeeper(open_queue(as_worker), schedules, options, 60) for _ in range(20)]
     queue = open_queue(settings)
     try:
         await asyncio.gather(*(keeper.ensure() for keeper in keepers))
@@ -114,7 +116,7 @@ async def _twenty_registrations(settings: Settings) -> None:
         assert await asyncio.gather(*(k.ensure() for k in keepers[:5])) == [[]] * 5
         (next_yearly,) = await _pending_jobs(queue, YEARLY.id)
         # The next job lost (not the scheduler): bullmq alone would never fire it again.
-        client = redis.Redis.from_url(settings.redis_url)
+        client = redis.Redis.from_url(as_environment(settings).redis_url)  # a failover's loss
         key = f"{settings.queue_prefix}:{settings.queue_name}"
         client.delete(f"{key}:{next_yearly}")
         client.zrem(f"{key}:delayed", next_yearly)
