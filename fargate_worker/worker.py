@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -345,7 +346,7 @@ class OffloadWorker:
             "JobDuration": (round((time.monotonic() - started) * 1000, 1), "Milliseconds"),
         }
         if job.processedOn and job.timestamp:
-            wait_ms = max(0, int(job.processedOn) - int(job.timestamp) - int(job.delay or 0))
+            wait_ms = max(0, int(job.processedOn) - _ready_at(job))
             metrics["QueueWait"] = (wait_ms, "Milliseconds")
         self.metrics.emit(metrics, {"JobName": job.name, "JobId": job.id})
 
@@ -383,6 +384,19 @@ class OffloadWorker:
             self._heartbeat.cancel()
         await self.pool.close()
         return clean
+
+
+_SCHEDULED_ID = re.compile(r"repeat:[^:]+:([0-9]+)")
+
+
+def _ready_at(job: Any) -> int:
+    """When the job could first run (epoch ms). A scheduler's job is due at the time its id
+    names (``repeat:<id>:<millis>``); bullmq sets a delayed job's ``delay`` to 0 when it
+    promotes it, so ``timestamp + delay`` would count a whole schedule period (a day for the
+    daily retention) as queue wait."""
+    if job.repeatJobKey and (due := _SCHEDULED_ID.fullmatch(str(job.id))):
+        return int(due.group(1))
+    return int(job.timestamp) + int(job.delay or 0)
 
 
 def _stack_of(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ again and again. Real Redis and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from dataclasses import replace
 
@@ -153,12 +154,18 @@ def _upload_exists(settings: Settings, upload_id: str) -> bool:
 
 @pytest.mark.slow
 def test_the_worker_runs_a_scheduled_job_again_and_again_and_brings_back_a_lost_schedule(
-    settings, redis_admin_url
+    settings, redis_admin_url, capsys
 ):
     """End to end: the worker registers the schedule at start, bullmq-py's worker makes each
     next iteration (the retention job, as the maintenance role, deletes an old final upload on
-    its first run), and a schedule whose keys Redis lost comes back within the check period."""
+    its first run), and a schedule whose keys Redis lost comes back within the check period.
+    Each run's queue wait is counted from when it was due, not from when it was scheduled."""
     asyncio.run(_runs_and_comes_back(settings, redis_admin_url))
+    metrics = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line
+    ]
+    waits = [m["QueueWait"] for m in metrics if m.get("JobName") == "retention"]
+    assert len(waits) >= 4 and max(waits) < 500, waits
 
 
 async def _runs_and_comes_back(settings: Settings, redis_admin_url: str) -> None:
