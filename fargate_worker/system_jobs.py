@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 
 
 class SystemContext:
-    """What a system job may use: the settings, the maintenance database login (opened with
-    the worker) and the queues by name (opened on first use, closed with the worker)."""
+    """What one run of a system job may use: the settings, the maintenance database login
+    and the queues by name (opened on first use). Made for each run and closed after it: a
+    system job runs rarely (retention: daily), and a worker task should not hold a
+    maintenance connection the rest of the time (with many tasks, that is many idle
+    connections, each a login that could delete)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -58,8 +61,12 @@ class SystemContext:
             self._queues[name] = open_queue(replace(self.settings, queue_name=name))
         return self._queues[name]
 
-    async def open(self) -> None:
+    async def __aenter__(self) -> SystemContext:
         await self.pool.open(wait=False)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         for queue in self._queues.values():
@@ -114,7 +121,7 @@ class SystemJobRunner:
 
     def __init__(self, settings: Settings, jobs: dict[str, SystemJob] | None = None):
         self.jobs = SYSTEM_JOBS if jobs is None else jobs
-        self.context = SystemContext(settings)
+        self.settings = settings
 
     def __contains__(self, name: object) -> bool:
         return name in self.jobs
@@ -124,7 +131,5 @@ class SystemJobRunner:
         if job.data not in (None, {}):
             # Parameters come from settings, never from the queue (docstring).
             raise UnrecoverableError(f"system job {job.name!r} takes no data")
-        return await asyncio.wait_for(system.run(self.context), system.timeout_s)
-
-    async def close(self) -> None:
-        await self.context.close()
+        async with SystemContext(self.settings) as context:
+            return await asyncio.wait_for(system.run(context), system.timeout_s)

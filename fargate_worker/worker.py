@@ -105,7 +105,6 @@ class OffloadWorker:
         # wait=False: the worker starts (and keeps its queue locks) even while PostgreSQL is
         # down; writes wait for it instead.
         await self.pool.open(wait=False)
-        await self.system.context.open()
         await self.sandbox.start()
         self.bull = BullWorker(
             self.settings.queue_name,
@@ -379,7 +378,6 @@ class OffloadWorker:
         if self._run_task is not None:
             await asyncio.gather(self._run_task, return_exceptions=True)
         await self.sandbox.close()
-        await self.system.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
         await self.pool.close()

@@ -86,12 +86,8 @@ def _maintenance(settings: Settings, **overrides: Any) -> Settings:
 
 
 async def _retention(settings: Settings) -> dict[str, Any]:
-    context = SystemContext(as_user(settings, "worker"))  # the worker's Redis user
-    await context.open()
-    try:
+    async with SystemContext(as_user(settings, "worker")) as context:  # the worker's Redis user
         return await SYSTEM_JOBS["retention"].run(context)
-    finally:
-        await context.close()
 
 
 def test_old_final_uploads_go_with_their_jobs_events_and_queue_entries_in_batches(settings):
