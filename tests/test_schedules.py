@@ -208,3 +208,27 @@ async def _runs_and_comes_back(settings: Settings, redis_admin_url: str) -> None
 async def _at_least(runs, n: int):
     found = await runs
     return found if len(found) >= n else None
+
+
+def test_a_due_scheduled_job_counts_as_waiting_so_the_workers_scale_from_zero(settings):
+    """No worker runs (scaled to zero): a scheduler's job whose time has come stays in the
+    delayed set, since only a worker promotes it. The queue metrics count it as waiting from
+    its due time on, so the autoscaling starts a worker for it (stacks/workers.py scales on
+    Waiting)."""
+    from lambdas.queue_metrics import snapshot
+
+    async def scenario() -> list[tuple[int, int]]:
+        keeper = ScheduleKeeper(
+            open_queue(as_user(settings, "worker")), (YEARLY,), settings.default_job_options(), 60
+        )
+        queue = open_queue(settings)
+        try:
+            await keeper.ensure()
+            due = (await queue.getJobScheduler(YEARLY.id))["next"]
+            snapshots = [await snapshot(queue, now_ms) for now_ms in (due - 1, due, due + 10)]
+            return [(snap.waiting, snap.delayed) for snap in snapshots]
+        finally:
+            await keeper.queue.close()
+            await queue.close()
+
+    assert asyncio.run(scenario()) == [(0, 1), (1, 1), (1, 1)]
