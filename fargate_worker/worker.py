@@ -143,9 +143,9 @@ class OffloadWorker:
         )
 
     def _check_job_names(self) -> None:
-        """Every schedule names a system job, with a cron pattern bullmq can read, and no
-        system job shares a name with a processor: a SettingsError at start, not a job that
-        fails at 3 a.m."""
+        """No name is both a processor, a system job or a requested job (the name decides how
+        a job runs), and every schedule names a system job with a cron pattern bullmq can read:
+        a SettingsError at start, not a job that fails at 3 a.m."""
         kinds = (set(self.registry), set(self.system.jobs), set(self.requested.names))
         overlap = sorted(
             name
