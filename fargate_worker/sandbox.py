@@ -58,6 +58,8 @@ SECRET_ENVIRONMENT = (
     "DATABASE_URL",  # may carry a password
     "DATABASE_SECRET_ARN",
     "DATABASE_IAM_USER",  # the worker's database user: with AWS credentials, a login
+    "DATABASE_MAINTENANCE_IAM_USER",  # the system jobs' database user (offload.db.roles)
+    "OFFLOAD_MAINTENANCE_DATABASE_URL",  # may carry a password
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -102,6 +104,8 @@ def child_settings(settings: Settings) -> Settings:
         database_secret_arn=None,
         database_proxy_host=None,
         database_iam_user=None,
+        maintenance_database_url=None,
+        maintenance_database_iam_user=None,
     )
 
 

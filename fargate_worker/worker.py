@@ -9,6 +9,12 @@ records work that did not happen:
 5. only then does bullmq move the job out of active.
 A crash before 5 leaves the job active with an expiring lock: another worker's stalled check
 puts it back, it runs again (outputs are deterministic) and a later attempt overwrites the row.
+
+That is a job with a status row: an upload step, or a job a user asked for
+(``offload.requested_jobs``: same order of effects, but run in this process, not in a sandbox:
+``fargate_worker.requested``). A job whose name is a system job (``fargate_worker.system_jobs``:
+scheduled by the worker itself, no upload behind it) skips 2-4: it runs in this process, with
+no status row, its outcome in the logs and metrics (``_process_system_job``).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -29,16 +36,21 @@ from fargate_worker.errors import AttemptFailed, PermanentJobError, job_error_me
 from fargate_worker.health import heartbeat
 from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
+from fargate_worker.requested import RequestedJobRunner
 from fargate_worker.s3grants import JobGrants
 from fargate_worker.sandbox import SandboxPool
+from fargate_worker.schedules import ScheduleKeeper
+from fargate_worker.system_jobs import SystemJobRunner
 from offload.aws import s3_client
 from offload.db.credentials import database_url_source
 from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import InvalidJobData, JobRef
 from offload.metrics import MetricsEmitter
+from offload.queue import open_queue
 from offload.redis_conn import redact, settings_connection_options
-from offload.settings import Settings
+from offload.schedules import ScheduleError, check_patterns
+from offload.settings import Settings, SettingsError
 from offload.user_errors import redact as hide_internal_names
 
 log = logging.getLogger(__name__)
@@ -77,14 +89,19 @@ class OffloadWorker:
         self.sandbox = SandboxPool(settings, settings.concurrency)
         self.protection = TaskProtection(settings.ecs_agent_uri, settings.task_protection_minutes)
         self.metrics = MetricsEmitter(settings.metrics_namespace, {"Queue": settings.queue_name})
+        self.system = SystemJobRunner(settings)
+        self.requested = RequestedJobRunner(self.pool, self._s3)
+        self.schedules: ScheduleKeeper | None = None
         self.bull: BullWorker | None = None
         self._run_task: asyncio.Task | None = None
+        self._schedule_task: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
         self._active = 0
         self._stopping = asyncio.Event()
 
     async def start(self) -> None:
         self.registry = processors.load(self.settings.processor_modules)
+        self._check_job_names()
         # wait=False: the worker starts (and keeps its queue locks) even while PostgreSQL is
         # down; writes wait for it instead.
         await self.pool.open(wait=False)
@@ -105,6 +122,13 @@ class OffloadWorker:
             "stalled", lambda job_id, *_: log.warning("job stalled", extra={"job_id": job_id})
         )
         self._run_task = asyncio.ensure_future(self.bull.run())
+        self.schedules = ScheduleKeeper(
+            open_queue(self.settings),
+            self.settings.schedules,
+            self.settings.default_job_options(),
+            self.settings.schedule_check_s,
+        )
+        self._schedule_task = asyncio.ensure_future(self.schedules.run())
         self._heartbeat = asyncio.ensure_future(
             heartbeat(self.settings.health_file, self.settings.health_interval_s, self._health)
         )
@@ -117,6 +141,33 @@ class OffloadWorker:
                 "state": f"concurrency={self.settings.concurrency}",
             },
         )
+
+    def _check_job_names(self) -> None:
+        """No name is both a processor, a system job or a requested job (the name decides how
+        a job runs), and every schedule names a system job with a cron pattern bullmq can read:
+        a SettingsError at start, not a job that fails at 3 a.m."""
+        kinds = (set(self.registry), set(self.system.jobs), set(self.requested.names))
+        overlap = sorted(
+            name
+            for i, names in enumerate(kinds)
+            for name in names
+            if any(name in other for other in kinds[i + 1 :])
+        )
+        if overlap:
+            raise SettingsError(
+                f"processors, system jobs and requested jobs share the names {overlap}"
+            )
+        for schedule in self.settings.schedules:
+            if schedule.job not in self.system:
+                known = ", ".join(sorted(self.system.jobs))
+                raise SettingsError(
+                    f"OFFLOAD_SCHEDULES: schedule {schedule.id!r} names {schedule.job!r}, which"
+                    f" is not a system job (known: {known})"
+                )
+        try:
+            check_patterns(self.settings.schedules)
+        except ScheduleError as exc:
+            raise SettingsError(f"OFFLOAD_SCHEDULES: {exc}") from exc
 
     def _health(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "active_jobs": self._active}
@@ -140,6 +191,13 @@ class OffloadWorker:
 
     async def _record_deferred_failure(self, job: Any) -> None:
         """bullmq is about to fail this job without running it (see BullWorker): store it."""
+        if job.name in self.system:
+            self._emit_done(job, "failed", time.monotonic())
+            log.error(
+                "system job failed without running",
+                extra={"job_id": job.id, "job_name": job.name, "error": str(job.deferredFailure)},
+            )
+            return
         identity, attempt, max_attempts = self._identity(job)
         reason = hide_internal_names(str(job.deferredFailure), self._internal_names(identity.ref))
         await self.store.mark_failed_unrun(identity, attempt, max_attempts, self.worker_id, reason)
@@ -150,6 +208,51 @@ class OffloadWorker:
         )
 
     async def _process(self, job: Any, token: str) -> Any:
+        if job.name in self.system:
+            return await self._process_system_job(job)
+        return await self._process_tracked(job)
+
+    async def _process_system_job(self, job: Any) -> Any:
+        """A system job (module docstring): run here, outcome logged and counted, no row."""
+        started = time.monotonic()
+        attempt = max(job.attemptsStarted, job.attemptsMade + 1)
+        context = {"job_id": job.id, "job_name": job.name, "attempt": attempt}
+        self._active += 1
+        await self.protection.job_started()
+        try:
+            result = await self.system.run(job)
+            self._emit_done(job, "completed", started)
+            log.info(
+                "system job completed",
+                extra=context
+                | {"duration_ms": round((time.monotonic() - started) * 1000), "counts": result},
+            )
+            return result
+        except asyncio.CancelledError:
+            log.warning("system job abandoned at shutdown", extra=context)
+            raise
+        except Exception as exc:
+            permanent = isinstance(exc, UnrecoverableError)
+            final = permanent or job.attemptsMade + 1 >= int(job.opts.get("attempts") or 1)
+            message = job_error_message(exc, self._internal_names())
+            stack = _stack_of(exc)
+            if final:
+                self._emit_done(job, "failed", started)
+                log.error("system job failed", extra=context | {"error": message, "stack": stack})
+            else:
+                log.warning(
+                    "system job attempt failed, will retry",
+                    extra=context | {"error": message, "stack": stack},
+                )
+            if permanent:
+                raise UnrecoverableError(message) from exc
+            raise AttemptFailed(message) from exc
+        finally:
+            self._active -= 1
+            await self.protection.job_finished()
+
+    async def _process_tracked(self, job: Any) -> Any:
+        """A job with a status row (module docstring): an upload step or a requested job."""
         started = time.monotonic()
         identity, attempt, max_attempts = self._identity(job)
         ref = identity.ref
@@ -161,7 +264,7 @@ class OffloadWorker:
             # DEBUG: the start is recorded in PostgreSQL (state, started_at, event); at INFO a
             # job logs one line, with its outcome and duration.
             log.debug("job started", extra=context)
-            result = await self._run_in_sandbox(job, attempt, ref)
+            result = await self._run_tracked(job, attempt, ref)
             await self.store.mark_completed(job.id, attempt, result)
             self._emit_done(job, "completed", started)
             log.info(
@@ -199,6 +302,16 @@ class OffloadWorker:
             self._active -= 1
             await self.protection.job_finished()
 
+    async def _run_tracked(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
+        """Where a job with a status row runs: a requested job here (``fargate_worker.requested``
+        says why), an upload step in a sandbox child."""
+        if job.name not in self.requested:
+            return await self._run_in_sandbox(job, attempt, ref)
+        if ref is None:
+            JobRef.from_data(job.data)  # raises the precise InvalidJobData message
+            raise AssertionError("unreachable: the job data did not parse the first time")
+        return await self.requested.run(job.name, ref)
+
     async def _run_in_sandbox(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
         processor = self.registry.get(job.name)
         if processor is None:
@@ -232,7 +345,7 @@ class OffloadWorker:
             "JobDuration": (round((time.monotonic() - started) * 1000, 1), "Milliseconds"),
         }
         if job.processedOn and job.timestamp:
-            wait_ms = max(0, int(job.processedOn) - int(job.timestamp) - int(job.delay or 0))
+            wait_ms = max(0, int(job.processedOn) - _ready_at(job))
             metrics["QueueWait"] = (wait_ms, "Milliseconds")
         self.metrics.emit(metrics, {"JobName": job.name, "JobId": job.id})
 
@@ -250,6 +363,11 @@ class OffloadWorker:
         log.info(
             "shutting down", extra={"worker_id": self.worker_id, "state": f"{self._active} active"}
         )
+        if self._schedule_task is not None:
+            self._schedule_task.cancel()
+            await asyncio.gather(self._schedule_task, return_exceptions=True)
+        if self.schedules is not None:
+            await self.schedules.queue.close()
         close = asyncio.ensure_future(self.bull.close())
         done, _ = await asyncio.wait({close}, timeout=grace_s)
         clean = close in done
@@ -264,6 +382,19 @@ class OffloadWorker:
             self._heartbeat.cancel()
         await self.pool.close()
         return clean
+
+
+_SCHEDULED_ID = re.compile(r"repeat:[^:]+:([0-9]+)")
+
+
+def _ready_at(job: Any) -> int:
+    """When the job could first run (epoch ms). A scheduler's job is due at the time its id
+    names (``repeat:<id>:<millis>``); bullmq sets a delayed job's ``delay`` to 0 when it
+    promotes it, so ``timestamp + delay`` would count a whole schedule period (a day for the
+    daily retention) as queue wait."""
+    if job.repeatJobKey and (due := _SCHEDULED_ID.fullmatch(str(job.id))):
+        return int(due.group(1))
+    return int(job.timestamp) + int(job.delay or 0)
 
 
 def _stack_of(exc: BaseException) -> str:

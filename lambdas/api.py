@@ -8,6 +8,7 @@ Routes (docs/api.md has the bodies and answers):
     POST   /uploads/{id}/complete   complete a multipart upload
     DELETE /uploads/{id}            abort
     GET    /jobs                    the caller's jobs, newest first, cursor pagination
+    POST   /jobs                    ask for a job by name (offload.requested_jobs): 202
     GET    /jobs/{id}               one job
     POST   /jobs/{id}/retry         put a failed job back in the queue
 
@@ -157,6 +158,7 @@ def _job_service() -> JobService:
         runtime.run(runtime.statuses()),
         s3=lambda: s3_client(settings.s3_endpoint_url),
         queue=queue,
+        pool=runtime.run(runtime.pool()),
     )
 
 
@@ -232,6 +234,17 @@ def list_jobs() -> Response:
     cursor = event.get_query_string_value("cursor")
     service = _job_service()
     return _json(200, _runtime().run(service.page(owner, limit, cursor)))
+
+
+@app.post("/jobs")
+def request_job() -> Response:
+    caller = _caller()
+    body = _body()
+    service = _job_service()
+    view = _runtime().run(service.request(caller.sub, caller.tier.value, body))
+    logger.info("job requested", extra={"job_id": view["id"], "job_name": view["name"]})
+    _count("JobsRequested")
+    return _json(202, view)
 
 
 @app.get("/jobs/<job_id>")

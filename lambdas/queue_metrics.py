@@ -5,7 +5,8 @@ published with ``PutMetricData`` (visible to alarms within seconds) rather than 
 from the log stream asynchronously, which can lag by minutes). Metrics, namespace
 ``OFFLOAD_METRICS_NAMESPACE``, dimension ``Queue=<queue name>``, standard resolution:
 
-* ``Waiting`` (Count): jobs ready to run (bullmq ``wait`` + ``prioritized``);
+* ``Waiting`` (Count): jobs ready to run (bullmq ``wait`` + ``prioritized``, and delayed jobs
+  whose time has come: :func:`due_delayed`);
 * ``Active``, ``Delayed``, ``Failed`` (Count);
 * ``OldestWaitingAge`` (Seconds): how long the job at the head of the wait list has been
   waiting; 0 when nothing waits.
@@ -58,14 +59,37 @@ def waiting_since_ms(job: Any) -> int:
     return max(added, int(getattr(job, "processedOn", 0) or 0))
 
 
+# At most this many due delayed jobs are counted (one read of their ids): enough to scale out.
+DUE_COUNT_MAX = 1_000
+
+
+async def due_delayed(queue: Queue, now_ms: int) -> int:
+    """Delayed jobs whose time has come (a scheduled job, a retry past its backoff). Only a
+    worker moves them to the wait list (bullmq promotes them in ``moveToActive``): with no
+    worker running they never reach ``wait``, and a scheduler's job (``OFFLOAD_SCHEDULES``)
+    would wait for the next upload to start a worker. Counted as waiting, they scale the
+    workers out from zero. A delayed job's score is its due time in ms times 0x1000 (plus a
+    counter below 0x1000): every score below ``(now_ms + 1) * 0x1000`` is due."""
+    due = await queue.client.zrange(
+        queue.toKey("delayed"),
+        0,
+        (now_ms + 1) * 0x1000 - 1,
+        byscore=True,
+        offset=0,
+        num=DUE_COUNT_MAX,
+    )
+    return len(due)
+
+
 async def snapshot(queue: Queue, now_ms: int | None = None) -> QueueSnapshot:
     counts = await queue.getJobCounts(*_COUNTED)
     # The wait list is FIFO: its oldest entry is the next one a worker takes.
     oldest = await queue.getJobs(["wait"], 0, 0, True)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     age_s = max(0.0, (now_ms - waiting_since_ms(oldest[0])) / 1000) if oldest else 0.0
+    due = await due_delayed(queue, now_ms)
     return QueueSnapshot(
-        waiting=counts.get("wait", 0) + counts.get("prioritized", 0),
+        waiting=counts.get("wait", 0) + counts.get("prioritized", 0) + due,
         active=counts.get("active", 0),
         delayed=counts.get("delayed", 0),
         failed=counts.get("failed", 0),

@@ -9,6 +9,10 @@ retry of a failed one. The job routes' counterpart of :class:`offload.uploads.Up
   outputs the lifecycle rule may have archived, which are flagged ``outputsArchived`` instead.
 * A retry (:meth:`JobService.retry`) is claimed in PostgreSQL before bullmq is asked, so a
   failure is retried once whatever races it.
+* ``POST /jobs`` (:meth:`JobService.request`): a job the caller asks for by name, with its
+  parameters (``offload.requested_jobs``), recorded within the per-user limits
+  (``offload.db.requested``) before it is added to the queue; its answer is the job's (202).
+  A completed requested job's ``links`` sign what it wrote under the caller's exports.
 
 Every lookup is scoped by the caller's ``sub``: another user's job looks exactly like a job
 that does not exist (:class:`NotFound`). Methods raise :class:`RequestError` subclasses for
@@ -42,6 +46,8 @@ from offload.keys import PROCESSED_PREFIX, UPLOADS_PREFIX
 from offload.uploads import Conflict, InvalidRequest, NotFound, outputs_archived, result_links
 
 if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
+
     from offload.db.status import StatusStore
     from offload.settings import Settings
 
@@ -94,12 +100,14 @@ class JobService:
         *,
         s3: Callable[[], Any],
         queue: Callable[[], Awaitable[Any]],
+        pool: AsyncConnectionPool | None = None,
     ):
         self.settings = settings
         self.queries = queries
         self.statuses = statuses
         self._s3 = s3
         self._queue = queue
+        self._pool = pool  # POST /jobs only
 
     async def _owned(self, owner: str, job_id: str) -> JobRow:
         row = None
@@ -115,7 +123,9 @@ class JobService:
         view["result"] = own_result(owner, row.result)
         view["links"] = []
         view["outputsArchived"] = False
-        if row.state == "completed" and row.upload_id and not row.superseded:
+        if row.state == "completed" and row.upload_id is None:
+            view["links"] = _requested_links(self._s3, self.settings, owner, row.result)
+        elif row.state == "completed" and row.upload_id and not row.superseded:
             settings = self.settings
             now = datetime.now(UTC)
             if outputs_archived(row.finished_at, settings.processed_archive_after_days, now):
@@ -139,6 +149,42 @@ class JobService:
             "jobs": [self.answer(owner, row) for row in rows],
             "nextCursor": encode_cursor(next_cursor) if next_cursor else None,
         }
+
+    async def request(self, owner: str, tier: str, body: Any) -> dict[str, Any]:
+        """``POST /jobs``: validate, record within the limits, queue; the job's answer."""
+        from offload.db.requested import record_requested_job
+        from offload.db.status import JobIdentity
+        from offload.jobs import job_id as make_job_id
+        from offload.requested_jobs import (
+            REQUESTED_JOB_NAMES,
+            InvalidParameters,
+            export_ref,
+            parse_request,
+        )
+
+        try:
+            name, export = parse_request(body)
+        except InvalidParameters as exc:
+            raise InvalidRequest(str(exc), field=exc.field) from exc
+        assert self._pool is not None, "JobService needs its pool for POST /jobs"
+        settings = self.settings
+        ref = export_ref(settings.upload_bucket, owner, export)
+        identity = JobIdentity(make_job_id(name, ref), name, settings.queue_name, ref)
+        opts = settings.default_job_options() | {"jobId": identity.job_id}
+        await record_requested_job(
+            self._pool,
+            identity,
+            int(opts["attempts"]),
+            names=REQUESTED_JOB_NAMES,
+            in_flight_limit=settings.requested_jobs_in_flight,
+            per_hour_limit=settings.requested_jobs_per_hour,
+            tier=tier,
+        )
+        # After the commit: if Redis fails here (503), the row is a queued job missing from
+        # the queue, which the reconciler adds again from the row.
+        queue = await self._queue()
+        await queue.add(name, ref.to_data(), opts)
+        return self.answer(owner, await self._owned(owner, identity.job_id))
 
     async def get(self, owner: str, job_id: str) -> dict[str, Any]:
         return self.answer(owner, await self._owned(owner, job_id))
@@ -188,3 +234,34 @@ class JobService:
             # after the move, long before a run could stall: that takes a whole lock duration.)
             await queue.client.hdel(queue.toKey(job_id), "stc")
         return self.answer(owner, await self._owned(owner, job_id))
+
+
+def _requested_links(
+    s3: Callable[[], Any], settings: Settings, owner: str, result: Any
+) -> list[dict[str, str]]:
+    """Presigned GETs of what a requested job wrote (its result's ``*_key`` values), only
+    under the caller's exports (``offload.requested_jobs``)."""
+    from offload.requested_jobs import exports_prefix
+
+    if not isinstance(result, dict):
+        return []
+    prefix = exports_prefix(owner)
+    keys = sorted(
+        (name, key)
+        for name, key in result.items()
+        if name.endswith("_key") and isinstance(key, str) and key.startswith(prefix)
+    )
+    if not keys:
+        return []
+    client = s3()
+    return [
+        {
+            "name": key.rsplit("/", 1)[-1],
+            "url": client.generate_presigned_url(
+                "get_object",
+                Params={"Bucket": settings.upload_bucket, "Key": key},
+                ExpiresIn=settings.url_expiry_s,
+            ),
+        }
+        for _, key in keys
+    ]

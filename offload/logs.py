@@ -26,6 +26,7 @@ CONTEXT_FIELDS = (
     "duration_ms",
     "state",
     "error",
+    "counts",  # what a system job did (numbers only: fargate_worker.system_jobs)
     "stack",  # a job's whole failure (its user-facing "error" is redacted: offload.user_errors)
 )
 

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from offload import schedules as _schedules
+from offload.schedules import Schedule
+
 MiB = 1 << 20
 GiB = 1 << 30
 # OFFLOAD_PART_SIZE_MIB bounds: S3 parts (all but the last) are 5 MiB to 5 GiB.
@@ -150,6 +153,14 @@ def _database_url_from_parts(env: Mapping[str, str], tls: str) -> str | None:
     )
 
 
+def _schedules_setting(env: Mapping[str, str]) -> tuple[Schedule, ...]:
+    raw = env.get("OFFLOAD_SCHEDULES")
+    try:
+        return _schedules.parse(raw if raw else _schedules.DEFAULT_SCHEDULES_JSON)
+    except _schedules.ScheduleError as exc:
+        raise SettingsError(f"OFFLOAD_SCHEDULES: {exc}") from exc
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     raw = env.get(name, "").strip().lower()
     if raw in ("", "0", "false", "no"):
@@ -277,6 +288,25 @@ class Settings:
     enqueue_record_timeout_s: int = 10
     # API: the web origins allowed by CORS (none: no CORS headers).
     cors_origins: tuple[str, ...] = ()
+    # Recurring system jobs (offload.schedules): registered by the workers at start and checked
+    # again every schedule_check_s, so a schedule Redis lost comes back within that period.
+    schedules: tuple[Schedule, ...] = field(
+        default_factory=lambda: _schedules.parse(_schedules.DEFAULT_SCHEDULES_JSON)
+    )
+    schedule_check_s: int = 60
+    # The retention job: final uploads older than this many days are deleted with their jobs
+    # (rows and queue entries), retention_batch uploads per transaction.
+    retention_days: int = 90
+    retention_batch: int = 200
+    # How the worker's parent process logs in for system jobs (the ``maintenance`` database role,
+    # offload.db.roles): an IAM user (AWS) or a URL (local stack, tests). Unset: the worker's
+    # own login (enough only where that login owns the schema).
+    maintenance_database_url: str | None = field(default=None, repr=False)
+    maintenance_database_iam_user: str | None = None
+    # POST /jobs (offload.requested_jobs): per user, requested jobs in flight at once and
+    # requested per hour (0: no limit).
+    requested_jobs_in_flight: int = 3
+    requested_jobs_per_hour: int = 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -375,6 +405,20 @@ class Settings:
                 env, "OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S", defaults.enqueue_record_timeout_s, 1
             ),
             cors_origins=_csv(env, "OFFLOAD_CORS_ORIGIN"),
+            schedules=_schedules_setting(env),
+            schedule_check_s=_int(env, "OFFLOAD_SCHEDULE_CHECK_S", defaults.schedule_check_s, 1),
+            retention_days=_int(env, "OFFLOAD_RETENTION_DAYS", defaults.retention_days, 1),
+            retention_batch=_int(
+                env, "OFFLOAD_RETENTION_BATCH", defaults.retention_batch, 1, 10_000
+            ),
+            maintenance_database_url=env.get("OFFLOAD_MAINTENANCE_DATABASE_URL") or None,
+            maintenance_database_iam_user=env.get("DATABASE_MAINTENANCE_IAM_USER") or None,
+            requested_jobs_in_flight=_int(
+                env, "OFFLOAD_REQUESTED_JOBS_IN_FLIGHT", defaults.requested_jobs_in_flight
+            ),
+            requested_jobs_per_hour=_int(
+                env, "OFFLOAD_REQUESTED_JOBS_PER_HOUR", defaults.requested_jobs_per_hour
+            ),
         )
 
     def upload_quota(self, tier: str) -> UploadQuota:

@@ -61,7 +61,7 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "uploads/{upload_id}": ("GET", "DELETE"),
     "uploads/{upload_id}/parts": ("POST",),
     "uploads/{upload_id}/complete": ("POST",),
-    "jobs": ("GET",),
+    "jobs": ("GET", "POST"),
     "jobs/{job_id}": ("GET",),
     "jobs/{job_id}/retry": ("POST",),
 }
@@ -139,7 +139,7 @@ class QueueLambdas(Construct):
         self.api.role.add_managed_policy(storage.manage_uploads_policy)  # type: ignore[union-attr]
         self.api.role.add_managed_policy(storage.read_processed_policy)  # type: ignore[union-attr]
         database.grant_connect(self.api, database_user(schema, "api"), proxy=True)
-        _connect_as_producer(queue, self.api)  # POST /jobs/{id}/retry enqueues
+        _connect_as_producer(queue, self.api)  # POST /jobs and /jobs/{id}/retry enqueue
 
         self.enqueue = function(
             "Enqueue",

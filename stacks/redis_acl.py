@@ -85,7 +85,9 @@ _PRODUCER = (
 
 # The worker's scripts on top: moveToActive, moveToFinished, moveToDelayed, retryJob,
 # moveStalledJobsToWait (SMEMBERS of the stalled set), extendLock(s), moveJobFromActiveToWait,
-# getRateLimitTtl, isMaxed, updateProgress, addLog, saveStacktrace, updateData; directly:
+# getRateLimitTtl, isMaxed, updateProgress, addLog, saveStacktrace, updateData; the job
+# schedulers (addJobScheduler, updateJobScheduler, getJobScheduler, removeJobScheduler) and
+# removeJob (the retention system job); directly:
 # BZPOPMIN on the marker key (the blocking wait for a job) and GET of the rate limiter key.
 _WORKER = (
     *_PRODUCER,

@@ -13,8 +13,11 @@
   ``offload.db.roles``) with an IAM token it signs before each new connection
   (``DATABASE_IAM_USER``).
 - The task role reads ``uploads/*``, writes ``processed/*``, may ``rds-db:connect`` as
-  ``offload_worker`` and ``elasticache:Connect`` as its Redis user, and sets its own task's
-  scale-in protection, nothing else.
+  ``offload_worker`` and as ``offload_maintenance`` (the system jobs' role: the retention job
+  deletes old final uploads; only the worker's parent process signs a login for it, the
+  sandbox children have no AWS credentials: ``DATABASE_MAINTENANCE_IAM_USER``), and
+  ``elasticache:Connect`` as its Redis user, and sets its own task's scale-in protection,
+  nothing else.
 - Autoscaling on the queue backlog only (never on CPU: busy tasks would be killed): waiting
   jobs per running task, from the queue-metrics Lambda's ``Waiting`` metric and Container
   Insights' ``RunningTaskCount``. Out in steps, fast, from zero on a backlog of one; in by one
@@ -129,6 +132,8 @@ class Workers(Construct):
             # PostgreSQL, directly (not through the proxy), as the worker's own database user
             # with an IAM token (offload.db.credentials): no password, no secret.
             **database.client_env(user=database_user(schema, "worker"), proxy=False),
+            # The system jobs (fargate_worker.system_jobs) log in as their own database user.
+            "DATABASE_MAINTENANCE_IAM_USER": database_user(schema, "maintenance"),
         }
         self.container = self.task_definition.add_container(
             "Worker",
@@ -177,9 +182,10 @@ class Workers(Construct):
         )
 
         self._grant_task_role(storage)
-        database.grant_connect(
-            self.task_definition.task_role, database_user(schema, "worker"), proxy=False
-        )
+        for component in ("worker", "maintenance"):
+            database.grant_connect(
+                self.task_definition.task_role, database_user(schema, component), proxy=False
+            )
         self._autoscale(config)
 
     def _grant_task_role(self, storage: UploadStorage) -> None:

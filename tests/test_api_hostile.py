@@ -325,6 +325,7 @@ ROUTES = [
     ("POST", "/uploads/{id}/complete"),
     ("DELETE", "/uploads/{id}"),
     ("GET", "/jobs"),
+    ("POST", "/jobs"),
     ("GET", "/jobs/{id}"),
     ("POST", "/jobs/{id}/retry"),
 ]

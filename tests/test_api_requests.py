@@ -252,7 +252,7 @@ def test_completed_parts_are_checked(lambda_env, monkeypatch):
         ("PATCH", "/uploads/abc"),
         ("GET", "/uploads/abc/parts"),
         ("DELETE", "/jobs/abc"),
-        ("POST", "/jobs"),
+        ("PUT", "/jobs"),  # POST /jobs is a route (requested jobs)
     ],
 )
 def test_unknown_routes_are_json_404(lambda_env, method, path):

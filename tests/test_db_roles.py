@@ -52,6 +52,10 @@ def _search_path(url: str) -> str:
         return conn.execute("SHOW search_path").fetchone()[0]
 
 
+# What the maintenance role's retention job does (offload.db.retention): its one exception.
+MAINTENANCE_DELETES = ("DELETE FROM jobs", "DELETE FROM uploads")
+
+
 @pytest.mark.parametrize("component", roles.COMPONENTS)
 def test_no_role_can_drop_truncate_delete_or_alter(database_url, pg_schema, component):
     url = role_url(database_url, pg_schema, component)
@@ -60,7 +64,20 @@ def test_no_role_can_drop_truncate_delete_or_alter(database_url, pg_schema, comp
         for statement in DESTRUCTIVE
         if not _denied(url, statement.format(schema=pg_schema))
     ]
-    assert allowed == []
+    assert allowed == (list(MAINTENANCE_DELETES) if component == "maintenance" else [])
+
+
+def test_the_maintenance_role_only_reads_and_deletes(database_url, pg_schema):
+    url = role_url(database_url, pg_schema, "maintenance")
+    assert not _denied(url, "SELECT id, state, finished_at, updated_at FROM uploads")
+    assert not _denied(url, "SELECT id, queue, state, upload_id FROM jobs")
+    for statement in (
+        "UPDATE uploads SET error = NULL",
+        "UPDATE jobs SET progress = NULL",
+        "INSERT INTO uploads (id, owner, bucket, key, filename) VALUES ('u', 'o', 'b', 'k', 'f')",
+        "INSERT INTO job_events (job_id, attempt, state) VALUES ('j', 1, 'x')",
+    ):
+        assert _denied(url, statement), statement
 
 
 def test_each_role_reaches_only_the_tables_it_needs(database_url, pg_schema):
@@ -78,7 +95,8 @@ def test_each_role_reaches_only_the_tables_it_needs(database_url, pg_schema):
             "INSERT INTO uploads (id, owner, bucket, key, filename)"
             " VALUES ('u', 'o', 'b', 'k', 'f')",
         )
-    assert not can(
+    # The API inserts only the jobs users ask for (POST /jobs, offload.db.requested).
+    assert can(
         "api",
         "INSERT INTO jobs (id, name, queue, bucket, key, state)"
         " VALUES ('j', 'n', 'q', 'b', 'k', 'queued')",
@@ -100,6 +118,7 @@ def test_roles_are_named_after_the_prefix_and_checked():
         "enqueue": "offload_enqueue",
         "worker": "offload_worker",
         "reconciler": "offload_reconciler",
+        "maintenance": "offload_maintenance",
     }
     for bad in ("Offload", "off-load", "x" * (roles.MAX_PREFIX + 1), ""):
         with pytest.raises(ValueError, match="role prefix"):

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import socket
+from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
@@ -179,3 +180,27 @@ def test_a_plus_users_group_reaches_the_api_and_their_quota_answers_429(local_st
     assert ApiClient(info).call("POST", "/uploads", small).status == 201
     assert client.call("DELETE", f"/uploads/{uploads[0].body['id']}").status == 200
     assert client.call("POST", "/uploads", small).status == 201
+
+
+def test_an_export_asked_for_through_the_gateway_is_delivered_as_a_link(local_stack):
+    """POST /jobs through the gateway (its Cognito check, its routing), run by the stack's
+    worker process, followed with GET /jobs/{id}, and the CSV fetched from S3 with its link."""
+    client = ApiClient(local_stack.info)
+    today = datetime.now(UTC).date().isoformat()
+    upload_id = _post_small_file(client, "rows.csv", b"id\n1\n")  # a job of today, to export
+    wait_until(lambda: _finished_jobs(client, upload_id), what="the upload's jobs")
+    asked = client.call("POST", "/jobs", {"name": "export", "params": {"from": today, "to": today}})
+    assert asked.status == 202, asked.body
+
+    def done() -> dict | None:
+        job = client.call("GET", f"/jobs/{asked.body['id']}").body
+        return job if job["state"] in ("completed", "failed") else None
+
+    job = wait_until(done, what="the export")
+    assert job["state"] == "completed", job
+    (link,) = job["links"]
+    fetched = http("GET", link["url"])
+    assert fetched.status == 200
+    text = fetched.body.decode()
+    assert text.startswith("job_id,name,upload_id,state")
+    assert upload_id in text

@@ -52,6 +52,13 @@ WORKER_SCRIPTS = (
     "updateProgress",
     "saveStacktrace",
     "updateData",
+    # fargate_worker.schedules and the system jobs (Queue.upsertJobScheduler, the scheduler's
+    # next iteration, getJobScheduler, removeJobScheduler; retention's Queue.remove)
+    "addJobScheduler",
+    "updateJobScheduler",
+    "getJobScheduler",
+    "removeJobScheduler",
+    "removeJob",
 )
 OPERATOR_SCRIPTS = tuple(SCRIPT_DEFINITIONS)  # all of bullmq's queue administration
 SCRIPTS = {"producer": PRODUCER_SCRIPTS, "worker": WORKER_SCRIPTS, "operator": OPERATOR_SCRIPTS}

@@ -4,18 +4,32 @@ The migrations (run as the schema's owner, the RDS master user, which may create
 them and their grants; no runtime component logs in as the owner. What each role may do is
 read off the component's SQL:
 
-* ``api`` (lambdas/api.py: offload.db.uploads, job_queries, status.retry_claim): creates,
-  reads and moves uploads, reads jobs, claims a failed job for a retry (UPDATE + its event).
-  It never creates a job row itself: a retry re-queues an existing job.
+* ``api`` (lambdas/api.py: offload.db.uploads, job_queries, status.retry_claim,
+  db.requested): creates, reads and moves uploads, reads jobs, claims a failed job for a retry
+  (UPDATE + its event), and records the jobs a user asks for (``POST /jobs``: INSERT of a
+  ``queued`` row owned by the caller + its event). Its only job rows: a retry re-queues an
+  existing job.
 * ``enqueue`` (lambdas/enqueue.py: offload.s3events, queue.Producer): reads and moves uploads,
   reads an upload's jobs, records the jobs it queues (INSERT ... ON CONFLICT DO NOTHING).
 * ``worker`` (fargate_worker: offload.db.status): job rows and their events only; a worker
   runs hostile input and never sees the uploads table.
 * ``reconciler`` (offload/reconcile.py): reads uploads and jobs, moves uploads, re-queues and
   settles jobs, records the jobs it queues again.
+* ``maintenance`` (the worker's system jobs, ``fargate_worker.system_jobs``; today the
+  ``retention`` job, ``offload.db.retention``): reads and DELETEs uploads and jobs, nothing
+  else (no INSERT, no UPDATE; the job_events of a deleted job go with it through the foreign
+  key's ON DELETE CASCADE, which PostgreSQL runs as the table's owner, so the role needs no
+  privilege on job_events). Only the worker's parent process logs in as it, for system jobs
+  it runs itself: the sandbox children, which run hostile input, get neither its login nor
+  any AWS credentials to sign one (``fargate_worker.sandbox.SECRET_ENVIRONMENT``,
+  ``child_settings``), exactly as for the worker's own login. A separate role rather than
+  DELETE for ``worker``: the worker's role is what every upload step writes status with, and
+  it never sees ``uploads`` at all; giving it DELETE on uploads would widen what a bug in any
+  step's status path could do to every user's data.
 
-No role may DELETE, TRUNCATE, create objects in the schema, or read ``schema_migrations``:
-the schema and its tables belong to the migrator. ``job_events`` is append-only for everyone
+Only ``maintenance`` may DELETE, and only uploads and jobs. No role may TRUNCATE, create
+objects in the schema, or read ``schema_migrations``: the schema and its tables belong to the
+migrator. ``job_events`` is append-only for everyone
 (INSERT; its ``id`` sequence needs USAGE). INSERT/UPDATE ... RETURNING needs SELECT on the
 returned columns, hence SELECT wherever a role writes.
 
@@ -41,7 +55,7 @@ from psycopg import errors, sql
 
 log = logging.getLogger(__name__)
 
-COMPONENTS = ("api", "enqueue", "worker", "reconciler")
+COMPONENTS = ("api", "enqueue", "worker", "reconciler", "maintenance")
 RDS_IAM_ROLE = "rds_iam"
 _MAX_NAME = 63  # PostgreSQL's NAMEDATALEN - 1
 _PREFIX = re.compile(r"[a-z_][a-z0-9_]*")
@@ -52,7 +66,7 @@ MAX_PREFIX = _MAX_NAME - 1 - _LONGEST_COMPONENT
 GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "api": {
         "uploads": ("SELECT", "INSERT", "UPDATE"),
-        "jobs": ("SELECT", "UPDATE"),
+        "jobs": ("SELECT", "INSERT", "UPDATE"),
         "job_events": ("INSERT",),
     },
     "enqueue": {
@@ -68,6 +82,10 @@ GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         "uploads": ("SELECT", "UPDATE"),
         "jobs": ("SELECT", "INSERT", "UPDATE"),
         "job_events": ("INSERT",),
+    },
+    "maintenance": {
+        "uploads": ("SELECT", "DELETE"),
+        "jobs": ("SELECT", "DELETE"),
     },
 }
 # Sequences behind the tables a role inserts into (serial columns).

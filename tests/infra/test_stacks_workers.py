@@ -67,7 +67,13 @@ def test_no_secret_in_the_environment_redis_by_iam(dev: Synth) -> None:
     assert "DatabaseInstance" in env["DATABASE_HOST"] and "Proxy" not in env["DATABASE_HOST"]
     assert "UPLOAD_BUCKET" in env
     assert not any("PASSWORD" in name or "TOKEN" in name or "SECRET" in name for name in env)
-    assert sorted(name for name in env if "USER" in name) == ["DATABASE_IAM_USER", "REDIS_USER"]
+    # The system jobs' own database user (fargate_worker.system_jobs), also by IAM.
+    assert env["DATABASE_MAINTENANCE_IAM_USER"] == '"offload_maintenance"'
+    assert sorted(name for name in env if "USER" in name) == [
+        "DATABASE_IAM_USER",
+        "DATABASE_MAINTENANCE_IAM_USER",
+        "REDIS_USER",
+    ]
 
 
 def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
@@ -113,9 +119,20 @@ def test_task_role_least_privilege(dev: Synth) -> None:
     assert ":task/" in json.dumps(protection["Resource"])
     # No secret at all (ECS injects the Redis token with the execution role); PostgreSQL as
     # the worker's database user only, on the instance (not the proxy).
-    connect = json.dumps(by_actions["rds-db:connect",]["Resource"])
-    assert ":dbuser:" in connect and "DbiResourceId" in connect and "*" not in connect
-    assert connect.endswith('"/offload_worker"]]}')
+    # the worker's database user and the system jobs' (maintenance), on the instance only.
+    connects = [
+        json.dumps(resource)
+        for s in statements
+        if s["Action"] == "rds-db:connect"
+        for resource in (s["Resource"] if isinstance(s["Resource"], list) else [s["Resource"]])
+    ]
+    assert len(connects) == 2
+    for connect in connects:
+        assert ":dbuser:" in connect and "DbiResourceId" in connect and "*" not in connect
+    assert sorted(c.rsplit("/", 1)[1] for c in connects) == [
+        'offload_maintenance"]]}',
+        'offload_worker"]]}',
+    ]
 
 
 def scaling(synth: Synth) -> tuple[dict, dict[str, dict], dict[str, dict]]:

@@ -210,12 +210,17 @@ def wait_final(
 
 
 def queue_idle(run: SystemRun) -> bool:
-    """Nothing waiting, active, delayed or prioritized in the queue."""
+    """Nothing waiting, active, delayed or prioritized in the queue, but for the schedulers'
+    next jobs (``repeat:<id>:<millis>``, always delayed until their time: the workers keep one
+    per schedule, fargate_worker/schedules.py)."""
 
     async def counts() -> dict[str, int]:
         queue = open_queue(run.settings)
         try:
-            return await queue.getJobCounts("wait", "active", "delayed", "prioritized", "paused")
+            counts = await queue.getJobCounts("wait", "active", "prioritized", "paused")
+            delayed = await queue.getJobs(["delayed"])
+            counts["delayed"] = sum(1 for job in delayed if not job.id.startswith("repeat:"))
+            return counts
         finally:
             await queue.close()
 
