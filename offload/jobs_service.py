@@ -78,17 +78,17 @@ def arrange_pipeline(rows: Sequence[JobRow]) -> tuple[JobRow | None, list[JobRow
 
 def pipeline_finished(upload: Upload, finalize: JobRow | None, steps: Sequence[JobRow]) -> bool:
     """Whether anything more will happen to the upload without a retry: it is in a final
-    state; or it is from before pipelines (``queued`` with no finalize job, which stays
-    ``queued`` for good) and every job of its current object is completed or failed."""
+    state; or it is from before pipelines and every job of its current object is completed or
+    failed. An upload from before pipelines has no finalize job and no detected type (the
+    enqueue path that starts flows records the type first): it stays ``queued`` for good. An
+    upload with either is waited for until its final state, even while its flow is being
+    recorded or rebuilt."""
     if upload.state in FINAL_STATES:
         return True
+    if finalize is not None or upload.detected_type is not None or upload.state != "queued":
+        return False
     current = [row for row in steps if not row.superseded]
-    return (
-        upload.state == "queued"
-        and finalize is None
-        and bool(current)
-        and all(row.state in FINAL_JOB_STATES for row in current)
-    )
+    return bool(current) and all(row.state in FINAL_JOB_STATES for row in current)
 
 
 def own_result(owner: str, result: Any) -> Any:

@@ -119,8 +119,8 @@ def test_a_pipeline_under_way_is_not_finished(db):
 
 
 def test_jobs_from_before_pipelines_show_as_steps(db):
-    """An upload from before pipelines has no finalize job and stays ``queued``: its jobs are
-    its steps, and it is finished once they all are."""
+    """An upload from before pipelines (no finalize job, no detected type) stays ``queued``:
+    its jobs are its steps, and it is finished once they all are."""
     upload_id = new_upload()
     rows.name_object(db, upload_id)
     rows.set_state(db, upload_id, "queued")
@@ -133,6 +133,10 @@ def test_jobs_from_before_pipelines_show_as_steps(db):
     assert [step["id"] for step in pipeline["steps"]] == ["inspect-old", "thumbnail-old"]
     db.sql("UPDATE jobs SET state = 'failed' WHERE id = 'thumbnail-old'")
     assert call("GET", f"/uploads/{upload_id}").body["pipeline"]["finished"] is True
+    # A detected type says the enqueue path that starts flows took it: its finalize job is
+    # being recorded (or rebuilt), so it is waited for until its final state.
+    db.sql("UPDATE uploads SET detected_type = 'image/jpeg' WHERE id = %s", (upload_id,))
+    assert call("GET", f"/uploads/{upload_id}").body["pipeline"]["finished"] is False
 
 
 def test_an_older_versions_pipeline_is_shown_after_the_current_one_as_superseded(db):

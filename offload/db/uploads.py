@@ -66,6 +66,10 @@ class Upload:
     failed_step: str | None = None
     result_key: str | None = None
     finished_at: datetime | None = None
+    # The content type the enqueue path sniffed from the object's first bytes, which picked the
+    # upload's pipeline (migration 0004); None until then, and for uploads from before
+    # pipelines, whose jobs ran without a finalize step.
+    detected_type: str | None = None
 
     @property
     def revision(self) -> str:
@@ -83,7 +87,7 @@ def revision_sql(table: str) -> str:
 _COLUMNS = (
     "id, owner, bucket, key, filename, content_type, size_announced, size_actual, etag,"
     " version_id, multipart_upload_id, state, error, created_at, updated_at, part_size,"
-    " part_urls_expire_at, failed_step, result_key, finished_at"
+    " part_urls_expire_at, failed_step, result_key, finished_at, detected_type"
 )
 
 
