@@ -89,7 +89,7 @@ def job_line(job: dict[str, Any]) -> str:
             shown.append(f"{result['width']}x{result['height']}")
         detail = " ".join(shown)
     elif state == "failed":
-        detail = job.get("error") or "failed"
+        detail = job.get("error") or ""
     elif state in ("active", "retrying"):
         detail = f"{job.get('progress') or 0}%"
         if state == "retrying" and job.get("error"):
