@@ -311,7 +311,7 @@ def test_a_card_per_upload_with_its_final_state_steps_and_result_link(local_stac
     assert thumbnail.locator("[data-testid=retry-job]").count() == 1
     old = card.locator(f"[data-job-id='inspect-old-{failed}']")
     assert old.get_attribute("data-superseded") == "true"
-    assert "completed (superseded)" in old.inner_text()
+    assert old.locator("[data-role=superseded]").inner_text() == "superseded"
     assert card.locator("[data-testid=result-link]").count() == 0
     assert page.locator(f"[data-testid=job-row][data-upload-id='{failed}']").count() == 4
 

@@ -10,12 +10,6 @@ export function safeLinks(job) {
   return (job.links || []).filter((link) => /^https?:\/\//i.test(link.url));
 }
 
-/** A job's state as shown: a job of an older version of its upload's object is marked
- * superseded (its result describes bytes the upload no longer holds). */
-export function stateText(job) {
-  return job.superseded ? `${job.state} (superseded)` : job.state;
-}
-
 /** The row of one job of the upload `label` names (for the progress bar's accessible name). */
 export function buildRow(job, label, onRetry) {
   const percent = job.state === "completed" ? 100 : Math.max(0, Math.min(100, Number(job.progress) || 0));
@@ -37,7 +31,14 @@ export function buildRow(job, label, onRetry) {
       },
     },
     cell("job", null, el("strong", {}, job.name), el("div", { class: "muted small" }, formatTime(job.createdAt))),
-    cell("state", null, el("span", { class: `badge state-${job.state}` }, stateText(job))),
+    cell(
+      "state",
+      null,
+      el("span", { class: `badge state-${job.state}` }, job.state),
+      // A job of an older version of its upload's object: its result describes bytes the
+      // upload no longer holds. On a line of its own, so the badge never has to widen.
+      job.superseded ? el("div", { class: "small muted", "data-role": "superseded" }, "superseded") : null,
+    ),
     cell(
       "progress",
       null,
