@@ -72,7 +72,7 @@ def arrange_pipeline(rows: Sequence[JobRow]) -> tuple[JobRow | None, list[JobRow
     finalize = finalizers[-1] if finalizers else None
     steps = [row for row in rows if row is not finalize]
     parent = finalize.id if finalize else None
-    steps.sort(key=lambda row: (row.parent_id != parent or parent is None, bool(row.superseded)))
+    steps.sort(key=lambda row: (parent is None or row.parent_id != parent, bool(row.superseded)))
     return finalize, steps
 
 
