@@ -315,6 +315,26 @@ def test_a_card_per_upload_with_its_final_state_steps_and_result_link(local_stac
     assert card.locator("[data-testid=result-link]").count() == 0
     assert page.locator(f"[data-testid=job-row][data-upload-id='{failed}']").count() == 4
 
+    # An upload reaching its final state while the page is open: the status line says so.
+    late = client.call(
+        "POST",
+        "/uploads",
+        {"filename": "late photo.jpg", "size": 2000, "contentType": "image/jpeg"},
+    ).body["id"]
+    rows.name_object(db, late)
+    rows.set_state(db, late, "queued")
+    parent = rows.add_job(db, f"finalize-{late}", "finalize", late)
+    rows.add_job(db, f"inspect-{late}", "inspect", late, state="active", parent=parent, progress=50)
+    card = page.locator(f"[data-testid=upload-card][data-upload-id='{late}']")
+    card.and_(page.locator("[data-finished=false]")).wait_for(timeout=30_000)
+    assert card.locator("[data-role=final-state]").inner_text() == "processing"
+    db.sql("UPDATE jobs SET state = 'completed' WHERE upload_id = %s", (late,))
+    rows.set_state(db, late, "processed", result_key=f"processed/x/{late}/result.json")
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent === 'late photo.jpg processed.'",
+        timeout=30_000,
+    )
+
 
 def test_sizes_are_written_as_the_cli_writes_them(local_stack, page):
     """Binary units with binary names (KiB, MiB, ...) and the CLI's rounding, ties included."""

@@ -38,10 +38,10 @@ export class UploadList {
     this.first = []; // the newest page, replaced by every poll
     this.older = []; // pages the user asked for with "Load older uploads"
     this.cursor = null; // where the next older page starts
-    this.cards = new Map(); // upload id -> {card, signature, state}
+    this.cards = new Map(); // upload id -> {card, signature, finished}
     this.timer = null;
     this.running = false;
-    this.loaded = false; // first answer seen: final states reached after it are announced
+    this.loaded = false; // first answer seen: uploads finishing after it are announced
     this.onVisibility = () => this.schedule(0);
     more.addEventListener("click", () => this.loadMore());
   }
@@ -144,15 +144,21 @@ export class UploadList {
       });
       return known.card;
     }
-    if (known && this.loaded && known.state !== upload.state && FINAL.includes(upload.state)) {
-      const why = upload.state === "failed" && upload.failedStep ? ` at ${upload.failedStep}` : "";
-      this.announce(`${label(upload)} ${upload.state}${why}.`);
-    }
+    const finished = Boolean(upload.pipeline?.finished) || FINAL.includes(upload.state);
+    if (known && this.loaded && finished && !known.finished) this.announce(finishedText(upload));
     const card = buildCard(upload, (job, button) => this.retry(upload, job, button));
     if (known) known.card.replaceWith(card);
-    this.cards.set(upload.id, { card, signature, state: upload.state });
+    this.cards.set(upload.id, { card, signature, finished });
     return card;
   }
+}
+
+/** What the status line says when an upload is done: its final state (and the failing step),
+ * or, for an upload from before pipelines (it stays "queued"), that its jobs are. */
+function finishedText(upload) {
+  if (!FINAL.includes(upload.state)) return `The jobs of ${label(upload)} are finished.`;
+  const why = upload.state === "failed" && upload.failedStep ? ` at ${upload.failedStep}` : "";
+  return `${label(upload)} ${upload.state}${why}.`;
 }
 
 function label(upload) {
