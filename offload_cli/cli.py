@@ -39,6 +39,7 @@ environment:
 examples:
   offload --site http://127.0.0.1:8000/ upload video.mp4 photos/*.jpg
   offload --site https://files.example.com/ upload --json --no-wait big.iso
+  offload uploads --state failed
   offload jobs --limit 50
   offload status AxniGvRKrXztRzMmcKiXJw"""
 )
@@ -108,7 +109,7 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="offload",
-        usage="offload [options] {upload,status,jobs,retry,abort} ...",
+        usage="offload [options] {upload,status,uploads,jobs,retry,abort} ...",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -167,6 +168,14 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
     st.add_argument("upload_id", metavar="UPLOAD_ID")
     st.add_argument("--wait", action="store_true", help="wait until it reaches its final state")
     st.add_argument("--timeout", type=_seconds, default=1800.0, help="with --wait (0: no limit)")
+
+    ul = command("uploads", "your uploads and their pipelines' progress, newest first", cmd_uploads)
+    ul.add_argument("--limit", type=_positive_int, default=20, help="uploads per page (1..100)")
+    ul.add_argument("--all", action="store_true", help="every page")
+    ul.add_argument("--cursor", help="the page after this one (nextCursor of --json)")
+    ul.add_argument(
+        "--state", metavar="STATE", help="only uploads in this state (processed, failed, ...)"
+    )
 
     jb = command("jobs", "your jobs, newest first", cmd_jobs)
     jb.add_argument("--limit", type=_positive_int, default=20, help="jobs per page (1..100)")
@@ -383,6 +392,28 @@ def cmd_status(args: argparse.Namespace, env: Env) -> int:
                 + ("" if upload.get("multipartOpen") else " (multipart upload closed)")
             )
     return code
+
+
+def cmd_uploads(args: argparse.Namespace, env: Env) -> int:
+    printer = Printer(args)
+    if args.limit > 100:
+        raise UsageError("--limit is at most 100 (use --all for every page)")
+    session = Session(args, env)
+    uploads: list[dict[str, Any]] = []
+    cursor = args.cursor
+    while True:
+        page = session.api.uploads_page(args.limit, cursor, args.state)
+        uploads.extend(page.get("uploads", []))
+        cursor = page.get("nextCursor")
+        if not args.all or not cursor:
+            break
+    if args.json:
+        printer.json({"uploads": uploads, "nextCursor": cursor})
+    else:
+        printer.out(report.uploads_table(uploads))
+        if cursor:
+            printer.note(f"more: --cursor {cursor} (or --all)")
+    return errors.OK
 
 
 def cmd_jobs(args: argparse.Namespace, env: Env) -> int:

@@ -179,6 +179,40 @@ def table(rows: list[tuple[str, ...]]) -> str:
     )
 
 
+UPLOADS_HEADER = ("UPLOAD", "STATE", "STEPS", "FILE", "CREATED")
+
+
+def steps_done(upload: dict[str, Any]) -> str:
+    """``2/3``: the current pipeline's jobs (steps and finalize, superseded ones left out)
+    that completed, of all of them; empty before any job exists."""
+    jobs = Followed(upload).jobs
+    current = [job for job in jobs if not job.get("superseded")]
+    if not current:
+        return ""
+    done = sum(1 for job in current if job.get("state") == "completed")
+    return f"{done}/{len(current)}"
+
+
+def uploads_table(uploads: list[dict[str, Any]]) -> str:
+    """One line per upload: its id, its state (failed: ``failed at <step>``), how many of its
+    pipeline's jobs completed, its file name and when it was created."""
+    rows = []
+    for upload in uploads:
+        state = str(upload.get("state") or "")
+        if state == "failed" and upload.get("failedStep"):
+            state += f" at {upload['failedStep']}"
+        rows.append(
+            (
+                str(upload.get("id") or ""),
+                state,
+                steps_done(upload),
+                str(upload.get("filename") or ""),
+                str(upload.get("createdAt") or ""),
+            )
+        )
+    return table([UPLOADS_HEADER, *rows])
+
+
 def jobs_table(jobs: list[dict[str, Any]]) -> str:
     header = tuple(title for title, _ in JOBS_COLUMNS)
     rows = [

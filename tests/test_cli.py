@@ -185,6 +185,15 @@ def test_upload_waits_for_the_final_state_and_prints_result_json(local_stack, en
     assert re.search(r"finalize\s+completed\s+\(attempt 1/3\)", shown.stdout)
     assert "result.json: http" in shown.stdout
 
+    listed = run_cli(env, "uploads", "--state", "processed", "--json", "--all")
+    assert listed.returncode == 0, listed.stderr
+    assert upload_id in [u["id"] for u in json.loads(listed.stdout)["uploads"]]
+    assert all(u["state"] == "processed" for u in json.loads(listed.stdout)["uploads"])
+    table = run_cli(env, "uploads", "--limit", "100").stdout.splitlines()
+    assert table[0].split() == ["UPLOAD", "STATE", "STEPS", "FILE", "CREATED"]
+    (line,) = [line for line in table if line.startswith(upload_id)]
+    assert line.split()[1:4] == ["processed", "2/2", path.name]
+
 
 def test_single_upload_human_output(env, tmp_path):
     path = tmp_path / "rows.csv"
@@ -682,6 +691,24 @@ def test_status_text_puts_the_final_state_first_then_each_step():
     assert last == "  thumbnail  retrying  60%, last error: timed out (attempt 2/3)"
     table = jobs_table([{**running, "state": "completed", "superseded": True, "uploadId": "up1"}])
     assert "completed (superseded)" in table.splitlines()[1]
+
+
+def test_the_uploads_table_says_how_far_each_pipeline_is():
+    from offload_cli.report import uploads_table
+
+    uploads = [
+        {"id": "up1", "state": "failed", "failedStep": "thumbnail", "filename": "a b.jpg",
+         "createdAt": "2026-12-06T10:00:00Z", "pipeline": {
+             "finalize": _step("finalize", "failed", attempts=0),
+             "steps": [_step("inspect", "completed"), _step("thumbnail", "failed"),
+                       _step("inspect", "completed", superseded=True)]}},
+        {"id": "up2-longer-id", "state": "pending", "filename": "c.txt", "pipeline": {}},
+    ]  # fmt: skip
+    lines = uploads_table(uploads).splitlines()
+    assert lines[0].split() == ["UPLOAD", "STATE", "STEPS", "FILE", "CREATED"]
+    state = lines[0].index("STATE")
+    assert lines[1][state:].startswith("failed at thumbnail  1/3    a b.jpg  2026-12-06T10:00:00Z")
+    assert lines[2].startswith("up2-longer-id") and lines[2][state:].split() == ["pending", "c.txt"]
 
 
 def test_result_json_is_printed_indented_and_cannot_reach_the_terminal_raw():
