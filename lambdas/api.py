@@ -3,11 +3,12 @@
 Routes (docs/api.md has the bodies and answers):
 
     POST   /uploads                 new upload: presigned POST, or multipart + first part URLs
-    GET    /uploads/{id}            state; for multipart, the parts S3 already has (resume)
+    GET    /uploads                 the caller's uploads with their pipelines, newest first
+    GET    /uploads/{id}            state and pipeline; for multipart, the parts S3 has (resume)
     POST   /uploads/{id}/parts      more part URLs
     POST   /uploads/{id}/complete   complete a multipart upload
     DELETE /uploads/{id}            abort
-    GET    /jobs                    the caller's jobs, newest first, cursor pagination
+    GET    /jobs                    the caller's jobs (or one upload's), newest first, cursor
     POST   /jobs                    ask for a job by name (offload.requested_jobs): 202
     GET    /jobs/{id}               one job
     POST   /jobs/{id}/retry         put a failed job back in the queue
@@ -133,13 +134,16 @@ def _body() -> Any:
         raise InvalidRequest("request body is not valid JSON") from exc
 
 
-def _upload_service() -> uploads.UploadService:
+def _upload_service(*, with_pipelines: bool = False) -> uploads.UploadService:
+    """The upload routes' service; the status routes' (``with_pipelines``) reads each upload's
+    jobs too (the job service, imported then)."""
     runtime = _runtime()
     from offload.aws import s3_client
 
     settings = runtime.settings()
     store = runtime.run(runtime.uploads())
-    return uploads.UploadService(settings, s3_client(settings.s3_endpoint_url), store)
+    pipelines = _job_service() if with_pipelines else None
+    return uploads.UploadService(settings, s3_client(settings.s3_endpoint_url), store, pipelines)
 
 
 def _job_service() -> JobService:
@@ -185,10 +189,21 @@ def create_upload() -> Response:
     return _json(201, view)
 
 
+@app.get("/uploads")
+def list_uploads() -> Response:
+    owner = _caller().sub
+    event = app.current_event
+    limit = event.get_query_string_value("limit")
+    cursor = event.get_query_string_value("cursor")
+    state = event.get_query_string_value("state")
+    service = _upload_service(with_pipelines=True)
+    return _json(200, _runtime().run(service.page(owner, limit, cursor, state)))
+
+
 @app.get("/uploads/<upload_id>")
 def get_upload(upload_id: str) -> Response:
     owner = _caller().sub
-    service = _upload_service()
+    service = _upload_service(with_pipelines=True)
     return _json(200, _runtime().run(service.get(owner, upload_id)))
 
 
@@ -232,8 +247,9 @@ def list_jobs() -> Response:
     event = app.current_event
     limit = event.get_query_string_value("limit")
     cursor = event.get_query_string_value("cursor")
+    upload_id = event.get_query_string_value("uploadId")
     service = _job_service()
-    return _json(200, _runtime().run(service.page(owner, limit, cursor)))
+    return _json(200, _runtime().run(service.page(owner, limit, cursor, upload_id)))
 
 
 @app.post("/jobs")

@@ -1,8 +1,13 @@
 """The job routes' domain: the caller's jobs as the API shows them, one page at a time, and the
 retry of a failed one. The job routes' counterpart of :class:`offload.uploads.UploadService`.
 
-* ``GET /jobs``: ``limit`` (1..``MAX_LIMIT``, default ``DEFAULT_LIMIT``) and ``cursor`` (one
-  the API handed out) are checked before any query (:func:`parse_list_params`).
+* ``GET /jobs``: ``limit`` (1..``MAX_LIMIT``, default ``DEFAULT_LIMIT``), ``cursor`` (one
+  the API handed out) and ``uploadId`` (an upload id's shape) are checked before any query
+  (:func:`offload.pages.parse_list_params`). ``uploadId`` only filters: an upload that is not
+  the caller's (someone else's, or none at all) has no jobs of the caller, an empty page.
+* An upload's pipeline (:meth:`JobService.pipelines`, for ``GET /uploads`` and
+  ``GET /uploads/{id}``): its ``finalize`` job and its steps, each as ``GET /jobs/{id}``
+  shows it, and whether the upload is ``finished``.
 * A job's answer (:meth:`JobService.answer`) carries ``links``, presigned GETs of a completed
   job's outputs, except for a superseded job (one for an older version of its upload's
   object: the outputs' keys are the upload's, and hold the newest version's outputs) and for
@@ -25,51 +30,71 @@ answer needs links or a retry reaches bullmq (boto3 and bullmq are imported then
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from offload.db.job_queries import (
-    DEFAULT_LIMIT,
-    JOB_ID,
-    MAX_LIMIT,
-    Cursor,
-    InvalidCursor,
-    JobQueries,
-    JobRow,
-    decode_cursor,
-    encode_cursor,
-    job_view,
-)
+from offload.db.job_queries import JOB_ID, JobQueries, JobRow, job_view
 from offload.keys import PROCESSED_PREFIX, UPLOADS_PREFIX
-from offload.uploads import Conflict, InvalidRequest, NotFound, outputs_archived, result_links
+from offload.pages import encode_cursor, parse_list_params
+from offload.pipelines import FINALIZE
+from offload.uploads import (
+    FINAL_STATES,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    outputs_archived,
+    result_links,
+    valid_upload_id,
+)
 
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
     from offload.db.status import StatusStore
+    from offload.db.uploads import Upload
     from offload.settings import Settings
 
-_LIMIT = re.compile(r"[0-9]{1,4}")
 _GONE = "job is no longer in the queue (past retention) and cannot be retried"
+FINAL_JOB_STATES = ("completed", "failed")
 
 
-def parse_list_params(limit: str | None, cursor: str | None) -> tuple[int, Cursor | None]:
-    """The query string of ``GET /jobs`` (absent parameters are None) as a page size and the
-    position to start after."""
-    size = DEFAULT_LIMIT
-    if limit is not None:
-        if not _LIMIT.fullmatch(limit) or not 1 <= int(limit) <= MAX_LIMIT:
-            raise InvalidRequest(f"limit must be an integer within 1..{MAX_LIMIT}", field="limit")
-        size = int(limit)
-    after = None
-    if cursor is not None:
-        try:
-            after = decode_cursor(cursor)
-        except InvalidCursor as exc:
-            raise InvalidRequest(str(exc), field="cursor") from exc
-    return size, after
+def parse_upload_filter(upload_id: str | None) -> str | None:
+    """``GET /jobs?uploadId=``: an upload id's shape (a key segment), or absent."""
+    if upload_id is not None and not valid_upload_id(upload_id):
+        raise InvalidRequest("uploadId is not a valid upload id", field="uploadId")
+    return upload_id
+
+
+def arrange_pipeline(rows: Sequence[JobRow]) -> tuple[JobRow | None, list[JobRow]]:
+    """An upload's jobs (oldest first) as its pipeline: the finalize job of its current object
+    (the newest ``finalize`` without a parent that is not superseded; None for uploads from
+    before pipelines, and while a newer version's flow is not started yet) and every other job
+    as a step: the current flow's steps first, in the order they were created, then the rest
+    (jobs from before pipelines, older versions' steps and finalize jobs: ``superseded``)."""
+    finalizers = [
+        row for row in rows if row.name == FINALIZE and row.parent_id is None and not row.superseded
+    ]
+    finalize = finalizers[-1] if finalizers else None
+    steps = [row for row in rows if row is not finalize]
+    parent = finalize.id if finalize else None
+    steps.sort(key=lambda row: (parent is None or row.parent_id != parent, bool(row.superseded)))
+    return finalize, steps
+
+
+def pipeline_finished(upload: Upload, finalize: JobRow | None, steps: Sequence[JobRow]) -> bool:
+    """Whether anything more will happen to the upload without a retry: it is in a final
+    state; or it is from before pipelines and every job of its current object is completed or
+    failed. An upload from before pipelines has no finalize job and no detected type (the
+    enqueue path that starts flows records the type first): it stays ``queued`` for good. An
+    upload with either is waited for until its final state, even while its flow is being
+    recorded or rebuilt."""
+    if upload.state in FINAL_STATES:
+        return True
+    if finalize is not None or upload.detected_type is not None or upload.state != "queued":
+        return False
+    current = [row for row in steps if not row.superseded]
+    return bool(current) and all(row.state in FINAL_JOB_STATES for row in current)
 
 
 def own_result(owner: str, result: Any) -> Any:
@@ -141,10 +166,14 @@ class JobService:
             )
         return view
 
-    async def page(self, owner: str, limit: str | None, cursor: str | None) -> dict[str, Any]:
-        """One page of the owner's jobs, newest first, and the cursor of the next page."""
+    async def page(
+        self, owner: str, limit: str | None, cursor: str | None, upload_id: str | None = None
+    ) -> dict[str, Any]:
+        """One page of the owner's jobs (of one upload, given ``upload_id``), newest first,
+        and the cursor of the next page."""
         size, after = parse_list_params(limit, cursor)
-        rows, next_cursor = await self.queries.list_for_owner(owner, size, after)
+        wanted = parse_upload_filter(upload_id)
+        rows, next_cursor = await self.queries.list_for_owner(owner, size, after, wanted)
         return {
             "jobs": [self.answer(owner, row) for row in rows],
             "nextCursor": encode_cursor(next_cursor) if next_cursor else None,
@@ -185,6 +214,21 @@ class JobService:
         queue = await self._queue()
         await queue.add(name, ref.to_data(), opts)
         return self.answer(owner, await self._owned(owner, identity.job_id))
+
+    async def pipelines(self, owner: str, uploads: Sequence[Upload]) -> dict[str, dict[str, Any]]:
+        """Each upload's pipeline, by upload id (:class:`offload.uploads.PipelineReader`):
+        ``finalize`` and ``steps`` as ``GET /jobs/{id}`` shows them (links included), and
+        ``finished`` (:func:`pipeline_finished`). One query for all the uploads."""
+        rows = await self.queries.for_uploads(owner, [upload.id for upload in uploads])
+        shown = {}
+        for upload in uploads:
+            finalize, steps = arrange_pipeline(rows[upload.id])
+            shown[upload.id] = {
+                "finished": pipeline_finished(upload, finalize, steps),
+                "finalize": self.answer(owner, finalize) if finalize else None,
+                "steps": [self.answer(owner, row) for row in steps],
+            }
+        return shown
 
     async def get(self, owner: str, job_id: str) -> dict[str, Any]:
         return self.answer(owner, await self._owned(owner, job_id))

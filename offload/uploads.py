@@ -33,12 +33,13 @@ from __future__ import annotations
 import contextlib
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from offload.keys import KEY_SEGMENT_ID, UploadKey
+from offload.pages import encode_cursor, parse_list_params
 from offload.user_errors import aws_error_code, redact
 
 if TYPE_CHECKING:
@@ -56,6 +57,11 @@ MAX_SINGLE_BYTES = 5 * 1024**3  # S3: a single POST/PUT is at most 5 GiB
 MAX_FILENAME_CHARS = 16_384  # longer names are refused, shorter ones are sanitised and cut
 MAX_ETAG_CHARS = 1_024
 LIST_PARTS_PAGE = 1_000  # S3's own maximum page size for ListParts
+
+# Every state an upload row can be in (the CHECK of uploads.state, migration 0004), and the
+# final ones: nothing more happens to such an upload unless a failed step is retried.
+UPLOAD_STATES = ("pending", "uploaded", "queued", "processed", "failed", "rejected", "aborted")
+FINAL_STATES = ("processed", "failed", "rejected", "aborted")
 
 # type "/" subtype, both RFC 9110 tokens (lower case after normalisation); no wildcards.
 _TOKEN = r"[a-z0-9!#$%&'*+.^_`|~-]+"
@@ -210,6 +216,13 @@ def parse_completed_parts(body: Any, plan: PartPlan) -> list[tuple[int, str]]:
             f"every part must be listed; missing: {_ranges(missing)}", field="parts"
         )
     return sorted(seen.items())
+
+
+def parse_state_filter(state: str | None) -> str | None:
+    """``GET /uploads?state=``: one of :data:`UPLOAD_STATES` (exactly, lower case), or absent."""
+    if state is not None and state not in UPLOAD_STATES:
+        raise InvalidRequest(f"state must be one of {', '.join(UPLOAD_STATES)}", field="state")
+    return state
 
 
 def _ranges(numbers: list[int], limit: int = 10) -> str:
@@ -426,18 +439,40 @@ def upload_view(upload: Upload) -> dict[str, Any]:
         plan = upload_plan(upload)
         view["partSize"] = plan.part_size
         view["partCount"] = plan.part_count
+    if upload.failed_step:
+        view["failedStep"] = upload.failed_step
+    if upload.finished_at:
+        view["finishedAt"] = _iso(upload.finished_at)
     return view
+
+
+class PipelineReader(Protocol):
+    """What the status routes ask of the jobs side (``offload.jobs_service.JobService``):
+    each upload's pipeline as the API shows it, by upload id, in one read."""
+
+    async def pipelines(
+        self, owner: str, uploads: Sequence[Upload]
+    ) -> dict[str, dict[str, Any]]: ...
 
 
 class UploadService:
     """The upload routes' logic over an S3 client (sync boto3) and an :class:`UploadStore`.
     Methods raise :class:`RequestError` subclasses for everything the caller can fix."""
 
-    def __init__(self, settings: Settings, s3: S3Client, store: UploadStore):
+    def __init__(
+        self,
+        settings: Settings,
+        s3: S3Client,
+        store: UploadStore,
+        pipelines: PipelineReader | None = None,
+    ):
         self.settings = settings
         self.s3 = s3
         self.store = store
         self.bucket = settings.upload_bucket
+        # The status routes' view of each upload's jobs; without it (routes that change an
+        # upload), answers carry no ``pipeline``.
+        self.pipelines = pipelines
 
     def _expiry(self) -> datetime:
         """When URLs signed now expire. Taken just before signing, so the URLs' own expiry is
@@ -534,9 +569,57 @@ class UploadService:
             )
         return view
 
+    def _result_links(self, owner: str, upload: Upload, view: dict[str, Any]) -> None:
+        """``links`` (a presigned GET of a processed upload's result.json) and
+        ``outputsArchived``, as a job's answer has them (``JobService.answer``): only a key
+        under the upload's own output prefix is signed, whatever the row names."""
+        view["links"] = []
+        view["outputsArchived"] = False
+        if upload.state != "processed" or not upload.result_key:
+            return
+        if outputs_archived(
+            upload.finished_at, self.settings.processed_archive_after_days, datetime.now(UTC)
+        ):
+            view["outputsArchived"] = True  # a link would answer InvalidObjectState
+            return
+        view["links"] = result_links(
+            self.s3,
+            self.bucket,
+            owner,
+            upload.id,
+            {"result_key": upload.result_key},
+            self.settings.url_expiry_s,
+        )
+
+    async def _status_views(self, owner: str, uploads: Sequence[Upload]) -> list[dict[str, Any]]:
+        """The uploads as the status routes show them: :func:`upload_view`, the result link
+        and, given a :class:`PipelineReader`, each one's ``pipeline`` (one read for all)."""
+        pipelines = await self.pipelines.pipelines(owner, uploads) if self.pipelines else {}
+        views = []
+        for upload in uploads:
+            view = upload_view(upload)
+            self._result_links(owner, upload, view)
+            if self.pipelines:
+                view["pipeline"] = pipelines[upload.id]
+            views.append(view)
+        return views
+
+    async def page(
+        self, owner: str, limit: str | None, cursor: str | None, state: str | None
+    ) -> dict[str, Any]:
+        """``GET /uploads``: one page of the owner's uploads, newest first, each with its
+        pipeline, and the cursor of the next page. Parameters are checked before any query."""
+        size, after = parse_list_params(limit, cursor)
+        wanted = parse_state_filter(state)
+        rows, next_cursor = await self.store.list_for_owner(owner, size, after, wanted)
+        return {
+            "uploads": await self._status_views(owner, rows),
+            "nextCursor": encode_cursor(next_cursor) if next_cursor else None,
+        }
+
     async def get(self, owner: str, upload_id: str) -> dict[str, Any]:
         upload = await self._owned(owner, upload_id)
-        view = upload_view(upload)
+        (view,) = await self._status_views(owner, [upload])
         if upload.state != "pending":
             return view
         parts = None

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Iterator
 from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
@@ -133,23 +132,59 @@ class Api:
     def abort(self, upload_id: str) -> dict[str, Any]:
         return self.call("DELETE", f"/uploads/{_segment(upload_id)}")
 
-    # --- jobs -----------------------------------------------------------------------------
-
-    def jobs_page(self, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+    def uploads_page(
+        self, limit: int = 20, cursor: str | None = None, state: str | None = None
+    ) -> dict[str, Any]:
         query = {"limit": str(limit)}
         if cursor:
             query["cursor"] = cursor
-        return self.call("GET", "/jobs?" + urlencode(query))
+        if state:
+            query["state"] = state
+        return self.call("GET", "/uploads?" + urlencode(query))
 
-    def iter_jobs(self, page_size: int = 100) -> Iterator[dict[str, Any]]:
-        """Every job of the caller, newest first, page after page."""
-        cursor = None
+    def download(self, url: str, max_bytes: int = 16 << 20) -> bytes:
+        """An object through a presigned GET the API handed out (a ``links`` entry): no
+        Authorization header (the URL carries its signature). Retried as API calls are; S3's
+        refusal (403: expired, 404) is an :class:`ApiError`. At most ``max_bytes`` are read,
+        so a result that is not what it should be cannot fill the memory."""
+        attempt = 0
         while True:
-            page = self.jobs_page(page_size, cursor)
-            yield from page.get("jobs", [])
-            cursor = page.get("nextCursor")
-            if not cursor:
-                return
+            attempt += 1
+            try:
+                answer = self.pool.request(
+                    "GET", url, timeout=self.timeout_s, preload_content=False
+                )
+                try:
+                    data = answer.read(max_bytes + 1)
+                finally:
+                    answer.release_conn()
+            except urllib3.exceptions.HTTPError as exc:
+                if attempt >= self.tries:
+                    raise UnavailableError(f"no answer from S3: {_reason(exc)}") from exc
+                time.sleep(backoff_s(attempt))
+                continue
+            if answer.status in RETRY_STATUSES and attempt < self.tries:
+                time.sleep(backoff_s(attempt))
+                continue
+            if 200 <= answer.status < 300:
+                if len(data) > max_bytes:
+                    raise UnavailableError(f"the object is larger than {max_bytes} bytes")
+                return data
+            if 400 <= answer.status < 500 and answer.status not in RETRY_STATUSES:
+                raise ApiError(answer.status, f"S3 refused the link ({answer.reason})")
+            raise UnavailableError(f"S3 failed: HTTP {answer.status} {answer.reason}")
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def jobs_page(
+        self, limit: int = 20, cursor: str | None = None, upload_id: str | None = None
+    ) -> dict[str, Any]:
+        query = {"limit": str(limit)}
+        if cursor:
+            query["cursor"] = cursor
+        if upload_id:
+            query["uploadId"] = upload_id
+        return self.call("GET", "/jobs?" + urlencode(query))
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         return self.call("GET", f"/jobs/{_segment(job_id)}")

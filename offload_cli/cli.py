@@ -9,13 +9,18 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from offload_cli import errors, report, transfer
 from offload_cli.errors import AuthError, CliError, UsageError
 
+if TYPE_CHECKING:
+    from offload_cli.api import Api
+    from offload_cli.follow import Followed
+
 DESCRIPTION = """\
-Upload files straight to S3 through the offload API, then follow the jobs they start.
+Upload files straight to S3 through the offload API, then follow each upload's pipeline to its
+final state and print the result.json it produced.
 (`offload` is the installed command; `python -m offload_cli` runs the same program.)
 
 Where the API is: --site URL (the web page; its config.json says where the API and Cognito
@@ -34,6 +39,7 @@ environment:
 examples:
   offload --site http://127.0.0.1:8000/ upload video.mp4 photos/*.jpg
   offload --site https://files.example.com/ upload --json --no-wait big.iso
+  offload uploads --state failed
   offload jobs --limit 50
   offload status AxniGvRKrXztRzMmcKiXJw"""
 )
@@ -103,7 +109,7 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
         prog="offload",
-        usage="offload [options] {upload,status,jobs,retry,abort} ...",
+        usage="offload [options] {upload,status,uploads,jobs,retry,abort} ...",
         description=DESCRIPTION,
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -123,7 +129,9 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
         sub.set_defaults(func=func)
         return sub
 
-    up = command("upload", "upload files, then wait for their jobs", cmd_upload)
+    up = command(
+        "upload", "upload files, then wait for their final state and print their result", cmd_upload
+    )
     up.add_argument("files", nargs="+", type=Path, metavar="FILE")
     up.add_argument("--content-type", help="media type (default: guessed from the name)")
     up.add_argument(
@@ -143,12 +151,12 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
         default=env.get("OFFLOAD_STATE_DIR") or None,
         help="resume state (default ~/.cache/offload/uploads)",
     )
-    up.add_argument("--no-wait", action="store_true", help="do not wait for the jobs")
+    up.add_argument("--no-wait", action="store_true", help="do not wait for the final state")
     up.add_argument(
         "--timeout",
         type=_seconds,
         default=1800.0,
-        help="seconds to wait for the jobs (default 1800; 0: no limit)",
+        help="seconds to wait for the final state (default 1800; 0: no limit)",
     )
     bar = up.add_mutually_exclusive_group()
     bar.add_argument(
@@ -156,10 +164,18 @@ def build_parser(env: Env | None = None) -> argparse.ArgumentParser:
     )
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never")
 
-    st = command("status", "an upload's state and its jobs", cmd_status)
+    st = command("status", "an upload's state and its pipeline's steps", cmd_status)
     st.add_argument("upload_id", metavar="UPLOAD_ID")
-    st.add_argument("--wait", action="store_true", help="wait until its jobs are finished")
+    st.add_argument("--wait", action="store_true", help="wait until it reaches its final state")
     st.add_argument("--timeout", type=_seconds, default=1800.0, help="with --wait (0: no limit)")
+
+    ul = command("uploads", "your uploads and their pipelines' progress, newest first", cmd_uploads)
+    ul.add_argument("--limit", type=_positive_int, default=20, help="uploads per page (1..100)")
+    ul.add_argument("--all", action="store_true", help="every page")
+    ul.add_argument("--cursor", help="the page after this one (nextCursor of --json)")
+    ul.add_argument(
+        "--state", metavar="STATE", help="only uploads in this state (processed, failed, ...)"
+    )
 
     jb = command("jobs", "your jobs, newest first", cmd_jobs)
     jb.add_argument("--limit", type=_positive_int, default=20, help="jobs per page (1..100)")
@@ -245,7 +261,7 @@ class Printer:
 
 
 def cmd_upload(args: argparse.Namespace, env: Env) -> int:
-    from offload_cli.follow import Followed, follow
+    from offload_cli.follow import follow
     from offload_cli.progress import ProgressBar
     from offload_cli.state import StateStore
     from offload_cli.transfer import RateLimit
@@ -286,23 +302,38 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
             failures.append({"file": str(path), "error": str(exc), "exitCode": exc.exit_code})
             worst = max(worst, exc.exit_code)
     followed: dict[str, Followed] = {}
+    results: dict[str, bytes] = {}
     timed_out = False
     if outcomes and not args.no_wait:
         if not args.quiet and not args.json:
-            printer.note(f"waiting for the jobs of {len(outcomes)} upload(s)...")
+            printer.note(f"waiting for {len(outcomes)} upload(s) to be processed...")
         followed, timed_out = follow(
             session.api, [o.upload_id for o in outcomes], args.timeout or None
         )
-        for item in followed.values():
+        for upload_id, item in followed.items():
             if item.finished and not item.succeeded:
                 worst = max(worst, errors.JOB_FAILED)
+            try:
+                if (raw := fetch_result(session.api, item)) is not None:
+                    results[upload_id] = raw
+            except CliError as exc:
+                printer.error(f"upload {upload_id}: result.json: {exc}")
+                worst = max(worst, exc.exit_code)
         if timed_out:
             worst = max(worst, errors.TIMEOUT)
     if args.json:
         printer.json(
             {
                 "uploads": [
-                    report.upload_json(o.upload, followed.get(o.upload_id), o) for o in outcomes
+                    report.upload_json(
+                        o.upload,
+                        followed.get(o.upload_id),
+                        o,
+                        report.result_json(results[o.upload_id])
+                        if o.upload_id in results
+                        else None,
+                    )
+                    for o in outcomes
                 ],
                 "failures": failures,
                 "timedOut": timed_out,
@@ -311,16 +342,28 @@ def cmd_upload(args: argparse.Namespace, env: Env) -> int:
         )
     else:
         for o in outcomes:
-            printer.out(report.upload_text(o.upload, followed.get(o.upload_id), o))
+            printer.out(
+                report.upload_text(o.upload, followed.get(o.upload_id), o, results.get(o.upload_id))
+            )
     if timed_out:
-        printer.error(f"timed out after {args.timeout:g} s waiting for the jobs")
+        printer.error(f"timed out after {args.timeout:g} s waiting for the final state")
     elif worst == errors.JOB_FAILED:
-        printer.error("an upload was rejected or a job failed")
+        printer.error("an upload failed, was rejected or aborted, or one of its jobs failed")
     return worst
 
 
+def fetch_result(api: Api, item: Followed) -> bytes | None:
+    """A processed upload's result.json, downloaded through the link its answer carries;
+    None when there is none (not processed, or its result archived)."""
+    if item.state != "processed":
+        return None
+    links = item.upload.get("links") or []
+    url = next((link.get("url") for link in links if link.get("name") == "result.json"), None)
+    return api.download(url) if isinstance(url, str) else None
+
+
 def cmd_status(args: argparse.Namespace, env: Env) -> int:
-    from offload_cli.follow import Followed, follow, jobs_of
+    from offload_cli.follow import Followed, follow
 
     printer = Printer(args)
     session = Session(args, env)
@@ -330,23 +373,47 @@ def cmd_status(args: argparse.Namespace, env: Env) -> int:
         item = followed[args.upload_id]
         code = errors.TIMEOUT if timed_out else (errors.OK if item.succeeded else errors.JOB_FAILED)
     else:
-        upload = session.api.get_upload(args.upload_id)
-        item = Followed(upload, jobs_of(session.api, [upload])[upload["id"]])
+        item = Followed(session.api.get_upload(args.upload_id))
     upload = item.upload
     if args.json:
         doc = report.upload_json(upload, item)
+        del doc["result"]  # status shows the link, upload downloads the result
         for name in ("sizeActual", "uploadedParts", "multipartOpen", "createdAt", "updatedAt"):
             if name in upload:
                 doc[name] = upload[name]
         printer.json(doc)
     else:
         printer.out(report.upload_text(upload, item))
+        for link in upload.get("links") or []:
+            printer.out(f"  {link.get('name')}: {link.get('url')}")
         if "uploadedParts" in upload:
             printer.out(
                 f"  {len(upload['uploadedParts'])} of {upload.get('partCount')} parts in S3"
                 + ("" if upload.get("multipartOpen") else " (multipart upload closed)")
             )
     return code
+
+
+def cmd_uploads(args: argparse.Namespace, env: Env) -> int:
+    printer = Printer(args)
+    if args.limit > 100:
+        raise UsageError("--limit is at most 100 (use --all for every page)")
+    session = Session(args, env)
+    uploads: list[dict[str, Any]] = []
+    cursor = args.cursor
+    while True:
+        page = session.api.uploads_page(args.limit, cursor, args.state)
+        uploads.extend(page.get("uploads", []))
+        cursor = page.get("nextCursor")
+        if not args.all or not cursor:
+            break
+    if args.json:
+        printer.json({"uploads": uploads, "nextCursor": cursor})
+    else:
+        printer.out(report.uploads_table(uploads))
+        if cursor:
+            printer.note(f"more: --cursor {cursor} (or --all)")
+    return errors.OK
 
 
 def cmd_jobs(args: argparse.Namespace, env: Env) -> int:
@@ -357,13 +424,11 @@ def cmd_jobs(args: argparse.Namespace, env: Env) -> int:
     jobs: list[dict[str, Any]] = []
     cursor = args.cursor
     while True:
-        page = session.api.jobs_page(args.limit, cursor)
+        page = session.api.jobs_page(args.limit, cursor, args.upload)
         jobs.extend(page.get("jobs", []))
         cursor = page.get("nextCursor")
         if not args.all or not cursor:
             break
-    if args.upload:
-        jobs = [job for job in jobs if job.get("uploadId") == args.upload]
     if args.json:
         printer.json({"jobs": [report.job_json(j) for j in jobs], "nextCursor": cursor})
     else:

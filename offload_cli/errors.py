@@ -5,13 +5,13 @@ A script can rely on these codes (they are in ``offload --help`` too):
 ====  =======================================================================
 code  meaning
 ====  =======================================================================
-0     success (every job of every upload completed)
-1     an upload was rejected or one of its jobs failed
+0     success (every upload processed)
+1     an upload failed (a step failed for good), was rejected or aborted
 2     usage error (bad arguments, missing settings, missing, unreadable or empty file)
 3     authentication failed (sign-in refused, token refused)
 4     the API refused a request (4xx; its message is printed)
 5     network or server error, after retries
-6     timed out waiting for the jobs
+6     timed out waiting for the final state
 130   interrupted (Ctrl-C); an interrupted multipart upload resumes on re-run
 ====  =======================================================================
 """
@@ -28,13 +28,13 @@ TIMEOUT = 6
 INTERRUPTED = 130
 
 EXIT_CODES_HELP = """exit codes:
-  0    success (every job of every upload completed)
-  1    an upload was rejected or one of its jobs failed
+  0    success (every upload processed)
+  1    an upload failed (a step failed for good), was rejected or aborted
   2    usage error (bad arguments, missing settings, missing, unreadable or empty file)
   3    authentication failed (sign-in or token refused)
   4    the API refused a request (4xx; its message is printed)
   5    network or server error, after retries
-  6    timed out waiting for the jobs
+  6    timed out waiting for the final state
   130  interrupted (Ctrl-C); re-run the same upload to resume it"""
 
 

@@ -1,70 +1,66 @@
-"""Following an upload to its jobs' end: ``GET /uploads/{id}`` until S3's event has been
-processed (``queued``, or ``rejected``), then ``GET /jobs`` (newest first, filtered by
-``uploadId``) until every job of the upload is ``completed`` or ``failed``."""
+"""Following an upload to its final state: ``GET /uploads/{id}`` until its pipeline is
+``finished`` (the API decides: the upload is ``processed``, ``failed``, ``rejected`` or
+``aborted``; or, for an upload from before pipelines, which stays ``queued``, every job of it
+is completed or failed). The answer carries the pipeline (its steps and finalize job), so one
+request per upload and poll is all it costs."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 from offload_cli.api import Api
 
 FINAL_JOB_STATES = ("completed", "failed")
-FINAL_UPLOAD_STATES = ("rejected", "aborted")
+FINAL_UPLOAD_STATES = ("processed", "failed", "rejected", "aborted")
 
 
 @dataclass
 class Followed:
+    """An upload as ``GET /uploads/{id}`` last showed it, its pipeline included."""
+
     upload: dict[str, Any]
-    jobs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def state(self) -> str | None:
+        state = self.upload.get("state")
+        return state if isinstance(state, str) else None
+
+    @property
+    def pipeline(self) -> dict[str, Any]:
+        pipeline = self.upload.get("pipeline")
+        return pipeline if isinstance(pipeline, dict) else {}
+
+    @property
+    def steps(self) -> list[dict[str, Any]]:
+        steps = self.pipeline.get("steps")
+        return [step for step in steps if isinstance(step, dict)] if isinstance(steps, list) else []
+
+    @property
+    def finalize(self) -> dict[str, Any] | None:
+        finalize = self.pipeline.get("finalize")
+        return finalize if isinstance(finalize, dict) else None
+
+    @property
+    def jobs(self) -> list[dict[str, Any]]:
+        """The steps, then the finalize job (it runs last)."""
+        return self.steps + ([self.finalize] if self.finalize else [])
 
     @property
     def finished(self) -> bool:
-        if self.upload.get("state") in FINAL_UPLOAD_STATES:
-            return True
-        return (
-            self.upload.get("state") == "queued"
-            and bool(self.jobs)
-            and all(job.get("state") in FINAL_JOB_STATES for job in self.jobs)
-        )
+        return self.state in FINAL_UPLOAD_STATES or self.pipeline.get("finished") is True
 
     @property
     def succeeded(self) -> bool:
-        return (
-            self.finished
-            and self.upload.get("state") == "queued"
-            and all(job.get("state") == "completed" for job in self.jobs)
-        )
-
-
-def _when(value: str | None) -> datetime | None:
-    try:
-        return datetime.fromisoformat(str(value))
-    except ValueError:
-        return None
-
-
-def jobs_of(api: Api, uploads: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The jobs of these uploads, read page by page from the newest until the pages are older
-    than the oldest of the uploads (jobs are created after their upload)."""
-    wanted = {upload["id"]: upload for upload in uploads}
-    found: dict[str, list[dict[str, Any]]] = {upload_id: [] for upload_id in wanted}
-    created = [_when(upload.get("createdAt")) for upload in wanted.values()]
-    oldest = min((c for c in created if c), default=None)
-    # Clock skew between the API's writers is bounded by a few seconds; be generous.
-    stop_before = oldest - timedelta(minutes=5) if oldest else None
-    for job in api.iter_jobs():
-        if job.get("uploadId") in found:
-            found[job["uploadId"]].append(job)
-        job_created = _when(job.get("createdAt"))
-        if stop_before and job_created and job_created < stop_before:
-            break
-    for jobs in found.values():
-        jobs.sort(key=lambda job: (job.get("name", ""), job.get("id", "")))
-    return found
+        """Processed; or, for an upload from before pipelines (no finalize job), every job of
+        its current object completed."""
+        if self.state == "processed":
+            return True
+        if not self.finished or self.state != "queued" or self.finalize is not None:
+            return False
+        current = [step for step in self.steps if not step.get("superseded")]
+        return bool(current) and all(step.get("state") == "completed" for step in current)
 
 
 def follow(
@@ -78,13 +74,9 @@ def follow(
     followed: dict[str, Followed] = {}
     delay = min(0.3, poll_s)
     while True:
-        open_ids = [i for i in upload_ids if i not in followed or not followed[i].finished]
-        for upload_id in open_ids:
-            followed[upload_id] = Followed(api.get_upload(upload_id))
-        queued = [followed[i].upload for i in open_ids if followed[i].upload["state"] == "queued"]
-        if queued:
-            for upload_id, jobs in jobs_of(api, queued).items():
-                followed[upload_id].jobs = jobs
+        for upload_id in upload_ids:
+            if upload_id not in followed or not followed[upload_id].finished:
+                followed[upload_id] = Followed(api.get_upload(upload_id))
         if all(followed[i].finished for i in upload_ids):
             return followed, False
         if deadline is not None and time.monotonic() >= deadline:

@@ -57,7 +57,7 @@ STAGE = "v1"
 
 # (path, methods) as lambdas/api.py routes them.
 ROUTES: dict[str, tuple[str, ...]] = {
-    "uploads": ("POST",),
+    "uploads": ("POST", "GET"),
     "uploads/{upload_id}": ("GET", "DELETE"),
     "uploads/{upload_id}/parts": ("POST",),
     "uploads/{upload_id}/complete": ("POST",),

@@ -167,6 +167,7 @@ LAMBDA_ROLE_BY_MODULE = {
     "test_api_jobs": "api",
     "test_api_outages": "api",
     "test_api_requested_jobs": "api",
+    "test_api_pipelines": "api",
     "test_api_requests": "api",
     "test_api_retry": "api",
     "test_api_uploads": "api",

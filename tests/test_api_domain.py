@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from offload.db.job_queries import Cursor, InvalidCursor, decode_cursor, encode_cursor
 from offload.db.uploads import Upload
-from offload.jobs_service import JobService, parse_list_params
+from offload.jobs_service import JobService
+from offload.pages import Cursor, InvalidCursor, decode_cursor, encode_cursor, parse_list_params
 from offload.settings import Settings, SettingsError
 from offload.uploads import (
     MAX_OBJECT_BYTES,

@@ -5,8 +5,10 @@ and nothing in an answer names an S3 key, a URL or a record outside the caller's
 The handler runs as in tests/test_api_requests.py: the real ``lambdas.api.handler`` on API
 Gateway-shaped events, a real PostgreSQL schema, real Redis, moto S3. Before the run, each test
 seeds the caller (user-a) and another user (user-b) with uploads (single and multipart) and jobs
-(queued, completed with outputs, failed), so that generated ids hit real rows: the caller's
-own, the other user's (which must look absent), and ids that only look like ids.
+(queued, completed with outputs, failed), and pipelines (a processed upload with its finalize
+job, a failed one whose result key names the other user's prefix), so that generated ids hit
+real rows: the caller's own, the other user's (which must look absent), and ids that only look
+like ids.
 
 How many examples: ``tests/support/hypothesis_profiles.py`` (``OFFLOAD_HYPOTHESIS_EXAMPLES``
 CI sets 2,000; docs/testing.md). Examples are derived from each test's name (derandomized),
@@ -33,7 +35,7 @@ from offload.db.uploads import revision_sql
 from offload.jobs import JobRef
 from offload.keys import KEY_SEGMENT_ID
 from offload.queue import producer
-from offload.uploads import MiB
+from offload.uploads import UPLOAD_STATES, MiB
 from tests.support.apigw import LambdaContext, call, configure, decode, event
 from tests.support.hypothesis_profiles import api_settings, examples
 
@@ -120,7 +122,33 @@ def seed(settings: Any, bucket: str, monkeypatch: Any) -> World:
             " error_stack = 'Traceback: secret', finished_at = now() WHERE id = %s",
             (failed,),
         )
-        jobs[owner] = [queued, completed, failed]
+        # Pipelines (issue 14): the single upload processed, its queued job a step of its
+        # finalize job; the multipart upload failed, naming a result key of the other user's
+        # (a bug in finalize: never signed, never shown).
+        single, multi = uploads[owner]
+        other = OTHER if owner == CALLER else CALLER
+        finalize = f"finalize-{single}"
+        _sql(
+            settings,
+            "INSERT INTO jobs (id, name, queue, upload_id, owner, bucket, key, revision, state,"
+            " attempt) SELECT %s, 'finalize', 'offload', id, owner, bucket, key,"
+            f" {revision_sql('u')}, 'completed', 1 FROM uploads u WHERE id = %s",
+            (finalize, single),
+        )
+        _sql(settings, "UPDATE jobs SET parent_id = %s WHERE id = %s", (finalize, queued))
+        _sql(
+            settings,
+            "UPDATE uploads SET state = 'processed', result_key = %s, finished_at = now()"
+            " WHERE id = %s",
+            (f"processed/{owner}/{single}/result.json", single),
+        )
+        _sql(
+            settings,
+            "UPDATE uploads SET state = 'failed', failed_step = 'inspect', error = 'not an image',"
+            " result_key = %s, finished_at = now() WHERE id = %s",
+            (f"processed/{other}/{multi}/result.json", multi),
+        )
+        jobs[owner] = [queued, completed, failed, finalize]
     return World(bucket, uploads, jobs, [f"{names[OTHER]}.jpg", f"{names[OTHER]}-big.jpg"])
 
 
@@ -292,8 +320,8 @@ def ids(world: World) -> st.SearchStrategy[str]:
 
 
 def queries(world: World) -> st.SearchStrategy[dict[str, str] | None]:
-    """``limit`` and ``cursor`` of any kind (real cursors of another user's jobs included),
-    and other parameters."""
+    """``limit``, ``cursor`` (real cursors of another user's jobs included), ``state`` and
+    ``uploadId`` (real ids of both users included) of any kind, and other parameters."""
     cursor_json = JSON.map(lambda value: json.dumps(value).encode())
     cursors = st.one_of(
         cursor_json.map(lambda raw: base64.urlsafe_b64encode(raw).decode().rstrip("=")),
@@ -306,7 +334,11 @@ def queries(world: World) -> st.SearchStrategy[dict[str, str] | None]:
         PATH_TEXT,
     )
     limits = st.one_of(st.integers(-5, 1_000).map(str), PATH_TEXT, st.just("9" * 5000))
-    named = st.fixed_dictionaries({}, optional={"limit": limits, "cursor": cursors})
+    states = st.one_of(st.sampled_from([*UPLOAD_STATES, "PROCESSED", "done"]), PATH_TEXT)
+    named = st.fixed_dictionaries(
+        {},
+        optional={"limit": limits, "cursor": cursors, "state": states, "uploadId": ids(world)},
+    )
     other = st.dictionaries(PATH_TEXT, PATH_TEXT, max_size=3)
     return st.one_of(st.none(), named, st.tuples(named, other).map(lambda t: t[1] | t[0]))
 
@@ -320,6 +352,7 @@ LONG = pytest.mark.timeout(max(300, examples() // 4))
 # (method, path template): every route of lambdas/api.py; "{id}" is drawn from ids().
 ROUTES = [
     ("POST", "/uploads"),
+    ("GET", "/uploads"),
     ("GET", "/uploads/{id}"),
     ("POST", "/uploads/{id}/parts"),
     ("POST", "/uploads/{id}/complete"),
@@ -376,3 +409,19 @@ def test_a_result_naming_another_users_key_shows_it_to_no_one(world: World) -> N
     result = call("GET", f"/jobs/{completed}").body["result"]
     assert set(result) == {"thumbnail_key"}
     assert result["thumbnail_key"].startswith(f"processed/{CALLER}/")
+
+
+def test_an_upload_whose_result_key_names_another_users_prefix_links_nothing(
+    world: World,
+) -> None:
+    """The seeded failed upload names a result key under the other user's prefix (a bug in
+    finalize): neither its answer nor the list signs or shows it; the processed upload's own
+    result.json is linked."""
+    single, multi = world.uploads[CALLER]
+    for answer in (call("GET", f"/uploads/{multi}"), call("GET", "/uploads")):
+        assert answer.status == 200
+        assert_within_namespace(answer, world)
+    assert call("GET", f"/uploads/{multi}").body["links"] == []
+    linked = call("GET", f"/uploads/{single}").body
+    assert [link["name"] for link in linked["links"]] == ["result.json"]
+    assert linked["pipeline"]["finalize"]["id"] == f"finalize-{single}"

@@ -11,8 +11,8 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from offload.db.job_queries import Cursor, encode_cursor
 from offload.jobs import JobRef
+from offload.pages import Cursor, encode_cursor
 from offload.queue import producer
 from tests.support.apigw import call, run_jobs
 from tests.support.harness import job_events, job_row

@@ -40,6 +40,7 @@ def refused(response, status: int, field: str | None = None, words: str = "") ->
 
 ROUTES = [
     ("POST", "/uploads", GOOD),
+    ("GET", "/uploads", None),
     ("GET", "/uploads/abc", None),
     ("POST", "/uploads/abc/parts", {"partNumbers": [1]}),
     ("POST", "/uploads/abc/complete", {"parts": []}),
@@ -248,7 +249,7 @@ def test_completed_parts_are_checked(lambda_env, monkeypatch):
         ("GET", "/"),
         ("GET", "/nothing-here"),
         ("PUT", "/uploads"),
-        ("GET", "/uploads"),
+        ("DELETE", "/uploads"),
         ("PATCH", "/uploads/abc"),
         ("GET", "/uploads/abc/parts"),
         ("DELETE", "/jobs/abc"),

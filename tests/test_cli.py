@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,99 @@ def test_multipart_upload_waits_for_the_jobs_and_reports_the_sha256(env, tmp_pat
     assert job["result"]["size"] == path.stat().st_size
     assert [link["name"] for link in job["links"]] == ["manifest.json"]
     assert not list((tmp_path / "state").glob("*.json")), "state file left after completion"
+
+
+def test_upload_waits_for_the_final_state_and_prints_result_json(local_stack, env, tmp_path):
+    """``upload`` waits for the upload's final state, not for its jobs, then downloads
+    result.json through the link the API hands out and prints it. Until the flows record
+    pipelines, the test plays their part in PostgreSQL and S3 (tests/support/pipeline_rows.py):
+    it gives the upload a detected type as soon as its row exists (as the enqueue path that
+    starts a flow does), lets the real worker run the steps, checks that the CLI is still
+    waiting once they are all completed, then records the finalize job, writes result.json and
+    moves the upload to ``processed``."""
+    from offload.db.uploads import revision_sql
+    from offload_local import aws_resources
+    from tests.support import pipeline_rows as rows
+    from tests.support.local_stack import wait_until
+
+    info = local_stack.info
+    db = rows.Db(info.database_url, info.schema)
+    path = tmp_path / f"waited-{os.urandom(6).hex()}.bin"
+    random_file(path, 3 * MiB)  # single upload, ~2 s at 1 MiB/s: its row exists long before
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "offload_cli", "upload", "--json", "--limit-rate", "1", str(path)],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def upload_row() -> list[dict]:
+            return db.sql("SELECT id FROM uploads WHERE filename = %s", (path.name,))
+
+        upload_id = wait_until(upload_row, 30, "the upload row")[0]["id"]
+        db.sql(
+            "UPDATE uploads SET detected_type = 'application/octet-stream' WHERE id = %s",
+            (upload_id,),
+        )
+
+        def steps_completed() -> bool:
+            states = db.sql("SELECT state FROM jobs WHERE upload_id = %s", (upload_id,))
+            return bool(states) and all(row["state"] == "completed" for row in states)
+
+        wait_until(steps_completed, 60, "the upload's steps completed")
+        time.sleep(3)  # more than the CLI's slowest poll (2 s): it has seen them completed
+        assert cli.poll() is None, cli.communicate()
+
+        (row,) = db.sql(
+            f"SELECT {revision_sql('u')} AS revision, key FROM uploads u WHERE id = %s",
+            (upload_id,),
+        )
+        finalize = rows.add_job(
+            db, f"finalize-{upload_id}", "finalize", upload_id, state="completed", attempt=1,
+            revision=row["revision"],
+        )  # fmt: skip
+        db.sql(
+            "UPDATE jobs SET parent_id = %s WHERE upload_id = %s AND id <> %s",
+            (finalize, upload_id, finalize),
+        )
+        key = row["key"].replace("uploads/", "processed/", 1).rsplit("/", 1)[0] + "/result.json"
+        content = {"upload": upload_id, "steps": {"inspect": {"ok": True}}, "note": "\x1b[31m"}
+        aws_resources.client("s3", info.moto_endpoint).put_object(
+            Bucket=info.bucket, Key=key, Body=json.dumps(content).encode()
+        )
+        rows.set_state(db, upload_id, "processed", result_key=key, finished_at=datetime.now(UTC))
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.communicate()
+    assert cli.returncode == 0, err
+    upload = only_upload(subprocess.CompletedProcess([], 0, out, err))
+    assert upload["uploadId"] == upload_id and upload["state"] == "processed"
+    assert upload["finished"] is True and upload["finishedAt"]
+    assert upload["result"] == content
+    assert [link["name"] for link in upload["links"]] == ["result.json"]
+    assert [job["name"] for job in upload["jobs"]][-1] == "finalize"
+    assert inspect_job(upload)["result"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    shown = run_cli(env, "status", upload_id)  # the pipeline, step by step
+    assert shown.returncode == 0, shown.stderr
+    assert f"upload {upload_id} (single, 3.0 MiB) processed" in shown.stdout
+    assert re.search(r"inspect\s+completed\s+sha256=\w+ .*\(attempt 1/\d+\)", shown.stdout)
+    assert re.search(r"finalize\s+completed\s+\(attempt 1/3\)", shown.stdout)
+    assert "result.json: http" in shown.stdout
+
+    listed = run_cli(env, "uploads", "--state", "processed", "--json", "--all")
+    assert listed.returncode == 0, listed.stderr
+    assert upload_id in [u["id"] for u in json.loads(listed.stdout)["uploads"]]
+    assert all(u["state"] == "processed" for u in json.loads(listed.stdout)["uploads"])
+    table = run_cli(env, "uploads", "--limit", "100").stdout.splitlines()
+    assert table[0].split() == ["UPLOAD", "STATE", "STEPS", "FILE", "CREATED"]
+    (line,) = [line for line in table if line.startswith(upload_id)]
+    assert line.split()[1:4] == ["processed", "2/2", path.name]
 
 
 def test_single_upload_human_output(env, tmp_path):
@@ -526,3 +620,111 @@ def test_the_offload_command_is_the_cli():
     module, _, function = project["project"]["scripts"]["offload"].partition(":")
     assert getattr(importlib.import_module(module), function) is cli.main
     assert project["tool"]["setuptools"]["packages"] == ["offload_cli"]
+
+
+def _step(name: str, state: str, **fields: object) -> dict:
+    return {"id": f"{name}-1", "name": name, "state": state, "attempts": 1, "maxAttempts": 3,
+            "progress": None, "error": None, "superseded": False, **fields}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("state", "detected", "finished", "succeeded"),
+    [
+        ("processed", True, True, True),
+        ("failed", True, True, False),
+        ("rejected", False, True, False),
+        ("aborted", False, True, False),
+        ("queued", True, False, False),  # under way: the API says not finished
+        ("queued", False, True, True),  # from before pipelines, every job completed
+    ],
+)
+def test_an_upload_is_followed_to_the_final_state_the_api_reports(
+    state, detected, finished, succeeded
+):
+    from offload_cli.follow import Followed
+
+    steps = [_step("inspect", "completed")]
+    pipeline = {
+        "finished": finished if state not in ("rejected", "aborted") else False,
+        "finalize": _step("finalize", "completed") if detected else None,
+        "steps": steps,
+    }
+    item = Followed({"id": "up1", "state": state, "pipeline": pipeline})
+    assert (item.finished, item.succeeded) == (finished, succeeded)
+    assert [job["name"] for job in item.jobs] == ["inspect"] + (["finalize"] if detected else [])
+    # From before pipelines with a failed job: finished, not a success.
+    failed = {**pipeline, "steps": [_step("inspect", "failed")], "finalize": None}
+    if state == "queued" and not detected:
+        assert not Followed({"state": "queued", "pipeline": failed}).succeeded
+    # An answer without a pipeline (or a malformed one) is not finished unless its state is.
+    assert Followed({"state": state, "pipeline": "x"}).finished is (state not in ("queued",))
+
+
+def test_status_text_puts_the_final_state_first_then_each_step():
+    from offload_cli.follow import Followed
+    from offload_cli.report import jobs_table, upload_text
+
+    upload = {
+        "id": "up1", "type": "single", "size": 2048, "filename": "a.jpg",
+        "key": "uploads/u/up1/a.jpg", "state": "failed", "failedStep": "thumbnail",
+        "error": "thumbnail: not an image",
+        "pipeline": {
+            "finished": True,
+            "finalize": _step("finalize", "failed", attempts=0),
+            "steps": [
+                _step("inspect", "completed", result={"sha256": "ab", "size": 2048}),
+                _step("thumbnail", "failed", attempts=3, error="not an image", progress=40),
+                _step("inspect", "completed", superseded=True, id="inspect-0"),
+            ],
+        },
+    }  # fmt: skip
+    lines = upload_text(upload, Followed(upload)).splitlines()
+    assert lines[0] == "a.jpg: upload up1 (single, 2.0 KiB) failed"
+    assert lines[2] == "  failed at thumbnail: thumbnail: not an image"
+    assert lines[3] == "  inspect    completed sha256=ab size=2048 (attempt 1/3)"
+    assert lines[4] == "  thumbnail  failed    not an image (attempt 3/3)"
+    assert lines[5].startswith("  inspect    completed (superseded) (attempt 1/3)")
+    assert lines[6] == "  finalize   failed    (attempt 0/3)"
+    running = _step("thumbnail", "retrying", progress=60, error="timed out", attempts=2)
+    under_way = {**upload, "state": "queued", "error": None, "pipeline": {"steps": [running]}}
+    last = upload_text(under_way, Followed(under_way)).splitlines()[-1]
+    assert last == "  thumbnail  retrying  60%, last error: timed out (attempt 2/3)"
+    table = jobs_table([{**running, "state": "completed", "superseded": True, "uploadId": "up1"}])
+    assert "completed (superseded)" in table.splitlines()[1]
+
+
+def test_the_uploads_table_says_how_far_each_pipeline_is():
+    from offload_cli.report import uploads_table
+
+    uploads = [
+        {"id": "up1", "state": "failed", "failedStep": "thumbnail", "filename": "a b.jpg",
+         "createdAt": "2026-12-06T10:00:00Z", "pipeline": {
+             "finalize": _step("finalize", "failed", attempts=0),
+             "steps": [_step("inspect", "completed"), _step("thumbnail", "failed"),
+                       _step("inspect", "completed", superseded=True)]}},
+        {"id": "up2-longer-id", "state": "pending", "filename": "c.txt", "pipeline": {}},
+    ]  # fmt: skip
+    lines = uploads_table(uploads).splitlines()
+    assert lines[0].split() == ["UPLOAD", "STATE", "STEPS", "FILE", "CREATED"]
+    state = lines[0].index("STATE")
+    assert lines[1][state:].startswith("failed at thumbnail  1/3    a b.jpg  2026-12-06T10:00:00Z")
+    assert lines[2].startswith("up2-longer-id") and lines[2][state:].split() == ["pending", "c.txt"]
+
+
+def test_result_json_is_printed_indented_and_cannot_reach_the_terminal_raw():
+    """result.json's text holds what steps wrote (metadata of the user's file): printed as
+    JSON with every non-ASCII and control character escaped; not JSON, control characters
+    replaced."""
+    from offload_cli.report import result_json, result_text, upload_text
+
+    raw = json.dumps({"title": "\x1b]0;pwned\x07 caf\u00e9", "n": 1}).encode()
+    assert result_json(raw) == {"title": "\x1b]0;pwned\x07 caf\u00e9", "n": 1}
+    text = result_text(raw)
+    assert "\x1b" not in text and "\x07" not in text and "\\u001b" in text
+    title = '  "title": "\\u001b]0;pwned\\u0007 caf\\u00e9",'
+    assert text.splitlines() == ["{", title, '  "n": 1', "}"]
+    odd = b"not json \x1b[2J\n\x9b2J"
+    assert "\x1b" not in result_text(odd) and result_json(odd).startswith("not json")
+    upload = {"id": "up1", "type": "single", "size": 1, "key": "k", "state": "processed"}
+    lines = upload_text(upload, None, None, raw).splitlines()
+    assert lines[2:4] == ["  result.json:", "    {"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -82,6 +83,7 @@ def test_sign_in_upload_multipart_and_see_the_job_complete(local_stack, page, tm
     page.on("request", lambda request: request.method == "PUT" and puts.append(request))
 
     sign_in(page, info)
+    assert page.inner_text("body").count("Signed in as") == 1  # the header, not the status too
     page.set_input_files("#file-input", str(path))
     row = page.locator("[data-testid=upload-row]").filter(has_text="browser upload.bin")
     row.and_(page.locator("[data-state=done]")).wait_for(timeout=90_000)
@@ -108,6 +110,9 @@ def test_sign_in_upload_multipart_and_see_the_job_complete(local_stack, page, tm
     )
     job.and_(page.locator("[data-state=completed]")).wait_for(timeout=90_000)
     assert "manifest.json" in job.inner_text()
+    card = page.locator(f"[data-testid=upload-card][data-upload-id='{upload_id}']")
+    assert card.locator("[data-testid=job-row]").count() >= 1  # its steps are in its card
+    assert "browser upload.bin" in card.locator(".upload-name").inner_text()
 
     jobs = ApiClient(info).call("GET", "/jobs?limit=100").body["jobs"]
     inspect = next(j for j in jobs if j["uploadId"] == upload_id and j["name"] == "inspect")
@@ -152,10 +157,11 @@ OVERFLOWING = """() => {
     .map((e) => `${e.tagName.toLowerCase()}.${e.className} ${e.textContent.slice(0, 40)}`);
 }"""
 
-# How each file name of the upload, unfinished upload and job lists is laid out.
+# How each file name of the transfers, the unfinished uploads and the upload cards (their
+# names, result and step links) is laid out.
 FILE_NAMES = """() => [...document.querySelectorAll(
   "[data-testid=upload-row] .filename, [data-testid=resume-row] .filename, " +
-  "[data-testid=job-row] .filename")].map((e) => {
+  "[data-testid=upload-card] .filename")].map((e) => {
   const style = getComputedStyle(e);
   return {
     text: e.textContent,
@@ -249,6 +255,85 @@ def test_phone_and_desktop_layouts_fit_and_keep_file_names_whole(local_stack, pa
 
     page.set_viewport_size(DESKTOP)
     assert_fits_and_names_are_whole(page, names)
+
+
+def test_a_card_per_upload_with_its_final_state_steps_and_result_link(local_stack, page):
+    """Pipelines written as the flows write them (tests/support/pipeline_rows.py) into the
+    stack's PostgreSQL, and result.json into its S3: the processed upload's card says so and
+    links its result.json (the link fetches it), the failed one names the step and the reason
+    and offers that step's Retry, a superseded step is shown as superseded; each upload's
+    steps are in its own card."""
+    from tests.support import pipeline_rows as rows
+
+    info = local_stack.info
+    db = rows.Db(info.database_url, info.schema)
+    client = ApiClient(info)
+    made = {}
+    for name in ("processed photo.jpg", "failed photo.jpg"):
+        body = {"filename": name, "size": 2000, "contentType": "image/jpeg"}
+        made[name] = client.call("POST", "/uploads", body).body["id"]
+    done, failed = made["processed photo.jpg"], made["failed photo.jpg"]
+    key = rows.processed_pipeline(db, done, db.sql(
+        "SELECT owner FROM uploads WHERE id = %s", (done,))[0]["owner"], ("inspect", "thumbnail"),
+    )  # fmt: skip
+    aws_resources.client("s3", info.moto_endpoint).put_object(
+        Bucket=info.bucket, Key=key, Body=b'{"processed": true}'
+    )
+    rows.name_object(db, failed)
+    parent = rows.add_job(db, f"finalize-{failed}", "finalize", failed, state="failed")
+    rows.add_job(db, f"inspect-{failed}", "inspect", failed, state="completed", parent=parent,
+                 attempt=1, progress=100)  # fmt: skip
+    rows.add_job(db, f"thumbnail-{failed}", "thumbnail", failed, state="failed", parent=parent,
+                 attempt=3, max_attempts=3, progress=30, error="not an image")  # fmt: skip
+    rows.add_job(db, f"inspect-old-{failed}", "inspect", failed, state="completed",
+                 revision="f" * 32)  # fmt: skip
+    rows.set_state(db, failed, "failed", failed_step="thumbnail", error="thumbnail: not an image")
+
+    sign_in(page, info)
+    card = page.locator(f"[data-testid=upload-card][data-upload-id='{done}']")
+    card.and_(page.locator("[data-state=processed]")).wait_for(timeout=30_000)
+    assert card.locator("[data-role=final-state]").inner_text() == "processed"
+    link = card.locator("[data-testid=result-link]")
+    assert link.inner_text() == "result.json"
+    with urllib.request.urlopen(link.get_attribute("href"), timeout=10) as answer:
+        assert answer.read() == b'{"processed": true}'
+    steps = card.locator("[data-testid=job-row]")
+    names = [steps.nth(i).get_attribute("data-job-name") for i in range(steps.count())]
+    assert names == ["inspect", "thumbnail", "finalize"]
+
+    card = page.locator(f"[data-testid=upload-card][data-upload-id='{failed}']")
+    assert card.get_attribute("data-state") == "failed"
+    assert card.locator("[data-role=upload-error]").inner_text() == (
+        "Step thumbnail failed: thumbnail: not an image"
+    )
+    thumbnail = card.locator("[data-testid=job-row][data-job-name=thumbnail]")
+    assert "not an image" in thumbnail.inner_text() and "3 / 3" in thumbnail.inner_text()
+    assert thumbnail.locator("[data-testid=retry-job]").count() == 1
+    old = card.locator(f"[data-job-id='inspect-old-{failed}']")
+    assert old.get_attribute("data-superseded") == "true"
+    assert old.locator("[data-role=superseded]").inner_text() == "superseded"
+    assert card.locator("[data-testid=result-link]").count() == 0
+    assert page.locator(f"[data-testid=job-row][data-upload-id='{failed}']").count() == 4
+
+    # An upload reaching its final state while the page is open: the status line says so.
+    late = client.call(
+        "POST",
+        "/uploads",
+        {"filename": "late photo.jpg", "size": 2000, "contentType": "image/jpeg"},
+    ).body["id"]
+    rows.name_object(db, late)
+    rows.set_state(db, late, "queued")
+    parent = rows.add_job(db, f"finalize-{late}", "finalize", late)
+    rows.add_job(db, f"inspect-{late}", "inspect", late, state="active", parent=parent, progress=50)
+    card = page.locator(f"[data-testid=upload-card][data-upload-id='{late}']")
+    card.and_(page.locator("[data-finished=false]")).wait_for(timeout=30_000)
+    assert card.locator("[data-role=final-state]").inner_text() == "processing"
+    db.sql("UPDATE jobs SET state = 'completed' WHERE upload_id = %s", (late,))
+    rows.set_state(db, late, "processed", result_key=f"processed/x/{late}/result.json")
+    page.wait_for_function(
+        "() => document.getElementById('status').textContent === 'late photo.jpg processed.'",
+        timeout=30_000,
+    )
 
 
 def test_sizes_are_written_as_the_cli_writes_them(local_stack, page):

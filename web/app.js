@@ -1,13 +1,13 @@
-// The page: wires sign-in, the upload list, resumable uploads and the job list together.
+// The page: wires sign-in, the transfers, resumable uploads and the uploads' cards together.
 // The work itself is in auth.js (Cognito), api.js (the API), upload.js (S3 transfers),
-// store.js (what survives a reload) and jobs.js (the job list).
+// store.js (what survives a reload), uploads.js (a card per upload) and jobs.js (its steps).
 
 import { Api, loadConfig } from "./api.js";
 import { Auth, CognitoError, NewPasswordRequired } from "./auth.js";
 import { el, fileName, formatBytes, formatTime } from "./dom.js";
-import { JobList } from "./jobs.js";
 import { findSavedUpload, forgetUpload, sameFile, savedUploads } from "./store.js";
 import { UploadTask } from "./upload.js";
+import { UploadList } from "./uploads.js";
 
 const $ = (id) => document.getElementById(id);
 const button = (text, testid, attrs = {}) =>
@@ -23,7 +23,7 @@ const STATE_TEXT = {
 
 let auth;
 let api;
-let jobs;
+let processing; // the uploads' cards (GET /uploads)
 const rows = new Map(); // UploadTask -> its <li>, in the order files were picked
 
 /** Say something in the live region (read out by screen readers). */
@@ -44,12 +44,12 @@ async function main() {
   auth = new Auth(config);
   auth.onSignedOut = (reason) => showSignedOut(reason);
   api = new Api(config.apiBase, auth);
-  jobs = new JobList({
+  processing = new UploadList({
     api,
-    tbody: $("jobs"),
-    more: $("jobs-more"),
-    empty: $("jobs-empty"),
-    error: $("jobs-error"),
+    list: $("processing"),
+    more: $("processing-more"),
+    empty: $("processing-empty"),
+    error: $("processing-error"),
     announce,
   });
 
@@ -143,9 +143,11 @@ function showSignedIn() {
   $("app-section").hidden = false;
   $("user-bar").hidden = false;
   $("user-name").textContent = auth.user.name;
-  announce(`Signed in as ${auth.user.name}.`);
+  // The header names the user; the status line says what to do next (naming them again
+  // showed "Signed in as" twice).
+  announce("Choose files to upload, or drop them below.");
   renderResumable();
-  jobs.start();
+  processing.start();
 }
 
 function showSignedOut(reason = "") {
@@ -154,7 +156,7 @@ function showSignedOut(reason = "") {
   rows.clear();
   $("uploads").replaceChildren();
   $("resumable").replaceChildren();
-  jobs.stop();
+  processing.stop();
   $("app-section").hidden = true;
   $("user-bar").hidden = true;
   $("signin-section").hidden = false;
@@ -207,7 +209,7 @@ async function run(task, step) {
   const name = task.file.name;
   if (task.state === "done") {
     announce(`${name} uploaded${task.note ? ` (${task.note})` : ""}.`);
-    jobs.schedule(0); // its jobs appear soon: look now rather than at the next tick
+    processing.schedule(0); // its card appears soon: look now rather than at the next tick
   } else if (task.state === "failed") {
     announce(`${name} failed: ${task.error}`, "error");
   } else if (task.state === "cancelled") {

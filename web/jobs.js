@@ -1,183 +1,51 @@
-// The signed-in user's jobs: GET /jobs polled every POLL_MS while the page is visible (a
-// hidden tab costs the API nothing), rendered as table rows that are updated in place so a
-// poll does not steal focus or flicker.
+// One job of an upload's pipeline (a step, or its finalize job) as a table row: state,
+// progress, attempts, result links, a summary of its result, its error and, when it failed, a
+// Retry button. The rows sit in their upload's card (uploads.js); the same markup is a table
+// row on a wide screen and a small card on a narrow one (style.css).
 
 import { el, fileName, formatBytes, formatTime } from "./dom.js";
-import { nameOf } from "./store.js";
-
-const POLL_MS = 2000;
-const PAGE = 20;
-
-export class JobList {
-  /**
-   * @param {{api: import("./api.js").Api, tbody: HTMLElement, more: HTMLButtonElement,
-   *   empty: HTMLElement, error: HTMLElement, announce: (text: string) => void}} options
-   */
-  constructor({ api, tbody, more, empty, error, announce }) {
-    this.api = api;
-    this.tbody = tbody;
-    this.more = more;
-    this.empty = empty;
-    this.error = error;
-    this.announce = announce;
-    this.first = []; // the newest page, replaced by every poll
-    this.older = []; // pages the user asked for with "Load older jobs"
-    this.cursor = null; // where the next older page starts
-    this.rows = new Map(); // job id -> {row, signature}
-    this.timer = null;
-    this.running = false;
-    this.loaded = false; // first answer seen: state changes after it are announced
-    this.onVisibility = () => this.schedule(0);
-    more.addEventListener("click", () => this.loadMore());
-  }
-
-  start() {
-    this.running = true;
-    document.addEventListener("visibilitychange", this.onVisibility);
-    this.schedule(0);
-  }
-
-  stop() {
-    this.running = false;
-    clearTimeout(this.timer);
-    document.removeEventListener("visibilitychange", this.onVisibility);
-    this.first = [];
-    this.older = [];
-    this.cursor = null;
-    this.loaded = false;
-    this.rows.clear();
-    this.tbody.replaceChildren();
-    this.error.textContent = "";
-  }
-
-  /** Poll after `ms` (0: now), unless the page is hidden: visibilitychange restarts it. */
-  schedule(ms) {
-    clearTimeout(this.timer);
-    if (!this.running || document.visibilityState !== "visible") return;
-    this.timer = setTimeout(() => this.poll(), ms);
-  }
-
-  async poll() {
-    try {
-      const page = await this.api.get(`/jobs?limit=${PAGE}`);
-      if (!this.running) return;
-      this.first = page.jobs;
-      if (!this.older.length) this.cursor = page.nextCursor;
-      this.error.textContent = "";
-      this.render();
-    } catch (err) {
-      // Shown next to the list, not announced: a poll error repeats every 2 s.
-      if (this.running) this.error.textContent = `Could not refresh the jobs: ${err.message}`;
-    }
-    this.schedule(POLL_MS);
-  }
-
-  async loadMore() {
-    if (!this.cursor) return;
-    this.more.disabled = true;
-    try {
-      const page = await this.api.get(`/jobs?limit=${PAGE}&cursor=${encodeURIComponent(this.cursor)}`);
-      this.older.push(...page.jobs);
-      this.cursor = page.nextCursor;
-      this.render();
-    } catch (err) {
-      this.announce(`Could not load older jobs: ${err.message}`);
-    } finally {
-      this.more.disabled = false;
-    }
-  }
-
-  async retry(job, button) {
-    button.disabled = true;
-    try {
-      const queued = await this.api.post(`/jobs/${encodeURIComponent(job.id)}/retry`);
-      // Show the answer (state "queued") now rather than at the next poll.
-      for (const list of [this.first, this.older]) {
-        const i = list.findIndex((item) => item.id === queued.id);
-        if (i >= 0) list[i] = { ...list[i], ...queued };
-      }
-      this.render();
-      this.announce(`Job ${job.name} for ${fileLabel(job)} is queued again.`);
-    } catch (err) {
-      this.announce(`Could not retry job ${job.name}: ${err.message}`);
-      button.disabled = false;
-    }
-    this.schedule(0);
-  }
-
-  render() {
-    // The newest page wins for a job on both lists (it was fetched last).
-    const seen = new Set(this.first.map((job) => job.id));
-    const jobs = [...this.first, ...this.older.filter((job) => !seen.has(job.id))];
-    const rows = jobs.map((job) => this.rowFor(job));
-    // Reorder only when needed: moving a row that has focus would lose it.
-    const current = [...this.tbody.children];
-    if (rows.length !== current.length || rows.some((row, i) => row !== current[i])) {
-      this.tbody.replaceChildren(...rows);
-    }
-    for (const id of this.rows.keys()) if (!jobs.some((job) => job.id === id)) this.rows.delete(id);
-    this.empty.hidden = jobs.length > 0;
-    this.more.hidden = !this.cursor;
-    this.loaded = true;
-  }
-
-  /** The row of a job: rebuilt when the job changed, otherwise kept (links refreshed). */
-  rowFor(job) {
-    // Presigned link URLs change on every answer; they do not make a job "changed".
-    const signature = JSON.stringify({ ...job, links: (job.links || []).map((l) => l.name) });
-    const known = this.rows.get(job.id);
-    if (known && known.signature === signature) {
-      const anchors = known.row.querySelectorAll("a[data-link]");
-      safeLinks(job).forEach((link, i) => anchors[i]?.setAttribute("href", link.url));
-      return known.row;
-    }
-    if (known && this.loaded && known.state !== job.state && ["completed", "failed"].includes(job.state)) {
-      this.announce(`Job ${job.name} for ${fileLabel(job)} ${job.state}.`);
-    }
-    const row = buildRow(job, (button) => this.retry(job, button));
-    if (known) known.row.replaceWith(row);
-    this.rows.set(job.id, { row, signature, state: job.state });
-    return row;
-  }
-}
 
 /** Presigned S3 URLs are http(s); anything else (javascript:, data:) is not made a link. */
-function safeLinks(job) {
+export function safeLinks(job) {
   return (job.links || []).filter((link) => /^https?:\/\//i.test(link.url));
 }
 
-function fileLabel(job) {
-  return job.filename || nameOf(job.uploadId) || `upload ${job.uploadId}`;
-}
-
-function buildRow(job, onRetry) {
+/** The row of one job of the upload `label` names (for the progress bar's accessible name). */
+export function buildRow(job, label, onRetry) {
   const percent = job.state === "completed" ? 100 : Math.max(0, Math.min(100, Number(job.progress) || 0));
-  const name = job.filename || nameOf(job.uploadId);
   // data-label: the column's name, shown before the cell when the row is a card.
-  const cell = (column, label, ...children) =>
-    el("td", { role: "cell", class: `col-${column}`, "data-label": label }, ...children);
+  const cell = (column, name, ...children) =>
+    el("td", { role: "cell", class: `col-${column}`, "data-label": name }, ...children);
   return el(
     "tr",
     {
       role: "row",
       "data-testid": "job-row",
-      dataset: { jobId: job.id, jobName: job.name, uploadId: job.uploadId, state: job.state },
+      class: job.superseded ? "superseded" : null,
+      dataset: {
+        jobId: job.id,
+        jobName: job.name,
+        uploadId: job.uploadId,
+        state: job.state,
+        superseded: job.superseded ? "true" : "false",
+      },
     },
     cell("job", null, el("strong", {}, job.name), el("div", { class: "muted small" }, formatTime(job.createdAt))),
     cell(
-      "file",
+      "state",
       null,
-      name ? fileName("div", name) : null,
-      el("div", { class: "muted small mono", title: "upload id" }, job.uploadId),
+      el("span", { class: `badge state-${job.state}` }, job.state),
+      // A job of an older version of its upload's object: its result describes bytes the
+      // upload no longer holds. On a line of its own, so the badge never has to widen.
+      job.superseded ? el("div", { class: "small muted", "data-role": "superseded" }, "superseded") : null,
     ),
-    cell("state", null, el("span", { class: `badge state-${job.state}` }, job.state)),
     cell(
       "progress",
       null,
       el("progress", {
         max: 100,
         value: percent,
-        "aria-label": `Progress of job ${job.name} for ${fileLabel(job)}`,
+        "aria-label": `Progress of ${job.name} for ${label}`,
       }),
       el("span", { class: "small" }, ` ${percent}%`),
     ),
@@ -212,7 +80,7 @@ function details(job, onRetry) {
   if (job.error && (job.state === "failed" || job.state === "retrying")) {
     parts.push(el("p", { class: "job-error" }, job.error));
   }
-  if (job.state === "failed") {
+  if (job.state === "failed" && !job.superseded) {
     const button = el("button", { type: "button", "data-testid": "retry-job", class: "secondary" }, "Retry");
     button.addEventListener("click", () => onRetry(button));
     parts.push(button);

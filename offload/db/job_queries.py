@@ -2,38 +2,32 @@
 
 Every statement filters on ``owner`` (the Cognito ``sub``): another user's job and a job that
 does not exist are the same ``None``. Lists are newest first, ordered by (created_at DESC,
-id ASC), which the ``jobs_owner_created`` index serves directly; the cursor is the position of
-the last row returned, so pages never repeat or skip a job however many are added meanwhile.
+id ASC), which the ``jobs_owner_created`` index serves directly; the cursor
+(:mod:`offload.pages`) is the position of the last row returned, so pages never repeat or skip
+a job however many are added meanwhile. An upload's jobs (its pipeline) are read through the
+``jobs_upload`` index, a bounded number per upload.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.uploads import revision_sql
+from offload.pages import DEFAULT_LIMIT, ROW_ID, Cursor, after_clause, check_limit
 from offload.user_errors import redact
 
-DEFAULT_LIMIT = 20
-MAX_LIMIT = 100
-MAX_CURSOR_CHARS = 512
 # What a job id can be (bullmq ids we make: offload/jobs.py); anything else names no job, and a
-# NUL in it would reach PostgreSQL, whose text refuses it. Always fullmatch: `$` would let a
-# final newline through.
-JOB_ID = re.compile(r"[A-Za-z0-9_.-]{1,200}")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class InvalidCursor(ValueError):
-    """A cursor this API did not hand out (or one that was tampered with)."""
+# NUL in it would reach PostgreSQL, whose text refuses it. Always fullmatch.
+JOB_ID = ROW_ID
+# The most jobs an upload's pipeline shows: its steps and finalize, and those of older versions
+# of its object (a single upload's key written again). Bounds the answer of GET /uploads.
+PIPELINE_MAX_JOBS = 50
 
 
 @dataclass(frozen=True)
@@ -57,6 +51,9 @@ class JobRow:
     # will hold) the newest version's.
     superseded: bool | None = None
     bucket: str | None = None  # never shown: named so that the error shown cannot carry it
+    # The flow parent (the upload's finalize job) of a pipeline step (migration 0004); None
+    # for a finalize job, for jobs from before pipelines and for jobs outside them.
+    parent_id: str | None = None
 
 
 _COLUMNS = (
@@ -65,38 +62,8 @@ _COLUMNS = (
     " (SELECT u.filename FROM uploads u WHERE u.id = jobs.upload_id) AS filename,"
     f" (SELECT jobs.revision IS DISTINCT FROM {revision_sql('u')}"
     "  FROM uploads u WHERE u.id = jobs.upload_id) AS superseded,"
-    " bucket"
+    " bucket, parent_id"
 )
-
-
-@dataclass(frozen=True)
-class Cursor:
-    created_at: datetime
-    job_id: str
-
-
-def encode_cursor(cursor: Cursor) -> str:
-    """Opaque to clients: url-safe base64 of ``{"t": <µs since epoch>, "i": <job id>}``.
-    Microseconds (PostgreSQL's precision, as an integer) so the position is exact."""
-    micros = (cursor.created_at - _EPOCH) // timedelta(microseconds=1)
-    raw = json.dumps({"t": micros, "i": cursor.job_id}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(token: str) -> Cursor:
-    if not token or len(token) > MAX_CURSOR_CHARS:
-        raise InvalidCursor("cursor is not valid")
-    try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        fields = json.loads(raw)
-        micros, job_id = fields["t"], fields["i"]
-        if isinstance(micros, bool) or not isinstance(micros, int) or not isinstance(job_id, str):
-            raise TypeError
-        if not JOB_ID.fullmatch(job_id):
-            raise ValueError("not a job id")
-        return Cursor(_EPOCH + timedelta(microseconds=micros), job_id)
-    except (binascii.Error, ValueError, TypeError, KeyError, OverflowError, RecursionError) as exc:
-        raise InvalidCursor("cursor is not valid") from exc
 
 
 def _shown_error(row: JobRow) -> str | None:
@@ -146,17 +113,20 @@ class JobQueries:
             return await cursor.fetchone()
 
     async def list_for_owner(
-        self, owner: str, limit: int = DEFAULT_LIMIT, after: Cursor | None = None
+        self,
+        owner: str,
+        limit: int = DEFAULT_LIMIT,
+        after: Cursor | None = None,
+        upload_id: str | None = None,
     ) -> tuple[list[JobRow], Cursor | None]:
-        """One page of the owner's jobs, newest first, and the cursor of the next page (None
-        on the last page)."""
-        if not 1 <= limit <= MAX_LIMIT:
-            raise ValueError(f"limit must be within 1..{MAX_LIMIT}")
-        params: dict[str, Any] = {"owner": owner, "limit": limit + 1}
-        position = ""
-        if after is not None:
-            position = " AND (created_at < %(at)s OR (created_at = %(at)s AND id > %(after_id)s))"
-            params |= {"at": after.created_at, "after_id": after.job_id}
+        """One page of the owner's jobs (only those of ``upload_id`` when given), newest
+        first, and the cursor of the next page (None on the last page)."""
+        check_limit(limit)
+        position, params = after_clause(after)
+        params |= {"owner": owner, "limit": limit + 1}
+        if upload_id is not None:
+            position += " AND upload_id = %(upload_id)s"
+            params["upload_id"] = upload_id
         async with self._pool.connection() as conn:
             cursor = conn.cursor(row_factory=class_row(JobRow))
             await cursor.execute(
@@ -169,3 +139,27 @@ class JobQueries:
             return rows, None
         rows = rows[:limit]
         return rows, Cursor(rows[-1].created_at, rows[-1].id)
+
+    async def for_uploads(
+        self, owner: str, upload_ids: Sequence[str], per_upload: int = PIPELINE_MAX_JOBS
+    ) -> dict[str, list[JobRow]]:
+        """The owner's jobs of each of ``upload_ids`` (its newest ``per_upload``, oldest
+        first), in one statement: a page of ``GET /uploads`` costs one query for all its
+        pipelines, each read through the ``jobs_upload`` index."""
+        found: dict[str, list[JobRow]] = {upload_id: [] for upload_id in upload_ids}
+        if not found:
+            return found
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=class_row(JobRow))
+            await cursor.execute(
+                "SELECT j.* FROM unnest(%(ids)s::text[]) AS wanted(upload_id)"
+                f" CROSS JOIN LATERAL (SELECT {_COLUMNS} FROM jobs"
+                "  WHERE jobs.owner = %(owner)s AND jobs.upload_id = wanted.upload_id"
+                "  ORDER BY created_at DESC, id ASC LIMIT %(per)s) AS j",
+                {"ids": list(found), "owner": owner, "per": per_upload},
+            )
+            rows = await cursor.fetchall()
+        for row in sorted(rows, key=lambda row: (row.created_at, row.id)):
+            assert row.upload_id is not None
+            found[row.upload_id].append(row)
+        return found

@@ -5,7 +5,8 @@ one user's request can never see or change another user's upload; the enqueue pa
 for the system, addresses rows by id and key instead.
 
 States: ``pending`` (URLs handed out) -> ``uploaded`` (object seen, size checked) -> ``queued``
-(jobs enqueued); or ``rejected`` (object does not match what was announced) / ``aborted``.
+(jobs enqueued) -> ``processed`` / ``failed`` (its pipeline's final state, migration 0004); or
+``rejected`` (object does not match what was announced) / ``aborted``.
 
 A row in ``uploaded``/``queued`` names one object: its version id and ETag (its *revision*, the
 same one its jobs' ids are derived from). A presigned POST stays valid for the URL's lifetime,
@@ -27,6 +28,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.pool import until_stored
+from offload.pages import DEFAULT_LIMIT, Cursor, after_clause, check_limit
 from offload.quotas import OpenUpload, Usage
 
 if TYPE_CHECKING:
@@ -58,6 +60,16 @@ class Upload:
     # for multipart uploads from before the column existed. The reconciler aborts a pending
     # upload only once this lies a grace period in the past (offload.expired_uploads).
     part_urls_expire_at: datetime | None = None
+    # The upload's final state (migration 0004, written by the pipeline's finalize): the step
+    # that failed for good (``failed``), the key of its result.json (``processed``), and when
+    # it reached a final state. None before then, and for rows from before pipelines.
+    failed_step: str | None = None
+    result_key: str | None = None
+    finished_at: datetime | None = None
+    # The content type the enqueue path sniffed from the object's first bytes, which picked the
+    # upload's pipeline (migration 0004); None until then, and for uploads from before
+    # pipelines, whose jobs ran without a finalize step.
+    detected_type: str | None = None
 
     @property
     def revision(self) -> str:
@@ -75,7 +87,7 @@ def revision_sql(table: str) -> str:
 _COLUMNS = (
     "id, owner, bucket, key, filename, content_type, size_announced, size_actual, etag,"
     " version_id, multipart_upload_id, state, error, created_at, updated_at, part_size,"
-    " part_urls_expire_at"
+    " part_urls_expire_at, failed_step, result_key, finished_at, detected_type"
 )
 
 
@@ -196,6 +208,35 @@ class UploadStore:
             f"SELECT {_COLUMNS} FROM uploads WHERE id = %(id)s AND owner = %(owner)s",
             {"id": upload_id, "owner": owner},
         )
+
+    async def list_for_owner(
+        self,
+        owner: str,
+        limit: int = DEFAULT_LIMIT,
+        after: Cursor | None = None,
+        state: str | None = None,
+    ) -> tuple[list[Upload], Cursor | None]:
+        """One page of the owner's uploads (only those in ``state`` when given), newest first,
+        and the cursor of the next page (None on the last page): the ``uploads_owner_created``
+        index serves the order, as ``jobs_owner_created`` does for the jobs."""
+        check_limit(limit)
+        position, params = after_clause(after)
+        params |= {"owner": owner, "limit": limit + 1}
+        if state is not None:
+            position += " AND state = %(state)s"
+            params["state"] = state
+        async with self._pool.connection() as conn:
+            cursor = conn.cursor(row_factory=class_row(Upload))
+            await cursor.execute(
+                f"SELECT {_COLUMNS} FROM uploads WHERE owner = %(owner)s{position}"
+                " ORDER BY created_at DESC, id ASC LIMIT %(limit)s",
+                params,
+            )
+            rows = await cursor.fetchall()
+        if len(rows) <= limit:
+            return rows, None
+        rows = rows[:limit]
+        return rows, Cursor(rows[-1].created_at, rows[-1].id)
 
     async def get(self, upload_id: str) -> Upload | None:
         return await self._fetch_one(
