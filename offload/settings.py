@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from offload.priorities import parse_size_bands
+from offload.step_limits import StepLimitOverrides, parse_step_limits
+
 MiB = 1 << 20
 GiB = 1 << 30
 # OFFLOAD_PART_SIZE_MIB bounds: S3 parts (all but the last) are 5 MiB to 5 GiB.
@@ -163,6 +166,26 @@ def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
+def _size_bands(env: Mapping[str, str], default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get("OFFLOAD_PRIORITY_SIZE_BANDS")
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse_size_bands(raw)
+    except ValueError as exc:
+        raise SettingsError(f"OFFLOAD_PRIORITY_SIZE_BANDS: {exc}") from exc
+
+
+def _step_limits(env: Mapping[str, str]) -> StepLimitOverrides:
+    raw = env.get("OFFLOAD_STEP_LIMITS")
+    if raw is None or raw.strip() == "":
+        return ()
+    try:
+        return parse_step_limits(raw)
+    except ValueError as exc:
+        raise SettingsError(f"OFFLOAD_STEP_LIMITS: {exc}") from exc
+
+
 def _hash_tagged(prefix: str) -> str:
     """Cluster mode (and ElastiCache Serverless) need every key of a queue in one slot, which
     only a `{hash tag}` in the prefix guarantees; wrap a bare prefix instead of failing."""
@@ -277,6 +300,11 @@ class Settings:
     enqueue_record_timeout_s: int = 10
     # API: the web origins allowed by CORS (none: no CORS headers).
     cors_origins: tuple[str, ...] = ()
+    # Job priorities (offload.priorities): upper bounds of the upload size bands, smallest
+    # first; smaller bands run first.
+    priority_size_bands: tuple[int, ...] = (16 * MiB, 256 * MiB, 4 * GiB)
+    # Per-step limits overriding the pipelines' declarations (offload.step_limits).
+    step_limits: StepLimitOverrides = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -375,6 +403,8 @@ class Settings:
                 env, "OFFLOAD_ENQUEUE_RECORD_TIMEOUT_S", defaults.enqueue_record_timeout_s, 1
             ),
             cors_origins=_csv(env, "OFFLOAD_CORS_ORIGIN"),
+            priority_size_bands=_size_bands(env, defaults.priority_size_bands),
+            step_limits=_step_limits(env),
         )
 
     def upload_quota(self, tier: str) -> UploadQuota:
