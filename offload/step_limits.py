@@ -87,6 +87,26 @@ def parse_step_limits(text: str) -> StepLimitOverrides:
     return tuple(sorted((step, _limits(step, value)) for step, value in document.items()))
 
 
+def format_step_limits(overrides: StepLimitOverrides) -> str:
+    """The ``OFFLOAD_STEP_LIMITS`` value :func:`parse_step_limits` reads back as ``overrides``
+    (for a process started with given settings: tests, the local stack)."""
+    fields = {value: key for key, value in _FIELDS.items()}
+    document: dict[str, Any] = {}
+    for step, limits in overrides:
+        if limits is None:
+            document[step] = None
+            continue
+        values = {
+            fields[name]: getattr(limits, name)
+            for name in ("max_concurrent", "max_per_window")
+            if getattr(limits, name) is not None
+        }
+        if limits.max_per_window is not None:
+            values["windowMs"] = limits.window_ms
+        document[step] = values
+    return json.dumps(document)
+
+
 def steps(settings: Settings) -> Mapping[str, Step]:
     """Every step with its limits as deployed: declared ones, then the settings' overrides
     (which may name steps outside any pipeline)."""
