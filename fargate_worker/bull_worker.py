@@ -117,7 +117,7 @@ class BullWorker(Worker):
         finally:
             if self._slots is not None and next_job is None:
                 self._slots.release()  # a fetched next job keeps this job's slot
-        if next_job is None and self._wake_on_finish and not self.closing:
+        if next_job is None and self._wake_on_finish:
             await self._wake_other_workers()
         return next_job
 
