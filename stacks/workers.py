@@ -39,7 +39,7 @@ from stacks.base import OffloadStack
 from stacks.bundling import REPO_ROOT
 from stacks.config import EnvConfig, WorkersConfig
 from stacks.database import Database
-from stacks.metrics import WAITING, queue_metric
+from stacks.metrics import RUNNABLE, queue_metric
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
@@ -64,9 +64,11 @@ def worker_image() -> ecs.ContainerImage:
 
 
 def backlog_per_task(*, queue_name: str, cluster_name: str, service_name: str) -> Any:
-    """Waiting jobs per running task; with no task running, the waiting count itself (so a
-    backlog of one scales out from zero). No data from the queue-metrics Lambda means no
-    data here (the alarms stay put) rather than a fake zero."""
+    """Runnable jobs per running task; with no task running, the runnable count itself (so a
+    backlog of one scales out from zero). Runnable: the waiting jobs of the main queue and of
+    every step queue, a limited step's counted only up to what its limits let start (more
+    tasks would not run those sooner). No data from the queue-metrics Lambda means no data
+    here (the alarms stay put) rather than a fake zero."""
     tasks = cloudwatch.Metric(
         namespace="ECS/ContainerInsights",
         metric_name="RunningTaskCount",
@@ -76,8 +78,8 @@ def backlog_per_task(*, queue_name: str, cluster_name: str, service_name: str) -
     )
     return cloudwatch.MathExpression(
         expression="IF(FILL(tasks, 0) > 1, waiting / FILL(tasks, 0), waiting)",
-        using_metrics={"waiting": queue_metric(WAITING, queue_name), "tasks": tasks},
-        label="Waiting jobs per running task",
+        using_metrics={"waiting": queue_metric(RUNNABLE, queue_name), "tasks": tasks},
+        label="Runnable jobs per running task",
         period=Duration.minutes(1),
     )
 

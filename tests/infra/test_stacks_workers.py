@@ -157,7 +157,8 @@ def test_scales_out_in_steps_from_a_backlog_of_one(dev: Synth) -> None:
     assert alarm["EvaluationPeriods"] == 1
     metrics = {m["Id"]: m for m in alarm["Metrics"]}
     waiting = metrics["waiting"]["MetricStat"]["Metric"]
-    assert waiting["Namespace"] == "Offload" and waiting["MetricName"] == "Waiting"
+    # the backlog of every queue that more tasks could run sooner (lambdas/queue_metrics.py)
+    assert waiting["Namespace"] == "Offload" and waiting["MetricName"] == "Runnable"
     assert waiting["Dimensions"] == [{"Name": "Queue", "Value": "uploads"}]
     # With no task running, the expression is the waiting count itself: 1 job -> scale out.
     assert (
