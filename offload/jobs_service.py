@@ -83,8 +83,9 @@ def own_result(owner: str, result: Any) -> Any:
 
 class JobService:
     """The job routes' logic over the owner-scoped job queries and the status store (one
-    PostgreSQL pool). ``s3`` gives the S3 client (sync boto3) and ``queue`` the bullmq queue;
-    both are called only when needed."""
+    PostgreSQL pool). ``s3`` gives the S3 client (sync boto3) and ``queue`` the bullmq queue
+    of a name (the main queue or a step queue, ``offload.step_limits``); both are called only
+    when needed."""
 
     def __init__(
         self,
@@ -93,7 +94,7 @@ class JobService:
         statuses: StatusStore,
         *,
         s3: Callable[[], Any],
-        queue: Callable[[], Awaitable[Any]],
+        queue: Callable[[str], Awaitable[Any]],
     ):
         self.settings = settings
         self.queries = queries
@@ -168,7 +169,8 @@ class JobService:
             raise Conflict(
                 "job is for an older version of the uploaded object; it cannot be retried"
             )
-        queue = await self._queue()  # before the claim: keep the row locked briefly
+        # Before the claim: keep the row locked briefly. The queue the row says the job is in.
+        queue = await self._queue(row.queue or self.settings.queue_name)
         async with self.statuses.retry_claim(
             job_id, row.attempt, owner=owner, message="retry requested"
         ) as claimed:

@@ -16,7 +16,7 @@ import pytest
 
 from fargate_worker.slots import JobSlots
 from lambdas import runtime
-from offload.jobs import INSPECT
+from offload.jobs import INSPECT, JobRef
 from offload.pipelines import Step, StepLimits
 from offload.queue import open_queue
 from offload.settings import Settings, SettingsError
@@ -28,7 +28,7 @@ from offload.step_limits import (
     queue_for,
     steps,
 )
-from tests.support.apigw import configure
+from tests.support.apigw import call, configure
 from tests.support.events import FakeContext, age_rows
 from tests.support.events import invoke_reconciler as reconcile
 from tests.support.harness import (
@@ -38,6 +38,7 @@ from tests.support.harness import (
     running_worker,
     spawn_worker,
     wait_for,
+    wait_for_state,
 )
 
 # --- the setting ------------------------------------------------------------------------------
@@ -436,3 +437,28 @@ def test_a_worker_only_starts_jobs_within_its_slots_across_queues(settings):
     intervals = [(row["result"]["start"], row["result"]["end"]) for row in rows]
     assert _overlap_peak(intervals) == 1
     assert {row["name"] for row in rows} == {"timed", "step_capped"}
+
+
+def test_a_failed_step_job_is_retried_through_the_api_in_its_own_queue(
+    lambda_env, settings, monkeypatch
+):
+    """POST /jobs/{id}/retry finds the job in the queue its row names (a step queue)."""
+    limits = (("fail_until", StepLimits(max_concurrent=1)),)
+    settings = replace(settings, step_limits=limits)
+    configure(monkeypatch, OFFLOAD_STEP_LIMITS=format_step_limits(limits))
+    ref = JobRef(bucket="bkt", key="2", owner="user-a", upload_id="up-step")  # fails attempt 1
+
+    async def run(job_id: str | None, state: str) -> str:
+        async with producer(settings) as prod:
+            if job_id is None:
+                job_id = await prod.enqueue("fail_until", ref, {"attempts": 1})
+            async with running_worker(settings):
+                await wait_for_state(settings, job_id, state, timeout_s=30)
+        return job_id
+
+    job_id = asyncio.run(run(None, "failed"))
+    assert job_row(settings, job_id)["queue"] == f"{settings.queue_name}-fail_until"
+    answer = call("POST", f"/jobs/{job_id}/retry")
+    assert answer.status == 200, answer.body
+    asyncio.run(run(job_id, "completed"))
+    assert job_row(settings, job_id)["attempt"] == 2

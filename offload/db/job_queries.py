@@ -57,6 +57,7 @@ class JobRow:
     # will hold) the newest version's.
     superseded: bool | None = None
     bucket: str | None = None  # never shown: named so that the error shown cannot carry it
+    queue: str | None = None  # never shown: the main queue or a step queue (a retry goes there)
 
 
 _COLUMNS = (
@@ -65,7 +66,7 @@ _COLUMNS = (
     " (SELECT u.filename FROM uploads u WHERE u.id = jobs.upload_id) AS filename,"
     f" (SELECT jobs.revision IS DISTINCT FROM {revision_sql('u')}"
     "  FROM uploads u WHERE u.id = jobs.upload_id) AS superseded,"
-    " bucket"
+    " bucket, queue"
 )
 
 
