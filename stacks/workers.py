@@ -37,13 +37,13 @@ from constructs import Construct
 
 from stacks.base import OffloadStack
 from stacks.bundling import REPO_ROOT
-from stacks.config import EnvConfig, WorkersConfig
+from stacks.config import EnvConfig, PipelinesConfig, WorkersConfig
 from stacks.database import Database
 from stacks.metrics import RUNNABLE, queue_metric
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
-from stacks.runtime_env import QUEUE_NAME, database_user, queue_env
+from stacks.runtime_env import QUEUE_NAME, database_user, pipelines_env, queue_env
 from stacks.storage import UploadStorage
 
 STOP_TIMEOUT = Duration.seconds(120)
@@ -100,6 +100,7 @@ class Workers(Construct):
         database: Database,
         schema: str,
         log_retention: logs.RetentionDays,
+        pipelines: PipelinesConfig,
     ) -> None:
         super().__init__(scope, id)
         self.cluster = ecs.Cluster(
@@ -124,6 +125,7 @@ class Workers(Construct):
         )
         environment = {
             **queue_env(redis_url=queue.url, schema=schema),
+            **pipelines_env(pipelines),
             **queue.connect_as("worker", self.task_definition.task_role),
             "OFFLOAD_CONCURRENCY": str(config.concurrency),
             "OFFLOAD_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
@@ -286,4 +288,5 @@ class WorkersStack(OffloadStack):
             database=database,
             schema=config.database.schema,
             log_retention=config.log_retention,
+            pipelines=config.pipelines,
         )
