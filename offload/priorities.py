@@ -3,8 +3,10 @@
 bullmq's rule: priority 1 is the highest, larger numbers run later, and 0 means "no priority"
 (the plain wait list, which ``moveToActive`` empties *before* it looks at any prioritised
 job). So every job a producer adds gets a priority of at least 1 from :func:`upload_priority`:
-a job added without one would jump ahead of every prioritised upload job. bullmq refuses
-priorities above 2^21 (:data:`MAX_PRIORITY`); ours stay far below (two per size band).
+a job added without one would jump ahead of every prioritised upload job. Node BullMQ refuses
+priorities above 2^21 (:data:`MAX_PRIORITY`); bullmq-py does not check, but the scripts score a
+prioritised job ``priority * 2^32 + counter`` in a Lua double, exact only below 2^53, so the
+same bound holds. Ours stay far below it (two per size band, at most 16 bands).
 
 The size bands come from ``OFFLOAD_PRIORITY_SIZE_BANDS`` (:func:`parse_size_bands`): upper
 bounds, smallest first; an upload falls in the first band whose bound holds its size, or in
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from offload.settings import Settings
 
-# bullmq (Node and Python) refuses a job whose priority exceeds this.
+# Node BullMQ refuses a job whose priority exceeds this (bullmq-py does not check; see above).
 MAX_PRIORITY = 2**21
 # More bands would not order anything better and would only make the priority list long.
 MAX_BANDS = 16
