@@ -204,7 +204,9 @@ def test_two_worker_processes_keep_a_steps_cap_and_rate_and_their_own_budget(
     and no process runs more than its 5 slots. A rated job lasts 1.5 s, so one process alone
     (5 slots: 3.3 starts a second) could not reach the rate: both have to take part."""
     concurrency = 5
-    settings = replace(settings, step_limits=LIMITS, concurrency=concurrency, drain_delay_s=2)
+    # A long drainDelay: a worker that slept through a free slot of the cap or a new window
+    # of the rate would stand out by seconds.
+    settings = replace(settings, step_limits=LIMITS, concurrency=concurrency, drain_delay_s=5)
     capped_jobs, rated_jobs = 10, 16
 
     async def scenario() -> list[dict[str, Any]]:
@@ -250,10 +252,10 @@ def test_two_worker_processes_keep_a_steps_cap_and_rate_and_their_own_budget(
 
     starts = sorted(row["result"]["start"] for row in by_name["step_rated"])
     # 16 jobs at 4 per fixed 1 s window: 4 windows, the last one starting >= 3 s after the
-    # first. Over-throttling (bullmq-py gap 3) would stretch it to several seconds more.
+    # first; reached, not only respected: a window left unused would add a second or more.
     span = starts[-1] - starts[0]
     windows = -(-rated_jobs // RATE) - 1
-    assert windows * WINDOW_MS / 1000 - 0.15 <= span <= windows * WINDOW_MS / 1000 + 1.2, starts
+    assert windows * WINDOW_MS / 1000 - 0.15 <= span <= windows * WINDOW_MS / 1000 + 2.0, starts
     achieved = (rated_jobs - RATE) / span
     assert achieved <= RATE * 1.06, achieved
     assert len({row["worker_id"] for row in by_name["step_rated"]}) == 2
