@@ -48,7 +48,10 @@ class BullWorker(Worker):
     moves it to failed without calling the processor. ``on_deferred_failure`` is awaited
     first, so the status store records that outcome before the queue moves, as for every other
     outcome. If it raises, the job is left as it is: its lock expires and the stalled check
-    hands it out again, still carrying its deferred failure."""
+    hands it out again, still carrying its deferred failure.
+
+    **Global concurrency wake-up (gap 9)** and **shared job slots** (a process consuming several
+    queues, ``fargate_worker.queues``): see ``_wake_other_workers`` and ``moveToActive``."""
 
     def __init__(
         self,
