@@ -13,6 +13,8 @@ from typing import Any
 
 from bullmq import Worker
 
+from fargate_worker.slots import JobSlots
+
 log = logging.getLogger(__name__)
 
 DeferredFailureHook = Callable[[Any], Awaitable[None]]
@@ -46,7 +48,10 @@ class BullWorker(Worker):
     moves it to failed without calling the processor. ``on_deferred_failure`` is awaited
     first, so the status store records that outcome before the queue moves, as for every other
     outcome. If it raises, the job is left as it is: its lock expires and the stalled check
-    hands it out again, still carrying its deferred failure."""
+    hands it out again, still carrying its deferred failure.
+
+    **Global concurrency wake-up (gap 9)** and **shared job slots** (a process consuming several
+    queues, ``fargate_worker.queues``): see ``_wake_other_workers`` and ``moveToActive``."""
 
     def __init__(
         self,
@@ -55,14 +60,21 @@ class BullWorker(Worker):
         opts: dict[str, Any],
         *,
         on_deferred_failure: DeferredFailureHook,
+        slots: JobSlots | None = None,
+        wake_on_finish: bool = False,
     ):
         super().__init__(name, processor, opts)
         self._on_deferred_failure = on_deferred_failure
         self._fetched: dict[str, list] = {}
+        # The process's budget shared with the workers of its other queues (fargate_worker.slots);
+        # None: this worker's own concurrency is the only bound.
+        self._slots = slots
+        self._wake_on_finish = wake_on_finish
         move_to_completed = self.backend.moveToCompleted
 
         async def move_and_fetch(job, return_value, remove_on_complete, token, fetch_next=True):
-            fetch = not (self.closing or self.paused)
+            # Not while another queue waits for a slot: the slot goes back to the waiters.
+            fetch = not (self.closing or self.paused or (slots is not None and slots.contended))
             outcome = await move_to_completed(
                 job, return_value, remove_on_complete, token, fetch_next=fetch
             )
@@ -79,7 +91,54 @@ class BullWorker(Worker):
         finally:
             await asyncio.gather(first_check, return_exceptions=True)
 
+    async def moveToActive(self, token: str):  # noqa: N802 - bullmq's name
+        """**Shared job slots.** A slot of the process (``fargate_worker.slots``) is taken
+        before a job leaves the queue and kept by the job; without a job it goes back."""
+        if self._slots is None:
+            return await super().moveToActive(token)
+        if not await self._slots.acquire(self):
+            return None  # closing
+        job = None
+        try:
+            if not (self.closing or self.paused):
+                job = await super().moveToActive(token)
+        finally:
+            if job is None:
+                self._slots.release()
+        return job
+
+    async def close(self, force: bool = False) -> None:
+        if self._slots is not None:
+            self.closing = True  # before the waits end, so that none of them takes a job
+            self._slots.abandon(self)
+        await super().close(force)
+
     async def processJob(self, job: Any, token: str):  # noqa: N802 - bullmq's name
+        next_job = None
+        try:
+            next_job = await self._process_job(job, token)
+        finally:
+            if self._slots is not None and next_job is None:
+                self._slots.release()  # a fetched next job keeps this job's slot
+        if next_job is None and self._wake_on_finish:
+            await self._wake_other_workers()
+        return next_job
+
+    async def _wake_other_workers(self) -> None:
+        """**Global concurrency wake-up (gap 9).** While a queue is at its global concurrency,
+        bullmq's scripts add no marker for new or retried jobs, and finishing a job adds none
+        either: only the worker that finishes may take the next job, in the same call
+        (``fetchNext``). When it does not (a failure, a slot handed to another queue, a
+        closing worker), every other worker sleeps on the marker until its ``drainDelay`` runs
+        out, and the step runs below its cap. A base marker, as the scripts add for a new job,
+        wakes one of them; if there is nothing to take after all, it only costs a
+        ``moveToActive`` that returns nothing."""
+        try:
+            await self.client.zadd(self.keys["marker"], {"0": 0})
+        except Exception as exc:  # the wake-up is an optimisation: never fail a job for it
+            log.warning("could not wake the queue's other workers: %s", exc)
+
+    async def _process_job(self, job: Any, token: str):
         if job.deferredFailure:
             try:
                 await self._on_deferred_failure(job)

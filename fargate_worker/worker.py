@@ -36,6 +36,7 @@ from fargate_worker.errors import AttemptFailed, PermanentJobError, job_error_me
 from fargate_worker.health import heartbeat
 from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
+from fargate_worker.queues import WorkerQueues
 from fargate_worker.requested import RequestedJobRunner
 from fargate_worker.s3grants import JobGrants
 from fargate_worker.sandbox import SandboxPool
@@ -92,7 +93,8 @@ class OffloadWorker:
         self.system = SystemJobRunner(settings)
         self.requested = RequestedJobRunner(self.pool, self._s3)
         self.schedules: ScheduleKeeper | None = None
-        self.bull: BullWorker | None = None
+        self.queues: WorkerQueues | None = None
+        self.bull: BullWorker | None = None  # the main queue's (self.queues.main)
         self._run_task: asyncio.Task | None = None
         self._schedule_task: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
@@ -106,22 +108,21 @@ class OffloadWorker:
         # down; writes wait for it instead.
         await self.pool.open(wait=False)
         await self.sandbox.start()
-        self.bull = BullWorker(
-            self.settings.queue_name,
+        # The main queue and every step queue, one bullmq Worker each, sharing this process's
+        # OFFLOAD_CONCURRENCY job slots (fargate_worker/queues.py).
+        self.queues = WorkerQueues(
+            self.settings,
             self._process,
             worker_options(self.settings),
             on_deferred_failure=self._record_deferred_failure,
         )
-        # bullmq-py gap 2 (docs/design.md): until a connection knows the server version, the
-        # worker rounds every blocking wait up to whole seconds, so sub-second delays run late.
-        await self.bull.backend.connection.getRedisVersion()
-        if self.bull.backend.blocking_connection is not None:
-            await self.bull.backend.blocking_connection.getRedisVersion()
-        self.bull.on("error", self._on_error)
-        self.bull.on(
+        self.bull = self.queues.main
+        self.queues.on("error", self._on_error)
+        self.queues.on(
             "stalled", lambda job_id, *_: log.warning("job stalled", extra={"job_id": job_id})
         )
-        self._run_task = asyncio.ensure_future(self.bull.run())
+        await self.queues.start()
+        self._run_task = asyncio.ensure_future(self.queues.wait_stopped())
         self.schedules = ScheduleKeeper(
             open_queue(self.settings),
             self.settings.schedules,
@@ -133,9 +134,9 @@ class OffloadWorker:
             heartbeat(self.settings.health_file, self.settings.health_interval_s, self._health)
         )
         log.info(
-            "worker started on %s, queue %s",
+            "worker started on %s, queues %s",
             redact(self.settings.redis_url),  # never the credentials
-            self.settings.queue_name,
+            ", ".join(self.queues.workers),
             extra={
                 "worker_id": self.worker_id,
                 "state": f"concurrency={self.settings.concurrency}",
@@ -183,7 +184,8 @@ class OffloadWorker:
             ref: JobRef | None = JobRef.from_data(job.data)
         except InvalidJobData:
             ref = None
-        return JobIdentity(job.id, job.name, self.settings.queue_name, ref), attempt, max_attempts
+        queue = job.queue.name  # the main queue or a step queue (the job's Worker)
+        return JobIdentity(job.id, job.name, queue, ref), attempt, max_attempts
 
     def _internal_names(self, ref: JobRef | None = None) -> tuple[str, ...]:
         """Names a job's user-facing error must not carry: the buckets."""
@@ -359,7 +361,7 @@ class OffloadWorker:
         """Stop taking jobs, give running ones ``grace_s`` to finish, then abandon them to
         stalled recovery. Returns True when every running job finished."""
         grace_s = self.settings.shutdown_grace_s if grace_s is None else grace_s
-        assert self.bull is not None
+        assert self.queues is not None
         log.info(
             "shutting down", extra={"worker_id": self.worker_id, "state": f"{self._active} active"}
         )
@@ -368,12 +370,12 @@ class OffloadWorker:
             await asyncio.gather(self._schedule_task, return_exceptions=True)
         if self.schedules is not None:
             await self.schedules.queue.close()
-        close = asyncio.ensure_future(self.bull.close())
+        close = asyncio.ensure_future(self.queues.close())
         done, _ = await asyncio.wait({close}, timeout=grace_s)
         clean = close in done
         if not clean:
             log.warning("grace period over, abandoning running jobs to stalled recovery")
-            await self.bull.close(force=True)
+            await self.queues.close(force=True)
             await asyncio.gather(close, return_exceptions=True)
         if self._run_task is not None:
             await asyncio.gather(self._run_task, return_exceptions=True)

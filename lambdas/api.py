@@ -153,8 +153,8 @@ def _job_service() -> JobService:
 
     settings = runtime.settings()
 
-    async def queue() -> Any:
-        return (await runtime.producer()).queue
+    async def queue(name: str) -> Any:
+        return (await runtime.producer()).queue_named(name)
 
     return JobService(
         settings,

@@ -35,7 +35,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
@@ -62,6 +62,9 @@ from offload.s3events import (
     parse_message,
     upload_jobs,
 )
+
+if TYPE_CHECKING:
+    from offload.db.uploads import Upload
 
 logger = Logger()
 metrics = Metrics()
@@ -150,9 +153,9 @@ async def _accept(event: S3ObjectEvent) -> Outcome:
     uploads = await runtime.uploads()
     producer = await runtime.producer()
 
-    async def enqueue(name: str, ref: JobRef) -> str:
+    async def enqueue(name: str, ref: JobRef, upload: Upload) -> str:
         _deps.enter("redis")  # Producer.enqueue: status row (PostgreSQL), then the queue
-        added = await producer.enqueue(name, ref)
+        added = await producer.enqueue_upload_job(name, ref, upload)
         _deps.stage = "postgres"  # not in a finally: a timeout must be blamed on this stage
         return added
 

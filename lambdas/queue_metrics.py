@@ -16,12 +16,20 @@ scale-to-zero and "backlog of 1" alarms need a datapoint every minute. When Redi
 answer, the function fails and publishes nothing (zeros would scale the workers in during an
 outage). Backlog per task is computed from these by CloudWatch metric math in the stack.
 bullmq-py has no ``getMetrics``: counts come from ``Queue.getJobCounts``.
+
+Every queue is covered: the main one and each step queue (``offload.step_limits``), each under
+its own ``Queue`` dimension. The workers' scaling reads one more metric, ``Runnable``
+(dimension ``Queue=<main queue>``): the waiting jobs of every queue that workers could start
+now, a limited step's counted only up to what its limits let through (its global concurrency
+less its active jobs; its rate limit's jobs per window). A backlog that only a limit holds
+back does not scale the workers out: more tasks would not run it any sooner.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -32,13 +40,19 @@ from bullmq import Queue
 from lambdas import runtime
 from lambdas.tracing import traced
 from offload import aws
+from offload.pipelines import StepLimits
+from offload.priorities import all_priorities
 from offload.queue import open_queue
 from offload.settings import Settings
+from offload.step_limits import limited_steps
 
 logger = Logger()
 
 SAFETY_MARGIN_S = 2.0
 _COUNTED = ("wait", "prioritized", "active", "delayed", "failed")
+RUNNABLE = "Runnable"
+# bullmq's score of a prioritised job: priority * 2^32 + a counter of adds (FIFO within one)
+_PRIORITY_SCORE = 0x100000000
 
 
 @dataclass(frozen=True)
@@ -81,12 +95,36 @@ async def due_delayed(queue: Queue, now_ms: int) -> int:
     return len(due)
 
 
-async def snapshot(queue: Queue, now_ms: int | None = None) -> QueueSnapshot:
+async def _oldest_prioritized(queue: Queue, priorities: Iterable[int]) -> list[Any]:
+    """The oldest job of each priority: bullmq orders the ``prioritized`` set by priority,
+    then by adding order, so each priority's first member is its oldest (a ZRANGE BYSCORE of
+    one per priority instead of reading the whole set; uploads get a handful of priorities)."""
+    key = queue.keys["prioritized"]
+    oldest = []
+    for priority in priorities:
+        low = priority * _PRIORITY_SCORE
+        ids = await queue.client.zrange(
+            key, low, low + _PRIORITY_SCORE - 1, byscore=True, offset=0, num=1
+        )
+        if ids and (job := await queue.getJob(ids[0])) is not None:
+            oldest.append(job)
+    return oldest
+
+
+async def snapshot(
+    queue: Queue, now_ms: int | None = None, priorities: Iterable[int] = ()
+) -> QueueSnapshot:
+    """The queue's counts, and how long its longest-waiting job has waited: the head of the
+    wait list (FIFO: the oldest entry is the next one taken) or the oldest job of any of the
+    ``priorities`` (``offload.priorities.all_priorities``: a large upload may wait behind
+    small ones)."""
     counts = await queue.getJobCounts(*_COUNTED)
-    # The wait list is FIFO: its oldest entry is the next one a worker takes.
     oldest = await queue.getJobs(["wait"], 0, 0, True)
+    if counts.get("prioritized", 0):
+        oldest += await _oldest_prioritized(queue, priorities)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    age_s = max(0.0, (now_ms - waiting_since_ms(oldest[0])) / 1000) if oldest else 0.0
+    since = min((waiting_since_ms(job) for job in oldest), default=None)
+    age_s = max(0.0, (now_ms - since) / 1000) if since is not None else 0.0
     due = await due_delayed(queue, now_ms)
     return QueueSnapshot(
         waiting=counts.get("wait", 0) + counts.get("prioritized", 0) + due,
@@ -95,6 +133,28 @@ async def snapshot(queue: Queue, now_ms: int | None = None) -> QueueSnapshot:
         failed=counts.get("failed", 0),
         oldest_waiting_age_s=round(age_s, 3),
     )
+
+
+def runnable(snap: QueueSnapshot, limits: StepLimits | None) -> int:
+    """The waiting jobs workers could start now: all of them, unless the queue's limits hold
+    some back (its free global concurrency; at most one window of its rate limit)."""
+    count = snap.waiting
+    if limits is not None and limits.max_concurrent is not None:
+        count = min(count, max(limits.max_concurrent - snap.active, 0))
+    if limits is not None and limits.max_per_window is not None:
+        count = min(count, limits.max_per_window)
+    return count
+
+
+def runnable_datum(count: int, queue_name: str, at: datetime) -> dict[str, Any]:
+    return {
+        "MetricName": RUNNABLE,
+        "Dimensions": [{"Name": "Queue", "Value": queue_name}],
+        "Timestamp": at,
+        "Value": float(count),
+        "Unit": "Count",
+        "StorageResolution": 60,
+    }
 
 
 def metric_data(snap: QueueSnapshot, queue_name: str, at: datetime) -> list[dict[str, Any]]:
@@ -119,44 +179,62 @@ def metric_data(snap: QueueSnapshot, queue_name: str, at: datetime) -> list[dict
     ]
 
 
-# One Queue (one Redis connection) per container and event loop. The metrics function needs
-# neither PostgreSQL nor the producer, so it keeps a queue of its own instead of
+# One Queue (one Redis connection) per queue, container and event loop. The metrics function
+# needs neither PostgreSQL nor the producer, so it keeps queues of its own instead of
 # runtime.producer() (which would open a database pool).
-_queue: tuple[asyncio.AbstractEventLoop, Settings, Queue] | None = None
+_queues: tuple[asyncio.AbstractEventLoop, Settings, dict[str, Queue]] | None = None
 
 
-async def _container_queue(settings: Settings) -> Queue:
-    global _queue
+async def _container_queue(settings: Settings, name: str | None = None) -> Queue:
+    global _queues
     loop = asyncio.get_running_loop()
-    if _queue is None or _queue[0] is not loop or _queue[1] is not settings:
-        if _queue is not None and _queue[0] is loop:
-            await _queue[2].close()
-        _queue = (loop, settings, open_queue(settings))
-    return _queue[2]
+    if _queues is None or _queues[0] is not loop or _queues[1] is not settings:
+        if _queues is not None and _queues[0] is loop:
+            for queue in _queues[2].values():
+                await queue.close()
+        _queues = (loop, settings, {})
+    name = name or settings.queue_name
+    if name not in _queues[2]:
+        _queues[2][name] = open_queue(settings, name)
+    return _queues[2][name]
 
 
-async def _collect(settings: Settings) -> QueueSnapshot:
-    return await snapshot(await _container_queue(settings))
+async def _collect(settings: Settings) -> dict[str, tuple[QueueSnapshot, StepLimits | None]]:
+    """Each queue's snapshot with its limits, the main queue first."""
+    priorities = all_priorities(settings)
+    queues: list[tuple[str, StepLimits | None]] = [(settings.queue_name, None)]
+    queues += [(step.queue(settings.queue_name), step.limits) for step in limited_steps(settings)]
+    return {
+        name: (await snapshot(await _container_queue(settings, name), None, priorities), limits)
+        for name, limits in queues
+    }
 
 
 def close() -> None:
-    """Close the container's queue (tests, before ``runtime.reset()``)."""
-    global _queue
-    if _queue is not None and not _queue[0].is_closed():
-        runtime.run(_queue[2].close())
-    _queue = None
+    """Close the container's queues (tests, before ``runtime.reset()``)."""
+    global _queues
+    if _queues is not None and not _queues[0].is_closed():
+        for queue in _queues[2].values():
+            runtime.run(queue.close())
+    _queues = None
 
 
 def _publish(event: dict[str, Any], context: Any) -> dict[str, Any]:
     settings = runtime.settings()
     budget = context.get_remaining_time_in_millis() / 1000 - SAFETY_MARGIN_S
-    snap = runtime.run(asyncio.wait_for(_collect(settings), max(budget, 0.1)))
+    snaps = runtime.run(asyncio.wait_for(_collect(settings), max(budget, 0.1)))
     at = datetime.now(UTC)
-    aws.client("cloudwatch").put_metric_data(
-        Namespace=settings.metrics_namespace,
-        MetricData=metric_data(snap, settings.queue_name, at),
-    )
-    published = asdict(snap) | {"queue": settings.queue_name}
+    data = [datum for name, (snap, _) in snaps.items() for datum in metric_data(snap, name, at)]
+    total = sum(runnable(snap, limits) for snap, limits in snaps.values())
+    data.append(runnable_datum(total, settings.queue_name, at))
+    cloudwatch = aws.client("cloudwatch")
+    for start in range(0, len(data), 500):  # PutMetricData takes at most 1,000 values a call
+        cloudwatch.put_metric_data(
+            Namespace=settings.metrics_namespace, MetricData=data[start : start + 500]
+        )
+    main, _ = snaps[settings.queue_name]
+    published = asdict(main) | {"queue": settings.queue_name, "runnable": total}
+    published["queues"] = {name: asdict(snap) for name, (snap, _) in snaps.items()}
     logger.info("queue metrics published", extra=published)
     return published
 

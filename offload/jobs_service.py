@@ -114,8 +114,9 @@ def own_result(owner: str, result: Any) -> Any:
 
 class JobService:
     """The job routes' logic over the owner-scoped job queries and the status store (one
-    PostgreSQL pool). ``s3`` gives the S3 client (sync boto3) and ``queue`` the bullmq queue;
-    both are called only when needed."""
+    PostgreSQL pool). ``s3`` gives the S3 client (sync boto3) and ``queue`` the bullmq queue
+    of a name (the main queue or a step queue, ``offload.step_limits``); both are called only
+    when needed."""
 
     def __init__(
         self,
@@ -124,7 +125,7 @@ class JobService:
         statuses: StatusStore,
         *,
         s3: Callable[[], Any],
-        queue: Callable[[], Awaitable[Any]],
+        queue: Callable[[str], Awaitable[Any]],
         pool: AsyncConnectionPool | None = None,
     ):
         self.settings = settings
@@ -184,12 +185,14 @@ class JobService:
         from offload.db.requested import record_requested_job
         from offload.db.status import JobIdentity
         from offload.jobs import job_id as make_job_id
+        from offload.priorities import upload_priority
         from offload.requested_jobs import (
             REQUESTED_JOB_NAMES,
             InvalidParameters,
             export_ref,
             parse_request,
         )
+        from offload.step_limits import queue_for
 
         try:
             name, export = parse_request(body)
@@ -198,8 +201,14 @@ class JobService:
         assert self._pool is not None, "JobService needs its pool for POST /jobs"
         settings = self.settings
         ref = export_ref(settings.upload_bucket, owner, export)
-        identity = JobIdentity(make_job_id(name, ref), name, settings.queue_name, ref)
-        opts = settings.default_job_options() | {"jobId": identity.job_id}
+        queue_name = queue_for(settings, name)
+        identity = JobIdentity(make_job_id(name, ref), name, queue_name, ref)
+        # A job without a priority would go ahead of every prioritised upload step: a requested
+        # job waits like an upload of unknown (largest) size from the caller's tier.
+        opts = settings.default_job_options() | {
+            "jobId": identity.job_id,
+            "priority": upload_priority(settings, None, tier),
+        }
         await record_requested_job(
             self._pool,
             identity,
@@ -211,7 +220,7 @@ class JobService:
         )
         # After the commit: if Redis fails here (503), the row is a queued job missing from
         # the queue, which the reconciler adds again from the row.
-        queue = await self._queue()
+        queue = await self._queue(queue_name)
         await queue.add(name, ref.to_data(), opts)
         return self.answer(owner, await self._owned(owner, identity.job_id))
 
@@ -258,7 +267,8 @@ class JobService:
             raise Conflict(
                 "job is for an older version of the uploaded object; it cannot be retried"
             )
-        queue = await self._queue()  # before the claim: keep the row locked briefly
+        # Before the claim: keep the row locked briefly. The queue the row says the job is in.
+        queue = await self._queue(row.queue or self.settings.queue_name)
         async with self.statuses.retry_claim(
             job_id, row.attempt, owner=owner, message="retry requested"
         ) as claimed:

@@ -58,6 +58,7 @@ from offload.db.status import storable_text
 from offload.db.uploads import Upload, UploadStore, revision_sql
 from offload.expired_uploads import abort_expired_uploads
 from offload.jobs import JobRef, job_id
+from offload.priorities import upload_priority
 from offload.queue import Producer
 from offload.s3events import (
     IN_FLIGHT,
@@ -69,6 +70,7 @@ from offload.s3events import (
     upload_jobs,
 )
 from offload.settings import Settings
+from offload.step_limits import queue_for
 from offload.user_errors import redact
 
 if TYPE_CHECKING:
@@ -84,7 +86,7 @@ _ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 _UPLOAD_COLUMNS = (
     "u.id, u.owner, u.bucket, u.key, u.filename, u.content_type, u.size_announced,"
     " u.size_actual, u.etag, u.version_id, u.multipart_upload_id, u.state, u.error,"
-    " u.created_at, u.updated_at, u.part_size, u.part_urls_expire_at"
+    " u.created_at, u.updated_at, u.part_size, u.part_urls_expire_at, u.tier"
 )
 
 STRANDED_UPLOADS = f"""
@@ -105,11 +107,15 @@ ORDER BY u.id
 LIMIT %(limit)s
 """
 
+# The main queue's rows and its step queues' (``<queue>-<step>``, offload.step_limits),
+# including steps no longer limited: their rows still need checking.
 IN_FLIGHT_JOBS = """
-SELECT j.id, j.name, j.upload_id, j.owner, j.bucket, j.key, j.revision, j.state, j.updated_at,
-       u.version_id AS upload_version_id, u.etag AS upload_etag
+SELECT j.id, j.name, j.queue, j.upload_id, j.owner, j.bucket, j.key, j.revision, j.state,
+       j.updated_at, u.version_id AS upload_version_id, u.etag AS upload_etag,
+       COALESCE(u.size_actual, u.size_announced) AS upload_size, u.tier AS upload_tier
 FROM jobs j LEFT JOIN uploads u ON u.id = j.upload_id
-WHERE j.queue = %(queue)s AND j.state = ANY(%(states)s)
+WHERE (j.queue = %(queue)s OR j.queue LIKE %(step_queues)s ESCAPE '\\')
+  AND j.state = ANY(%(states)s)
   AND j.updated_at < now() - make_interval(secs => %(after_s)s)
   AND j.id > %(cursor)s
 ORDER BY j.id
@@ -121,7 +127,7 @@ LIMIT %(limit)s
 REQUEUE = """
 WITH changed AS (
     UPDATE jobs SET state = 'queued', attempt = 0, worker_id = NULL, progress = NULL,
-        started_at = NULL, finished_at = NULL, updated_at = now()
+        started_at = NULL, finished_at = NULL, updated_at = now(), queue = %(queue)s
     WHERE id = %(id)s AND state = %(state)s AND updated_at = %(updated_at)s
     RETURNING id, attempt, state, worker_id
 )
@@ -167,6 +173,11 @@ class ReconcileReport:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _like_escaped(text: str) -> str:
+    """``text`` matched literally by LIKE ... ESCAPE '\\'."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def ref_for_job_row(row: dict[str, Any]) -> JobRef | None:
@@ -272,7 +283,7 @@ class Reconciler:
                 outcome = await accept_object(
                     current.created_event(upload.bucket, upload.key),
                     self.uploads,
-                    self.producer.enqueue,
+                    self.producer.enqueue_upload_job,
                     lambda upload_id: upload_jobs(self.pool, upload_id),
                     head_current,
                 )
@@ -322,7 +333,7 @@ class Reconciler:
             # entry was removed by retention would run it again).
             for jid, name, ref in planned:
                 if jid not in existing:
-                    await self.producer.enqueue(name, ref)
+                    await self.producer.enqueue_upload_job(name, ref, upload)
                     report.jobs_enqueued += 1
             if await self.uploads.mark_queued(upload) is not None:
                 report.uploads_requeued += 1
@@ -337,6 +348,7 @@ class Reconciler:
             IN_FLIGHT_JOBS,
             {
                 "queue": self.settings.queue_name,
+                "step_queues": _like_escaped(self.settings.queue_name) + "-%",
                 "states": list(IN_FLIGHT),
                 "after_s": self.settings.reconcile_after_s,
                 "cursor": cursor,
@@ -344,9 +356,9 @@ class Reconciler:
             },
             dict_row,
         )
-        queue = self.producer.queue
         for row in rows:
             report.jobs_checked += 1
+            queue = self.producer.queue_named(row["queue"])
             job = await queue.getJob(row["id"])
             if job is not None:
                 # finishedOn is set only by a move to completed/failed (a retry clears it)
@@ -370,6 +382,9 @@ class Reconciler:
             log.error("lost job cannot be rebuilt from its row; left as is", extra=fields)
             return "unrecoverable"
         message = f"re-enqueued by the reconciler: job missing from the queue (was {row['state']})"
+        # Into the queue its step runs from now (a step whose limits changed since moved), and
+        # the row says so: the next run looks for it there.
+        queue = queue_for(self.settings, row["name"])
         async with self.pool.connection() as conn:
             cursor = await conn.execute(
                 REQUEUE,
@@ -378,12 +393,14 @@ class Reconciler:
                     "state": row["state"],
                     "updated_at": row["updated_at"],
                     "message": message,
+                    "queue": queue,
                 },
             )
             changed = cursor.rowcount > 0
         if not changed:
             return "changed"  # a worker wrote in between: the job is alive after all
-        await self.producer.enqueue(row["name"], ref)
+        priority = upload_priority(self.settings, row["upload_size"], row["upload_tier"])
+        await self.producer.enqueue(row["name"], ref, {"priority": priority}, queue=queue)
         log.warning("lost job re-enqueued", extra=fields)
         return "requeued"
 

@@ -294,7 +294,8 @@ def not_found(exc: Exception) -> bool:
     return aws_error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion")
 
 
-Enqueue = Callable[[str, JobRef], Awaitable[str]]
+# (job name, reference, the upload it is for: its size and tier give the job's priority)
+Enqueue = Callable[[str, JobRef, "Upload"], Awaitable[str]]
 UploadJobs = Callable[[str], Awaitable[list[JobState]]]
 HeadCurrent = Callable[[str, str], Awaitable[CurrentObject | None]]
 
@@ -445,6 +446,8 @@ async def _enqueue_jobs(
         return Outcome("deferred", reason, upload.id)
     done = {job.id for job in jobs if job.final}
     planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
-    job_ids = tuple([await enqueue(name, ref) for jid, name, ref in planned if jid not in done])
+    job_ids = tuple(
+        [await enqueue(name, ref, upload) for jid, name, ref in planned if jid not in done]
+    )
     await uploads.mark_queued(upload)
     return Outcome("accepted", "", upload.id, job_ids)

@@ -16,7 +16,9 @@ from typing import Any
 from urllib.parse import quote
 
 from offload import schedules as _schedules
+from offload.priorities import parse_size_bands
 from offload.schedules import Schedule
+from offload.step_limits import StepLimitOverrides, parse_step_limits
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -174,6 +176,26 @@ def _csv(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
 
 
+def _size_bands(env: Mapping[str, str], default: tuple[int, ...]) -> tuple[int, ...]:
+    raw = env.get("OFFLOAD_PRIORITY_SIZE_BANDS")
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse_size_bands(raw)
+    except ValueError as exc:
+        raise SettingsError(f"OFFLOAD_PRIORITY_SIZE_BANDS: {exc}") from exc
+
+
+def _step_limits(env: Mapping[str, str]) -> StepLimitOverrides:
+    raw = env.get("OFFLOAD_STEP_LIMITS")
+    if raw is None or raw.strip() == "":
+        return ()
+    try:
+        return parse_step_limits(raw)
+    except ValueError as exc:
+        raise SettingsError(f"OFFLOAD_STEP_LIMITS: {exc}") from exc
+
+
 def _hash_tagged(prefix: str) -> str:
     """Cluster mode (and ElastiCache Serverless) need every key of a queue in one slot, which
     only a `{hash tag}` in the prefix guarantees; wrap a bare prefix instead of failing."""
@@ -307,6 +329,11 @@ class Settings:
     # requested per hour (0: no limit).
     requested_jobs_in_flight: int = 3
     requested_jobs_per_hour: int = 20
+    # Job priorities (offload.priorities): upper bounds of the upload size bands, smallest
+    # first; smaller bands run first.
+    priority_size_bands: tuple[int, ...] = (16 * MiB, 256 * MiB, 4 * GiB)
+    # Per-step limits overriding the pipelines' declarations (offload.step_limits).
+    step_limits: StepLimitOverrides = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -419,6 +446,8 @@ class Settings:
             requested_jobs_per_hour=_int(
                 env, "OFFLOAD_REQUESTED_JOBS_PER_HOUR", defaults.requested_jobs_per_hour
             ),
+            priority_size_bands=_size_bands(env, defaults.priority_size_bands),
+            step_limits=_step_limits(env),
         )
 
     def upload_quota(self, tier: str) -> UploadQuota:

@@ -544,6 +544,7 @@ class UploadService:
                 part_size=part_size,
                 part_urls_expire_at=None if single else expires_at,
                 quota=quota,
+                tier=str(tier),  # its jobs' priority (offload.priorities)
             )
         except BaseException:
             # No row, no way to ever complete it: do not leave it behind. Best effort (the

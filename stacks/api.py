@@ -39,14 +39,14 @@ from constructs import Construct
 
 from stacks.base import OffloadStack
 from stacks.bundling import lambda_code
-from stacks.config import ApiConfig, EnvConfig, skip_bundling
+from stacks.config import ApiConfig, EnvConfig, PipelinesConfig, skip_bundling
 from stacks.database import Database
 from stacks.functions import python_function
 from stacks.metrics import NAMESPACE
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
-from stacks.runtime_env import database_user, queue_env
+from stacks.runtime_env import database_user, pipelines_env, queue_env
 from stacks.storage import UploadStorage
 
 API_TIMEOUT = Duration.seconds(29)  # API Gateway's own integration limit
@@ -91,9 +91,10 @@ class QueueLambdas(Construct):
         database: Database,
         schema: str,
         web_origins: tuple[str, ...],
+        pipelines: PipelinesConfig,
     ) -> None:
         super().__init__(scope, id)
-        base_env = queue_env(redis_url=queue.url, schema=schema)
+        base_env = {**queue_env(redis_url=queue.url, schema=schema), **pipelines_env(pipelines)}
 
         def database_env(component: str) -> dict[str, str]:
             """The function's own database user, through RDS Proxy with IAM: no secret."""
@@ -387,6 +388,7 @@ class ApiStack(OffloadStack):
             database=database,
             schema=config.database.schema,
             web_origins=config.web_origins,
+            pipelines=config.pipelines,
         )
         self.api = UploadApi(
             self,

@@ -167,6 +167,31 @@ class WorkersConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class PipelinesConfig:
+    """What every runtime component must agree on about jobs (docs/settings.md): the size
+    bands of job priorities (``OFFLOAD_PRIORITY_SIZE_BANDS``) and the per-step limits
+    (``OFFLOAD_STEP_LIMITS``, as JSON). Their shapes are checked here; the values are checked
+    again by each component at start (offload.priorities, offload.step_limits)."""
+
+    priority_size_bands: str
+    step_limits: dict[str, Any]
+
+    def validate(self) -> None:
+        if not isinstance(self.priority_size_bands, str) or not self.priority_size_bands.strip():
+            raise ConfigError("pipelines.prioritySizeBands must be sizes ('16MiB,4GiB') or 'none'")
+        if not isinstance(self.step_limits, dict):
+            raise ConfigError("pipelines.stepLimits must be an object of step name -> limits")
+        for step, limits in self.step_limits.items():
+            if limits is not None and not (
+                isinstance(limits, dict)
+                and all(type(value) is int and value >= 1 for value in limits.values())
+            ):
+                raise ConfigError(
+                    f"pipelines.stepLimits.{step} must be null or an object of positive integers"
+                )
+
+
+@dataclass(frozen=True, kw_only=True)
 class ApiConfig:
     throttle_rate_limit: int
     throttle_burst_limit: int
@@ -212,6 +237,7 @@ class EnvConfig:
     api: ApiConfig
     auth: AuthConfig
     observability: ObservabilityConfig
+    pipelines: PipelinesConfig
 
     @property
     def is_prod(self) -> bool:
@@ -240,6 +266,7 @@ class EnvConfig:
             self.api,
             self.auth,
             self.observability,
+            self.pipelines,
         ):
             section.validate()
 
@@ -282,6 +309,7 @@ _SECTIONS = {
     "api": ApiConfig,
     "auth": AuthConfig,
     "observability": ObservabilityConfig,
+    "pipelines": PipelinesConfig,
 }
 
 

@@ -2,9 +2,12 @@
 dimension ``Queue`` = the bullmq queue name), in one place for the scaling policy, the
 dashboard and the alarms.
 
-- Published every minute by the queue-metrics Lambda (``lambdas.queue_metrics.handler``):
-  ``Waiting``, ``Active``, ``Delayed``, ``Failed`` (job counts) and ``OldestWaitingAge``
-  (seconds the oldest waiting job has waited).
+- Published every minute by the queue-metrics Lambda (``lambdas.queue_metrics.handler``), for
+  the main queue and each step queue (``<queue>-<step>``): ``Waiting``, ``Active``,
+  ``Delayed``, ``Failed`` (job counts) and ``OldestWaitingAge`` (seconds the oldest waiting
+  job has waited); and, for the main queue's name only, ``Runnable``: the waiting jobs of all
+  of them that workers could start now (a limited step's only up to its limits), which the
+  workers' autoscaling reads.
 - Published by the workers as EMF (``offload/metrics.py``): ``JobsCompleted``, ``JobsFailed``
   (counts) and ``JobDuration`` (milliseconds).
 - Published by the Lambdas as EMF (Powertools, extra dimension ``service``), e.g. the enqueue
@@ -20,6 +23,7 @@ NAMESPACE = "Offload"
 QUEUE_DIMENSION = "Queue"
 
 WAITING = "Waiting"
+RUNNABLE = "Runnable"
 ACTIVE = "Active"
 DELAYED = "Delayed"
 FAILED = "Failed"

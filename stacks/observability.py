@@ -31,6 +31,7 @@ from stacks.metrics import (
     NAMESPACE,
     OLDEST_WAITING_AGE,
     QUEUE_DIMENSION,
+    RUNNABLE,
     WAITING,
     queue_metric,
 )
@@ -88,6 +89,8 @@ class Monitoring(Construct):
 
         q = QUEUE_NAME
         waiting = queue_metric(WAITING, q, label="waiting")
+        # every queue's backlog that workers could start (step queues included)
+        runnable = queue_metric(RUNNABLE, q, label="runnable (all queues)")
         active = queue_metric(ACTIVE, q, label="active")
         delayed = queue_metric(DELAYED, q, label="delayed")
         oldest = queue_metric(OLDEST_WAITING_AGE, q, label="oldest waiting (s)")
@@ -142,7 +145,7 @@ class Monitoring(Construct):
             "BacklogWithoutWorkers",
             cloudwatch.MathExpression(
                 expression="IF(waiting > 0 AND FILL(tasks, 0) < 1, 1, 0)",
-                using_metrics={"waiting": waiting, "tasks": tasks},
+                using_metrics={"waiting": runnable, "tasks": tasks},
                 period=ONE_MINUTE,
                 label="backlog with no running worker",
             ),
@@ -246,7 +249,7 @@ class Monitoring(Construct):
                     )
                 ],
                 [
-                    graph("Queue backlog", [waiting, active, delayed]),
+                    graph("Queue backlog", [waiting, active, delayed, runnable]),
                     graph("Oldest waiting job (s)", [oldest]),
                     graph("Jobs completed / failed per minute", [completed, failed]),
                 ],

@@ -4,6 +4,9 @@ agree on the queue and the metrics."""
 
 from __future__ import annotations
 
+import json
+
+from stacks.config import PipelinesConfig
 from stacks.metrics import NAMESPACE
 
 QUEUE_NAME = "uploads"
@@ -52,4 +55,14 @@ def database_env(*, host: str, port: str, name: str, user: str, proxy: bool) -> 
     }
     if proxy:
         env["OFFLOAD_DB_SCHEMA_FROM_ROLE"] = "true"
+    return env
+
+
+def pipelines_env(config: PipelinesConfig) -> dict[str, str]:
+    """Job priorities and per-step limits: every component that adds, runs, repairs or counts
+    jobs needs the same values (producers route a limited step's jobs to its queue, workers
+    consume and limit it, the reconciler and the queue metrics look at it)."""
+    env = {"OFFLOAD_PRIORITY_SIZE_BANDS": config.priority_size_bands}
+    if config.step_limits:
+        env["OFFLOAD_STEP_LIMITS"] = json.dumps(config.step_limits, sort_keys=True)
     return env

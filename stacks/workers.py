@@ -40,13 +40,13 @@ from constructs import Construct
 
 from stacks.base import OffloadStack
 from stacks.bundling import REPO_ROOT
-from stacks.config import EnvConfig, WorkersConfig
+from stacks.config import EnvConfig, PipelinesConfig, WorkersConfig
 from stacks.database import Database
-from stacks.metrics import WAITING, queue_metric
+from stacks.metrics import RUNNABLE, queue_metric
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
-from stacks.runtime_env import QUEUE_NAME, database_user, queue_env
+from stacks.runtime_env import QUEUE_NAME, database_user, pipelines_env, queue_env
 from stacks.storage import UploadStorage
 
 STOP_TIMEOUT = Duration.seconds(120)
@@ -67,9 +67,11 @@ def worker_image() -> ecs.ContainerImage:
 
 
 def backlog_per_task(*, queue_name: str, cluster_name: str, service_name: str) -> Any:
-    """Waiting jobs per running task; with no task running, the waiting count itself (so a
-    backlog of one scales out from zero). No data from the queue-metrics Lambda means no
-    data here (the alarms stay put) rather than a fake zero."""
+    """Runnable jobs per running task; with no task running, the runnable count itself (so a
+    backlog of one scales out from zero). Runnable: the waiting jobs of the main queue and of
+    every step queue, a limited step's counted only up to what its limits let start (more
+    tasks would not run those sooner). No data from the queue-metrics Lambda means no data
+    here (the alarms stay put) rather than a fake zero."""
     tasks = cloudwatch.Metric(
         namespace="ECS/ContainerInsights",
         metric_name="RunningTaskCount",
@@ -79,8 +81,8 @@ def backlog_per_task(*, queue_name: str, cluster_name: str, service_name: str) -
     )
     return cloudwatch.MathExpression(
         expression="IF(FILL(tasks, 0) > 1, waiting / FILL(tasks, 0), waiting)",
-        using_metrics={"waiting": queue_metric(WAITING, queue_name), "tasks": tasks},
-        label="Waiting jobs per running task",
+        using_metrics={"waiting": queue_metric(RUNNABLE, queue_name), "tasks": tasks},
+        label="Runnable jobs per running task",
         period=Duration.minutes(1),
     )
 
@@ -101,6 +103,7 @@ class Workers(Construct):
         database: Database,
         schema: str,
         log_retention: logs.RetentionDays,
+        pipelines: PipelinesConfig,
     ) -> None:
         super().__init__(scope, id)
         self.cluster = ecs.Cluster(
@@ -125,6 +128,7 @@ class Workers(Construct):
         )
         environment = {
             **queue_env(redis_url=queue.url, schema=schema),
+            **pipelines_env(pipelines),
             **queue.connect_as("worker", self.task_definition.task_role),
             "OFFLOAD_CONCURRENCY": str(config.concurrency),
             "OFFLOAD_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
@@ -290,4 +294,5 @@ class WorkersStack(OffloadStack):
             database=database,
             schema=config.database.schema,
             log_retention=config.log_retention,
+            pipelines=config.pipelines,
         )

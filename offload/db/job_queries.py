@@ -54,6 +54,7 @@ class JobRow:
     # The flow parent (the upload's finalize job) of a pipeline step (migration 0004); None
     # for a finalize job, for jobs from before pipelines and for jobs outside them.
     parent_id: str | None = None
+    queue: str | None = None  # never shown: the main queue or a step queue (a retry goes there)
 
 
 _COLUMNS = (
@@ -62,7 +63,7 @@ _COLUMNS = (
     " (SELECT u.filename FROM uploads u WHERE u.id = jobs.upload_id) AS filename,"
     f" (SELECT jobs.revision IS DISTINCT FROM {revision_sql('u')}"
     "  FROM uploads u WHERE u.id = jobs.upload_id) AS superseded,"
-    " bucket, parent_id"
+    " bucket, parent_id, queue"
 )
 
 

@@ -70,6 +70,10 @@ class Upload:
     # upload's pipeline (migration 0004); None until then, and for uploads from before
     # pipelines, whose jobs ran without a finalize step.
     detected_type: str | None = None
+    # The creator's tier (offload.caller.Tier) when the upload was created (migration 0004):
+    # the enqueue path sees only the object's key, and the upload keeps the priority it was
+    # granted. None for rows from before the column (offload.priorities: standard).
+    tier: str | None = None
 
     @property
     def revision(self) -> str:
@@ -87,7 +91,7 @@ def revision_sql(table: str) -> str:
 _COLUMNS = (
     "id, owner, bucket, key, filename, content_type, size_announced, size_actual, etag,"
     " version_id, multipart_upload_id, state, error, created_at, updated_at, part_size,"
-    " part_urls_expire_at, failed_step, result_key, finished_at, detected_type"
+    " part_urls_expire_at, failed_step, result_key, finished_at, detected_type, tier"
 )
 
 
@@ -161,6 +165,7 @@ class UploadStore:
         part_size: int | None = None,
         part_urls_expire_at: datetime | None = None,
         quota: QuotaCheck | None = None,
+        tier: str | None = None,
     ) -> Upload:
         """Insert a ``pending`` row. With ``quota``, the owner's usage is read and checked
         (raising ``QuotaExceeded``) and the row inserted in one transaction, under the owner's
@@ -170,9 +175,10 @@ class UploadStore:
         rows its predecessor under the lock committed."""
         statement = (
             f"INSERT INTO uploads (id, owner, bucket, key, filename, content_type,"
-            f" size_announced, multipart_upload_id, part_size, part_urls_expire_at)"
+            f" size_announced, multipart_upload_id, part_size, part_urls_expire_at, tier)"
             f" VALUES (%(id)s, %(owner)s, %(bucket)s, %(key)s, %(filename)s, %(content_type)s,"
-            f" %(size)s, %(mpu)s, %(part_size)s, %(urls_expire)s) RETURNING {_COLUMNS}"
+            f" %(size)s, %(mpu)s, %(part_size)s, %(urls_expire)s, %(tier)s)"
+            f" RETURNING {_COLUMNS}"
         )
         params = {
             "id": upload_id,
@@ -185,6 +191,7 @@ class UploadStore:
             "mpu": multipart_upload_id,
             "part_size": part_size,
             "urls_expire": part_urls_expire_at,
+            "tier": tier,
         }
         async with self._pool.connection() as conn, conn.transaction():
             if quota is not None:

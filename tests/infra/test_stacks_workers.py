@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
+from stacks.config import ConfigError, PipelinesConfig, parse
+from stacks.runtime_env import pipelines_env
 from stacks.workers import HEALTH_COMMAND
-from tests.infra.conftest import Synth
+from tests.infra.conftest import Synth, file_context
 
 
 def container(synth: Synth) -> dict[str, Any]:
@@ -174,7 +178,8 @@ def test_scales_out_in_steps_from_a_backlog_of_one(dev: Synth) -> None:
     assert alarm["EvaluationPeriods"] == 1
     metrics = {m["Id"]: m for m in alarm["Metrics"]}
     waiting = metrics["waiting"]["MetricStat"]["Metric"]
-    assert waiting["Namespace"] == "Offload" and waiting["MetricName"] == "Waiting"
+    # the backlog of every queue that more tasks could run sooner (lambdas/queue_metrics.py)
+    assert waiting["Namespace"] == "Offload" and waiting["MetricName"] == "Runnable"
     assert waiting["Dimensions"] == [{"Name": "Queue", "Value": "uploads"}]
     # With no task running, the expression is the waiting count itself: 1 job -> scale out.
     assert (
@@ -198,3 +203,44 @@ def test_scales_in_slowly_when_idle_and_never_on_cpu(dev: Synth) -> None:
     assert alarm["ComparisonOperator"] == "LessThanOrEqualToThreshold"
     assert len(policies) == 2  # no target tracking on CPU or memory
     assert "CPUUtilization" not in json.dumps(alarms)
+
+
+def test_every_component_gets_the_pipelines_settings(dev: Synth) -> None:
+    """Producers, workers, the reconciler and the queue metrics must agree on the priority
+    bands and the step limits (which queue a step's jobs are in): one cdk.json block, given to
+    the worker container and to every Lambda that handles jobs (all but the migrations')."""
+    bands = file_context()["offload:environments"]["dev"]["pipelines"]["prioritySizeBands"]
+    env = {e["Name"]: e["Value"] for e in container(dev)["Environment"]}
+    assert env["OFFLOAD_PRIORITY_SIZE_BANDS"] == bands
+    assert "OFFLOAD_STEP_LIMITS" not in env  # none configured: every step in the main queue
+    functions = [
+        resource["Properties"]
+        for stack in dev.assembly.stacks
+        for resource in stack.template["Resources"].values()
+        if resource["Type"] == "AWS::Lambda::Function"
+        and str(resource["Properties"].get("Handler", "")).startswith("lambdas.")
+        and resource["Properties"]["Handler"] != "lambdas.migrate.handler"  # touches no job
+    ]
+    handlers = {function["Handler"] for function in functions}
+    expected = {"api", "enqueue", "reconciler", "queue_metrics"}
+    assert {f"lambdas.{name}.handler" for name in expected} <= handlers, handlers
+    for function in functions:
+        variables = function["Environment"]["Variables"]
+        assert variables.get("OFFLOAD_PRIORITY_SIZE_BANDS") == bands, function["Handler"]
+
+
+def test_the_pipelines_block_becomes_the_runtime_settings() -> None:
+    limits = {"thumbnail": {"maxConcurrent": 4}, "ocr": {"maxPerWindow": 10, "windowMs": 60000}}
+    env = pipelines_env(PipelinesConfig(priority_size_bands="8MiB,1GiB", step_limits=limits))
+    assert env["OFFLOAD_PRIORITY_SIZE_BANDS"] == "8MiB,1GiB"
+    assert json.loads(env["OFFLOAD_STEP_LIMITS"]) == limits
+    # what the runtime reads back from it (stacks import no runtime code; the test may)
+    from offload.settings import Settings
+
+    parsed = dict(Settings.from_env(env).step_limits)
+    assert parsed["thumbnail"].max_concurrent == 4 and parsed["ocr"].window_ms == 60_000
+    raw = file_context()["offload:environments"]["dev"]
+    with pytest.raises(ConfigError, match=r"pipelines\.stepLimits\.ocr"):
+        parse("dev", {**raw, "pipelines": {"prioritySizeBands": "none", "stepLimits": {"ocr": 5}}})
+    with pytest.raises(ConfigError, match="missing"):
+        parse("dev", {**raw, "pipelines": {"prioritySizeBands": "none"}})

@@ -158,6 +158,7 @@ def insert_upload(
     owner: str | None = None,
     upload_id: str | None = None,
     state: str = "pending",
+    tier: str | None = None,
 ) -> str:
     """An upload row as the API creates it; returns the object key it was handed out for."""
     owner = owner or f"user-{uuid.uuid4().hex[:8]}"
@@ -166,8 +167,8 @@ def insert_upload(
     with _connect(settings) as conn:
         conn.execute(
             "INSERT INTO uploads (id, owner, bucket, key, filename, content_type, size_announced,"
-            " state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-            (upload_id, owner, bucket, key, filename, content_type, size, state),
+            " state, tier) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (upload_id, owner, bucket, key, filename, content_type, size, state, tier),
         )
     return key
 

@@ -24,6 +24,7 @@ from offload.jobs import JobRef
 from offload.queue import Producer
 from offload.queue import producer as producer
 from offload.settings import Settings
+from offload.step_limits import format_step_limits
 from tests.support.redis_acl import as_user
 from tests.support.servers import role_url
 
@@ -75,6 +76,9 @@ def env_for(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[
     )
     if settings.s3_endpoint_url:
         env["S3_ENDPOINT_URL"] = settings.s3_endpoint_url
+    if settings.step_limits:
+        env["OFFLOAD_STEP_LIMITS"] = format_step_limits(settings.step_limits)
+    env["OFFLOAD_PRIORITY_SIZE_BANDS"] = ",".join(map(str, settings.priority_size_bands)) or "none"
     env.update(extra or {})
     return env
 

@@ -31,6 +31,17 @@ def sleep(ctx: JobContext) -> dict:
     return {"slept": float(ctx.ref.key)}
 
 
+@processor("timed")
+@processor("step_capped")
+@processor("step_rated")
+def timed(ctx: JobContext) -> dict:
+    """Sleeps ``key`` seconds and says when it ran: the step-limit tests measure parallelism
+    and rate from these (the step names are limited by OFFLOAD_STEP_LIMITS in those tests)."""
+    start = time.time()
+    time.sleep(float(ctx.ref.key))
+    return {"start": start, "end": time.time()}
+
+
 @processor("cpu")
 def cpu(ctx: JobContext) -> dict:
     """Pure-Python work holding the GIL for ``key`` seconds."""

@@ -20,6 +20,7 @@ from typing import Any
 
 from offload.jobs import JobRef
 from offload.queue import open_queue
+from offload.step_limits import all_queues
 from tests.support.system_stack import SystemRun, run_async
 
 FINAL = ("completed", "failed")
@@ -139,10 +140,11 @@ def read_runs(path: Path) -> dict[str, list[Run]]:
 
 def job_states(run: SystemRun, job_ids: list[str]) -> dict[str, JobState]:
     states = {job_id: JobState(job_id) for job_id in job_ids}
+    queues: dict[str, str] = {}
     if not job_ids:
         return states
     for row in run.sql(
-        "SELECT j.id, j.name, j.upload_id, j.state, j.attempt, j.error_message, j.result,"
+        "SELECT j.id, j.name, j.queue, j.upload_id, j.state, j.attempt, j.error_message, j.result,"
         " (SELECT count(*) FROM job_events e WHERE e.job_id = j.id AND e.state = 'completed')"
         " AS completed_events FROM jobs j WHERE j.id = ANY(%s)",
         (job_ids,),
@@ -152,11 +154,16 @@ def job_states(run: SystemRun, job_ids: list[str]) -> dict[str, JobState]:
         state.pg_state, state.pg_attempt = row["state"], row["attempt"]
         state.pg_error, state.pg_result = row["error_message"], row["result"]
         state.completed_events = row["completed_events"]
+        queues[row["id"]] = row["queue"]
 
     async def read_queue() -> None:
-        queue = open_queue(run.settings)
+        # each job in the queue its row names: the main queue or a step queue
+        opened = {name: open_queue(run.settings, name) for name in set(queues.values())}
+        main = opened.get(run.settings.queue_name) or open_queue(run.settings)
+        opened[run.settings.queue_name] = main
         try:
             for job_id, state in states.items():
+                queue = opened[queues.get(job_id, run.settings.queue_name)]
                 redis_state = await queue.getJobState(job_id)
                 job = await queue.getJob(job_id)
                 if job is None or redis_state == "unknown":
@@ -166,7 +173,8 @@ def job_states(run: SystemRun, job_ids: list[str]) -> dict[str, JobState]:
                 state.attempts_made = int(job.attemptsMade or 0)
                 state.failed_reason = job.failedReason
         finally:
-            await queue.close()
+            for queue in opened.values():
+                await queue.close()
 
     run_async(read_queue())
     return states
@@ -210,21 +218,24 @@ def wait_final(
 
 
 def queue_idle(run: SystemRun) -> bool:
-    """Nothing waiting, active, delayed or prioritized in the queue, but for the schedulers'
-    next jobs (``repeat:<id>:<millis>``, always delayed until their time: the workers keep one
-    per schedule, fargate_worker/schedules.py)."""
+    """Nothing waiting, active, delayed or prioritized in any queue (the main one and each
+    step queue), but for the schedulers' next jobs (``repeat:<id>:<millis>``, always delayed
+    until their time: the workers keep one per schedule, fargate_worker/schedules.py)."""
 
-    async def counts() -> dict[str, int]:
-        queue = open_queue(run.settings)
-        try:
-            counts = await queue.getJobCounts("wait", "active", "prioritized", "paused")
-            delayed = await queue.getJobs(["delayed"])
-            counts["delayed"] = sum(1 for job in delayed if not job.id.startswith("repeat:"))
-            return counts
-        finally:
-            await queue.close()
+    async def counts() -> list[int]:
+        found: list[int] = []
+        for name in all_queues(run.settings):
+            queue = open_queue(run.settings, name)
+            try:
+                kinds = ("wait", "active", "prioritized", "paused")
+                found += (await queue.getJobCounts(*kinds)).values()
+                delayed = await queue.getJobs(["delayed"])
+                found.append(sum(1 for job in delayed if not job.id.startswith("repeat:")))
+            finally:
+                await queue.close()
+        return found
 
-    return not any(run_async(counts()).values())
+    return not any(run_async(counts()))
 
 
 def final_count(run: SystemRun) -> int:
