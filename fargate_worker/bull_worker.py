@@ -50,7 +50,7 @@ class BullWorker(Worker):
     outcome. If it raises, the job is left as it is: its lock expires and the stalled check
     hands it out again, still carrying its deferred failure.
 
-    **Global concurrency wake-up (gap 9)** and **shared job slots** (a process consuming several
+    **Global concurrency wake-up (gap 10)** and **shared job slots** (a process consuming several
     queues, ``fargate_worker.queues``): see ``_wake_other_workers`` and ``moveToActive``."""
 
     def __init__(
@@ -125,7 +125,7 @@ class BullWorker(Worker):
         return next_job
 
     async def _wake_other_workers(self) -> None:
-        """**Global concurrency wake-up (gap 9).** While a queue is at its global concurrency,
+        """**Global concurrency wake-up (gap 10).** While a queue is at its global concurrency,
         bullmq's scripts add no marker for new or retried jobs, and finishing a job adds none
         either: only the worker that finishes may take the next job, in the same call
         (``fetchNext``). When it does not (a failure, a slot handed to another queue, a

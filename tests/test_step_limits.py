@@ -393,7 +393,7 @@ def test_queue_metrics_cover_every_queue_and_count_what_limits_let_run(
 
 
 def test_a_capped_step_does_not_wait_for_a_drain_delay_when_its_worker_stops(settings):
-    """bullmq-py gap 9 (docs/design.md): at its global concurrency, a step queue gets no marker
+    """bullmq-py gap 10 (docs/design.md): at its global concurrency, a step queue gets no marker
     when a job finishes, so a worker that found it full sleeps a whole drainDelay. Worker A
     runs the only allowed job; B finds the queue full and sleeps (10 s); A stops (a closing
     worker takes no next job): B must start the next job at once, not 10 s later."""
