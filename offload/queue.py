@@ -7,16 +7,18 @@ default attempts/backoff/retention, and a ``queued`` status row.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
-from bullmq import Queue
+from bullmq import FlowProducer, Queue
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from offload.flows import flow_tree, nodes_to_add, plan_flow
 from offload.jobs import JobRef, job_id
+from offload.pipelines import Pipeline
 from offload.redis_conn import settings_connection_options
 from offload.settings import Settings
 
@@ -63,6 +65,56 @@ class Producer:
         self.settings = settings
         self.queue = open_queue(settings)
         self.store = StatusStore(pool)
+        self._flows: FlowProducer | None = None
+
+    @property
+    def flows(self) -> FlowProducer:
+        """The flow producer, on the queue's own Redis client (no second connection): made at
+        the first flow, so a producer that only adds single jobs never builds it."""
+        if self._flows is None:
+            self._flows = FlowProducer(
+                {"connection": self.queue.client, "prefix": self.settings.queue_prefix}
+            )
+        return self._flows
+
+    async def start_flow(
+        self, pipeline: Pipeline, ref: JobRef, states: Mapping[str, str]
+    ) -> tuple[str, ...]:
+        """Start (or repair) the flow of ``ref``'s object under ``pipeline``
+        (``offload.flows.plan_flow``, in this producer's queue): the nodes that
+        ``offload.flows.nodes_to_add`` picks from the flow's status rows (``states``: job id
+        -> row state, every row the caller knows of; empty for a new upload). Their rows
+        first (one statement; children carry the parent's id), then the tree in Redis in one
+        MULTI/EXEC (``FlowProducer.add``). Idempotent: bullmq's addJob/addParentJob answer an
+        existing id with that id and leave the job as it is; a child bullmq still has stays
+        linked to the same parent. Returns the ids of the nodes added (none when the flow is
+        over)."""
+        from offload.db.status import JobIdentity  # loaded with the store (__init__)
+
+        plan = plan_flow(pipeline, ref, self.settings.queue_name)
+        nodes = nodes_to_add(plan, states)
+        if not nodes:
+            return ()
+        options = self.settings.default_job_options()
+        attempts = int(options["attempts"])
+        parent_id = plan.parent.job_id
+        await self.store.mark_queued_many(
+            [
+                (
+                    JobIdentity(
+                        node.job_id,
+                        node.name,
+                        node.queue,
+                        node.ref,
+                        None if node == plan.parent else parent_id,
+                    ),
+                    attempts,
+                )
+                for node in nodes
+            ]
+        )
+        await self.flows.add(flow_tree(plan, nodes, options))
+        return tuple(node.job_id for node in nodes)
 
     async def enqueue(
         self, name: str, ref: JobRef, extra_opts: dict[str, Any] | None = None

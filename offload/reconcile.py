@@ -58,6 +58,7 @@ from offload.db.status import storable_text
 from offload.db.uploads import Upload, UploadStore, revision_sql
 from offload.expired_uploads import abort_expired_uploads
 from offload.jobs import JobRef, job_id
+from offload.pipelines import pipeline_for
 from offload.queue import Producer
 from offload.s3events import (
     IN_FLIGHT,
@@ -65,8 +66,9 @@ from offload.s3events import (
     accept_object,
     head_current_object,
     older_in_flight,
-    planned_jobs,
+    sniff_object,
     upload_jobs,
+    upload_ref,
 )
 from offload.settings import Settings
 from offload.user_errors import redact
@@ -84,7 +86,8 @@ _ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 _UPLOAD_COLUMNS = (
     "u.id, u.owner, u.bucket, u.key, u.filename, u.content_type, u.size_announced,"
     " u.size_actual, u.etag, u.version_id, u.multipart_upload_id, u.state, u.error,"
-    " u.created_at, u.updated_at, u.part_size, u.part_urls_expire_at"
+    " u.created_at, u.updated_at, u.part_size, u.part_urls_expire_at, u.detected_type,"
+    " u.failed_step, u.result_key, u.finished_at"
 )
 
 STRANDED_UPLOADS = f"""
@@ -264,6 +267,9 @@ class Reconciler:
             async def head_current(bucket: str, key: str) -> CurrentObject | None:
                 return await asyncio.to_thread(head_current_object, s3, bucket, key)
 
+            async def sniff(upload: Upload) -> str | None:
+                return await asyncio.to_thread(sniff_object, s3, upload)
+
             for upload in uploads:
                 report.pending_checked += 1
                 current = await head_current(upload.bucket, upload.key)
@@ -272,9 +278,10 @@ class Reconciler:
                 outcome = await accept_object(
                     current.created_event(upload.bucket, upload.key),
                     self.uploads,
-                    self.producer.enqueue,
+                    self.producer.start_flow,
                     lambda upload_id: upload_jobs(self.pool, upload_id),
                     head_current,
+                    sniff,
                 )
                 report.uploads_found += 1
                 log.warning(
@@ -316,20 +323,30 @@ class Reconciler:
             if older_in_flight(upload, jobs):
                 report.uploads_deferred += 1  # checked again on the next run
                 continue
-            planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
-            existing = {job.id for job in jobs}
-            # Jobs with a row are repair 2's business (and re-adding a finished job whose Redis
-            # entry was removed by retention would run it again).
-            for jid, name, ref in planned:
-                if jid not in existing:
-                    await self.producer.enqueue(name, ref)
-                    report.jobs_enqueued += 1
-            if await self.uploads.mark_queued(upload) is not None:
+            current = [job for job in jobs if (job.revision or "") == upload.revision]
+            if current:
+                # Rows of this object's flow: repair 2's business (and re-adding a finished
+                # job whose Redis entry was removed by retention would run it again).
+                added: tuple[str, ...] = ()
+                detected = upload.detected_type
+            else:
+                detected = upload.detected_type or await self._sniff(upload)
+                added = await self.producer.start_flow(
+                    pipeline_for(detected), upload_ref(upload), {}
+                )
+                report.jobs_enqueued += len(added)
+            if await self.uploads.mark_queued(upload, detected_type=detected) is not None:
                 report.uploads_requeued += 1
                 log.info(
                     "stranded upload queued",
                     extra={"upload_id": upload.id, "state": upload.state},
                 )
+
+    async def _sniff(self, upload: Upload) -> str | None:
+        from offload.aws import s3_client  # boto3: only when there is something to look at
+
+        s3 = s3_client(self.settings.s3_endpoint_url)
+        return await asyncio.to_thread(sniff_object, s3, upload)
 
     async def repair_lost_jobs(self, report: ReconcileReport) -> None:
         cursor = await self._cursor("jobs")
