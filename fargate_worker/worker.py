@@ -26,17 +26,19 @@ from bullmq import UnrecoverableError
 from fargate_worker import processors
 from fargate_worker.bull_worker import BullWorker
 from fargate_worker.errors import AttemptFailed, PermanentJobError, job_error_message
+from fargate_worker.finalize import Finalizer
 from fargate_worker.health import heartbeat
 from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
 from fargate_worker.s3grants import JobGrants
 from fargate_worker.sandbox import SandboxPool
-from offload.aws import s3_client
+from offload.aws import client, s3_client
 from offload.db.credentials import database_url_source
 from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import InvalidJobData, JobRef
 from offload.metrics import MetricsEmitter
+from offload.pipelines import FINALIZE
 from offload.redis_conn import redact, settings_connection_options
 from offload.settings import Settings
 from offload.user_errors import redact as hide_internal_names
@@ -74,6 +76,7 @@ class OffloadWorker:
             schema_from_role=settings.database_schema_from_role,
         )
         self.store = StatusStore(self.pool)
+        self.finalizer = Finalizer(self.pool, self._s3, self._events, settings.event_bus_name)
         self.sandbox = SandboxPool(settings, settings.concurrency)
         self.protection = TaskProtection(settings.ecs_agent_uri, settings.task_protection_minutes)
         self.metrics = MetricsEmitter(settings.metrics_namespace, {"Queue": settings.queue_name})
@@ -132,7 +135,10 @@ class OffloadWorker:
             ref: JobRef | None = JobRef.from_data(job.data)
         except InvalidJobData:
             ref = None
-        return JobIdentity(job.id, job.name, self.settings.queue_name, ref), attempt, max_attempts
+        parent = job.parent if isinstance(job.parent, dict) else {}
+        parent_id = parent.get("id") if isinstance(parent.get("id"), str) else None
+        identity = JobIdentity(job.id, job.name, self.settings.queue_name, ref, parent_id)
+        return identity, attempt, max_attempts
 
     def _internal_names(self, ref: JobRef | None = None) -> tuple[str, ...]:
         """Names a job's user-facing error must not carry: the buckets."""
@@ -143,11 +149,35 @@ class OffloadWorker:
         identity, attempt, max_attempts = self._identity(job)
         reason = hide_internal_names(str(job.deferredFailure), self._internal_names(identity.ref))
         await self.store.mark_failed_unrun(identity, attempt, max_attempts, self.worker_id, reason)
+        if job.name == FINALIZE and identity.ref is not None:
+            await self._fail_flow(job, identity.ref, str(job.deferredFailure), reason)
         self._emit_done(job, "failed", time.monotonic())
         log.error(
             "job failed without running",
             extra={"job_id": job.id, "job_name": job.name, "attempt": attempt, "error": reason},
         )
+
+    async def _fail_flow(self, job: Any, ref: JobRef, deferred: str, reason: str) -> None:
+        """A flow's parent fails without running: its upload moves to ``failed``, naming the
+        step. A child that failed for good leaves ``child <its key> failed`` (bullmq's
+        moveToFinished): the step and its public reason come from the child's status row
+        (written before the child moved), else from its Redis hash (a Node worker's child).
+        Any other deferred failure (the stall limit) is the parent's own: ``finalize``."""
+        step, why = FINALIZE, reason
+        rows = {row["id"]: row for row in await self.finalizer.child_rows(job.id)}
+        if deferred.startswith("child ") and deferred.endswith(" failed"):
+            child_key = deferred[len("child ") : -len(" failed")]
+            child_id = child_key.rsplit(":", 1)[-1]
+            row = rows.get(child_id)
+            if row is not None:
+                step, why = row["name"], row["error_message"] or reason
+            else:
+                name, failed = await job.backend.connection.conn.hmget(
+                    child_key, ["name", "failedReason"]
+                )
+                step, why = name or child_id, failed or reason
+        why = hide_internal_names(str(why), self._internal_names(ref))
+        await self.finalizer.fail(job.id, ref, str(step), why, [job.id, *sorted(rows)])
 
     async def _process(self, job: Any, token: str) -> Any:
         started = time.monotonic()
@@ -161,7 +191,7 @@ class OffloadWorker:
             # DEBUG: the start is recorded in PostgreSQL (state, started_at, event); at INFO a
             # job logs one line, with its outcome and duration.
             log.debug("job started", extra=context)
-            result = await self._run_in_sandbox(job, attempt, ref)
+            result = await self._run(job, attempt, ref)
             await self.store.mark_completed(job.id, attempt, result)
             self._emit_done(job, "completed", started)
             log.info(
@@ -183,6 +213,8 @@ class OffloadWorker:
             stack = _stack_of(exc)
             if final:
                 await self.store.mark_failed(job.id, attempt, message, stack)
+                if job.name == FINALIZE and ref is not None:
+                    await self._finalize_failed(job, ref, message)
                 self._emit_done(job, "failed", started)
                 log.error("job failed", extra=context | {"error": message, "stack": stack})
             else:
@@ -198,6 +230,31 @@ class OffloadWorker:
         finally:
             self._active -= 1
             await self.protection.job_finished()
+
+    async def _finalize_failed(self, job: Any, ref: JobRef, message: str) -> None:
+        """``finalize`` itself failed for good: the upload fails at that step. Best effort past
+        the job's own row: the job's failure is recorded whatever becomes of the event."""
+        try:
+            rows = await self.finalizer.child_rows(job.id)
+            await self.finalizer.fail(
+                job.id, ref, FINALIZE, message, [job.id, *(row["id"] for row in rows)]
+            )
+        except Exception as exc:
+            log.error(
+                "upload not marked failed after its finalize failed: %s",
+                exc,
+                extra={"job_id": job.id, "upload_id": ref.upload_id},
+            )
+
+    async def _run(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
+        """A flow's ``finalize`` runs here, in the worker process (``fargate_worker.finalize``
+        says why); every step runs in a sandbox child."""
+        if job.name == FINALIZE:
+            if ref is None:
+                JobRef.from_data(job.data)  # raises the precise InvalidJobData message
+                raise AssertionError("unreachable: the job data did not parse the first time")
+            return await self.finalizer.run(job, ref)
+        return await self._run_in_sandbox(job, attempt, ref)
 
     async def _run_in_sandbox(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
         processor = self.registry.get(job.name)
@@ -225,6 +282,11 @@ class OffloadWorker:
         """The client that signs the sandbox children's S3 requests (``s3grants.py``): made at
         the first request, off the event loop (making one resolves the credentials)."""
         return s3_client(self.settings.s3_endpoint_url)
+
+    def _events(self) -> Any:
+        """The EventBridge client an upload's final state is published with (made at the
+        first event, off the event loop)."""
+        return client("events", self.settings.events_endpoint_url)
 
     def _emit_done(self, job: Any, outcome: str, started: float) -> None:
         metrics = {

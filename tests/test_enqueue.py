@@ -6,7 +6,9 @@ import json
 import time
 
 from lambdas import runtime
+from offload.content_type import OCTET_STREAM
 from offload.jobs import INSPECT, THUMBNAIL
+from offload.pipelines import FINALIZE
 from tests.support.events import (
     FakeContext,
     failed_ids,
@@ -22,6 +24,7 @@ from tests.support.events import (
     sql,
     sqs_event,
     sqs_record,
+    step_rows,
     upload_row,
     wire_notifications,
 )
@@ -73,12 +76,19 @@ def test_moto_notifications_for_single_and_multipart_uploads_become_jobs(
     assert (image["state"], image["size_actual"], image["etag"]) == ("queued", len(PNG), image_etag)
     assert (big["state"], big["size_actual"], big["etag"]) == ("queued", big_size, big_etag)
 
-    rows = job_rows(settings)
+    # the pipeline is picked by the sniffed type: PNG bytes are an image, the big one is not
+    assert (image["detected_type"], big["detected_type"]) == ("image/png", OCTET_STREAM)
+    rows = step_rows(settings)
     assert sorted((r["upload_id"], r["name"]) for r in rows) == sorted(
         [(image["id"], INSPECT), (image["id"], THUMBNAIL), (big["id"], INSPECT)]
     )
+    parents = {r["upload_id"]: r for r in job_rows(settings) if r["name"] == FINALIZE}
+    assert set(parents) == {image["id"], big["id"]}
+    assert all(r["parent_id"] == parents[r["upload_id"]]["id"] for r in rows)
+    assert all(p["parent_id"] is None for p in parents.values())
     jobs = queue_jobs(settings)
-    assert set(jobs) == {r["id"] for r in rows}  # both multipart events: one job
+    # both multipart events: one flow
+    assert set(jobs) == {r["id"] for r in job_rows(settings)}
     big_job = jobs[next(r["id"] for r in rows if r["upload_id"] == big["id"])]
     assert big_job.name == INSPECT
     assert big_job.data == {
@@ -99,8 +109,9 @@ def test_the_same_message_twice_and_in_one_batch_gives_one_job(lambda_env, setti
     assert invoke(sqs_event([sqs_record(body, "m1", receive_count=2)]))["batchItemFailures"] == []
     assert invoke(sqs_event([sqs_record(body), sqs_record(body)]))["batchItemFailures"] == []
 
-    (row,) = job_rows(settings)
-    assert list(queue_jobs(settings)) == [row["id"]]
+    (row,) = step_rows(settings)
+    assert sorted(queue_jobs(settings)) == sorted(r["id"] for r in job_rows(settings))
+    assert len(job_rows(settings)) == 2  # the flow: finalize and inspect, once each
     events = sql(settings, "SELECT state FROM job_events WHERE job_id = %s", row["id"])
     assert [e["state"] for e in events] == ["queued"]
     assert upload_row(settings, key)["state"] == "queued"
@@ -109,8 +120,8 @@ def test_the_same_message_twice_and_in_one_batch_gives_one_job(lambda_env, setti
 def test_an_upload_arriving_as_announced_costs_three_statements(lambda_env, settings, s3, bucket):
     """The CPU budget of the enqueue path (tests/system: our CPU per upload): the common case,
     a pending upload's object with the announced size, is one statement that checks and moves
-    the row, one per job row, and the row to ``queued``. (Each statement borrows the
-    container's pool once: its request count is the statement count.)"""
+    the row, one for every row of its flow, and the row to ``queued``. (Each statement
+    borrows the container's pool once: its request count is the statement count.)"""
     key = insert_upload(settings, bucket, size=5)
     body = s3_body(s3_record(bucket, key, 5, _put(s3, bucket, key, b"hello")))
     runtime.run(runtime.pool())  # the container's pool, opened as on a cold start
@@ -119,7 +130,7 @@ def test_an_upload_arriving_as_announced_costs_three_statements(lambda_env, sett
     assert invoke(sqs_event([sqs_record(body, "m1")])) == {"batchItemFailures": []}
     after = runtime.run(runtime.pool()).get_stats().get("requests_num", 0)
 
-    assert upload_row(settings, key)["state"] == "queued" and len(job_rows(settings)) == 1
+    assert upload_row(settings, key)["state"] == "queued" and len(job_rows(settings)) == 2
     assert after - before == 3
 
 
@@ -128,13 +139,14 @@ def test_a_late_duplicate_does_not_rerun_a_finished_job(lambda_env, settings, s3
     etag = _put(s3, bucket, key, b"hello")
     event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)))])
     invoke(event)
-    (row,) = job_rows(settings)
-    # the job ran, and retention later removed it from Redis
-    sql(settings, "UPDATE jobs SET state = 'completed', attempt = 1 WHERE id = %s", row["id"])
-    queue_call(as_environment(settings), lambda queue: queue.remove(row["id"]))
+    rows = job_rows(settings)
+    # the flow ran (its step, then finalize), and retention later removed it from Redis
+    for row in rows:
+        sql(settings, "UPDATE jobs SET state = 'completed', attempt = 1 WHERE id = %s", row["id"])
+        queue_call(as_environment(settings), lambda queue, jid=row["id"]: queue.remove(jid))
     assert invoke(event)["batchItemFailures"] == []
     assert queue_jobs(settings) == {}
-    assert job_rows(settings)[0]["state"] == "completed"
+    assert {row["state"] for row in job_rows(settings)} == {"completed"}
 
 
 def test_a_batch_mixing_good_and_malformed_records_fails_only_the_bad_ones(
@@ -250,7 +262,7 @@ def test_the_object_is_headed_only_when_the_event_lacks_its_size(lambda_env, set
     row = upload_row(settings, key)
     assert (row["state"], row["size_actual"], row["etag"]) == ("queued", 5, etag)
     assert upload_row(settings, gone)["state"] == "pending"
-    assert [r["upload_id"] for r in job_rows(settings)] == [row["id"]]
+    assert [r["upload_id"] for r in step_rows(settings)] == [row["id"]]
 
 
 def _redis_down(monkeypatch, url: str) -> None:
@@ -283,9 +295,13 @@ def test_redis_down_fails_every_record_that_needs_it_and_queues_nothing(
     assert [upload_row(settings, key)["state"] for key in keys] == ["uploaded"] * 3
     assert upload_row(settings, oversize)["state"] == "rejected"  # needed PostgreSQL only
     assert queue_jobs(settings) == {}
-    # The first record's job row is written before Redis is tried (PostgreSQL is the record
+    # The first record's flow rows are written before Redis is tried (PostgreSQL is the record
     # the reconciler replays from); the others never got that far.
-    assert [r["upload_id"] for r in job_rows(settings)] == [upload_row(settings, keys[0])["id"]]
+    first = upload_row(settings, keys[0])["id"]
+    assert sorted((r["upload_id"], r["name"]) for r in job_rows(settings)) == [
+        (first, FINALIZE),
+        (first, INSPECT),
+    ]
 
 
 def test_after_a_redis_outage_redelivered_messages_succeed(
@@ -294,9 +310,11 @@ def test_after_a_redis_outage_redelivered_messages_succeed(
     proxy = proxy_for(settings.redis_url, 6379)
     try:
         _redis_down(monkeypatch, url_through(settings.redis_url, proxy.port))
-        key = insert_upload(settings, bucket, filename="a.png", content_type="image/png", size=5)
-        etag = _put(s3, bucket, key, b"hello")
-        event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)), "m")])
+        key = insert_upload(
+            settings, bucket, filename="a.png", content_type="image/png", size=len(PNG)
+        )
+        etag = _put(s3, bucket, key, PNG)
+        event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, len(PNG), etag)), "m")])
         proxy.cut()
         assert failed_ids(invoke(event)) == {"m"}
         assert upload_row(settings, key)["state"] == "uploaded"
@@ -306,7 +324,8 @@ def test_after_a_redis_outage_redelivered_messages_succeed(
         runtime.reset()
         proxy.stop()
     assert upload_row(settings, key)["state"] == "queued"
-    assert sorted(job.name for job in queue_jobs(settings).values()) == [INSPECT, THUMBNAIL]
+    names = sorted(job.name for job in queue_jobs(settings).values())
+    assert names == [FINALIZE, INSPECT, THUMBNAIL]
 
 
 def test_records_left_when_the_invocation_runs_out_of_time_fail_untouched(
