@@ -10,8 +10,10 @@ Five repairs, each bounded per run:
    as in repair 2.
 1. **Stranded uploads.** An upload whose object is in S3 (state ``uploaded``, or ``queued`` but
    without job rows for the object the row names) for longer than ``reconcile_after_s``: its
-   missing jobs are enqueued (same deterministic ids as the enqueue Lambda's, so a late S3
-   event changes nothing) and the row is marked ``queued``. This covers an enqueue Lambda that
+   flow is started, or completed where the enqueue Lambda left it half done (``finalize`` and
+   the steps whose rows are not final, as a tree: same deterministic ids as the enqueue
+   Lambda's, so a late S3 event changes nothing; the pipeline from the row's detected type,
+   sniffed here when the row has none) and the row is marked ``queued``. This covers an enqueue Lambda that
    stored ``uploaded`` and then lost Redis, messages that ended in the DLQ after the row was
    updated, and a newer version whose jobs the enqueue Lambda deferred: it stays ``uploaded``
    until no job of an older version is in flight (all versions write the same output keys,
@@ -323,18 +325,16 @@ class Reconciler:
             if older_in_flight(upload, jobs):
                 report.uploads_deferred += 1  # checked again on the next run
                 continue
-            current = [job for job in jobs if (job.revision or "") == upload.revision]
-            if current:
-                # Rows of this object's flow: repair 2's business (and re-adding a finished
-                # job whose Redis entry was removed by retention would run it again).
-                added: tuple[str, ...] = ()
-                detected = upload.detected_type
-            else:
-                detected = upload.detected_type or await self._sniff(upload)
-                added = await self.producer.start_flow(
-                    pipeline_for(detected), upload_ref(upload), {}
-                )
-                report.jobs_enqueued += len(added)
+            # The object's flow, started or repaired as a flow (offload.flows.nodes_to_add): jobs
+            # whose rows are final are not added again (retention may have removed them from
+            # Redis, and a re-added finished job would run again); the others are re-added
+            # under their parent, a no-op for those Redis still has.
+            states = {job.id: job.state for job in jobs if (job.revision or "") == upload.revision}
+            detected = upload.detected_type or await self._sniff(upload)
+            added = await self.producer.start_flow(
+                pipeline_for(detected), upload_ref(upload), states
+            )
+            report.jobs_enqueued += len([jid for jid in added if jid not in states])
             if await self.uploads.mark_queued(upload, detected_type=detected) is not None:
                 report.uploads_requeued += 1
                 log.info(
