@@ -389,3 +389,62 @@ print(json.dumps([m for m in heavy if m in sys.modules]))
         assert out.returncode == 0, out.stderr
         loaded[module] = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == {"lambdas.enqueue": [], "lambdas.queue_metrics": ["redis", "bullmq"]}
+
+
+def test_the_pipeline_is_picked_by_one_ranged_get_per_accepted_upload(
+    lambda_env, settings, s3, bucket, record_property
+):
+    """The content sniffing's cost in the enqueue path: exactly one GET (of the first KiB) per
+    accepted upload, none for a repeated event (the type is on the row), none for a rejected
+    one. Timed against moto: the whole record, and the GET alone (figures in the report)."""
+    from lambdas import enqueue
+    from offload import aws
+    from offload.s3events import sniff_object
+    from tests.support.events import FakeContext
+    from tests.support.system_stack import FIGURES_PROPERTY
+
+    count = 20
+    bodies = [PNG if i % 2 else b"hello world, " * 200 for i in range(count)]
+    keys = [insert_upload(settings, bucket, size=len(body)) for body in bodies]
+    records = [
+        sqs_record(s3_body(s3_record(bucket, key, len(body), _put(s3, bucket, key, body))))
+        for key, body in zip(keys, bodies, strict=True)
+    ]
+    rejected = insert_upload(settings, bucket, size=99)
+    records.append(
+        sqs_record(s3_body(s3_record(bucket, rejected, 5, _put(s3, bucket, rejected, b"hello"))))
+    )
+    client = aws.s3_client(runtime.settings().s3_endpoint_url)
+    gets: list[dict] = []
+    client.meta.events.register("before-call.s3.GetObject", lambda params, **_: gets.append(params))
+    try:
+        enqueue.handler(sqs_event(records[:1]), FakeContext())  # warm: pools, scripts, client
+        gets.clear()
+        started = time.perf_counter()
+        assert enqueue.handler(sqs_event(records[1:]), FakeContext()) == {"batchItemFailures": []}
+        per_record_ms = (time.perf_counter() - started) * 1000 / (count - 1)
+        assert len(gets) == count - 1  # one per accepted upload, none for the rejected one
+        assert {g["headers"].get("Range") for g in gets} == {"bytes=0-1023"}
+        gets.clear()
+        assert enqueue.handler(sqs_event(records), FakeContext()) == {"batchItemFailures": []}
+        assert gets == []  # repeated events: the detected type is on the row
+    finally:
+        client.meta.events.unregister("before-call.s3.GetObject")
+
+    rows = [upload_row(settings, key) for key in keys]
+    assert [row["detected_type"] for row in rows] == [
+        "image/png" if i % 2 else "text/plain" for i in range(count)
+    ]
+    started = time.perf_counter()
+    for key in keys:
+        sniff_object(client, _upload_of(runtime, key))
+    get_ms = (time.perf_counter() - started) * 1000 / count
+    figures = f"enqueue record {per_record_ms:.1f} ms, of which the ranged GET {get_ms:.1f} ms"
+    record_property(FIGURES_PROPERTY, figures)  # shown in the run's "system figures"
+
+
+def _upload_of(runtime_module, key: str):
+    """The upload row as the enqueue path reads it (offload.db.uploads.Upload)."""
+    store = runtime_module.run(runtime_module.uploads())
+    upload_id = key.split("/")[2]
+    return runtime_module.run(store.get(upload_id))
