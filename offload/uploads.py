@@ -422,6 +422,13 @@ def upload_view(upload: Upload) -> dict[str, Any]:
         view["sizeActual"] = upload.size_actual
     if upload.error:
         view["error"] = redact(upload.error, [upload.bucket])  # offload.user_errors
+    # The end of its flow: processed (result.json's key) or failed (the step that failed).
+    if upload.result_key:
+        view["resultKey"] = upload.result_key
+    if upload.failed_step:
+        view["failedStep"] = upload.failed_step
+    if upload.finished_at:
+        view["finishedAt"] = _iso(upload.finished_at)
     if upload.multipart_upload_id and upload.size_announced:
         plan = upload_plan(upload)
         view["partSize"] = plan.part_size
