@@ -13,8 +13,8 @@ Five repairs, each bounded per run:
    flow is started, or completed where the enqueue Lambda left it half done (``finalize`` and
    the steps whose rows are not final, as a tree: same deterministic ids as the enqueue
    Lambda's, so a late S3 event changes nothing; the pipeline from the row's detected type,
-   sniffed here when the row has none) and the row is marked ``queued``. This covers an enqueue Lambda that
-   stored ``uploaded`` and then lost Redis, messages that ended in the DLQ after the row was
+   sniffed here when the row has none) and the row is marked ``queued``. This covers an
+   enqueue Lambda that stored ``uploaded`` and then lost Redis, messages that ended in the DLQ after the row was
    updated, and a newer version whose jobs the enqueue Lambda deferred: it stays ``uploaded``
    until no job of an older version is in flight (all versions write the same output keys,
    and the newest must write last).
