@@ -14,10 +14,10 @@ Five repairs, each bounded per run:
    the steps whose rows are not final, as a tree: same deterministic ids as the enqueue
    Lambda's, so a late S3 event changes nothing; the pipeline from the row's detected type,
    sniffed here when the row has none) and the row is marked ``queued``. This covers an
-   enqueue Lambda that stored ``uploaded`` and then lost Redis, messages that ended in the DLQ after the row was
-   updated, and a newer version whose jobs the enqueue Lambda deferred: it stays ``uploaded``
-   until no job of an older version is in flight (all versions write the same output keys,
-   and the newest must write last).
+   enqueue Lambda that stored ``uploaded`` and then lost Redis, messages that ended in the
+   DLQ after the row was updated, and a newer version whose jobs the enqueue Lambda
+   deferred: it stays ``uploaded`` until no job of an older version is in flight (all
+   versions write the same output keys, and the newest must write last).
 2. **Lost jobs.** A job row ``queued``/``active``/``retrying`` not updated for
    ``reconcile_after_s`` whose job the queue no longer has (``Queue.getJob`` is None, e.g. the
    newest writes lost in an ElastiCache failover, or a ``queued`` row whose add never reached
