@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from offload.user_errors import aws_error_code
+
 SOURCE = "offload"
 PROCESSED = "Upload Processed"
 FAILED = "Upload Failed"
@@ -78,12 +80,17 @@ class UploadEvent:
 def publish(events_client: Any, event: UploadEvent, bus_name: str | None) -> str:
     """Put ``event`` (blocking: run it in a thread); returns its EventBridge id. Raises
     EventNotPublished for an entry EventBridge refused (PutEvents answers 200 with a failed
-    entry rather than an error), and boto3's errors once its retries are spent."""
-    response = events_client.put_events(Entries=[event.entry(bus_name)])
+    entry rather than an error) and for a request that failed once boto3's retries are spent
+    (the message, which the finalize job's user reads, names the error code only)."""
+    try:
+        response = events_client.put_events(Entries=[event.entry(bus_name)])
+    except Exception as exc:  # botocore's, once its retries are spent: named for what failed
+        code = aws_error_code(exc) or exc.__class__.__name__
+        raise EventNotPublished(f"{event.detail_type} event not published ({code})") from exc
     (result,) = response["Entries"]
     if response.get("FailedEntryCount") or "EventId" not in result:
         raise EventNotPublished(
-            f"event {event.detail_type} for upload {event.upload_id} refused:"
-            f" {result.get('ErrorCode')} {result.get('ErrorMessage')}"
+            f"{event.detail_type} event refused ({result.get('ErrorCode')}):"
+            f" {result.get('ErrorMessage')}"
         )
     return str(result["EventId"])

@@ -28,9 +28,11 @@ from tests.support.events import (
     upload_row,
 )
 from tests.support.harness import job_events, producer, running_worker, wait_for, wait_for_state
+from tests.support.servers import unique_name
 
 NOOP_THEN_FAIL = Pipeline("test-failing", (Step("noop"), Step("fail_permanently")))
 NOOP_AND_SLEEP = Pipeline("test-slow", (Step("noop"), Step("sleep")))
+ONLY_NOOP = Pipeline("test-noop", (Step("noop"),))
 
 
 @pytest.fixture
@@ -243,3 +245,45 @@ def test_a_restart_after_a_step_finished_does_not_run_it_again(
     result = json.loads(s3.get_object(Bucket=bucket, Key="processed/3.result.json")["Body"].read())
     assert result["steps"]["noop"] == {"jobId": noop_id, "result": {"ok": True}}
     assert result["steps"]["sleep"]["result"] == {"slept": 3.0}
+
+
+def test_an_eventbridge_refusal_keeps_the_final_state_and_the_retry_publishes_it(
+    settings, moto_endpoint, s3, bucket
+):
+    """State first, then the event, at least once: while EventBridge refuses the event (here:
+    its bus does not exist yet), the upload is already ``processed`` and finalize's attempt
+    fails; once the bus is there, the retry publishes it, the state unchanged."""
+    key, ref = _queued_upload(settings, bucket, s3)
+    bus_name = unique_name("late-bus").replace("_", "-")
+    worker_settings = replace(
+        settings,
+        s3_endpoint_url=moto_endpoint,
+        events_endpoint_url=moto_endpoint,
+        event_bus_name=bus_name,
+    )
+    slow_retries = replace(settings, default_attempts=10, default_backoff_ms=1000)
+
+    async def go() -> tuple[dict[str, Any], Subscription]:
+        async with producer(slow_retries) as made:
+            parent_id, _ = await made.start_flow(ONLY_NOOP, ref, {})
+        async with running_worker(worker_settings):
+            await wait_for_state(settings, parent_id, "retrying")
+            processed = upload_row(settings, key)
+            subscription = subscribe(moto_endpoint, bus_name)
+            await wait_for_state(settings, parent_id, "completed", timeout_s=30)
+        return processed, subscription
+
+    processed, subscription = asyncio.run(go())
+    assert processed["state"] == "processed" and processed["finished_at"] is not None
+    parent = next(row for row in job_rows(settings, ref.upload_id) if row["name"] == FINALIZE)
+    assert parent["attempt"] >= 2
+    failed_attempts = [
+        event for event in job_events(settings, parent["id"]) if event["state"] == "retrying"
+    ]
+    assert failed_attempts[0]["message"] == (
+        "EventNotPublished: Upload Processed event not published (ResourceNotFoundException)"
+    )
+    (event,) = subscription.events(1)
+    assert event["detail-type"] == PROCESSED and event["detail"]["uploadId"] == ref.upload_id
+    final = upload_row(settings, key)
+    assert (final["state"], final["finished_at"]) == ("processed", processed["finished_at"])

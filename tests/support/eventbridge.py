@@ -49,11 +49,12 @@ class Subscription:
         return len(answer.get("Messages", []))
 
 
-def subscribe(endpoint: str) -> Subscription:
-    """A new bus, and a rule on it that sends every ``offload`` event to a new queue."""
+def subscribe(endpoint: str, bus: str | None = None) -> Subscription:
+    """A new bus (named ``bus``, else a name of its own), and a rule on it that sends every
+    ``offload`` event to a new queue."""
     events = boto3.client("events", endpoint_url=endpoint, region_name=REGION)
     sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION)
-    bus = unique_name("bus").replace("_", "-")
+    bus = bus or unique_name("bus").replace("_", "-")
     events.create_event_bus(Name=bus)
     url = sqs.create_queue(QueueName=unique_name("events"))["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
