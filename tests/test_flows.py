@@ -28,6 +28,7 @@ from tests.support.events import (
     upload_row,
 )
 from tests.support.harness import job_events, producer, running_worker, wait_for, wait_for_state
+from tests.support.redis_acl import as_user
 from tests.support.servers import unique_name
 
 NOOP_THEN_FAIL = Pipeline("test-failing", (Step("noop"), Step("fail_permanently")))
@@ -61,15 +62,16 @@ def _queued_upload(settings, bucket: str, s3, body: bytes = b"hello") -> tuple[s
 
 
 async def _redis_flow(settings, parent_id: str) -> dict[str, Any]:
-    """What Redis holds of a flow: the parent's state and its pending and processed children."""
-    queue = open_queue(settings)
+    """What Redis holds of a flow: the parent's state and its pending and processed children
+    (read as the worker: the producer's Redis user has no SMEMBERS, tests/support/redis_acl.py)."""
+    queue = open_queue(as_user(settings, "worker"))
     try:
         client = queue.client
         parent_key = f"{settings.queue_prefix}:{settings.queue_name}:{parent_id}"
         return {
             "parent_state": await queue.getJobState(parent_id),
             "dependencies": sorted(await client.smembers(f"{parent_key}:dependencies")),
-            "processed": sorted(await client.hkeys(f"{parent_key}:processed")),
+            "processed": sorted(await client.hgetall(f"{parent_key}:processed")),
         }
     finally:
         await queue.close()
