@@ -448,3 +448,24 @@ def _upload_of(runtime_module, key: str):
     store = runtime_module.run(runtime_module.uploads())
     upload_id = key.split("/")[2]
     return runtime_module.run(store.get(upload_id))
+
+
+def test_the_announced_type_never_picks_the_pipeline(lambda_env, settings, s3, bucket):
+    """Announced as a PNG, sniffed as text: no thumbnail step (a client cannot steer its bytes
+    to the image decoders, nor make a real image skip them by announcing text)."""
+    fake = insert_upload(
+        settings, bucket, filename="x.png", content_type="image/png", size=len(b"hello")
+    )
+    real = insert_upload(
+        settings, bucket, filename="x.txt", content_type="text/plain", size=len(PNG)
+    )
+    records = [
+        sqs_record(s3_body(s3_record(bucket, fake, 5, _put(s3, bucket, fake, b"hello")))),
+        sqs_record(s3_body(s3_record(bucket, real, len(PNG), _put(s3, bucket, real, PNG)))),
+    ]
+    assert invoke(sqs_event(records)) == {"batchItemFailures": []}
+    steps = {
+        key: sorted(r["name"] for r in step_rows(settings, upload_row(settings, key)["id"]))
+        for key in (fake, real)
+    }
+    assert steps == {fake: [INSPECT], real: [INSPECT, THUMBNAIL]}

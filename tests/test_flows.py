@@ -289,3 +289,23 @@ def test_an_eventbridge_refusal_keeps_the_final_state_and_the_retry_publishes_it
     assert event["detail-type"] == PROCESSED and event["detail"]["uploadId"] == ref.upload_id
     final = upload_row(settings, key)
     assert (final["state"], final["finished_at"]) == ("processed", processed["finished_at"])
+
+
+def test_what_a_start_adds_follows_the_flows_status_rows():
+    from offload.flows import nodes_to_add, plan_flow
+
+    plan = plan_flow(NOOP_AND_SLEEP, JobRef("b", "k", etag="e"), "uploads")
+    parent, noop, sleep = (node.job_id for node in plan.nodes)
+
+    def added(**states: str) -> list[str]:
+        by_id = {{"parent": parent, "noop": noop, "sleep": sleep}[k]: v for k, v in states.items()}
+        return [node.name for node in nodes_to_add(plan, by_id)]
+
+    assert added() == [FINALIZE, "noop", "sleep"]
+    assert added(parent="queued", noop="active", sleep="queued") == [FINALIZE, "noop", "sleep"]
+    assert added(parent="queued", noop="completed") == [FINALIZE, "sleep"]
+    assert added(parent="queued", noop="completed", sleep="completed") == [FINALIZE]
+    assert added(parent="queued", noop="failed") == []  # the parent fails with it
+    assert added(parent="completed") == [] and added(parent="failed") == []
+    assert {node.queue for node in plan.nodes} == {"uploads"}  # no step has limits
+    assert plan.parent.job_id.startswith("finalize-")
