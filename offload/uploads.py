@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from offload.flows import HOLDING_STATES
 from offload.keys import KEY_SEGMENT_ID, UploadKey
 from offload.user_errors import aws_error_code, redact
 
@@ -606,7 +607,7 @@ class UploadService:
     async def complete(self, owner: str, upload_id: str, body: Any) -> dict[str, Any]:
         upload = await self._owned(owner, upload_id)
         multipart_id = self._multipart(upload, "complete")
-        if upload.state in ("uploaded", "queued"):
+        if upload.state in HOLDING_STATES:  # S3 has its object (its flow may have ended)
             raise Conflict("upload is already completed")
         self._pending(upload, "completed")
         plan = upload_plan(upload)
@@ -663,7 +664,7 @@ class UploadService:
         upload = await self._owned(owner, upload_id)
         if upload.state == "aborted":
             return upload_view(upload)  # idempotent
-        if upload.state in ("uploaded", "queued"):
+        if upload.state in HOLDING_STATES:  # S3 has its object (its flow may have ended)
             raise Conflict("upload is already completed; it can no longer be aborted")
         self._pending(upload, "aborted")
         # A single upload may already be in S3 (the event is on its way); a multipart upload

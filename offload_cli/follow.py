@@ -1,6 +1,7 @@
 """Following an upload to its jobs' end: ``GET /uploads/{id}`` until S3's event has been
 processed (``queued``, or ``rejected``), then ``GET /jobs`` (newest first, filtered by
-``uploadId``) until every job of the upload is ``completed`` or ``failed``."""
+``uploadId``) until every job of the upload is ``completed`` or ``failed``, or the upload
+itself reached the end of its pipeline (``processed`` or ``failed``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,12 @@ from offload_cli.api import Api
 
 FINAL_JOB_STATES = ("completed", "failed")
 FINAL_UPLOAD_STATES = ("rejected", "aborted")
+# The end of an upload's pipeline (its flow's finalize ran, or a step failed for good).
+PIPELINE_END_STATES = ("processed", "failed")
+# Upload states with the object in S3: past ``pending``, its jobs started or done.
+PAST_PENDING_STATES = ("uploaded", "queued", *PIPELINE_END_STATES)
+# States whose jobs are worth reading.
+WITH_JOBS_STATES = ("queued", *PIPELINE_END_STATES)
 
 
 @dataclass
@@ -26,17 +33,17 @@ class Followed:
         if self.upload.get("state") in FINAL_UPLOAD_STATES:
             return True
         return (
-            self.upload.get("state") == "queued"
+            self.upload.get("state") in WITH_JOBS_STATES
             and bool(self.jobs)
             and all(job.get("state") in FINAL_JOB_STATES for job in self.jobs)
         )
 
     @property
     def succeeded(self) -> bool:
-        return (
-            self.finished
-            and self.upload.get("state") == "queued"
-            and all(job.get("state") == "completed" for job in self.jobs)
+        state = self.upload.get("state")
+        return self.finished and (
+            state == "processed"
+            or (state == "queued" and all(job.get("state") == "completed" for job in self.jobs))
         )
 
 
@@ -81,7 +88,9 @@ def follow(
         open_ids = [i for i in upload_ids if i not in followed or not followed[i].finished]
         for upload_id in open_ids:
             followed[upload_id] = Followed(api.get_upload(upload_id))
-        queued = [followed[i].upload for i in open_ids if followed[i].upload["state"] == "queued"]
+        queued = [
+            followed[i].upload for i in open_ids if followed[i].upload["state"] in WITH_JOBS_STATES
+        ]
         if queued:
             for upload_id, jobs in jobs_of(api, queued).items():
                 followed[upload_id].jobs = jobs
