@@ -33,6 +33,7 @@ from bullmq import UnrecoverableError
 from fargate_worker import processors
 from fargate_worker.bull_worker import BullWorker
 from fargate_worker.errors import AttemptFailed, PermanentJobError, job_error_message
+from fargate_worker.finalize import Finalizer
 from fargate_worker.health import heartbeat
 from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
@@ -42,12 +43,13 @@ from fargate_worker.s3grants import JobGrants
 from fargate_worker.sandbox import SandboxPool
 from fargate_worker.schedules import ScheduleKeeper
 from fargate_worker.system_jobs import SystemJobRunner
-from offload.aws import s3_client
+from offload.aws import client, s3_client
 from offload.db.credentials import database_url_source
 from offload.db.pool import create_pool
 from offload.db.status import JobIdentity, StatusStore
 from offload.jobs import InvalidJobData, JobRef
 from offload.metrics import MetricsEmitter
+from offload.pipelines import FINALIZE
 from offload.queue import open_queue
 from offload.redis_conn import redact, settings_connection_options
 from offload.schedules import ScheduleError, check_patterns
@@ -87,6 +89,7 @@ class OffloadWorker:
             schema_from_role=settings.database_schema_from_role,
         )
         self.store = StatusStore(self.pool)
+        self.finalizer = Finalizer(self.pool, self._s3, self._events, settings.event_bus_name)
         self.sandbox = SandboxPool(settings, settings.concurrency)
         self.protection = TaskProtection(settings.ecs_agent_uri, settings.task_protection_minutes)
         self.metrics = MetricsEmitter(settings.metrics_namespace, {"Queue": settings.queue_name})
@@ -144,10 +147,15 @@ class OffloadWorker:
         )
 
     def _check_job_names(self) -> None:
-        """No name is both a processor, a system job or a requested job (the name decides how
-        a job runs), and every schedule names a system job with a cron pattern bullmq can read:
-        a SettingsError at start, not a job that fails at 3 a.m."""
-        kinds = (set(self.registry), set(self.system.jobs), set(self.requested.names))
+        """No name is two of a processor, a system job, a requested job and ``finalize`` (the
+        name decides how a job runs), and every schedule names a system job with a cron pattern
+        bullmq can read: a SettingsError at start, not a job that fails at 3 a.m."""
+        kinds = (
+            set(self.registry),
+            set(self.system.jobs),
+            set(self.requested.names),
+            {FINALIZE},
+        )
         overlap = sorted(
             name
             for i, names in enumerate(kinds)
@@ -184,8 +192,10 @@ class OffloadWorker:
             ref: JobRef | None = JobRef.from_data(job.data)
         except InvalidJobData:
             ref = None
+        parent = job.parent if isinstance(job.parent, dict) else {}
+        parent_id = parent.get("id") if isinstance(parent.get("id"), str) else None
         queue = job.queue.name  # the main queue or a step queue (the job's Worker)
-        return JobIdentity(job.id, job.name, queue, ref), attempt, max_attempts
+        return JobIdentity(job.id, job.name, queue, ref, parent_id), attempt, max_attempts
 
     def _internal_names(self, ref: JobRef | None = None) -> tuple[str, ...]:
         """Names a job's user-facing error must not carry: the buckets."""
@@ -203,11 +213,35 @@ class OffloadWorker:
         identity, attempt, max_attempts = self._identity(job)
         reason = hide_internal_names(str(job.deferredFailure), self._internal_names(identity.ref))
         await self.store.mark_failed_unrun(identity, attempt, max_attempts, self.worker_id, reason)
+        if job.name == FINALIZE and identity.ref is not None:
+            await self._fail_flow(job, identity.ref, str(job.deferredFailure), reason)
         self._emit_done(job, "failed", time.monotonic())
         log.error(
             "job failed without running",
             extra={"job_id": job.id, "job_name": job.name, "attempt": attempt, "error": reason},
         )
+
+    async def _fail_flow(self, job: Any, ref: JobRef, deferred: str, reason: str) -> None:
+        """A flow's parent fails without running: its upload moves to ``failed``, naming the
+        step. A child that failed for good leaves ``child <its key> failed`` (bullmq's
+        moveToFinished): the step and its public reason come from the child's status row
+        (written before the child moved), else from its Redis hash (a Node worker's child).
+        Any other deferred failure (the stall limit) is the parent's own: ``finalize``."""
+        step, why = FINALIZE, reason
+        rows = {row["id"]: row for row in await self.finalizer.child_rows(job.id)}
+        if deferred.startswith("child ") and deferred.endswith(" failed"):
+            child_key = deferred[len("child ") : -len(" failed")]
+            child_id = child_key.rsplit(":", 1)[-1]
+            row = rows.get(child_id)
+            if row is not None:
+                step, why = row["name"], row["error_message"] or reason
+            else:
+                name, failed = await job.backend.connection.conn.hmget(
+                    child_key, ["name", "failedReason"]
+                )
+                step, why = name or child_id, failed or reason
+        why = hide_internal_names(str(why), self._internal_names(ref))
+        await self.finalizer.fail(job.id, ref, str(step), why, [job.id, *sorted(rows)])
 
     async def _process(self, job: Any, token: str) -> Any:
         if job.name in self.system:
@@ -288,6 +322,8 @@ class OffloadWorker:
             stack = _stack_of(exc)
             if final:
                 await self.store.mark_failed(job.id, attempt, message, stack)
+                if job.name == FINALIZE and ref is not None:
+                    await self._finalize_failed(job, ref, message)
                 self._emit_done(job, "failed", started)
                 log.error("job failed", extra=context | {"error": message, "stack": stack})
             else:
@@ -304,14 +340,32 @@ class OffloadWorker:
             self._active -= 1
             await self.protection.job_finished()
 
+    async def _finalize_failed(self, job: Any, ref: JobRef, message: str) -> None:
+        """``finalize`` itself failed for good: the upload fails at that step. Best effort past
+        the job's own row: the job's failure is recorded whatever becomes of the event."""
+        try:
+            rows = await self.finalizer.child_rows(job.id)
+            await self.finalizer.fail(
+                job.id, ref, FINALIZE, message, [job.id, *(row["id"] for row in rows)]
+            )
+        except Exception as exc:
+            log.error(
+                "upload not marked failed after its finalize failed: %s",
+                exc,
+                extra={"job_id": job.id, "upload_id": ref.upload_id},
+            )
+
     async def _run_tracked(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
-        """Where a job with a status row runs: a requested job here (``fargate_worker.requested``
-        says why), an upload step in a sandbox child."""
-        if job.name not in self.requested:
+        """Where a job with a status row runs: a flow's ``finalize`` and a requested job here,
+        in the worker process (``fargate_worker.finalize`` and ``fargate_worker.requested`` say
+        why), an upload step in a sandbox child."""
+        if job.name != FINALIZE and job.name not in self.requested:
             return await self._run_in_sandbox(job, attempt, ref)
         if ref is None:
             JobRef.from_data(job.data)  # raises the precise InvalidJobData message
             raise AssertionError("unreachable: the job data did not parse the first time")
+        if job.name == FINALIZE:
+            return await self.finalizer.run(job, ref)
         return await self.requested.run(job.name, ref)
 
     async def _run_in_sandbox(self, job: Any, attempt: int, ref: JobRef | None) -> Any:
@@ -340,6 +394,11 @@ class OffloadWorker:
         """The client that signs the sandbox children's S3 requests (``s3grants.py``): made at
         the first request, off the event loop (making one resolves the credentials)."""
         return s3_client(self.settings.s3_endpoint_url)
+
+    def _events(self) -> Any:
+        """The EventBridge client an upload's final state is published with (made at the
+        first event, off the event loop)."""
+        return client("events", self.settings.events_endpoint_url)
 
     def _emit_done(self, job: Any, outcome: str, started: float) -> None:
         metrics = {

@@ -11,9 +11,11 @@ deleted. What becomes of a message:
 * an object without a valid upload behind it (forged key, no row) or with the wrong size:
   rejected, logged, no job; the row, if any, is marked ``rejected`` (success: retrying cannot
   change the answer). The object stays for the bucket's lifecycle rules.
-* otherwise the row is marked ``uploaded`` with the object's real size and ETag, the upload's
-  jobs are enqueued (``inspect``; ``thumbnail`` for ``image/*``) and the row is marked
-  ``queued`` (success).
+* otherwise the row is marked ``uploaded`` with the object's real size and ETag, the object's
+  first KiB is read (one ranged GET) and sniffed into a content type, which picks the upload's
+  pipeline (``offload.pipelines``); its flow is started (``finalize`` with the pipeline's steps
+  as children, ``offload.flows``) and the row is marked ``queued`` with the detected type
+  (success).
 * an object other than the one the row names (the key written again while its presigned POST
   was valid): if it is the key's current version (a HEAD of the key), the row moves to it and
   its jobs are enqueued under new ids (or wait for the reconciler while an older version's
@@ -26,7 +28,8 @@ deleted. What becomes of a message:
 The object's size and ETag come from the event; the object is HEADed only when the event lacks
 them (S3 always sends both for ObjectCreated; the HEAD is a fallback for other producers), and
 the key (without version id) only when the event is not about the object the row names, or
-would reject the upload: the normal path makes no S3 call.
+would reject the upload. The normal path makes one S3 call: the ranged GET of the first KiB
+(none again for a repeated event: the detected type is on the row).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -51,6 +54,7 @@ from lambdas import runtime
 from lambdas.tracing import traced
 from offload import aws
 from offload.jobs import JobRef
+from offload.pipelines import Pipeline
 from offload.s3events import (
     CurrentObject,
     MalformedEvent,
@@ -60,6 +64,7 @@ from offload.s3events import (
     head_current_object,
     not_found,
     parse_message,
+    sniff_object,
     upload_jobs,
 )
 
@@ -153,11 +158,19 @@ async def _accept(event: S3ObjectEvent) -> Outcome:
     uploads = await runtime.uploads()
     producer = await runtime.producer()
 
-    async def enqueue(name: str, ref: JobRef, upload: Upload) -> str:
-        _deps.enter("redis")  # Producer.enqueue: status row (PostgreSQL), then the queue
-        added = await producer.enqueue_upload_job(name, ref, upload)
+    async def start_flow(
+        pipeline: Pipeline, ref: JobRef, states: Mapping[str, str], upload: Upload
+    ) -> tuple[str, ...]:
+        _deps.enter("redis")  # Producer.start_flow: status rows (PostgreSQL), then the queue
+        added = await producer.start_flow(pipeline, ref, states, upload)
         _deps.stage = "postgres"  # not in a finally: a timeout must be blamed on this stage
         return added
+
+    async def sniff(upload: Upload) -> str | None:
+        _deps.enter("s3")
+        detected = await asyncio.to_thread(_sniff, upload)
+        _deps.stage = "postgres"
+        return detected
 
     async def head_current(bucket: str, key: str) -> CurrentObject | None:
         _deps.enter("s3")
@@ -167,8 +180,17 @@ async def _accept(event: S3ObjectEvent) -> Outcome:
 
     pool = await runtime.pool()
     return await accept_object(
-        event, uploads, enqueue, lambda upload_id: upload_jobs(pool, upload_id), head_current
+        event,
+        uploads,
+        start_flow,
+        lambda upload_id: upload_jobs(pool, upload_id),
+        head_current,
+        sniff,
     )
+
+
+def _sniff(upload: Upload) -> str | None:
+    return sniff_object(aws.s3_client(runtime.settings().s3_endpoint_url), upload)
 
 
 def _head_current(bucket: str, key: str) -> CurrentObject | None:

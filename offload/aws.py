@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # boto3-stubs' per-service packages: in the dev venv only, ne
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_secretsmanager import SecretsManagerClient
 
-Service = Literal["s3", "secretsmanager", "cloudwatch", "rds"]
+Service = Literal["s3", "secretsmanager", "cloudwatch", "rds", "events"]
 _CLIENTS: dict[tuple[str, str | None], Any] = {}
 
 
@@ -28,6 +28,8 @@ def client(
 def client(service: Literal["cloudwatch"], endpoint_url: str | None = None) -> CloudWatchClient: ...
 @overload
 def client(service: Literal["rds"], endpoint_url: str | None = None) -> Any: ...
+@overload
+def client(service: Literal["events"], endpoint_url: str | None = None) -> Any: ...
 def client(service: Service, endpoint_url: str | None = None) -> Any:
     cached = _CLIENTS.get((service, endpoint_url))
     if cached is None:

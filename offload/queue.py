@@ -8,16 +8,18 @@ default attempts/backoff/retention, a ``queued`` status row, and the queue its s
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import redis.asyncio
-from bullmq import Queue
+from bullmq import FlowProducer, Queue
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 
+from offload.flows import flow_tree, nodes_to_add, plan_flow
 from offload.jobs import JobRef, job_id
+from offload.pipelines import Pipeline
 from offload.priorities import upload_priority
 from offload.redis_conn import settings_connection_options
 from offload.settings import Settings
@@ -70,6 +72,66 @@ class Producer:
         self.queue = open_queue(settings)  # the main queue
         self._queues: dict[str, Queue] = {settings.queue_name: self.queue}
         self.store = StatusStore(pool)
+        self._flows: FlowProducer | None = None
+
+    @property
+    def flows(self) -> FlowProducer:
+        """The flow producer, on the queue's own Redis client (no second connection): made at
+        the first flow, so a producer that only adds single jobs never builds it."""
+        if self._flows is None:
+            self._flows = FlowProducer(
+                {"connection": self.queue.client, "prefix": self.settings.queue_prefix}
+            )
+        return self._flows
+
+    async def start_flow(
+        self,
+        pipeline: Pipeline,
+        ref: JobRef,
+        states: Mapping[str, str],
+        upload: Upload | None = None,
+    ) -> tuple[str, ...]:
+        """Start (or repair) the flow of ``ref``'s object under ``pipeline``
+        (``offload.flows.plan_flow``, in this producer's queue): the nodes that
+        ``offload.flows.nodes_to_add`` picks from the flow's status rows (``states``: job id
+        -> row state, every row the caller knows of; empty for a new upload). Their rows
+        first (one statement; children carry the parent's id), then the tree in Redis in one
+        MULTI/EXEC (``FlowProducer.add``). Idempotent: bullmq's addJob/addParentJob answer an
+        existing id with that id and leave the job as it is; a child bullmq still has stays
+        linked to the same parent. Returns the ids of the nodes added (none when the flow is
+        over).
+
+        Every job of the flow gets the priority of ``upload`` (its size and its creator's
+        tier, ``offload.priorities``); without an upload row, that of an upload of unknown size
+        from the standard tier: a job without a priority would go ahead of every prioritised
+        one."""
+        from offload.db.status import JobIdentity  # loaded with the store (__init__)
+
+        settings = self.settings
+        plan = plan_flow(pipeline, ref, settings.queue_name, lambda name: queue_for(settings, name))
+        nodes = nodes_to_add(plan, states)
+        if not nodes:
+            return ()
+        options = settings.default_job_options() | {"priority": self.priority_of(upload)}
+        attempts = int(options["attempts"])
+        parent_id = plan.parent.job_id
+        await self.store.mark_queued_many(
+            [
+                (
+                    JobIdentity(
+                        node.job_id,
+                        node.name,
+                        node.queue,
+                        node.ref,
+                        None if node == plan.parent else parent_id,
+                    ),
+                    attempts,
+                )
+                for node in nodes
+            ]
+        )
+        await self.flows.add(flow_tree(plan, nodes, options))
+        return tuple(node.job_id for node in nodes)
 
     def queue_named(self, name: str) -> Queue:
         """The main queue or a step queue, opened (a connection of its own) at first use: a
@@ -105,12 +167,17 @@ class Producer:
         await self.queue_named(queue_name).add(name, ref.to_data(), opts)
         return identity.job_id
 
-    async def enqueue_upload_job(self, name: str, ref: JobRef, upload: Upload) -> str:
-        """A job of an upload, with the priority its size and its creator's tier give
-        (``offload.priorities``)."""
+    def priority_of(self, upload: Upload | None) -> int:
+        """The priority of an upload's jobs: from its size and its creator's tier
+        (``offload.priorities``); an unknown upload counts as the largest size, standard tier."""
+        if upload is None:
+            return upload_priority(self.settings, None, None)
         size = upload.size_actual if upload.size_actual is not None else upload.size_announced
-        priority = upload_priority(self.settings, size, upload.tier)
-        return await self.enqueue(name, ref, {"priority": priority})
+        return upload_priority(self.settings, size, upload.tier)
+
+    async def enqueue_upload_job(self, name: str, ref: JobRef, upload: Upload) -> str:
+        """A job of an upload, with the priority of its upload (:meth:`priority_of`)."""
+        return await self.enqueue(name, ref, {"priority": self.priority_of(upload)})
 
     async def close(self) -> None:
         for queue in self._queues.values():

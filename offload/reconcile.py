@@ -10,12 +10,14 @@ Five repairs, each bounded per run:
    as in repair 2.
 1. **Stranded uploads.** An upload whose object is in S3 (state ``uploaded``, or ``queued`` but
    without job rows for the object the row names) for longer than ``reconcile_after_s``: its
-   missing jobs are enqueued (same deterministic ids as the enqueue Lambda's, so a late S3
-   event changes nothing) and the row is marked ``queued``. This covers an enqueue Lambda that
-   stored ``uploaded`` and then lost Redis, messages that ended in the DLQ after the row was
-   updated, and a newer version whose jobs the enqueue Lambda deferred: it stays ``uploaded``
-   until no job of an older version is in flight (all versions write the same output keys,
-   and the newest must write last).
+   flow is started, or completed where the enqueue Lambda left it half done (``finalize`` and
+   the steps whose rows are not final, as a tree: same deterministic ids as the enqueue
+   Lambda's, so a late S3 event changes nothing; the pipeline from the row's detected type,
+   sniffed here when the row has none) and the row is marked ``queued``. This covers an
+   enqueue Lambda that stored ``uploaded`` and then lost Redis, messages that ended in the
+   DLQ after the row was updated, and a newer version whose jobs the enqueue Lambda
+   deferred: it stays ``uploaded`` until no job of an older version is in flight (all
+   versions write the same output keys, and the newest must write last).
 2. **Lost jobs.** A job row ``queued``/``active``/``retrying`` not updated for
    ``reconcile_after_s`` whose job the queue no longer has (``Queue.getJob`` is None, e.g. the
    newest writes lost in an ElastiCache failover, or a ``queued`` row whose add never reached
@@ -58,6 +60,7 @@ from offload.db.status import storable_text
 from offload.db.uploads import Upload, UploadStore, revision_sql
 from offload.expired_uploads import abort_expired_uploads
 from offload.jobs import JobRef, job_id
+from offload.pipelines import pipeline_for
 from offload.priorities import upload_priority
 from offload.queue import Producer
 from offload.s3events import (
@@ -66,8 +69,9 @@ from offload.s3events import (
     accept_object,
     head_current_object,
     older_in_flight,
-    planned_jobs,
+    sniff_object,
     upload_jobs,
+    upload_ref,
 )
 from offload.settings import Settings
 from offload.step_limits import queue_for
@@ -86,7 +90,8 @@ _ETAG = re.compile(r"[0-9a-f]{32}(-[0-9]+)?")
 _UPLOAD_COLUMNS = (
     "u.id, u.owner, u.bucket, u.key, u.filename, u.content_type, u.size_announced,"
     " u.size_actual, u.etag, u.version_id, u.multipart_upload_id, u.state, u.error,"
-    " u.created_at, u.updated_at, u.part_size, u.part_urls_expire_at, u.tier"
+    " u.created_at, u.updated_at, u.part_size, u.part_urls_expire_at, u.detected_type,"
+    " u.failed_step, u.result_key, u.finished_at, u.tier"
 )
 
 STRANDED_UPLOADS = f"""
@@ -275,6 +280,9 @@ class Reconciler:
             async def head_current(bucket: str, key: str) -> CurrentObject | None:
                 return await asyncio.to_thread(head_current_object, s3, bucket, key)
 
+            async def sniff(upload: Upload) -> str | None:
+                return await asyncio.to_thread(sniff_object, s3, upload)
+
             for upload in uploads:
                 report.pending_checked += 1
                 current = await head_current(upload.bucket, upload.key)
@@ -283,9 +291,10 @@ class Reconciler:
                 outcome = await accept_object(
                     current.created_event(upload.bucket, upload.key),
                     self.uploads,
-                    self.producer.enqueue_upload_job,
+                    self.producer.start_flow,
                     lambda upload_id: upload_jobs(self.pool, upload_id),
                     head_current,
+                    sniff,
                 )
                 report.uploads_found += 1
                 log.warning(
@@ -327,20 +336,28 @@ class Reconciler:
             if older_in_flight(upload, jobs):
                 report.uploads_deferred += 1  # checked again on the next run
                 continue
-            planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
-            existing = {job.id for job in jobs}
-            # Jobs with a row are repair 2's business (and re-adding a finished job whose Redis
-            # entry was removed by retention would run it again).
-            for jid, name, ref in planned:
-                if jid not in existing:
-                    await self.producer.enqueue_upload_job(name, ref, upload)
-                    report.jobs_enqueued += 1
-            if await self.uploads.mark_queued(upload) is not None:
+            # The object's flow, started or repaired as a flow (offload.flows.nodes_to_add): jobs
+            # whose rows are final are not added again (retention may have removed them from
+            # Redis, and a re-added finished job would run again); the others are re-added
+            # under their parent, a no-op for those Redis still has.
+            states = {job.id: job.state for job in jobs if (job.revision or "") == upload.revision}
+            detected = upload.detected_type or await self._sniff(upload)
+            added = await self.producer.start_flow(
+                pipeline_for(detected), upload_ref(upload), states, upload
+            )
+            report.jobs_enqueued += len([jid for jid in added if jid not in states])
+            if await self.uploads.mark_queued(upload, detected_type=detected) is not None:
                 report.uploads_requeued += 1
                 log.info(
                     "stranded upload queued",
                     extra={"upload_id": upload.id, "state": upload.state},
                 )
+
+    async def _sniff(self, upload: Upload) -> str | None:
+        from offload.aws import s3_client  # boto3: only when there is something to look at
+
+        s3 = s3_client(self.settings.s3_endpoint_url)
+        return await asyncio.to_thread(sniff_object, s3, upload)
 
     async def repair_lost_jobs(self, report: ReconcileReport) -> None:
         cursor = await self._cursor("jobs")

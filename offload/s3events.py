@@ -31,8 +31,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_plus
 
-from offload.jobs import INSPECT, THUMBNAIL, JobRef, job_id
+from offload.content_type import SNIFF_RANGE_BYTES, detect_content_type
+from offload.flows import FINAL_UPLOAD_STATES, HOLDING_STATES
+from offload.jobs import JobRef
 from offload.keys import UPLOADS_PREFIX, KeyLayoutError, UploadKey
+from offload.pipelines import FINALIZE, Pipeline, pipeline_for
 from offload.user_errors import aws_error_code
 
 # Annotations only: parsing needs no database, and the acceptance functions are handed a store
@@ -193,11 +196,10 @@ def parse_message(body: str | None) -> S3Notification:
 # Acceptance
 
 
-def planned_jobs(upload: Upload) -> list[tuple[str, JobRef]]:
-    """The jobs an accepted upload gets: ``inspect`` always, ``thumbnail`` for images. The
-    reference comes from the row, so the enqueue Lambda and the reconciler derive the same
-    job ids."""
-    ref = JobRef(
+def upload_ref(upload: Upload) -> JobRef:
+    """What every job of the upload's object carries. Built from the row, so the enqueue
+    Lambda and the reconciler derive the same job ids."""
+    return JobRef(
         bucket=upload.bucket,
         key=upload.key,
         version_id=upload.version_id,
@@ -205,22 +207,28 @@ def planned_jobs(upload: Upload) -> list[tuple[str, JobRef]]:
         owner=upload.owner,
         upload_id=upload.id,
     )
-    names = [INSPECT]
-    if (upload.content_type or "").lower().startswith("image/"):
-        names.append(THUMBNAIL)
-    return [(name, ref) for name in names]
+
+
+def planned_jobs(upload: Upload, detected_type: str | None = None) -> list[tuple[str, JobRef]]:
+    """Every job of the upload's flow, the parent (``finalize``) first, then the steps of the
+    pipeline its detected content type picks (``offload.pipelines.pipeline_for``; the row's
+    ``detected_type`` unless given)."""
+    ref = upload_ref(upload)
+    pipeline = pipeline_for(detected_type or upload.detected_type)
+    return [(FINALIZE, ref), *((step.name, ref) for step in pipeline.steps)]
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What became of one object event.
 
-    ``accepted``: jobs enqueued, upload ``queued``; ``deferred``: the upload now names this
-    object (``uploaded``) but an older version's jobs are still running, so this object's jobs
-    wait for the reconciler; ``rejected``: upload marked ``rejected`` (size mismatch) or the
-    object is under ``uploads/`` without a valid upload behind it: no job; ``ignored``: nothing
-    to do (terminal upload, superseded version); ``skipped``: not an upload object event at
-    all."""
+    ``accepted``: the upload's flow started (``finalize`` and its steps), upload ``queued``;
+    ``deferred``: the upload now names this object (``uploaded``) but an older version's jobs
+    are still running, so this object's jobs wait for the reconciler; ``rejected``: upload
+    marked ``rejected`` (size mismatch) or the object is under ``uploads/`` without a valid
+    upload behind it: no job; ``ignored``: nothing to do (terminal upload, an upload that
+    ended processed or failed with this object, superseded version); ``skipped``: not an
+    upload object event at all."""
 
     status: str
     reason: str = ""
@@ -289,18 +297,55 @@ def head_current_object(s3: S3Client, bucket: str, key: str) -> CurrentObject | 
         raise
 
 
+def sniff_object(s3: S3Client, upload: Upload) -> str | None:
+    """The content type of the object the row names, from its first ``SNIFF_RANGE_BYTES``
+    (one ranged GET; none for an empty object). Pinned to the row's object: its version id,
+    else its ETag (``If-Match``), so a newer write of the key is never sniffed for this one.
+    None when that object is gone or was overwritten (its event, or the newer object's,
+    decides what happens next). Blocking: run it in a thread."""
+    from botocore.exceptions import ClientError
+
+    if upload.size_actual == 0:
+        return detect_content_type(b"", complete=True)
+    params: dict[str, Any] = {
+        "Bucket": upload.bucket,
+        "Key": upload.key,
+        "Range": f"bytes=0-{SNIFF_RANGE_BYTES - 1}",
+    }
+    if upload.version_id:
+        params["VersionId"] = upload.version_id
+    elif upload.etag:
+        params["IfMatch"] = f'"{_unquote_etag(upload.etag)}"'
+    try:
+        body = s3.get_object(**params)["Body"]
+    except ClientError as exc:
+        if not_found(exc) or aws_error_code(exc) in ("PreconditionFailed", "412", "InvalidRange"):
+            return None
+        raise
+    try:
+        head = body.read(SNIFF_RANGE_BYTES)
+    finally:
+        body.close()
+    complete = upload.size_actual is not None and len(head) >= upload.size_actual
+    return detect_content_type(head, complete=complete)
+
+
 def not_found(exc: Exception) -> bool:
     """An S3 ClientError that says the object (or the version) does not exist."""
     return aws_error_code(exc) in ("404", "NoSuchKey", "NoSuchVersion")
 
 
-# (job name, reference, the upload it is for: its size and tier give the job's priority)
-Enqueue = Callable[[str, JobRef, "Upload"], Awaitable[str]]
+# Producer.start_flow: (pipeline, reference, job id -> status row state, the upload: its size
+# and tier give the jobs' priority) -> ids of jobs added.
+StartFlow = Callable[[Pipeline, JobRef, Mapping[str, str], "Upload"], Awaitable[tuple[str, ...]]]
+# The content type sniffed from the first bytes of the object a row names (sniff_object).
+Sniff = Callable[["Upload"], Awaitable[str | None]]
 UploadJobs = Callable[[str], Awaitable[list[JobState]]]
 HeadCurrent = Callable[[str, str], Awaitable[CurrentObject | None]]
 
 IN_FLIGHT = ("queued", "active", "retrying")
 FINAL = ("completed", "failed")
+
 SUPERSEDED = "superseded: the key's current object is a newer version"
 # Rounds of read-decide-write before a record gives up to SQS's redelivery: each lost round
 # means another delivery changed the row in between, which only a handful of deliveries can do.
@@ -344,11 +389,12 @@ class RowContention(RuntimeError):
 async def accept_object(
     event: S3ObjectEvent,
     uploads: UploadStore,
-    enqueue: Enqueue,
+    start_flow: StartFlow,
     jobs_of: UploadJobs,
     head_current: HeadCurrent,
+    sniff: Sniff,
 ) -> Outcome:
-    """Match an ObjectCreated event to its upload, check it, enqueue its jobs.
+    """Match an ObjectCreated event to its upload, check it, start its flow.
 
     ``event`` must be complete (size and ETag known: the caller HEADs the object if the event
     lacked them). Errors from PostgreSQL, Redis or S3 propagate: the caller fails the message
@@ -363,9 +409,13 @@ async def accept_object(
     (the normal path makes no S3 call): if it was already superseded, the newer version's own
     event replaces it. A rejection is final, so it is only decided for the current object.
 
-    Jobs whose status row is already final are not added again: a late duplicate event would
-    otherwise re-run a job whose Redis entry retention has removed. Jobs still in flight are
-    re-added (a no-op while Redis has them, a repair when it lost them)."""
+    The pipeline is picked by the object's content type, sniffed from its first bytes
+    (``sniff``: one ranged GET per accepted object, stored on the row, so a repeated event
+    makes none). Jobs whose status row is already final are not added again
+    (``offload.flows.nodes_to_add``): a late duplicate event would otherwise re-run a job whose
+    Redis entry retention has removed. Jobs still in flight are re-added (a no-op while Redis
+    has them, a repair when it lost them). An upload that reached its final state
+    (``processed``/``failed``) with this object ignores the event."""
     if not event.is_object_created:
         return Outcome("skipped", f"event {event.event_name} is not ObjectCreated")
     if not event.is_upload:
@@ -388,7 +438,7 @@ async def accept_object(
         version_id=event.version_id,
     )
     if first is not None:  # the common case: a pending row's object, as announced
-        return await _enqueue_jobs(first, uploads, enqueue, jobs_of=None)
+        return await _start_flow(first, uploads, start_flow, None, sniff)
 
     upload = await uploads.get(key.upload_id)
     if upload is None:
@@ -400,9 +450,11 @@ async def accept_object(
     for _ in range(RACE_ROUNDS):
         if upload.state in ("rejected", "aborted"):
             return Outcome("ignored", f"upload is {upload.state}", upload.id)
-        holding = upload if upload.state in ("uploaded", "queued") else None
+        holding = upload if upload.state in HOLDING_STATES else None
         if holding is not None and _same_object(holding, event):
-            return await _enqueue_jobs(holding, uploads, enqueue, jobs_of)
+            if holding.state in FINAL_UPLOAD_STATES:
+                return Outcome("ignored", f"upload is {holding.state}", upload.id)
+            return await _start_flow(holding, uploads, start_flow, jobs_of, sniff)
         mismatch = _size_mismatch(upload, event)
         if holding is not None or mismatch:
             current = await head_current(event.bucket, event.key)
@@ -421,7 +473,7 @@ async def accept_object(
         else:
             marked = await uploads.mark_uploaded(upload.id, replacing=holding, **fields)
             if marked is not None:
-                return await _enqueue_jobs(marked, uploads, enqueue, jobs_of)
+                return await _start_flow(marked, uploads, start_flow, jobs_of, sniff)
         # Another delivery changed the row between our read and our write: decide again.
         changed = await uploads.get(upload.id)
         if changed is None:
@@ -430,12 +482,17 @@ async def accept_object(
     raise RowContention(f"upload {upload.id} kept changing under concurrent deliveries")
 
 
-async def _enqueue_jobs(
-    upload: Upload, uploads: UploadStore, enqueue: Enqueue, jobs_of: UploadJobs | None
+async def _start_flow(
+    upload: Upload,
+    uploads: UploadStore,
+    start_flow: StartFlow,
+    jobs_of: UploadJobs | None,
+    sniff: Sniff,
 ) -> Outcome:
-    """Enqueue the jobs of the object the row names, then mark it ``queued``: deferred while
-    an older version's jobs may still write the upload's outputs. ``jobs_of`` None: the row
-    was ``pending`` a moment ago, so it has no jobs of any version to look up."""
+    """Start the flow of the object the row names, then mark it ``queued`` (with its detected
+    type): deferred while an older version's jobs may still write the upload's outputs.
+    ``jobs_of`` None: the row was ``pending`` a moment ago, so it has no jobs of any version
+    to look up."""
     jobs = await jobs_of(upload.id) if jobs_of is not None else []
     older = older_in_flight(upload, jobs)
     if older:
@@ -444,10 +501,8 @@ async def _enqueue_jobs(
             " enqueues this version's jobs once they are finished"
         )
         return Outcome("deferred", reason, upload.id)
-    done = {job.id for job in jobs if job.final}
-    planned = [(job_id(name, ref), name, ref) for name, ref in planned_jobs(upload)]
-    job_ids = tuple(
-        [await enqueue(name, ref, upload) for jid, name, ref in planned if jid not in done]
-    )
-    await uploads.mark_queued(upload)
+    detected = upload.detected_type or await sniff(upload)
+    states = {job.id: job.state for job in jobs}
+    job_ids = await start_flow(pipeline_for(detected), upload_ref(upload), states, upload)
+    await uploads.mark_queued(upload, detected_type=detected)
     return Outcome("accepted", "", upload.id, job_ids)

@@ -261,6 +261,10 @@ class Settings:
     shutdown_grace_s: int = 100
     processor_modules: tuple[str, ...] = ("fargate_worker.processors.builtin",)
     s3_endpoint_url: str | None = None
+    # Where an upload's final state is published (offload.upload_events): the EventBridge bus's
+    # name or ARN (None: the account's default bus), and an endpoint override (moto locally).
+    event_bus_name: str | None = None
+    events_endpoint_url: str | None = None
     ecs_agent_uri: str | None = None
     task_protection_minutes: int = 60
     health_file: str = "/tmp/offload-worker.health"
@@ -387,6 +391,8 @@ class Settings:
             shutdown_grace_s=_int(env, "OFFLOAD_SHUTDOWN_GRACE_S", defaults.shutdown_grace_s),
             processor_modules=_csv(env, "OFFLOAD_PROCESSOR_MODULES") or defaults.processor_modules,
             s3_endpoint_url=env.get("S3_ENDPOINT_URL") or None,
+            event_bus_name=env.get("OFFLOAD_EVENT_BUS") or None,
+            events_endpoint_url=env.get("EVENTS_ENDPOINT_URL") or None,
             ecs_agent_uri=env.get("ECS_AGENT_URI") or None,
             task_protection_minutes=_int(
                 env, "OFFLOAD_TASK_PROTECTION_MINUTES", defaults.task_protection_minutes, 1

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
+from offload.flows import HOLDING_STATES
 from offload.keys import KEY_SEGMENT_ID, UploadKey
 from offload.pages import encode_cursor, parse_list_params
 from offload.user_errors import aws_error_code, redact
@@ -435,6 +436,13 @@ def upload_view(upload: Upload) -> dict[str, Any]:
         view["sizeActual"] = upload.size_actual
     if upload.error:
         view["error"] = redact(upload.error, [upload.bucket])  # offload.user_errors
+    # The end of its flow: processed (result.json's key) or failed (the step that failed).
+    if upload.result_key:
+        view["resultKey"] = upload.result_key
+    if upload.failed_step:
+        view["failedStep"] = upload.failed_step
+    if upload.finished_at:
+        view["finishedAt"] = _iso(upload.finished_at)
     if upload.multipart_upload_id and upload.size_announced:
         plan = upload_plan(upload)
         view["partSize"] = plan.part_size
@@ -683,7 +691,7 @@ class UploadService:
     async def complete(self, owner: str, upload_id: str, body: Any) -> dict[str, Any]:
         upload = await self._owned(owner, upload_id)
         multipart_id = self._multipart(upload, "complete")
-        if upload.state in ("uploaded", "queued"):
+        if upload.state in HOLDING_STATES:  # S3 has its object (its flow may have ended)
             raise Conflict("upload is already completed")
         self._pending(upload, "completed")
         plan = upload_plan(upload)
@@ -740,7 +748,7 @@ class UploadService:
         upload = await self._owned(owner, upload_id)
         if upload.state == "aborted":
             return upload_view(upload)  # idempotent
-        if upload.state in ("uploaded", "queued"):
+        if upload.state in HOLDING_STATES:  # S3 has its object (its flow may have ended)
             raise Conflict("upload is already completed; it can no longer be aborted")
         self._pending(upload, "aborted")
         # A single upload may already be in S3 (the event is on its way); a multipart upload

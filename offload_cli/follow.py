@@ -14,6 +14,8 @@ from offload_cli.api import Api
 
 FINAL_JOB_STATES = ("completed", "failed")
 FINAL_UPLOAD_STATES = ("processed", "failed", "rejected", "aborted")
+# Upload states with the object in S3: past ``pending``, its pipeline started or over.
+PAST_PENDING_STATES = ("uploaded", "queued", "processed", "failed")
 
 
 @dataclass

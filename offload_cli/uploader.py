@@ -20,6 +20,7 @@ import urllib3
 from offload_cli import transfer
 from offload_cli.api import Api
 from offload_cli.errors import ApiError, UsageError
+from offload_cli.follow import PAST_PENDING_STATES
 from offload_cli.state import FileIdentity, StateStore, UploadState
 
 Note = Callable[[str], None]
@@ -212,7 +213,7 @@ class Uploader:
             self._forget(identity)
             return None
         # "completed": S3 has the object, its event is not processed yet (the row is pending).
-        if upload["state"] in ("uploaded", "queued") or upload.get("completed"):
+        if upload["state"] in PAST_PENDING_STATES or upload.get("completed"):
             self.note(f"{path}: upload {state.upload_id} was already completed")
             self._forget(identity)
             return UploadOutcome(str(path), upload, resumed_parts=state.part_count)

@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
   AWS (moto)   {info.moto_endpoint}   bucket {info.bucket}
   Redis        {info.redis_url}   queue prefix {info.queue_prefix}
   PostgreSQL   schema {info.schema}
+  Events       EventBridge bus {info.upload_events_bus} -> SQS {info.upload_events_queue_url}
   Logs         {info.logdir}/   (lambda-*.log, worker-*.log, moto.log; ../stack.log)
 
 Ctrl-C stops everything.""",

@@ -75,6 +75,29 @@ def create_event_queues(
     return EventQueues(url, queue_arn(sqs, url), dlq_url)
 
 
+def create_upload_events(endpoint: str, bus_name: str) -> str:
+    """An EventBridge bus for the workers' ``Upload Processed`` / ``Upload Failed`` events
+    (``offload.upload_events``), with a rule that copies each of them to an SQS queue of the
+    same name: what a deployer's subscriber would see, readable on the local stack. Returns
+    the queue's URL."""
+    events = client("events", endpoint)
+    sqs = client("sqs", endpoint)
+    events.create_event_bus(Name=bus_name)
+    url = sqs.create_queue(QueueName=bus_name)["QueueUrl"]
+    events.put_rule(
+        Name="offload-upload-events",
+        EventBusName=bus_name,
+        EventPattern=json.dumps({"source": ["offload"]}),
+        State="ENABLED",
+    )
+    events.put_targets(
+        Rule="offload-upload-events",
+        EventBusName=bus_name,
+        Targets=[{"Id": "queue", "Arn": queue_arn(sqs, url)}],
+    )
+    return str(url)
+
+
 def queue_arn(sqs: Any, url: str) -> str:
     attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
     return attributes["Attributes"]["QueueArn"]

@@ -74,6 +74,9 @@ class StackOptions:
     )
 
 
+UPLOAD_EVENTS_BUS = "offload-upload-events"
+
+
 @dataclass(frozen=True)
 class StackInfo:
     """Where everything is; also written to ``<workdir>/stack.json`` for other tools."""
@@ -95,6 +98,10 @@ class StackInfo:
     schema: str
     queue_prefix: str
     logdir: str
+    # The EventBridge bus the workers publish upload outcomes to, and the queue its rule
+    # copies them to (aws_resources.create_upload_events).
+    upload_events_bus: str = ""
+    upload_events_queue_url: str = ""
 
     def web_config(self) -> dict[str, Any]:
         return {
@@ -145,8 +152,11 @@ class LocalStack:
         queues = aws_resources.create_event_queues(
             moto, "offload-events", opts.events_max_receive_count, opts.events_visibility_timeout_s
         )
+        upload_events_queue = aws_resources.create_upload_events(moto, UPLOAD_EVENTS_BUS)
         runtime_env = {
             **_aws_env(moto),
+            "OFFLOAD_EVENT_BUS": UPLOAD_EVENTS_BUS,
+            "EVENTS_ENDPOINT_URL": moto,
             "REDIS_URL": redis_url,
             "DATABASE_URL": database_url,
             "OFFLOAD_DB_SCHEMA": opts.schema,
@@ -187,6 +197,8 @@ class LocalStack:
             schema=opts.schema,
             queue_prefix=opts.queue_prefix,
             logdir=str(logdir),
+            upload_events_bus=UPLOAD_EVENTS_BUS,
+            upload_events_queue_url=upload_events_queue,
         )
         gateway.web_config.update(self.info.web_config())
         gateway.start()

@@ -21,7 +21,7 @@ tests=(
 	tests/test_status_attempts.py tests/test_enqueue.py tests/test_enqueue_events.py
 	tests/test_api_jobs.py tests/test_api_retry.py tests/test_api_uploads.py
 	tests/test_api_requests.py tests/test_api_isolation.py tests/test_api_outages.py
-	tests/test_api_domain.py tests/test_redis_acl.py
+	tests/test_api_domain.py tests/test_redis_acl.py tests/test_flows.py
 )
 chosen=()
 options=()

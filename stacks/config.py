@@ -10,6 +10,7 @@ environment-agnostic and synth never needs credentials.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -156,8 +157,13 @@ class WorkersConfig:
     concurrency: int
     spot: bool
     scale_in_after_idle_minutes: int
+    # The EventBridge bus an upload's final state is published on (offload.upload_events):
+    # "default" (the account's default bus) or the name of a bus the deployer made.
+    event_bus_name: str
 
     def validate(self) -> None:
+        if not re.fullmatch(r"[A-Za-z0-9._\-/]{1,256}", self.event_bus_name):
+            raise ConfigError("workers.eventBusName must be an EventBridge bus name")
         if self.min_tasks < 0 or self.max_tasks < max(1, self.min_tasks):
             raise ConfigError("workers: need 0 <= minTasks <= maxTasks and maxTasks >= 1")
         if self.concurrency < 1:

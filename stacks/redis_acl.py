@@ -50,12 +50,14 @@ _CONNECTION = (
 )
 
 # The producer's scripts: addStandardJob, addDelayedJob, addPrioritizedJob (Queue.add),
+# addParentJob (FlowProducer.add: an upload's flow, whose nodes it sends in one MULTI/EXEC),
 # getCounts (Queue.getJobCounts), getRanges (getJobs: the queue metrics' oldest waiting job),
 # getState/getStateV2 (getJobState), reprocessJob
 # (Job.retry, the API's retry route); directly: HGETALL (getJob), HDEL (the retry route
 # clears the stalled counter).
 _PRODUCER = (
     "del",
+    "exec",
     "exists",
     "hdel",
     "hget",
@@ -69,6 +71,7 @@ _PRODUCER = (
     "lpos",
     "lpush",
     "lrange",
+    "multi",
     "rpop",
     "rpush",
     "sadd",

@@ -15,9 +15,10 @@
 - The task role reads ``uploads/*``, writes ``processed/*``, may ``rds-db:connect`` as
   ``offload_worker`` and as ``offload_maintenance`` (the system jobs' role: the retention job
   deletes old final uploads; only the worker's parent process signs a login for it, the
-  sandbox children have no AWS credentials: ``DATABASE_MAINTENANCE_IAM_USER``), and
-  ``elasticache:Connect`` as its Redis user, and sets its own task's scale-in protection,
-  nothing else.
+  sandbox children have no AWS credentials: ``DATABASE_MAINTENANCE_IAM_USER``),
+  ``elasticache:Connect`` as its Redis user, ``events:PutEvents`` on the configured bus
+  (``workers.eventBusName``: an upload's final state), and sets its own task's scale-in
+  protection, nothing else.
 - Autoscaling on the queue backlog only (never on CPU: busy tasks would be killed): waiting
   jobs per running task, from the queue-metrics Lambda's ``Waiting`` metric and Container
   Insights' ``RunningTaskCount``. Out in steps, fast, from zero on a backlog of one; in by one
@@ -34,6 +35,7 @@ from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_events as events
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_logs as logs
 from constructs import Construct
@@ -133,6 +135,8 @@ class Workers(Construct):
             "OFFLOAD_CONCURRENCY": str(config.concurrency),
             "OFFLOAD_SHUTDOWN_GRACE_S": str(SHUTDOWN_GRACE_S),
             "UPLOAD_BUCKET": storage.bucket.bucket_name,
+            # Upload Processed / Upload Failed (offload.upload_events)
+            "OFFLOAD_EVENT_BUS": config.event_bus_name,
             # PostgreSQL, directly (not through the proxy), as the worker's own database user
             # with an IAM token (offload.db.credentials): no password, no secret.
             **database.client_env(user=database_user(schema, "worker"), proxy=False),
@@ -186,6 +190,10 @@ class Workers(Construct):
         )
 
         self._grant_task_role(storage)
+        # Publishing an upload's final state: PutEvents on that one bus.
+        events.EventBus.from_event_bus_name(
+            self, "UploadEvents", config.event_bus_name
+        ).grant_put_events_to(self.task_definition.task_role)
         for component in ("worker", "maintenance"):
             database.grant_connect(
                 self.task_definition.task_role, database_user(schema, component), proxy=False

@@ -93,7 +93,7 @@ def test_multipart_upload_waits_for_the_jobs_and_reports_the_sha256(env, tmp_pat
     assert upload["type"] == "multipart" and upload["partCount"] == 5
     assert upload["contentType"] == "video/mp4"  # guessed from the name
     assert (upload["resumedParts"], upload["sentParts"]) == (0, 5)
-    assert upload["state"] == "queued"
+    assert upload["state"] == "processed"  # its pipeline ended
     job = inspect_job(upload)
     assert job["state"] == "completed", job
     assert job["result"]["sha256"] == sha256
@@ -201,7 +201,7 @@ def test_single_upload_human_output(env, tmp_path):
     sha256 = hashlib.sha256(path.read_bytes()).hexdigest()
     done = run_cli(env, "upload", str(path))
     assert done.returncode == 0, done.stderr
-    assert "(single, 18 B) queued" in done.stdout
+    assert "(single, 18 B) processed" in done.stdout
     assert re.search(rf"inspect\s+completed\s+sha256={sha256}", done.stdout), done.stdout
     assert "manifest.json: http" in done.stdout
     assert "\r" not in done.stderr  # no progress bar when stderr is not a terminal
@@ -312,7 +312,7 @@ def test_status_and_jobs(env, tmp_path):
     status = run_cli(env, "status", "--json", "--wait", upload["uploadId"])
     assert status.returncode == 0, status.stderr
     shown = json.loads(status.stdout)
-    assert shown["uploadId"] == upload["uploadId"] and shown["state"] == "queued"
+    assert shown["uploadId"] == upload["uploadId"] and shown["state"] == "processed"
     job = inspect_job(shown)
     assert job["state"] == "completed"
     assert job["result"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
@@ -330,7 +330,9 @@ def test_status_and_jobs(env, tmp_path):
     assert job["id"] in [j["id"] for j in everything["jobs"]]
     table = run_cli(env, "jobs", "--upload", upload["uploadId"])
     assert table.returncode == 0
-    assert job["id"] in table.stdout and table.stdout.count("\n") == 2  # header + one job
+    # header + the upload's flow: its step and its finalize
+    assert job["id"] in table.stdout and table.stdout.count("\n") == 3
+    assert "finalize" in table.stdout
 
 
 def test_resume_after_the_cli_is_killed_mid_upload(local_stack, env, tmp_path):

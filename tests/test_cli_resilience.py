@@ -89,7 +89,7 @@ def test_an_upload_goes_through_when_api_answers_are_lost(env, api_proxy, tmp_pa
     done = run_cli(env, "upload", "--json", str(path), timeout=120)
     assert done.returncode == 0, done.stderr
     upload = only_upload(done)
-    assert (upload["type"], upload["state"]) == ("multipart", "queued")
+    assert (upload["type"], upload["state"]) == ("multipart", "processed")
     assert inspect_job(upload)["result"]["sha256"] == sha256
     assert _statuses(api_proxy, "POST", r"^/api/uploads$") == [503, 201]
     assert _statuses(api_proxy, "POST", r"/complete$") == [504, 409]

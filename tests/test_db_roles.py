@@ -84,9 +84,19 @@ def test_each_role_reaches_only_the_tables_it_needs(database_url, pg_schema):
     def can(component: str, statement: str) -> bool:
         return not _denied(role_url(database_url, pg_schema, component), statement)
 
-    # The worker runs hostile input: no uploads at all.
-    assert not can("worker", "SELECT id FROM uploads")
-    assert not can("worker", "UPDATE uploads SET error = NULL")
+    # The worker runs hostile input: of the uploads, only the final-state columns it writes
+    # and those its writes match on (offload.db.upload_outcomes), nothing else.
+    assert can("worker", "SELECT id, owner, state, version_id, etag, finished_at FROM uploads")
+    assert can(
+        "worker",
+        "UPDATE uploads SET state = state, result_key = NULL, failed_step = NULL, error = NULL,"
+        " finished_at = NULL, updated_at = now() WHERE id = 'none'",
+    )
+    for column in ("key", "filename", "content_type", "size_actual", "detected_type", "bucket"):
+        assert not can("worker", f"SELECT {column} FROM uploads")
+    for change in ("key = 'k'", "owner = 'o'", "etag = 'e'", "version_id = 'v'", "bucket = 'b'"):
+        assert not can("worker", f"UPDATE uploads SET {change} WHERE id = 'none'")
+    assert not can("worker", "SELECT * FROM uploads")
     # Only the API creates uploads; only writers of job rows insert them.
     assert can("api", "SELECT id FROM uploads")
     for component in ("enqueue", "worker", "reconciler"):

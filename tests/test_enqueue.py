@@ -7,6 +7,7 @@ import time
 
 from lambdas import runtime
 from offload.jobs import INSPECT, THUMBNAIL
+from offload.pipelines import FINALIZE
 from tests.support.events import (
     FakeContext,
     failed_ids,
@@ -22,6 +23,7 @@ from tests.support.events import (
     sql,
     sqs_event,
     sqs_record,
+    step_rows,
     upload_row,
     wire_notifications,
 )
@@ -73,12 +75,19 @@ def test_moto_notifications_for_single_and_multipart_uploads_become_jobs(
     assert (image["state"], image["size_actual"], image["etag"]) == ("queued", len(PNG), image_etag)
     assert (big["state"], big["size_actual"], big["etag"]) == ("queued", big_size, big_etag)
 
-    rows = job_rows(settings)
+    # the pipeline is picked by the sniffed type: PNG bytes are an image, the big one is not
+    assert (image["detected_type"], big["detected_type"]) == ("image/png", "text/plain")
+    rows = step_rows(settings)
     assert sorted((r["upload_id"], r["name"]) for r in rows) == sorted(
         [(image["id"], INSPECT), (image["id"], THUMBNAIL), (big["id"], INSPECT)]
     )
+    parents = {r["upload_id"]: r for r in job_rows(settings) if r["name"] == FINALIZE}
+    assert set(parents) == {image["id"], big["id"]}
+    assert all(r["parent_id"] == parents[r["upload_id"]]["id"] for r in rows)
+    assert all(p["parent_id"] is None for p in parents.values())
     jobs = queue_jobs(settings)
-    assert set(jobs) == {r["id"] for r in rows}  # both multipart events: one job
+    # both multipart events: one flow
+    assert set(jobs) == {r["id"] for r in job_rows(settings)}
     big_job = jobs[next(r["id"] for r in rows if r["upload_id"] == big["id"])]
     assert big_job.name == INSPECT
     assert big_job.data == {
@@ -99,8 +108,9 @@ def test_the_same_message_twice_and_in_one_batch_gives_one_job(lambda_env, setti
     assert invoke(sqs_event([sqs_record(body, "m1", receive_count=2)]))["batchItemFailures"] == []
     assert invoke(sqs_event([sqs_record(body), sqs_record(body)]))["batchItemFailures"] == []
 
-    (row,) = job_rows(settings)
-    assert list(queue_jobs(settings)) == [row["id"]]
+    (row,) = step_rows(settings)
+    assert sorted(queue_jobs(settings)) == sorted(r["id"] for r in job_rows(settings))
+    assert len(job_rows(settings)) == 2  # the flow: finalize and inspect, once each
     events = sql(settings, "SELECT state FROM job_events WHERE job_id = %s", row["id"])
     assert [e["state"] for e in events] == ["queued"]
     assert upload_row(settings, key)["state"] == "queued"
@@ -109,8 +119,8 @@ def test_the_same_message_twice_and_in_one_batch_gives_one_job(lambda_env, setti
 def test_an_upload_arriving_as_announced_costs_three_statements(lambda_env, settings, s3, bucket):
     """The CPU budget of the enqueue path (tests/system: our CPU per upload): the common case,
     a pending upload's object with the announced size, is one statement that checks and moves
-    the row, one per job row, and the row to ``queued``. (Each statement borrows the
-    container's pool once: its request count is the statement count.)"""
+    the row, one for every row of its flow, and the row to ``queued``. (Each statement
+    borrows the container's pool once: its request count is the statement count.)"""
     key = insert_upload(settings, bucket, size=5)
     body = s3_body(s3_record(bucket, key, 5, _put(s3, bucket, key, b"hello")))
     runtime.run(runtime.pool())  # the container's pool, opened as on a cold start
@@ -119,7 +129,7 @@ def test_an_upload_arriving_as_announced_costs_three_statements(lambda_env, sett
     assert invoke(sqs_event([sqs_record(body, "m1")])) == {"batchItemFailures": []}
     after = runtime.run(runtime.pool()).get_stats().get("requests_num", 0)
 
-    assert upload_row(settings, key)["state"] == "queued" and len(job_rows(settings)) == 1
+    assert upload_row(settings, key)["state"] == "queued" and len(job_rows(settings)) == 2
     assert after - before == 3
 
 
@@ -128,13 +138,14 @@ def test_a_late_duplicate_does_not_rerun_a_finished_job(lambda_env, settings, s3
     etag = _put(s3, bucket, key, b"hello")
     event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)))])
     invoke(event)
-    (row,) = job_rows(settings)
-    # the job ran, and retention later removed it from Redis
-    sql(settings, "UPDATE jobs SET state = 'completed', attempt = 1 WHERE id = %s", row["id"])
-    queue_call(as_environment(settings), lambda queue: queue.remove(row["id"]))
+    rows = job_rows(settings)
+    # the flow ran (its step, then finalize), and retention later removed it from Redis
+    for row in rows:
+        sql(settings, "UPDATE jobs SET state = 'completed', attempt = 1 WHERE id = %s", row["id"])
+        queue_call(as_environment(settings), lambda queue, jid=row["id"]: queue.remove(jid))
     assert invoke(event)["batchItemFailures"] == []
     assert queue_jobs(settings) == {}
-    assert job_rows(settings)[0]["state"] == "completed"
+    assert {row["state"] for row in job_rows(settings)} == {"completed"}
 
 
 def test_a_batch_mixing_good_and_malformed_records_fails_only_the_bad_ones(
@@ -155,7 +166,7 @@ def test_a_batch_mixing_good_and_malformed_records_fails_only_the_bad_ones(
     response = invoke(sqs_event(records))
     assert failed_ids(response) == {"bad-json", "missing-fields", "not-s3", "bad-key-encoding"}
     assert upload_row(settings, key)["state"] == "queued"
-    assert len(queue_jobs(settings)) == 1
+    assert len(queue_jobs(settings)) == 2  # its flow: finalize and inspect
 
 
 def test_a_batch_of_only_malformed_records_reports_them_all(lambda_env):
@@ -250,7 +261,7 @@ def test_the_object_is_headed_only_when_the_event_lacks_its_size(lambda_env, set
     row = upload_row(settings, key)
     assert (row["state"], row["size_actual"], row["etag"]) == ("queued", 5, etag)
     assert upload_row(settings, gone)["state"] == "pending"
-    assert [r["upload_id"] for r in job_rows(settings)] == [row["id"]]
+    assert [r["upload_id"] for r in step_rows(settings)] == [row["id"]]
 
 
 def _redis_down(monkeypatch, url: str) -> None:
@@ -283,9 +294,13 @@ def test_redis_down_fails_every_record_that_needs_it_and_queues_nothing(
     assert [upload_row(settings, key)["state"] for key in keys] == ["uploaded"] * 3
     assert upload_row(settings, oversize)["state"] == "rejected"  # needed PostgreSQL only
     assert queue_jobs(settings) == {}
-    # The first record's job row is written before Redis is tried (PostgreSQL is the record
+    # The first record's flow rows are written before Redis is tried (PostgreSQL is the record
     # the reconciler replays from); the others never got that far.
-    assert [r["upload_id"] for r in job_rows(settings)] == [upload_row(settings, keys[0])["id"]]
+    first = upload_row(settings, keys[0])["id"]
+    assert sorted((r["upload_id"], r["name"]) for r in job_rows(settings)) == [
+        (first, FINALIZE),
+        (first, INSPECT),
+    ]
 
 
 def test_after_a_redis_outage_redelivered_messages_succeed(
@@ -294,9 +309,11 @@ def test_after_a_redis_outage_redelivered_messages_succeed(
     proxy = proxy_for(settings.redis_url, 6379)
     try:
         _redis_down(monkeypatch, url_through(settings.redis_url, proxy.port))
-        key = insert_upload(settings, bucket, filename="a.png", content_type="image/png", size=5)
-        etag = _put(s3, bucket, key, b"hello")
-        event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, 5, etag)), "m")])
+        key = insert_upload(
+            settings, bucket, filename="a.png", content_type="image/png", size=len(PNG)
+        )
+        etag = _put(s3, bucket, key, PNG)
+        event = sqs_event([sqs_record(s3_body(s3_record(bucket, key, len(PNG), etag)), "m")])
         proxy.cut()
         assert failed_ids(invoke(event)) == {"m"}
         assert upload_row(settings, key)["state"] == "uploaded"
@@ -306,7 +323,8 @@ def test_after_a_redis_outage_redelivered_messages_succeed(
         runtime.reset()
         proxy.stop()
     assert upload_row(settings, key)["state"] == "queued"
-    assert sorted(job.name for job in queue_jobs(settings).values()) == [INSPECT, THUMBNAIL]
+    names = sorted(job.name for job in queue_jobs(settings).values())
+    assert names == [FINALIZE, INSPECT, THUMBNAIL]
 
 
 def test_records_left_when_the_invocation_runs_out_of_time_fail_untouched(
@@ -371,3 +389,83 @@ print(json.dumps([m for m in heavy if m in sys.modules]))
         assert out.returncode == 0, out.stderr
         loaded[module] = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == {"lambdas.enqueue": [], "lambdas.queue_metrics": ["redis", "bullmq"]}
+
+
+def test_the_pipeline_is_picked_by_one_ranged_get_per_accepted_upload(
+    lambda_env, settings, s3, bucket, record_property
+):
+    """The content sniffing's cost in the enqueue path: exactly one GET (of the first KiB) per
+    accepted upload, none for a repeated event (the type is on the row), none for a rejected
+    one. Timed against moto: the whole record, and the GET alone (figures in the report)."""
+    from lambdas import enqueue
+    from offload import aws
+    from offload.s3events import sniff_object
+    from tests.support.events import FakeContext
+    from tests.support.system_stack import FIGURES_PROPERTY
+
+    count = 20
+    bodies = [PNG if i % 2 else b"hello world, " * 200 for i in range(count)]
+    keys = [insert_upload(settings, bucket, size=len(body)) for body in bodies]
+    records = [
+        sqs_record(s3_body(s3_record(bucket, key, len(body), _put(s3, bucket, key, body))))
+        for key, body in zip(keys, bodies, strict=True)
+    ]
+    rejected = insert_upload(settings, bucket, size=99)
+    records.append(
+        sqs_record(s3_body(s3_record(bucket, rejected, 5, _put(s3, bucket, rejected, b"hello"))))
+    )
+    client = aws.s3_client(runtime.settings().s3_endpoint_url)
+    gets: list[dict] = []
+    client.meta.events.register("before-call.s3.GetObject", lambda params, **_: gets.append(params))
+    try:
+        enqueue.handler(sqs_event(records[:1]), FakeContext())  # warm: pools, scripts, client
+        gets.clear()
+        started = time.perf_counter()
+        assert enqueue.handler(sqs_event(records[1:]), FakeContext()) == {"batchItemFailures": []}
+        per_record_ms = (time.perf_counter() - started) * 1000 / (count - 1)
+        assert len(gets) == count - 1  # one per accepted upload, none for the rejected one
+        assert {g["headers"].get("Range") for g in gets} == {"bytes=0-1023"}
+        gets.clear()
+        assert enqueue.handler(sqs_event(records), FakeContext()) == {"batchItemFailures": []}
+        assert gets == []  # repeated events: the detected type is on the row
+    finally:
+        client.meta.events.unregister("before-call.s3.GetObject")
+
+    rows = [upload_row(settings, key) for key in keys]
+    assert [row["detected_type"] for row in rows] == [
+        "image/png" if i % 2 else "text/plain" for i in range(count)
+    ]
+    started = time.perf_counter()
+    for key in keys:
+        sniff_object(client, _upload_of(runtime, key))
+    get_ms = (time.perf_counter() - started) * 1000 / count
+    figures = f"enqueue record {per_record_ms:.1f} ms, of which the ranged GET {get_ms:.1f} ms"
+    record_property(FIGURES_PROPERTY, figures)  # shown in the run's "system figures"
+
+
+def _upload_of(runtime_module, key: str):
+    """The upload row as the enqueue path reads it (offload.db.uploads.Upload)."""
+    store = runtime_module.run(runtime_module.uploads())
+    upload_id = key.split("/")[2]
+    return runtime_module.run(store.get(upload_id))
+
+
+def test_the_announced_type_never_picks_the_pipeline(lambda_env, settings, s3, bucket):
+    """Announced as a PNG, sniffed as text: no thumbnail step (a client cannot steer its bytes
+    to the image decoders, nor make a real image skip them by announcing text)."""
+    fake = insert_upload(
+        settings, bucket, filename="x.png", content_type="image/png", size=len(b"hello")
+    )
+    real = insert_upload(
+        settings, bucket, filename="x.txt", content_type="text/plain", size=len(PNG)
+    )
+    records = [
+        sqs_record(s3_body(s3_record(bucket, fake, 5, _put(s3, bucket, fake, b"hello")))),
+        sqs_record(s3_body(s3_record(bucket, real, len(PNG), _put(s3, bucket, real, PNG)))),
+    ]
+    assert invoke(sqs_event(records)) == {"batchItemFailures": []}
+    steps = {
+        key: sorted(r["name"] for r in step_rows(settings, upload_row(settings, key)["id"]))
+        for key in (fake, real)
+    }
+    assert steps == {fake: [INSPECT], real: [INSPECT, THUMBNAIL]}

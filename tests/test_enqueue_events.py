@@ -9,6 +9,7 @@ import pytest
 
 from offload.db.uploads import Upload
 from offload.jobs import INSPECT, THUMBNAIL, job_id
+from offload.pipelines import FINALIZE
 from offload.s3events import (
     MalformedEvent,
     S3ObjectEvent,
@@ -115,20 +116,24 @@ def test_invalid_percent_encoding_is_malformed():
         parse_notification({"Records": [record]})
 
 
-def _upload(content_type: str | None, version_id: str | None = None) -> Upload:
+def _upload(detected_type: str | None, version_id: str | None = None) -> Upload:
     from datetime import UTC, datetime
 
     now = datetime.now(UTC)
     return Upload(
-        "up1", "u1", "bkt", "uploads/u1/up1/f", "f", content_type, 5, 5, "etag1", version_id,
-        None, "uploaded", None, now, now,
+        "up1", "u1", "bkt", "uploads/u1/up1/f", "f", "image/png", 5, 5, "etag1", version_id,
+        None, "uploaded", None, now, now, detected_type=detected_type,
     )  # fmt: skip
 
 
-def test_planned_jobs_by_content_type_and_ids_follow_the_object_revision():
-    assert [name for name, _ in planned_jobs(_upload("image/PNG"))] == [INSPECT, THUMBNAIL]
-    assert [name for name, _ in planned_jobs(_upload("application/pdf"))] == [INSPECT]
-    assert [name for name, _ in planned_jobs(_upload(None))] == [INSPECT]
+def test_planned_jobs_by_detected_type_and_ids_follow_the_object_revision():
+    def names(upload: Upload) -> list[str]:
+        return [name for name, _ in planned_jobs(upload)]
+
+    assert names(_upload("image/PNG")) == [FINALIZE, INSPECT, THUMBNAIL]
+    # the announced type (image/png on every row here) never picks the pipeline
+    assert names(_upload("application/pdf")) == [FINALIZE, INSPECT]
+    assert names(_upload(None)) == [FINALIZE, INSPECT]
     (_, ref), *_ = planned_jobs(_upload("image/png", version_id="v9"))
     assert (ref.bucket, ref.key, ref.version_id, ref.etag, ref.owner, ref.upload_id) == (
         "bkt", "uploads/u1/up1/f", "v9", "etag1", "u1", "up1",

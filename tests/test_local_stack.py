@@ -65,8 +65,8 @@ def test_multipart_upload_reaches_completed_with_the_right_sha256(local_stack, t
     manifest = fetched if isinstance(fetched, dict) else json.loads(fetched)
     assert manifest["sha256"] == hashlib.sha256(data).hexdigest()
     assert manifest["size"] == len(data)
-    row = client.call("GET", f"/uploads/{upload['id']}").body
-    assert row["state"] == "queued" and row["sizeActual"] == len(data)
+    row = wait_until(lambda: _final_upload(client, upload["id"]), what="upload processed")
+    assert row["state"] == "processed" and row["sizeActual"] == len(data)
 
 
 def _post_small_file(client: ApiClient, filename: str, data: bytes) -> str:
@@ -80,7 +80,36 @@ def _post_small_file(client: ApiClient, filename: str, data: bytes) -> str:
     return created.body["id"]
 
 
+def _final_upload(client: ApiClient, upload_id: str) -> dict | None:
+    answer = client.call("GET", f"/uploads/{upload_id}")
+    assert answer.status == 200, answer.body
+    return answer.body if answer.body["state"] in ("processed", "failed") else None
+
+
+def _upload_events(info, upload_id: str) -> list[dict]:
+    """The Upload Processed / Failed events of ``upload_id`` the stack's rule copied to its
+    queue (others' are left in place: another test may be waiting for them)."""
+    sqs = aws_resources.client("sqs", info.moto_endpoint)
+    found = []
+    answer = sqs.receive_message(
+        QueueUrl=info.upload_events_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+    )
+    for message in answer.get("Messages", []):
+        event = json.loads(message["Body"])
+        detail = (
+            event["detail"] if isinstance(event["detail"], dict) else json.loads(event["detail"])
+        )
+        if detail["uploadId"] == upload_id:
+            found.append(event | {"detail": detail})
+            sqs.delete_message(
+                QueueUrl=info.upload_events_queue_url, ReceiptHandle=message["ReceiptHandle"]
+            )
+    return found
+
+
 def test_single_upload_by_presigned_post_is_processed(local_stack):
+    """The whole pipeline: the upload's flow (inspect, then finalize) ends with the upload
+    ``processed``, its result.json in S3 and an ``Upload Processed`` event on the bus."""
     client = ApiClient(local_stack.info)
     data = b"id,name\n1,offload\n"
     upload_id = _post_small_file(client, "rows.csv", data)
@@ -88,6 +117,25 @@ def test_single_upload_by_presigned_post_is_processed(local_stack):
     inspect = next(job for job in jobs if job["name"] == "inspect")
     assert inspect["state"] == "completed"
     assert inspect["result"]["sha256"] == hashlib.sha256(data).hexdigest()
+
+    upload = wait_until(lambda: _final_upload(client, upload_id), what="upload processed")
+    assert upload["state"] == "processed", upload
+    assert upload["resultKey"].endswith(f"/{upload_id}/result.json")
+    s3 = aws_resources.client("s3", local_stack.info.moto_endpoint)
+    result = json.loads(
+        s3.get_object(Bucket=local_stack.info.bucket, Key=upload["resultKey"])["Body"].read()
+    )
+    assert result["uploadId"] == upload_id
+    assert result["steps"]["inspect"]["result"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert result["steps"]["inspect"]["result"]["content_type"] == "text/plain"  # sniffed
+    events = wait_until(
+        lambda: _upload_events(local_stack.info, upload_id), what="Upload Processed event"
+    )
+    assert [e["detail-type"] for e in events] == ["Upload Processed"]
+    assert events[0]["detail"]["result"] == {
+        "bucket": local_stack.info.bucket,
+        "key": upload["resultKey"],
+    }
 
 
 def test_the_gateway_checks_the_cognito_token(local_stack):

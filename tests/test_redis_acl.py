@@ -32,6 +32,7 @@ from tests.support.servers import unique_name
 # offload/jobs_service.py; fargate_worker/ through bullmq's Worker).
 PRODUCER_SCRIPTS = (
     "addStandardJob",
+    "addParentJob",
     "addDelayedJob",
     "addPrioritizedJob",
     "getCounts",

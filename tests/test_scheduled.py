@@ -19,6 +19,7 @@ from bullmq import Worker
 from lambdas import runtime
 from offload.db.status import JobIdentity
 from offload.jobs import INSPECT, THUMBNAIL, JobRef, job_id
+from offload.pipelines import FINALIZE
 from offload.queue import open_queue
 from offload.reconcile import ref_for_job_row
 from offload.redis_conn import connection_options
@@ -185,14 +186,18 @@ def test_waiting_since_counts_from_the_last_attempt_of_a_retried_job():
 ORPHAN_ETAG = "d41d8cd98f00b204e9800998ecf8427e"
 
 
-def _uploaded(settings, bucket: str, **kwargs) -> dict:
-    """An upload the enqueue Lambda marked uploaded but never got to queue."""
+def _uploaded(settings, bucket: str, s3=None, body: bytes = b"hello", **kwargs) -> dict:
+    """An upload the enqueue Lambda marked uploaded but never got to queue; with ``s3``, its
+    object is there too (the reconciler sniffs it for its pipeline)."""
     key = insert_upload(settings, bucket, **kwargs)
+    etag = "0123456789abcdef0123456789abcdef"
+    if s3 is not None:
+        etag = s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"].strip('"')
     sql(
         settings,
         "UPDATE uploads SET state = 'uploaded', size_actual = size_announced, etag = %s"
         " WHERE key = %s",
-        "0123456789abcdef0123456789abcdef",
+        etag,
         key,
     )
     return upload_row(settings, key)
@@ -221,10 +226,12 @@ def _events(settings, jid: str) -> list[dict]:
     return sql(settings, "SELECT state, attempt, message FROM job_events WHERE job_id = %s", jid)
 
 
-def test_uploads_in_s3_without_jobs_are_enqueued_once(lambda_env, settings, bucket):
-    image = _uploaded(settings, bucket, filename="a.png", content_type="image/png")
-    document = _uploaded(settings, bucket, filename="b.pdf", content_type="application/pdf")
-    queued = _uploaded(settings, bucket)  # queued, but its job rows are gone
+def test_uploads_in_s3_without_jobs_are_enqueued_once(lambda_env, settings, s3, bucket):
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 24
+    image = _uploaded(settings, bucket, s3, png, filename="a.png", size=len(png))
+    pdf = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"
+    document = _uploaded(settings, bucket, s3, pdf, filename="b.pdf", size=len(pdf))
+    queued = _uploaded(settings, bucket, s3)  # queued, but its job rows are gone
     sql(settings, "UPDATE uploads SET state = 'queued' WHERE id = %s", queued["id"])
     fresh = _uploaded(settings, bucket)  # too recent: the enqueue Lambda may still be on it
     pending = insert_upload(settings, bucket)  # never arrived: nothing to do
@@ -232,17 +239,23 @@ def test_uploads_in_s3_without_jobs_are_enqueued_once(lambda_env, settings, buck
 
     report = reconcile()
     counts = [report[name] for name in ("uploads_checked", "uploads_requeued", "jobs_enqueued")]
-    assert counts == [3, 3, 4]
+    assert counts == [3, 3, 7]  # three flows: finalize with 2, 1 and 1 steps
     assert upload_row(settings, image["key"])["state"] == "queued"
     assert upload_row(settings, document["key"])["state"] == "queued"
+    # each pipeline picked by the type sniffed from the object (one ranged GET each)
+    assert upload_row(settings, image["key"])["detected_type"] == "image/png"
+    assert upload_row(settings, document["key"])["detected_type"] == "application/pdf"
     assert upload_row(settings, fresh["key"])["state"] == "uploaded"
     assert upload_row(settings, pending)["state"] == "pending"
     rows = job_rows(settings)
     assert sorted((r["upload_id"], r["name"]) for r in rows) == sorted(
         [
+            (image["id"], FINALIZE),
             (image["id"], INSPECT),
             (image["id"], THUMBNAIL),
+            (document["id"], FINALIZE),
             (document["id"], INSPECT),
+            (queued["id"], FINALIZE),
             (queued["id"], INSPECT),
         ]
     )
@@ -350,10 +363,10 @@ def test_reconciler_repairs_what_the_enqueue_lambda_left_during_a_redis_outage(
     age_rows(settings, "jobs", settings.reconcile_after_s + 60)
 
     report = reconcile()
-    assert report["uploads_requeued"] == 1 and report["jobs_requeued"] == 1
+    # the flow's rows were written before Redis was tried: the flow is added as a tree
+    assert report["uploads_requeued"] == 1 and report["jobs_requeued"] == 0
     assert upload_row(settings, key)["state"] == "queued"
-    (row,) = job_rows(settings)
-    assert set(queue_jobs(settings)) == {row["id"]}
+    assert set(queue_jobs(settings)) == {row["id"] for row in job_rows(settings)}
 
 
 def test_a_job_row_is_rebuilt_into_the_reference_that_gives_its_id():
@@ -550,13 +563,14 @@ def test_an_uploaded_object_whose_event_was_lost_is_processed(
     assert (report["pending_checked"], report["uploads_found"]) == (2, 1)
     found = upload_row(settings, lost)
     assert (found["state"], found["size_actual"]) == ("queued", 5)
-    (job,) = job_rows(settings, found["id"])
-    assert job["name"] == INSPECT and set(queue_jobs(settings)) == {job["id"]}
+    parent, job = job_rows(settings, found["id"])  # by name
+    assert (parent["name"], job["name"], job["parent_id"]) == (FINALIZE, INSPECT, parent["id"])
+    assert set(queue_jobs(settings)) == {parent["id"], job["id"]}
     assert upload_row(settings, never_sent)["state"] == "pending"  # nothing to process yet
 
     again = reconcile()  # the found upload is queued now: only the other one is looked at
     assert (again["pending_checked"], again["uploads_found"]) == (1, 0)
-    assert set(queue_jobs(settings)) == {job["id"]}
+    assert set(queue_jobs(settings)) == {parent["id"], job["id"]}
 
 
 def test_an_object_whose_event_may_still_come_is_left_to_it(lambda_env, settings, s3, bucket):

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from offload.keys import UploadKey
+from offload.pipelines import FINALIZE
 from offload.s3events import SUPERSEDED
 from tests.support.apigw import call
 from tests.support.events import (
@@ -30,13 +31,13 @@ from tests.support.events import (
     insert_upload,
     invoke_enqueue,
     invoke_reconciler,
-    job_rows,
     queue_jobs,
     receive_all,
     s3_body,
     s3_record,
     sqs_event,
     sqs_record,
+    step_rows,
     upload_row,
     wire_notifications,
 )
@@ -147,7 +148,19 @@ def deliver(*records: dict[str, Any]) -> None:
 
 
 def job_ids(settings, upload_id: str) -> set[str]:
-    return {row["id"] for row in job_rows(settings, upload_id)}
+    """The upload's step jobs (every version's), without their flows' finalize parents."""
+    return {row["id"] for row in step_rows(settings, upload_id)}
+
+
+def parent_of(settings, job_id: str) -> str:
+    """The finalize job of the step ``job_id``'s flow."""
+    row = job_row(settings, job_id)
+    assert row is not None and row["parent_id"], job_id
+    return str(row["parent_id"])
+
+
+def steps_listed(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {job["id"]: job for job in body["jobs"] if job["name"] != FINALIZE}
 
 
 def run_until(settings, states: dict[str, str]) -> None:
@@ -179,7 +192,10 @@ def test_a_second_post_of_the_same_size_is_processed_as_the_new_version(
     deliver(first_message)
     upload_id = upload_row(settings, view["key"])["id"]
     (first_job,) = job_ids(settings, upload_id)
-    run_until(worker_settings, {first_job: "completed"})
+    run_until(
+        worker_settings, {first_job: "completed", parent_of(settings, first_job): "completed"}
+    )
+    assert upload_row(settings, view["key"])["state"] == "processed"
 
     # While the URL is valid: other bytes, the same size, the same key.
     second = post(s3, versioned, view, SECOND)
@@ -196,12 +212,13 @@ def test_a_second_post_of_the_same_size_is_processed_as_the_new_version(
     (second_job,) = job_ids(settings, upload_id) - {first_job}
     assert job_row(settings, second_job)["revision"] == second.version_id
     assert set(queue_jobs(settings)) >= {second_job}
-    run_until(worker_settings, {second_job: "completed"})
+    second_parent = parent_of(settings, second_job)
+    run_until(worker_settings, {second_job: "completed", second_parent: "completed"})
     newest = manifest(s3, versioned, view)
     assert (newest["sha256"], newest["version_id"]) == (sha256(SECOND), second.version_id)
 
     # The API shows the newest version's results, and marks the older version's job.
-    listed = {job["id"]: job for job in call("GET", "/jobs").body["jobs"]}
+    listed = steps_listed(call("GET", "/jobs").body)
     assert set(listed) == {first_job, second_job}
     assert listed[second_job]["superseded"] is False
     assert listed[second_job]["result"]["sha256"] == sha256(SECOND)
@@ -212,7 +229,8 @@ def test_a_second_post_of_the_same_size_is_processed_as_the_new_version(
     deliver(first_message, second_message)
     assert job_ids(settings, upload_id) == {first_job, second_job}
     again = upload_row(settings, view["key"])
-    assert (again["state"], again["version_id"]) == ("queued", second.version_id)
+    assert (again["state"], again["version_id"]) == ("processed", second.version_id)
+    assert again["result_key"] == UploadKey.parse(view["key"]).output_key("result.json")
 
 
 @pytest.mark.parametrize("form", ["moto", "aws"])
@@ -229,12 +247,12 @@ def test_events_out_of_order_and_repeated_leave_the_newest_version(
 
     row = upload_row(settings, view["key"])
     assert (row["state"], row["etag"]) == ("queued", newer.etag)
-    (job,) = job_rows(settings, row["id"])
+    (job,) = step_rows(settings, row["id"])
     if form == "aws":
         assert row["version_id"] == job["revision"] == newer.version_id
     else:  # moto's first event of a pending upload is taken as it comes (no HEAD)
         assert row["version_id"] is None and job["revision"] == newer.etag
-    assert set(queue_jobs(settings)) == {job["id"]}
+    assert set(queue_jobs(settings)) == {job["id"], job["parent_id"]}
     ignored = [r.reason for r in caplog.records if r.getMessage() == "event ignored"]
     assert ignored == [SUPERSEDED, SUPERSEDED]
 
@@ -267,7 +285,10 @@ def test_a_newer_version_waits_until_the_older_versions_jobs_are_done(
 
     # With a version id the older job reads its own version; with only an ETag (moto's event),
     # the key no longer matches it and the job fails for good.
-    run_until(worker_settings, {old_job: "completed" if form == "aws" else "failed"})
+    outcome = "completed" if form == "aws" else "failed"
+    run_until(worker_settings, {old_job: outcome, parent_of(settings, old_job): outcome})
+    # the older flow ended, but the upload names the newer object: it is not ended by it
+    assert upload_row(settings, view["key"])["state"] == "uploaded"
     if form == "moto":
         assert "replaced" in job_row(settings, old_job)["error_message"]
         retry = call("POST", f"/jobs/{old_job}/retry")
@@ -276,12 +297,13 @@ def test_a_newer_version_waits_until_the_older_versions_jobs_are_done(
         assert manifest(s3, versioned, view)["sha256"] == sha256(FIRST)
 
     report = invoke_reconciler()
-    assert (report["uploads_requeued"], report["jobs_enqueued"]) == (1, 1)
+    assert (report["uploads_requeued"], report["jobs_enqueued"]) == (1, 2)  # finalize, inspect
     assert upload_row(settings, view["key"])["state"] == "queued"
     (new_job,) = job_ids(settings, upload_id) - {old_job}
     assert job_row(settings, new_job)["revision"] == newer.version_id
-    run_until(worker_settings, {new_job: "completed"})
+    run_until(worker_settings, {new_job: "completed", parent_of(settings, new_job): "completed"})
     assert manifest(s3, versioned, view)["sha256"] == sha256(SECOND)
+    assert upload_row(settings, view["key"])["state"] == "processed"
     assert call("GET", f"/jobs/{old_job}").body["superseded"] is True
     assert call("GET", f"/jobs/{new_job}").body["superseded"] is False
 

@@ -18,6 +18,8 @@ const TRIES = 3; // attempts per part (and per API call of the upload flow)
 const BACKOFF_MS = 1000; // first retry delay, doubled each time, with jitter
 const URL_MARGIN_MS = 60_000; // a part URL this close to `expiresAt` is replaced before use
 const DEFAULT_URL_BATCH = 100; // the API's default OFFLOAD_PART_URL_BATCH
+// Upload states with the object in S3 (processed / failed: its pipeline ended too).
+const PAST_PENDING = ["uploaded", "queued", "processed", "failed"];
 
 /** A failed request to S3: status 0 when there was no answer. */
 export class TransferError extends Error {
@@ -275,7 +277,7 @@ export class UploadTask {
     );
     this.upload = upload;
     // completed: S3 has the object and its event is on the way (the row is still pending).
-    if (upload.state === "uploaded" || upload.state === "queued" || upload.completed) {
+    if (PAST_PENDING.includes(upload.state) || upload.completed) {
       forgetUpload(this.id);
       this.note = "S3 already has this file";
       return this.finish("done");
@@ -409,8 +411,7 @@ export class UploadTask {
       // 409 after a retry may mean our first attempt did complete it (its answer was lost).
       if (!(err instanceof ApiError && err.status === 409)) throw err;
       const upload = await this.api.get(`/uploads/${this.id}`, { signal });
-      const completed =
-        upload.state === "uploaded" || upload.state === "queued" || upload.completed === true;
+      const completed = PAST_PENDING.includes(upload.state) || upload.completed === true;
       if (!completed) {
         forgetUpload(this.id);
         this.gone = true;

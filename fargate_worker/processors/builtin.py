@@ -7,7 +7,6 @@ inputs that can never succeed into PermanentJobError so they do not burn retries
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import io
 import json
@@ -15,12 +14,11 @@ import warnings
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import filetype
-
 from fargate_worker.errors import PermanentJobError
 from fargate_worker.processors import processor
 from fargate_worker.processors.outputs import output_key
 from fargate_worker.processors.s3stream import open_object, spool
+from offload.content_type import detect_content_type
 from offload.jobs import INSPECT, THUMBNAIL
 
 if TYPE_CHECKING:
@@ -28,7 +26,6 @@ if TYPE_CHECKING:
 
     from fargate_worker.context import JobContext
 
-OCTET_STREAM = "application/octet-stream"
 SNIFF_BYTES = 8192  # what filetype looks at; also enough to tell UTF-8 text from binary
 THUMBNAIL_SIZE = 256  # longest side of a thumbnail, in pixels
 THUMBNAIL_QUALITY = 85
@@ -44,25 +41,6 @@ THUMBNAIL_FORMATS = {
     "image/gif": "GIF",
     "image/webp": "WEBP",
 }
-
-
-def detect_content_type(head: bytes, complete: bool) -> str:
-    """Content type from magic bytes; UTF-8 text without control characters is text/plain.
-
-    ``complete`` says ``head`` is the whole object, so a multi-byte character cut at the end
-    of a longer object's head is not mistaken for invalid UTF-8.
-    """
-    kind = filetype.guess(head)
-    if kind is not None:
-        return kind.mime
-    if head:
-        try:
-            text = codecs.getincrementaldecoder("utf-8")().decode(head, final=complete)
-        except UnicodeDecodeError:
-            return OCTET_STREAM
-        if all(ch.isprintable() or ch in "\t\n\r\f" for ch in text.lstrip("\ufeff")):
-            return "text/plain"
-    return OCTET_STREAM
 
 
 @processor(INSPECT)

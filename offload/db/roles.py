@@ -11,8 +11,13 @@ read off the component's SQL:
   existing job.
 * ``enqueue`` (lambdas/enqueue.py: offload.s3events, queue.Producer): reads and moves uploads,
   reads an upload's jobs, records the jobs it queues (INSERT ... ON CONFLICT DO NOTHING).
-* ``worker`` (fargate_worker: offload.db.status): job rows and their events only; a worker
-  runs hostile input and never sees the uploads table.
+* ``worker`` (fargate_worker: offload.db.status, offload.db.upload_outcomes): job rows and
+  their events; of the uploads table, only what ending an upload's flow takes. A worker runs
+  hostile input, so its grant there is column-level and as narrow as the two final-state
+  writes (``processed`` with its result key, ``failed`` with its step and reason): UPDATE of
+  exactly the columns they set, SELECT of exactly the columns they match on (id, owner, the
+  object's revision, the state) and return. It cannot read an upload's key, filename, sizes
+  or content type, create or delete an upload, or point a row at another object or owner.
 * ``reconciler`` (offload/reconcile.py): reads uploads and jobs, moves uploads, re-queues and
   settles jobs, records the jobs it queues again.
 * ``maintenance`` (the worker's system jobs, ``fargate_worker.system_jobs``; today the
@@ -53,6 +58,8 @@ from collections.abc import Iterable, Mapping
 import psycopg
 from psycopg import errors, sql
 
+from offload.db.upload_outcomes import READ_COLUMNS, WRITTEN_COLUMNS
+
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("api", "enqueue", "worker", "reconciler", "maintenance")
@@ -62,7 +69,8 @@ _PREFIX = re.compile(r"[a-z_][a-z0-9_]*")
 _LONGEST_COMPONENT = max(len(c) for c in COMPONENTS)
 MAX_PREFIX = _MAX_NAME - 1 - _LONGEST_COMPONENT
 
-# table -> privileges, per component. The one place to change when a query changes.
+# table -> privileges, per component. The one place to change when a query changes. A privilege
+# may name columns ("UPDATE (a, b)"): PostgreSQL's column-level grant.
 GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "api": {
         "uploads": ("SELECT", "INSERT", "UPDATE"),
@@ -77,6 +85,11 @@ GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "worker": {
         "jobs": ("SELECT", "INSERT", "UPDATE"),
         "job_events": ("INSERT",),
+        # column-level: offload.db.upload_outcomes (see the module docstring)
+        "uploads": (
+            f"SELECT ({', '.join(READ_COLUMNS)})",
+            f"UPDATE ({', '.join(WRITTEN_COLUMNS)})",
+        ),
     },
     "reconciler": {
         "uploads": ("SELECT", "UPDATE"),

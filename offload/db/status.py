@@ -15,7 +15,7 @@ Rules that keep the row truthful:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,26 +35,44 @@ INSERT INTO job_events (job_id, attempt, state, worker_id, message)
 SELECT id, attempt, state, worker_id, %(message)s FROM changed
 """
 
-MARK_QUEUED = (
-    """
+_QUEUED_VALUES = (
+    "(%(id{n})s, %(name{n})s, %(queue{n})s, %(upload_id{n})s, %(owner{n})s, %(bucket{n})s,"
+    " %(key{n})s, %(revision{n})s, 'queued', %(max_attempts{n})s, %(parent_id{n})s)"
+)
+
+
+def mark_queued_statement(count: int) -> str:
+    """Rows for ``count`` jobs queued at once (a flow: the parent and its children), in one
+    statement: one round trip whatever the pipeline's length. Parameters are suffixed with
+    the job's position (``id0``, ``name0``, ...)."""
+    return _mark_queued([str(n) for n in range(count)])
+
+
+def _mark_queued(suffixes: Sequence[str]) -> str:
+    values = ",\n           ".join(_QUEUED_VALUES.format(n=n) for n in suffixes)
+    return (
+        f"""
 WITH changed AS (
     INSERT INTO jobs (id, name, queue, upload_id, owner, bucket, key, revision, state,
-                      max_attempts)
-    VALUES (%(id)s, %(name)s, %(queue)s, %(upload_id)s, %(owner)s, %(bucket)s, %(key)s,
-            %(revision)s, 'queued', %(max_attempts)s)
+                      max_attempts, parent_id)
+    VALUES {values}
     ON CONFLICT (id) DO NOTHING
     RETURNING id, attempt, state, worker_id
 )"""
-    + _EVENT
-)
+        + _EVENT
+    )
+
+
+MARK_QUEUED = _mark_queued([""])
 
 MARK_ACTIVE = (
     """
 WITH changed AS (
     INSERT INTO jobs (id, name, queue, upload_id, owner, bucket, key, revision, state,
-                      attempt, max_attempts, worker_id, started_at)
+                      attempt, max_attempts, worker_id, started_at, parent_id)
     VALUES (%(id)s, %(name)s, %(queue)s, %(upload_id)s, %(owner)s, %(bucket)s, %(key)s,
-            %(revision)s, 'active', %(attempt)s, %(max_attempts)s, %(worker_id)s, now())
+            %(revision)s, 'active', %(attempt)s, %(max_attempts)s, %(worker_id)s, now(),
+            %(parent_id)s)
     ON CONFLICT (id) DO UPDATE SET
         state = 'active', attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
         worker_id = EXCLUDED.worker_id, started_at = now(), finished_at = NULL,
@@ -71,10 +89,10 @@ MARK_FAILED_UNRUN = (
     """
 WITH changed AS (
     INSERT INTO jobs (id, name, queue, upload_id, owner, bucket, key, revision, state,
-                      attempt, max_attempts, worker_id, error_message, finished_at)
+                      attempt, max_attempts, worker_id, error_message, finished_at, parent_id)
     VALUES (%(id)s, %(name)s, %(queue)s, %(upload_id)s, %(owner)s, %(bucket)s, %(key)s,
             %(revision)s, 'failed', %(attempt)s, %(max_attempts)s, %(worker_id)s,
-            %(message)s, now())
+            %(message)s, now(), %(parent_id)s)
     ON CONFLICT (id) DO UPDATE SET
         state = 'failed', attempt = EXCLUDED.attempt, max_attempts = EXCLUDED.max_attempts,
         worker_id = EXCLUDED.worker_id, error_message = EXCLUDED.error_message,
@@ -114,11 +132,14 @@ class JobIdentity:
     name: str
     queue: str
     ref: JobRef | None
+    # The flow parent's job id (a pipeline step's ``finalize``); None for everything else.
+    parent_id: str | None = None
 
     def columns(self) -> dict[str, Any]:
         ref = self.ref
         return {
             "id": self.job_id,
+            "parent_id": self.parent_id,
             "name": self.name,
             "queue": self.queue,
             "upload_id": ref.upload_id if ref else None,
@@ -144,6 +165,19 @@ class StatusStore:
         params = job.columns() | {"max_attempts": max_attempts, "message": None}
         rows = await until_stored("queued", job.job_id, lambda: self._execute(MARK_QUEUED, params))
         return rows > 0
+
+    async def mark_queued_many(self, jobs: Sequence[tuple[JobIdentity, int]]) -> int:
+        """``(job, max_attempts)`` rows queued together (a flow), in one statement; rows that
+        exist are left as they are. Returns how many were new."""
+        if not jobs:
+            return 0
+        params: dict[str, Any] = {"message": None}
+        for n, (job, max_attempts) in enumerate(jobs):
+            columns = job.columns() | {"max_attempts": max_attempts}
+            params |= {f"{name}{n}": value for name, value in columns.items()}
+        statement = mark_queued_statement(len(jobs))
+        label = jobs[0][0].job_id
+        return await until_stored("queued", label, lambda: self._execute(statement, params))
 
     async def mark_active(
         self, job: JobIdentity, attempt: int, max_attempts: int, worker_id: str

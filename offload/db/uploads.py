@@ -5,8 +5,9 @@ one user's request can never see or change another user's upload; the enqueue pa
 for the system, addresses rows by id and key instead.
 
 States: ``pending`` (URLs handed out) -> ``uploaded`` (object seen, size checked) -> ``queued``
-(jobs enqueued) -> ``processed`` / ``failed`` (its pipeline's final state, migration 0004); or
-``rejected`` (object does not match what was announced) / ``aborted``.
+(its flow started) -> ``processed`` / ``failed`` (the flow ended: ``offload.db.upload_outcomes``,
+written by the worker); or ``rejected`` (object does not match what was announced) /
+``aborted``.
 
 A row in ``uploaded``/``queued`` names one object: its version id and ETag (its *revision*, the
 same one its jobs' ids are derived from). A presigned POST stays valid for the URL's lifetime,
@@ -28,6 +29,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.pool import until_stored
+from offload.flows import HOLDING_STATES
 from offload.pages import DEFAULT_LIMIT, Cursor, after_clause, check_limit
 from offload.quotas import OpenUpload, Usage
 
@@ -93,6 +95,8 @@ _COLUMNS = (
     " version_id, multipart_upload_id, state, error, created_at, updated_at, part_size,"
     " part_urls_expire_at, failed_step, result_key, finished_at, detected_type, tier"
 )
+# What a row naming a new object forgets of the previous one (its sniffed type, its outcome).
+_NEW_OBJECT = {"detected_type": None, "failed_step": None, "result_key": None, "finished_at": None}
 
 
 def quota_lock_key(owner: str) -> int:
@@ -291,7 +295,7 @@ class UploadStore:
         """The object arrived (from ``pending``), or a newer version of it replaces the one
         ``replacing`` names (from ``uploaded``/``queued``, only while the row still names
         that one). None when the row is no longer what the caller saw."""
-        from_states = ("uploaded", "queued") if replacing else ("pending",)
+        from_states = HOLDING_STATES if replacing else ("pending",)
         return await self._transition(
             upload_id,
             "uploaded",
@@ -301,6 +305,7 @@ class UploadStore:
             etag=etag,
             version_id=version_id,
             error=None,
+            **_NEW_OBJECT,
         )
 
     async def accept_first_object(
@@ -339,10 +344,17 @@ class UploadStore:
             "upload uploaded", upload_id, lambda: self._fetch_one(statement, params)
         )
 
-    async def mark_queued(self, upload: Upload) -> Upload | None:
-        """The jobs of ``upload``'s object are enqueued; None when the row has moved to
-        another object meanwhile (that object's jobs are not)."""
-        return await self._transition(upload.id, "queued", ("uploaded", "queued"), holding=upload)
+    async def mark_queued(
+        self, upload: Upload, *, detected_type: str | None = None
+    ) -> Upload | None:
+        """The flow of ``upload``'s object is started (its pipeline picked by
+        ``detected_type``, stored when given); None when the row has moved to another object
+        meanwhile (that object's jobs are not), or its flow already ended (a fast flow's
+        ``finalize`` may land before this)."""
+        fields = {"detected_type": detected_type} if detected_type is not None else {}
+        return await self._transition(
+            upload.id, "queued", ("uploaded", "queued"), holding=upload, **fields
+        )
 
     async def mark_rejected(
         self,
@@ -357,7 +369,7 @@ class UploadStore:
         """The object does not match what was announced: from ``pending``, or, for a newer
         version, from the ``uploaded``/``queued`` row still naming ``replacing``. The row
         names the rejected object from then on."""
-        from_states = ("uploaded", "queued") if replacing else ("pending", "rejected")
+        from_states = HOLDING_STATES if replacing else ("pending", "rejected")
         return await self._transition(
             upload_id,
             "rejected",
@@ -367,6 +379,7 @@ class UploadStore:
             size_actual=size_actual,
             etag=etag,
             version_id=version_id,
+            **_NEW_OBJECT,
         )
 
     async def mark_aborted(self, upload_id: str) -> Upload | None:

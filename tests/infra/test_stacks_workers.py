@@ -118,7 +118,12 @@ def test_task_role_least_privilege(dev: Synth) -> None:
         ("ecs:GetTaskProtection", "ecs:UpdateTaskProtection"),
         ("rds-db:connect",),
         ("elasticache:Connect",),  # as the worker user (test_stacks_queue.py)
+        ("events:PutEvents",),  # an upload's final state, on the configured bus only
     }
+    put_events = json.dumps(by_actions["events:PutEvents",]["Resource"])
+    assert put_events.endswith(':event-bus/default"]]}') and "*" not in put_events
+    env = {e["Name"]: e["Value"] for e in container(dev)["Environment"]}
+    assert env["OFFLOAD_EVENT_BUS"] == "default"
     protection = by_actions["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"]
     assert ":task/" in json.dumps(protection["Resource"])
     # No secret at all (ECS injects the Redis token with the execution role); PostgreSQL as

@@ -15,6 +15,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from offload.keys import UploadKey
+from offload.pipelines import FINALIZE
 from offload.queue import open_queue
 from offload.settings import Settings
 from offload_local.aws_resources import REGION, notify_object_created, queue_arn
@@ -189,6 +190,11 @@ def job_rows(settings: Settings, upload_id: str | None = None) -> list[dict[str,
         ).fetchall()
 
 
+def step_rows(settings: Settings, upload_id: str | None = None) -> list[dict[str, Any]]:
+    """The rows of pipeline steps (``job_rows`` without the flows' ``finalize`` parents)."""
+    return [row for row in job_rows(settings, upload_id) if row["name"] != FINALIZE]
+
+
 def sql(settings: Settings, statement: str, *params: Any) -> list[dict[str, Any]]:
     with _connect(settings) as conn:
         cursor = conn.execute(statement, params)
@@ -226,7 +232,7 @@ def queue_jobs(settings: Settings) -> dict[str, Any]:
 
     async def read(queue: Any) -> dict[str, Any]:
         jobs = await queue.getJobs(
-            ["wait", "active", "delayed", "failed", "completed", "prioritized"]
+            ["wait", "active", "delayed", "failed", "completed", "prioritized", "waiting-children"]
         )
         return {job.id: job for job in jobs}
 

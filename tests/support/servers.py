@@ -38,6 +38,10 @@ def aws_test_env(endpoint: str) -> dict[str, str]:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
         "S3_ENDPOINT_URL": endpoint,
+        # EventBridge (an upload's final state, offload.upload_events): botocore's own
+        # per-service endpoint variable, so every worker a test starts, in-process or not,
+        # publishes to moto without a setting of its own.
+        "AWS_ENDPOINT_URL_EVENTBRIDGE": endpoint,
     }
 
 
