@@ -436,13 +436,11 @@ def upload_view(upload: Upload) -> dict[str, Any]:
         view["sizeActual"] = upload.size_actual
     if upload.error:
         view["error"] = redact(upload.error, [upload.bucket])  # offload.user_errors
-    # The end of its flow: processed (result.json's key) or failed (the step that failed).
-    if upload.result_key:
+    # The end of its flow: processed (result.json's key, only if it is under the upload's own
+    # outputs: a key anywhere else is a bug, never shown) or failed (the step that failed).
+    own_outputs = UploadKey(upload.owner, upload.id, upload.filename).output_key("")
+    if upload.result_key and upload.result_key.startswith(own_outputs):
         view["resultKey"] = upload.result_key
-    if upload.failed_step:
-        view["failedStep"] = upload.failed_step
-    if upload.finished_at:
-        view["finishedAt"] = _iso(upload.finished_at)
     if upload.multipart_upload_id and upload.size_announced:
         plan = upload_plan(upload)
         view["partSize"] = plan.part_size
