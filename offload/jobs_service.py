@@ -51,7 +51,7 @@ from offload.uploads import (
 if TYPE_CHECKING:
     from psycopg_pool import AsyncConnectionPool
 
-    from offload.db.status import StatusStore
+    from offload.db.status import RetryClaim, StatusStore
     from offload.db.uploads import Upload
     from offload.settings import Settings
 
@@ -271,23 +271,56 @@ class JobService:
         queue = await self._queue(row.queue or self.settings.queue_name)
         async with self.statuses.retry_claim(
             job_id, row.attempt, owner=owner, message="retry requested"
-        ) as claimed:
-            if not claimed:
+        ) as claim:
+            if not claim.won:
                 raise Conflict("job was retried meanwhile; only a failed job can be retried")
             job = await queue.getJob(job_id)
             if job is None:
                 raise Conflict(_GONE)
-            try:
-                await job.retry("failed")
-            except TypeError as exc:  # bullmq: not in the failed set, or no such job any more
-                if await queue.getJob(job_id) is None:
-                    raise Conflict(_GONE) from exc
-                raise Conflict("job is not failed in the queue; it may still be finishing") from exc
-            # A fresh stall allowance: bullmq keeps the stall count across retries, so a job
-            # the stall limit failed would fail again at its next single crash. (Milliseconds
-            # after the move, long before a run could stall: that takes a whole lock duration.)
-            await queue.client.hdel(queue.toKey(job_id), "stc")
+            if job.parentKey:
+                await self._retry_step(queue, job, row, claim)
+            else:
+                await self._retry_job(queue, job, row, claim)
         return self.answer(owner, await self._owned(owner, job_id))
+
+    async def _retry_step(self, queue: Any, job: Any, row: JobRow, claim: RetryClaim) -> None:
+        """A step of a pipeline: the step runs again, then its ``finalize``
+        (``offload.flow_retry``), and the upload is ``queued`` again until the pipeline ends.
+        With another step of the pipeline still failed, only this one runs: the pipeline
+        stays failed until that one is retried too."""
+        from offload.flow_retry import StepRetryError, retry_step
+
+        try:
+            outcome = await retry_step(queue, job)
+        except StepRetryError as exc:
+            raise Conflict(_GONE if exc.gone else exc.reason) from exc
+        if outcome.reopened:
+            parent_id = row.parent_id or job.parentKey.rpartition(":")[2]
+            await claim.reopen_flow(parent_id, row.upload_id)
+
+    async def _retry_job(self, queue: Any, job: Any, row: JobRow, claim: RetryClaim) -> None:
+        """A job outside a pipeline, or a pipeline's ``finalize`` that failed by itself (its
+        steps all succeeded): bullmq's own retry. A ``finalize`` failed by a step cannot run
+        without that step's result: the step is what to retry."""
+        if row.name == FINALIZE:
+            unsuccessful = await queue.client.zcard(f"{queue.toKey(job.id)}:unsuccessful")
+            if unsuccessful:
+                raise Conflict(
+                    "a step of this upload's pipeline failed; retry that step (the pipeline's"
+                    " finalize then runs again by itself)"
+                )
+        try:
+            await job.retry("failed")
+        except TypeError as exc:  # bullmq: not in the failed set, or no such job any more
+            if await queue.getJob(job.id) is None:
+                raise Conflict(_GONE) from exc
+            raise Conflict("job is not failed in the queue; it may still be finishing") from exc
+        # A fresh stall allowance: bullmq keeps the stall count across retries, so a job
+        # the stall limit failed would fail again at its next single crash. (Milliseconds
+        # after the move, long before a run could stall: that takes a whole lock duration.)
+        await queue.client.hdel(queue.toKey(job.id), "stc")
+        if row.name == FINALIZE:
+            await claim.reopen_flow(None, row.upload_id)
 
 
 def _requested_links(

@@ -170,6 +170,7 @@ LAMBDA_ROLE_BY_MODULE = {
     "test_api_pipelines": "api",
     "test_api_requests": "api",
     "test_api_retry": "api",
+    "test_api_flow_retries": "api",
     "test_api_uploads": "api",
     "test_enqueue": "enqueue",
     "test_scheduled": "reconciler",

@@ -249,12 +249,13 @@ class StatusStore:
     @asynccontextmanager
     async def retry_claim(
         self, job_id: str, attempt: int, *, owner: str, message: str
-    ) -> AsyncIterator[bool]:
+    ) -> AsyncIterator[RetryClaim]:
         """Claim a failed row for a user's retry (MARK_REQUEUED) and hold the claim while the
         caller moves the job in the queue: the claim commits when the block ends, and is rolled
-        back when it raises. Yields False when the row is no longer failed at ``attempt``
-        (another retry claimed it, or a worker already ran it again): the caller must not
-        touch the queue then.
+        back when it raises. The claim is not ``won`` when the row is no longer failed at
+        ``attempt`` (another retry claimed it, or a worker already ran it again): the caller
+        must not touch the queue then. What else the retry changes (:meth:`RetryClaim.
+        reopen_flow`) commits or rolls back with it.
 
         Holding the claim in an open transaction, rather than writing it and undoing it, is
         what keeps the row truthful whatever fails in between:
@@ -274,7 +275,31 @@ class StatusStore:
         params = {"id": job_id, "attempt": attempt, "owner": owner, "message": message}
         async with self._pool.connection() as conn, conn.transaction():
             cursor = await conn.execute(MARK_REQUEUED, params)
-            yield cursor.rowcount > 0
+            yield RetryClaim(cursor.rowcount > 0, conn, owner)
+
+
+@dataclass
+class RetryClaim:
+    """A user's claim on a failed row (:meth:`StatusStore.retry_claim`), and the transaction
+    that holds it."""
+
+    won: bool
+    conn: Any  # psycopg.AsyncConnection, in the claim's transaction
+    owner: str
+
+    async def reopen_flow(self, parent_id: str | None, upload_id: str | None) -> None:
+        """The retried job's pipeline is running again (``offload.flow_retry``): its
+        ``finalize`` row (``parent_id``, when the retried job is a step) goes from ``failed``
+        back to ``queued``, and the upload from ``failed`` back to ``queued``, without its
+        failure. Rows in any other state are left alone: a parent bullmq had not failed yet is
+        still ``queued``."""
+        if parent_id is not None:
+            await self.conn.execute(
+                REOPEN_PARENT,
+                {"id": parent_id, "owner": self.owner, "message": "a failed step was retried"},
+            )
+        if upload_id is not None:
+            await self.conn.execute(REOPEN_UPLOAD, {"id": upload_id, "owner": self.owner})
 
 
 # A failed job put back in the queue by a user's retry (StatusStore.retry_claim). Only a row
@@ -294,6 +319,27 @@ WITH changed AS (
 )"""
     + _EVENT
 )
+
+
+# A pipeline's finalize row, failed with its step, waits again once the step is retried.
+REOPEN_PARENT = (
+    """
+WITH changed AS (
+    UPDATE jobs SET
+        state = 'queued', progress = NULL, result = NULL, error_message = NULL,
+        error_stack = NULL, worker_id = NULL, finished_at = NULL, updated_at = now()
+    WHERE id = %(id)s AND state = 'failed' AND owner = %(owner)s
+    RETURNING id, attempt, state, worker_id
+)"""
+    + _EVENT
+)
+
+# The upload of a reopened pipeline: running again, its failure gone until the pipeline ends.
+REOPEN_UPLOAD = """
+UPDATE uploads SET state = 'queued', failed_step = NULL, error = NULL, finished_at = NULL,
+    result_key = NULL, updated_at = now()
+WHERE id = %(id)s AND owner = %(owner)s AND state = 'failed'
+"""
 
 
 def storable_text(text: str) -> str:

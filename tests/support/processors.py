@@ -120,6 +120,15 @@ def fail_permanently(ctx: JobContext) -> dict:
     raise PermanentJobError(f"not an image: {ctx.ref.key}")
 
 
+@processor("fail_first_attempt_for_good")
+def fail_first_attempt_for_good(ctx: JobContext) -> dict:
+    """Fails for good on its first attempt, succeeds on any later one (a user's retry): a
+    pipeline step whose retry repairs the pipeline."""
+    if ctx.attempt == 1:
+        raise PermanentJobError("refused on the first attempt")
+    return {"attempt": ctx.attempt}
+
+
 def _nested(depth: int) -> list:
     value: list = []
     for _ in range(depth):
