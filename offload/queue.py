@@ -90,6 +90,8 @@ class Producer:
         ref: JobRef,
         states: Mapping[str, str],
         upload: Upload | None = None,
+        *,
+        priority: int | None = None,
     ) -> tuple[str, ...]:
         """Start (or repair) the flow of ``ref``'s object under ``pipeline``
         (``offload.flows.plan_flow``, in this producer's queue): the nodes that
@@ -101,10 +103,10 @@ class Producer:
         linked to the same parent. Returns the ids of the nodes added (none when the flow is
         over).
 
-        Every job of the flow gets the priority of ``upload`` (its size and its creator's
-        tier, ``offload.priorities``); without an upload row, that of an upload of unknown size
-        from the standard tier: a job without a priority would go ahead of every prioritised
-        one."""
+        Every job of the flow gets ``priority``, else that of ``upload`` (its size and its
+        creator's tier, ``offload.priorities``); without either, that of an upload of unknown
+        size from the standard tier: a job without a priority would go ahead of every
+        prioritised one."""
         from offload.db.status import JobIdentity  # loaded with the store (__init__)
 
         settings = self.settings
@@ -112,7 +114,9 @@ class Producer:
         nodes = nodes_to_add(plan, states)
         if not nodes:
             return ()
-        options = settings.default_job_options() | {"priority": self.priority_of(upload)}
+        if priority is None:
+            priority = self.priority_of(upload)
+        options = settings.default_job_options() | {"priority": priority}
         attempts = int(options["attempts"])
         parent_id = plan.parent.job_id
         await self.store.mark_queued_many(

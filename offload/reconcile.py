@@ -60,7 +60,7 @@ from offload.db.status import storable_text
 from offload.db.uploads import Upload, UploadStore, revision_sql
 from offload.expired_uploads import abort_expired_uploads
 from offload.jobs import JobRef, job_id
-from offload.pipelines import pipeline_for
+from offload.pipelines import FINALIZE, Pipeline, Step, pipeline_for
 from offload.priorities import upload_priority
 from offload.queue import Producer
 from offload.s3events import (
@@ -116,7 +116,7 @@ LIMIT %(limit)s
 # including steps no longer limited: their rows still need checking.
 IN_FLIGHT_JOBS = """
 SELECT j.id, j.name, j.queue, j.upload_id, j.owner, j.bucket, j.key, j.revision, j.state,
-       j.updated_at, u.version_id AS upload_version_id, u.etag AS upload_etag,
+       j.parent_id, j.updated_at, u.version_id AS upload_version_id, u.etag AS upload_etag,
        COALESCE(u.size_actual, u.size_announced) AS upload_size, u.tier AS upload_tier
 FROM jobs j LEFT JOIN uploads u ON u.id = j.upload_id
 WHERE (j.queue = %(queue)s OR j.queue LIKE %(step_queues)s ESCAPE '\\')
@@ -125,6 +125,12 @@ WHERE (j.queue = %(queue)s OR j.queue LIKE %(step_queues)s ESCAPE '\\')
   AND j.id > %(cursor)s
 ORDER BY j.id
 LIMIT %(limit)s
+"""
+
+# Every job of one flow: its finalize (the parent) and its steps.
+FLOW_ROWS = """
+SELECT id, name, state FROM jobs WHERE id = %(parent_id)s OR parent_id = %(parent_id)s
+ORDER BY created_at, id
 """
 
 # Back to queued only if the row is still what we saw (no worker wrote since), in one statement
@@ -417,9 +423,37 @@ class Reconciler:
         if not changed:
             return "changed"  # a worker wrote in between: the job is alive after all
         priority = upload_priority(self.settings, row["upload_size"], row["upload_tier"])
-        await self.producer.enqueue(row["name"], ref, {"priority": priority}, queue=queue)
+        if row["parent_id"] or row["name"] == FINALIZE:
+            await self._requeue_in_flow(row, ref, queue, priority)
+        else:
+            await self.producer.enqueue(row["name"], ref, {"priority": priority}, queue=queue)
         log.warning("lost job re-enqueued", extra=fields)
         return "requeued"
+
+    async def _requeue_in_flow(
+        self, row: dict[str, Any], ref: JobRef, queue: str, priority: int
+    ) -> None:
+        """A lost job of an upload's flow comes back as part of its flow, never as a lone job:
+        a lost step whose parent bullmq still has is added under that parent (its result then
+        reaches it, and its failure fails it); a lost parent, or a step whose parent is lost
+        too, is rebuilt as a flow (``Producer.start_flow``) from the flow's status rows: the
+        parent and every step that has not completed (a completed one is not run again:
+        ``finalize`` reads its result from its row)."""
+        parent_id = row["parent_id"] or row["id"]
+        main = self.settings.queue_name
+        if row["parent_id"] and await self.producer.queue_named(main).getJob(parent_id):
+            parent = {"id": parent_id, "queue": f"{self.settings.queue_prefix}:{main}"}
+            opts = {"priority": priority, "parent": parent, "failParentOnFailure": True}
+            await self.producer.enqueue(row["name"], ref, opts, queue=queue)
+            return
+        async with self.pool.connection() as conn:
+            cursor = await conn.execute(FLOW_ROWS, {"parent_id": parent_id})
+            rows = await cursor.fetchall()
+        # The steps the flow was started with (its rows), not the pipeline as declared today.
+        steps = tuple(Step(name) for job, name, _ in rows if job != parent_id)
+        states = {job: state for job, _, state in rows}
+        pipeline = Pipeline("rebuilt", steps)
+        await self.producer.start_flow(pipeline, ref, states, priority=priority)
 
     def _bucket_names(self, row: dict[str, Any]) -> tuple[str, ...]:
         return (self.settings.upload_bucket, row.get("bucket") or "")

@@ -174,6 +174,7 @@ LAMBDA_ROLE_BY_MODULE = {
     "test_api_uploads": "api",
     "test_enqueue": "enqueue",
     "test_scheduled": "reconciler",
+    "test_flows_reconcile": "reconciler",
 }
 
 

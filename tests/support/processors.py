@@ -21,6 +21,7 @@ from fargate_worker.processors.outputs import output_key
 
 
 @processor("noop")
+@processor("noop_too")  # a second step of a test pipeline
 def noop(ctx: JobContext) -> dict:
     return {"ok": True}
 
