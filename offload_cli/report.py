@@ -50,7 +50,7 @@ def upload_json(
         "size": upload.get("size"),
         "contentType": upload.get("contentType"),
     }
-    for name in ("failedStep", "error", "finishedAt"):
+    for name in ("failedStep", "error", "finishedAt", "resultKey"):
         if shown.get(name):
             doc[name] = shown[name]
     if upload.get("partCount"):
