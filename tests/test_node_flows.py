@@ -4,12 +4,19 @@ queues, and what ours do to theirs (tests/node: Node BullMQ, locked)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
+from dataclasses import replace
 
 import pytest
 from bullmq import Queue
 
 from offload.flow_retry import retry_step
+from offload.jobs import INSPECT, JobRef, job_id
+from offload.pipelines import FINALIZE
 from offload.redis_conn import connection_options
+from tests.support.events import insert_upload, job_rows, sql, upload_row
+from tests.support.harness import running_worker, wait_for
 from tests.support.node_peer import node_peer
 
 pytestmark = pytest.mark.integration
@@ -64,3 +71,51 @@ def test_a_node_flow_with_a_failed_step_is_retried_by_us_and_finished_by_node(
         f"{queue_prefix}:steps:inspect": {"step": "inspect"},
         f"{queue_prefix}:steps:thumbnail": {"step": "thumbnail"},
     }
+
+
+def test_a_flow_a_node_producer_adds_is_run_by_our_worker_to_processed(
+    settings, moto_endpoint, s3, bucket, redis_url
+):
+    """A Node FlowProducer adds an upload's flow (finalize over inspect, our job data and
+    ids): our worker runs the step in its sandbox and finalize in its process, writing the
+    status rows the Node producer did not, result.json and the upload's final state."""
+    key = insert_upload(settings, bucket, size=5)
+    etag = s3.put_object(Bucket=bucket, Key=key, Body=b"hello")["ETag"].strip('"')
+    sql(settings, "UPDATE uploads SET state = 'queued', etag = %s WHERE key = %s", etag, key)
+    upload = upload_row(settings, key)
+    ref = JobRef(bucket, key, etag=etag, owner=upload["owner"], upload_id=upload["id"])
+    parent_id, child_id = job_id(FINALIZE, ref), job_id(INSPECT, ref)
+    flow = {
+        "name": FINALIZE,
+        "queueName": settings.queue_name,
+        "data": ref.to_data(),
+        "opts": {"jobId": parent_id, "attempts": 3},
+        "children": [
+            {
+                "name": INSPECT,
+                "queueName": settings.queue_name,
+                "data": ref.to_data(),
+                "opts": {"jobId": child_id, "attempts": 3, "failParentOnFailure": True},
+            }
+        ],
+    }
+    added = node_peer(
+        "add-flow", {"redis": redis_url, "prefix": settings.queue_prefix, "flow": flow}
+    )
+    assert sorted(added["ids"]) == sorted([parent_id, child_id])
+    worker_settings = replace(
+        settings, s3_endpoint_url=moto_endpoint, events_endpoint_url=moto_endpoint
+    )
+
+    async def run() -> None:
+        async with running_worker(worker_settings):
+            await wait_for(lambda: upload_row(settings, key)["state"] == "processed", 30)
+
+    asyncio.run(run())
+    rows = {row["id"]: row for row in job_rows(settings, ref.upload_id)}
+    assert rows[child_id]["parent_id"] == parent_id and rows[child_id]["state"] == "completed"
+    assert rows[parent_id]["state"] == "completed"
+    done = upload_row(settings, key)
+    result = json.loads(s3.get_object(Bucket=bucket, Key=done["result_key"])["Body"].read())
+    assert result["steps"][INSPECT]["jobId"] == child_id
+    assert result["steps"][INSPECT]["result"]["sha256"] == hashlib.sha256(b"hello").hexdigest()
