@@ -248,8 +248,9 @@ def list_jobs() -> Response:
     limit = event.get_query_string_value("limit")
     cursor = event.get_query_string_value("cursor")
     upload_id = event.get_query_string_value("uploadId")
+    name = event.get_query_string_value("name")
     service = _job_service()
-    return _json(200, _runtime().run(service.page(owner, limit, cursor, upload_id)))
+    return _json(200, _runtime().run(service.page(owner, limit, cursor, upload_id, name)))
 
 
 @app.post("/jobs")

@@ -30,6 +30,7 @@ answer needs links or a retry reaches bullmq (boto3 and bullmq are imported then
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,19 @@ def parse_upload_filter(upload_id: str | None) -> str | None:
     if upload_id is not None and not valid_upload_id(upload_id):
         raise InvalidRequest("uploadId is not a valid upload id", field="uploadId")
     return upload_id
+
+
+# A job name's shape (processors, system and requested jobs are named so): anything else is a
+# 400, not a query.
+_JOB_NAME = re.compile(r"[a-z][a-z0-9_-]{0,63}")
+
+
+def parse_name_filter(name: str | None) -> str | None:
+    """``GET /jobs?name=``: a job name's shape, or absent (e.g. ``export``: the jobs a user
+    asked for with ``POST /jobs``, which the web page lists on their own)."""
+    if name is not None and not _JOB_NAME.fullmatch(name):
+        raise InvalidRequest("name is not a valid job name", field="name")
+    return name
 
 
 def arrange_pipeline(rows: Sequence[JobRow]) -> tuple[JobRow | None, list[JobRow]]:
@@ -168,13 +182,20 @@ class JobService:
         return view
 
     async def page(
-        self, owner: str, limit: str | None, cursor: str | None, upload_id: str | None = None
+        self,
+        owner: str,
+        limit: str | None,
+        cursor: str | None,
+        upload_id: str | None = None,
+        name: str | None = None,
     ) -> dict[str, Any]:
-        """One page of the owner's jobs (of one upload, given ``upload_id``), newest first,
-        and the cursor of the next page."""
+        """One page of the owner's jobs (of one upload, given ``upload_id``; of one job name,
+        given ``name``), newest first, and the cursor of the next page."""
         size, after = parse_list_params(limit, cursor)
         wanted = parse_upload_filter(upload_id)
-        rows, next_cursor = await self.queries.list_for_owner(owner, size, after, wanted)
+        rows, next_cursor = await self.queries.list_for_owner(
+            owner, size, after, wanted, parse_name_filter(name)
+        )
         return {
             "jobs": [self.answer(owner, row) for row in rows],
             "nextCursor": encode_cursor(next_cursor) if next_cursor else None,

@@ -320,8 +320,9 @@ def ids(world: World) -> st.SearchStrategy[str]:
 
 
 def queries(world: World) -> st.SearchStrategy[dict[str, str] | None]:
-    """``limit``, ``cursor`` (real cursors of another user's jobs included), ``state`` and
-    ``uploadId`` (real ids of both users included) of any kind, and other parameters."""
+    """``limit``, ``cursor`` (real cursors of another user's jobs included), ``state``,
+    ``uploadId`` (real ids of both users included) and ``name`` of any kind, and other
+    parameters."""
     cursor_json = JSON.map(lambda value: json.dumps(value).encode())
     cursors = st.one_of(
         cursor_json.map(lambda raw: base64.urlsafe_b64encode(raw).decode().rstrip("=")),
@@ -335,9 +336,18 @@ def queries(world: World) -> st.SearchStrategy[dict[str, str] | None]:
     )
     limits = st.one_of(st.integers(-5, 1_000).map(str), PATH_TEXT, st.just("9" * 5000))
     states = st.one_of(st.sampled_from([*UPLOAD_STATES, "PROCESSED", "done"]), PATH_TEXT)
+    names = st.one_of(
+        st.sampled_from(["export", "inspect", "finalize", "EXPORT", "a" * 65, "x'--"]), PATH_TEXT
+    )
     named = st.fixed_dictionaries(
         {},
-        optional={"limit": limits, "cursor": cursors, "state": states, "uploadId": ids(world)},
+        optional={
+            "limit": limits,
+            "cursor": cursors,
+            "state": states,
+            "uploadId": ids(world),
+            "name": names,
+        },
     )
     other = st.dictionaries(PATH_TEXT, PATH_TEXT, max_size=3)
     return st.one_of(st.none(), named, st.tuples(named, other).map(lambda t: t[1] | t[0]))

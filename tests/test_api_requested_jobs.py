@@ -243,3 +243,24 @@ def test_the_reconciler_rebuilds_a_lost_requested_job_from_its_row():
     rebuilt = ref_for_job_row(row)
     assert rebuilt == ref
     assert export_from_ref(rebuilt) == export
+
+
+def test_the_jobs_asked_for_are_listed_by_name(lambda_env, settings):
+    """``GET /jobs?name=export``: the caller's exports only, not its upload steps nor another
+    user's exports; a name that cannot be a job name is 400."""
+    mine = call("POST", "/jobs", body=EXPORT).body["id"]
+    call("POST", "/jobs", body=EXPORT, sub="user-b")
+    step = JobRef("bkt", "uploads/user-a/u1/f.bin", etag="e", owner="user-a", upload_id="u1")
+
+    async def add_step() -> None:
+        async with producer(settings) as made:
+            await made.enqueue("inspect", step)
+
+    asyncio.run(add_step())
+    assert len(call("GET", "/jobs").body["jobs"]) == 2
+    listed = call("GET", "/jobs", query={"name": "export"}).body["jobs"]
+    assert [job["id"] for job in listed] == [mine]
+    assert call("GET", "/jobs", query={"name": "thumbnail"}).body["jobs"] == []
+    for bad in ("Export", "x'--", "a" * 65, ""):
+        refused = call("GET", "/jobs", query={"name": bad})
+        assert (refused.status, refused.body.get("field")) == (400, "name"), bad

@@ -119,15 +119,20 @@ class JobQueries:
         limit: int = DEFAULT_LIMIT,
         after: Cursor | None = None,
         upload_id: str | None = None,
+        name: str | None = None,
     ) -> tuple[list[JobRow], Cursor | None]:
-        """One page of the owner's jobs (only those of ``upload_id`` when given), newest
-        first, and the cursor of the next page (None on the last page)."""
+        """One page of the owner's jobs (only those of ``upload_id``, only those named
+        ``name``, when given), newest first, and the cursor of the next page (None on the last
+        page)."""
         check_limit(limit)
         position, params = after_clause(after)
         params |= {"owner": owner, "limit": limit + 1}
         if upload_id is not None:
             position += " AND upload_id = %(upload_id)s"
             params["upload_id"] = upload_id
+        if name is not None:
+            position += " AND name = %(name)s"
+            params["name"] = name
         async with self._pool.connection() as conn:
             cursor = conn.cursor(row_factory=class_row(JobRow))
             await cursor.execute(
