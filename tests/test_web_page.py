@@ -349,3 +349,19 @@ def test_sizes_are_written_as_the_cli_writes_them(local_stack, page):
         sizes,
     )
     assert shown == [human_bytes(size) for size in sizes]
+
+
+def test_an_export_is_requested_and_followed_to_its_csv_link(local_stack, page):
+    """The Exports section asks for a job by name (POST /jobs, `export`) and follows it with
+    the job routes (GET /jobs?name=export) until its CSV link shows."""
+    sign_in(page, local_stack.info)
+    page.fill("#export-from", "2026-01-01")
+    page.fill("#export-to", "2026-12-31")
+    page.click("#export-button")
+    row = page.locator("#exports [data-testid=job-row][data-job-name=export]").first
+    row.and_(page.locator("[data-state=completed]")).wait_for(timeout=60_000)
+    link = row.locator("a[data-link]")
+    assert link.count() == 1 and link.inner_text().endswith(".csv")
+    assert link.get_attribute("href").startswith("http")
+    assert row.get_attribute("data-upload-id") is None
+    assert page.locator("#exports-empty").is_hidden()

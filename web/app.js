@@ -7,6 +7,7 @@ import { Auth, CognitoError, NewPasswordRequired } from "./auth.js";
 import { el, fileName, formatBytes, formatTime } from "./dom.js";
 import { findSavedUpload, forgetUpload, sameFile, savedUploads } from "./store.js";
 import { UploadTask } from "./upload.js";
+import { ExportList, exportTable } from "./exports.js";
 import { UploadList } from "./uploads.js";
 
 const $ = (id) => document.getElementById(id);
@@ -23,6 +24,7 @@ const STATE_TEXT = {
 
 let auth;
 let api;
+let exports; // the exports asked for (GET /jobs?name=export)
 let processing; // the uploads' cards (GET /uploads)
 const rows = new Map(); // UploadTask -> its <li>, in the order files were picked
 
@@ -50,6 +52,16 @@ async function main() {
     more: $("processing-more"),
     empty: $("processing-empty"),
     error: $("processing-error"),
+    announce,
+  });
+  const { table, body } = exportTable();
+  $("exports-table").replaceChildren(table);
+  exports = new ExportList({
+    api,
+    form: $("export-form"),
+    list: body,
+    empty: $("exports-empty"),
+    error: $("exports-error"),
     announce,
   });
 
@@ -148,6 +160,7 @@ function showSignedIn() {
   announce("Choose files to upload, or drop them below.");
   renderResumable();
   processing.start();
+  exports.start();
 }
 
 function showSignedOut(reason = "") {
@@ -157,6 +170,7 @@ function showSignedOut(reason = "") {
   $("uploads").replaceChildren();
   $("resumable").replaceChildren();
   processing.stop();
+  exports.stop();
   $("app-section").hidden = true;
   $("user-bar").hidden = true;
   $("signin-section").hidden = false;

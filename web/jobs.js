@@ -25,7 +25,7 @@ export function buildRow(job, label, onRetry) {
       dataset: {
         jobId: job.id,
         jobName: job.name,
-        uploadId: job.uploadId,
+        ...(job.uploadId ? { uploadId: job.uploadId } : {}), // none for an export
         state: job.state,
         superseded: job.superseded ? "true" : "false",
       },
