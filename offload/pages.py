@@ -16,9 +16,13 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from psycopg_pool import AsyncConnectionPool
 
 DEFAULT_LIMIT = 20
 MAX_LIMIT = 100
@@ -100,3 +104,53 @@ def after_clause(after: Cursor | None) -> tuple[str, dict[str, Any]]:
 def check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
         raise ValueError(f"limit must be within 1..{MAX_LIMIT}")
+
+
+class _Listed(Protocol):
+    """What a listed row has for its cursor."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_at(self) -> datetime: ...
+
+
+Row = TypeVar("Row", bound=_Listed)
+
+
+async def owner_page(
+    pool: AsyncConnectionPool,
+    row_type: type[Row],
+    table: str,
+    columns: str,
+    owner: str,
+    limit: int,
+    after: Cursor | None,
+    filters: Mapping[str, Any],
+) -> tuple[list[Row], Cursor | None]:
+    """One page of the owner's rows of ``table`` (``uploads`` or ``jobs``: both are indexed on
+    ``(owner, created_at DESC, id)``), newest first, and the cursor of the next page (None on
+    the last page). ``filters`` maps a column to the value it must equal (None: no filter);
+    ``table``, ``columns`` and the filters' columns are ours, never a caller's."""
+    from psycopg.rows import class_row
+
+    check_limit(limit)
+    position, params = after_clause(after)
+    params |= {"owner": owner, "limit": limit + 1}
+    for column, value in filters.items():
+        if value is not None:
+            position += f" AND {column} = %({column})s"
+            params[column] = value
+    async with pool.connection() as conn:
+        cursor = conn.cursor(row_factory=class_row(row_type))
+        await cursor.execute(
+            f"SELECT {columns} FROM {table} WHERE owner = %(owner)s{position}"
+            " ORDER BY created_at DESC, id ASC LIMIT %(limit)s",
+            params,
+        )
+        rows = await cursor.fetchall()
+    if len(rows) <= limit:
+        return rows, None
+    rows = rows[:limit]
+    return rows, Cursor(rows[-1].created_at, rows[-1].id)

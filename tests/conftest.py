@@ -11,6 +11,7 @@ import os
 import secrets
 import tempfile
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import boto3
@@ -157,6 +158,26 @@ def settings(redis_url: str, database_url: str, pg_schema: str, queue_prefix: st
     from tests.support.harness import test_settings
 
     return test_settings(redis_url, database_url, pg_schema, queue_prefix)
+
+
+@pytest.fixture
+def bus(moto_endpoint: str):
+    """A moto EventBridge bus of this test's, whose events a rule copies to an SQS queue."""
+    from tests.support.eventbridge import subscribe
+
+    return subscribe(moto_endpoint)
+
+
+@pytest.fixture
+def pipeline_settings(settings, moto_endpoint: str, bus):
+    """A worker's settings for running pipelines: moto S3 for result.json, the test's bus for
+    the upload events."""
+    return replace(
+        settings,
+        s3_endpoint_url=moto_endpoint,
+        events_endpoint_url=moto_endpoint,
+        event_bus_name=bus.bus_name,
+    )
 
 
 # The database role a module's Lambda handlers log in as (offload.db.roles), as deployed: the

@@ -9,14 +9,11 @@ import asyncio
 import json
 from dataclasses import replace
 
-import pytest
-
 from offload.jobs import JobRef
 from offload.pipelines import Pipeline, Step
 from offload.upload_events import FAILED, PROCESSED
 from tests.support.apigw import call
-from tests.support.eventbridge import Subscription, subscribe
-from tests.support.events import insert_upload, job_rows, sql, upload_row
+from tests.support.events import insert_upload, job_rows, queued_upload, sql, upload_row
 from tests.support.harness import job_events, producer, running_worker, wait_for
 
 # The second step fails for good on its first attempt and succeeds when retried.
@@ -28,33 +25,14 @@ TWO_FAILING = Pipeline(
 OWNER = "user-a"
 
 
-@pytest.fixture
-def bus(moto_endpoint: str) -> Subscription:
-    return subscribe(moto_endpoint)
-
-
-@pytest.fixture
-def worker_settings(settings, moto_endpoint: str, bus: Subscription):
-    return replace(
-        settings,
-        s3_endpoint_url=moto_endpoint,
-        events_endpoint_url=moto_endpoint,
-        event_bus_name=bus.bus_name,
-    )
-
-
-def _failed_flow(settings, worker_settings, s3, bucket, pipeline: Pipeline) -> tuple[str, JobRef]:
+def _failed_flow(settings, pipeline_settings, s3, bucket, pipeline: Pipeline) -> tuple[str, JobRef]:
     """A queued upload of OWNER whose flow ran until its upload failed."""
-    key = insert_upload(settings, bucket, size=5, owner=OWNER)
-    etag = s3.put_object(Bucket=bucket, Key=key, Body=b"hello")["ETag"].strip('"')
-    sql(settings, "UPDATE uploads SET state = 'queued', etag = %s WHERE key = %s", etag, key)
-    row = upload_row(settings, key)
-    ref = JobRef(bucket, key, etag=etag, owner=OWNER, upload_id=row["id"])
+    key, ref = queued_upload(settings, s3, bucket, owner=OWNER)
 
     async def run() -> None:
         async with producer(settings) as made:
             await made.start_flow(pipeline, ref, {})
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for(lambda: upload_row(settings, key)["state"] == "failed", 30)
             await wait_for(lambda: _rows(settings, ref)["finalize"]["state"] == "failed", 30)
 
@@ -71,9 +49,9 @@ def _runs(settings, job_id: str) -> int:
 
 
 def test_retrying_the_failed_step_reruns_it_then_finalize_and_the_upload_is_processed(
-    lambda_env, settings, worker_settings, s3, bucket, bus
+    lambda_env, settings, pipeline_settings, s3, bucket, bus
 ):
-    key, ref = _failed_flow(settings, worker_settings, s3, bucket, REPAIRABLE)
+    key, ref = _failed_flow(settings, pipeline_settings, s3, bucket, REPAIRABLE)
     rows = _rows(settings, ref)
     failed_step = rows["fail_first_attempt_for_good"]
     assert upload_row(settings, key)["failed_step"] == "fail_first_attempt_for_good"
@@ -91,7 +69,7 @@ def test_retrying_the_failed_step_reruns_it_then_finalize_and_the_upload_is_proc
     assert _rows(settings, ref)["finalize"]["state"] == "queued"
 
     async def run() -> None:
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for(lambda: upload_row(settings, key)["state"] == "processed", 30)
 
     asyncio.run(run())
@@ -113,15 +91,15 @@ def test_retrying_the_failed_step_reruns_it_then_finalize_and_the_upload_is_proc
 
 
 def test_with_two_failed_steps_the_pipeline_waits_for_both_retries(
-    lambda_env, settings, worker_settings, s3, bucket, bus
+    lambda_env, settings, pipeline_settings, s3, bucket, bus
 ):
-    key, ref = _failed_flow(settings, worker_settings, s3, bucket, TWO_FAILING)
+    key, ref = _failed_flow(settings, pipeline_settings, s3, bucket, TWO_FAILING)
 
     async def both_failed() -> None:  # the second failure lands after the parent failed
         await wait_for(lambda: _rows(settings, ref)["fail_permanently"]["state"] == "failed", 30)
 
     async def settle() -> None:
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await both_failed()
 
     asyncio.run(settle())
@@ -130,7 +108,7 @@ def test_with_two_failed_steps_the_pipeline_waits_for_both_retries(
     assert answer.status == 200, answer.body
 
     async def run_first() -> None:
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for(
                 lambda: _rows(settings, ref)["fail_first_attempt_for_good"]["state"] == "completed",
                 30,
@@ -144,7 +122,7 @@ def test_with_two_failed_steps_the_pipeline_waits_for_both_retries(
 
 
 def test_a_finalize_that_failed_by_itself_is_retried_alone(
-    lambda_env, settings, worker_settings, s3, bucket, bus
+    lambda_env, settings, pipeline_settings, s3, bucket, bus
 ):
     """``finalize`` fails for good on its own (its bucket refuses result.json: here, there is
     no bucket yet); retrying it runs it again over its steps' results, which are not re-run."""
@@ -157,7 +135,7 @@ def test_a_finalize_that_failed_by_itself_is_retried_alone(
     async def fail() -> None:
         async with producer(once) as made:
             await made.start_flow(Pipeline("test-noop", (Step("noop"),)), ref, {})
-        async with running_worker(replace(worker_settings, default_attempts=1)):
+        async with running_worker(replace(pipeline_settings, default_attempts=1)):
             await wait_for(lambda: upload_row(settings, key)["state"] == "failed", 30)
 
     asyncio.run(fail())
@@ -169,7 +147,7 @@ def test_a_finalize_that_failed_by_itself_is_retried_alone(
     assert upload_row(settings, key)["state"] == "queued"
 
     async def run() -> None:
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for(lambda: upload_row(settings, key)["state"] == "processed", 30)
 
     asyncio.run(run())

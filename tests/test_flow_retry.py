@@ -15,6 +15,7 @@ from bullmq import FlowProducer, Queue, UnrecoverableError, Worker
 
 from offload.flow_retry import StepRetryError, retry_step
 from offload.redis_conn import connection_options
+from tests.support.flow_trees import finalize_over
 
 pytestmark = pytest.mark.integration
 
@@ -34,23 +35,7 @@ class Flows:
     async def add(self, steps: list[str]) -> None:
         producer = FlowProducer(self.opts)
         try:
-            await producer.add(
-                {
-                    "name": "finalize",
-                    "queueName": "steps",
-                    "data": {},
-                    "opts": {"jobId": "parent"},
-                    "children": [
-                        {
-                            "name": step,
-                            "queueName": "steps",
-                            "data": {},
-                            "opts": {"jobId": step, "failParentOnFailure": True},
-                        }
-                        for step in steps
-                    ],
-                }
-            )
+            await producer.add(finalize_over(steps))
         finally:
             await producer.close()
 

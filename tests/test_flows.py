@@ -9,8 +9,6 @@ import json
 from dataclasses import replace
 from typing import Any
 
-import pytest
-
 from offload.jobs import INSPECT, JobRef
 from offload.pipelines import FINALIZE, Pipeline, Step
 from offload.queue import open_queue
@@ -20,9 +18,9 @@ from tests.support.events import (
     insert_upload,
     invoke_enqueue,
     job_rows,
+    queued_upload,
     s3_body,
     s3_record,
-    sql,
     sqs_event,
     sqs_record,
     upload_row,
@@ -34,31 +32,6 @@ from tests.support.servers import unique_name
 NOOP_THEN_FAIL = Pipeline("test-failing", (Step("noop"), Step("fail_permanently")))
 NOOP_AND_SLEEP = Pipeline("test-slow", (Step("noop"), Step("sleep")))
 ONLY_NOOP = Pipeline("test-noop", (Step("noop"),))
-
-
-@pytest.fixture
-def bus(moto_endpoint: str) -> Subscription:
-    return subscribe(moto_endpoint)
-
-
-@pytest.fixture
-def worker_settings(settings, moto_endpoint: str, bus: Subscription):
-    return replace(
-        settings,
-        s3_endpoint_url=moto_endpoint,
-        events_endpoint_url=moto_endpoint,
-        event_bus_name=bus.bus_name,
-    )
-
-
-def _queued_upload(settings, bucket: str, s3, body: bytes = b"hello") -> tuple[str, JobRef]:
-    """An upload whose object is in S3 and whose row names it (``queued``): the reference its
-    flow's jobs carry."""
-    key = insert_upload(settings, bucket, size=len(body))
-    etag = s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"].strip('"')
-    sql(settings, "UPDATE uploads SET state = 'queued', etag = %s WHERE key = %s", etag, key)
-    row = upload_row(settings, key)
-    return key, JobRef(bucket, key, etag=etag, owner=row["owner"], upload_id=row["id"])
 
 
 async def _redis_flow(settings, parent_id: str) -> dict[str, Any]:
@@ -78,7 +51,7 @@ async def _redis_flow(settings, parent_id: str) -> dict[str, Any]:
 
 
 def test_an_upload_whose_steps_succeed_ends_processed_with_result_and_event(
-    lambda_env, settings, worker_settings, s3, bucket, bus
+    lambda_env, settings, pipeline_settings, s3, bucket, bus
 ):
     """Through the enqueue Lambda (sniff, flow) and a real worker: the upload reaches
     ``processed``, result.json holds every step's result, and one event says so."""
@@ -93,7 +66,7 @@ def test_an_upload_whose_steps_succeed_ends_processed_with_result_and_event(
     assert rows[INSPECT]["parent_id"] == rows[FINALIZE]["id"]
 
     async def go() -> None:
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for(lambda: upload_row(settings, key)["state"] == "processed", 30)
             await wait_for_state(settings, rows[FINALIZE]["id"], "completed")
 
@@ -125,14 +98,14 @@ def test_an_upload_whose_steps_succeed_ends_processed_with_result_and_event(
 
 
 def test_a_step_failing_for_good_fails_the_upload_naming_the_step(
-    settings, worker_settings, s3, bucket, bus
+    settings, pipeline_settings, s3, bucket, bus
 ):
-    key, ref = _queued_upload(settings, bucket, s3)
+    key, ref = queued_upload(settings, s3, bucket)
 
     async def go() -> tuple[str, ...]:
         async with producer(settings) as made:
             ids = await made.start_flow(NOOP_THEN_FAIL, ref, {})
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for(lambda: upload_row(settings, key)["state"] == "failed", 30)
             await wait_for_state(settings, ids[0], "failed")
         return ids
@@ -162,7 +135,7 @@ def test_a_step_failing_for_good_fails_the_upload_naming_the_step(
 def test_starting_the_same_flow_again_and_at_once_starts_one(settings, s3, bucket):
     """Duplicate S3 events, replays and the reconciler all start the same tree: one parent
     waiting for its children, each job once in Redis and once in PostgreSQL."""
-    _, ref = _queued_upload(settings, bucket, s3)
+    _, ref = queued_upload(settings, s3, bucket)
 
     async def go() -> list[tuple[str, ...]]:
         async with producer(settings) as made:
@@ -200,13 +173,13 @@ def test_starting_the_same_flow_again_and_at_once_starts_one(settings, s3, bucke
 
 
 def test_a_restart_after_a_step_finished_does_not_run_it_again(
-    settings, worker_settings, s3, bucket
+    settings, pipeline_settings, s3, bucket
 ):
     """A step that completed (and that retention then removed from Redis) is not added again:
     bullmq's addJob would create it anew under its id and run it a second time (shown below),
     so a start adds only the steps whose rows are not completed (offload.flows.nodes_to_add);
     finalize still gets the finished step's result."""
-    key, ref = _queued_upload(settings, bucket, s3)
+    key, ref = queued_upload(settings, s3, bucket)
     ref = replace(ref, key=key)
     slow = replace(NOOP_AND_SLEEP, steps=(Step("noop"), Step("sleep")))
     # the sleep step sleeps for its key's worth of seconds: a key of its own for this test
@@ -216,7 +189,7 @@ def test_a_restart_after_a_step_finished_does_not_run_it_again(
         async with producer(replace(settings, remove_on_complete=True)) as made:
             ids = await made.start_flow(slow, sleepy, {})
             parent_id, noop_id, sleep_id = ids
-            async with running_worker(worker_settings):
+            async with running_worker(pipeline_settings):
                 await wait_for_state(settings, noop_id, "completed")
                 await wait_for_state(settings, sleep_id, "active")
                 assert await made.queue.getJob(noop_id) is None  # removed on completion
@@ -256,9 +229,9 @@ def test_an_eventbridge_refusal_keeps_the_final_state_and_the_retry_publishes_it
     """State first, then the event, at least once: while EventBridge refuses the event (here:
     its bus does not exist yet), the upload is already ``processed`` and finalize's attempt
     fails; once the bus is there, the retry publishes it, the state unchanged."""
-    key, ref = _queued_upload(settings, bucket, s3)
+    key, ref = queued_upload(settings, s3, bucket)
     bus_name = unique_name("late-bus").replace("_", "-")
-    worker_settings = replace(
+    pipeline_settings = replace(
         settings,
         s3_endpoint_url=moto_endpoint,
         events_endpoint_url=moto_endpoint,
@@ -269,7 +242,7 @@ def test_an_eventbridge_refusal_keeps_the_final_state_and_the_retry_publishes_it
     async def go() -> tuple[dict[str, Any], Subscription]:
         async with producer(slow_retries) as made:
             parent_id, _ = await made.start_flow(ONLY_NOOP, ref, {})
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for_state(settings, parent_id, "retrying")
             processed = upload_row(settings, key)
             subscription = subscribe(moto_endpoint, bus_name)

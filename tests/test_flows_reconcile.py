@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import replace
-
-import pytest
 
 from offload.jobs import JobRef
 from offload.pipelines import Pipeline, Step
 from offload_local.stack import delete_keys
-from tests.support.eventbridge import Subscription, subscribe
 from tests.support.events import (
     age_rows,
-    insert_upload,
     job_rows,
     queue_call,
     queue_jobs,
+    queued_upload,
     sql,
     upload_row,
 )
@@ -29,28 +25,9 @@ from tests.support.harness import job_events, producer, running_worker, wait_for
 TWO_STEPS = Pipeline("test-two", (Step("noop"), Step("noop_too")))
 
 
-@pytest.fixture
-def bus(moto_endpoint: str) -> Subscription:
-    return subscribe(moto_endpoint)
-
-
-@pytest.fixture
-def worker_settings(settings, moto_endpoint: str, bus: Subscription):
-    return replace(
-        settings,
-        s3_endpoint_url=moto_endpoint,
-        events_endpoint_url=moto_endpoint,
-        event_bus_name=bus.bus_name,
-    )
-
-
 def _started_flow(settings, s3, bucket) -> tuple[str, JobRef, dict[str, str]]:
     """A queued upload whose flow was started (nothing has run); its job ids by name."""
-    key = insert_upload(settings, bucket, size=5)
-    etag = s3.put_object(Bucket=bucket, Key=key, Body=b"hello")["ETag"].strip('"')
-    sql(settings, "UPDATE uploads SET state = 'queued', etag = %s WHERE key = %s", etag, key)
-    row = upload_row(settings, key)
-    ref = JobRef(bucket, key, etag=etag, owner=row["owner"], upload_id=row["id"])
+    key, ref = queued_upload(settings, s3, bucket)
 
     async def start() -> None:
         async with producer(settings) as made:
@@ -72,7 +49,9 @@ def _parent_key_of(settings, job_id: str) -> str | None:
     return queue_call(settings, read)
 
 
-def test_a_lost_step_comes_back_under_its_parent(lambda_env, settings, worker_settings, s3, bucket):
+def test_a_lost_step_comes_back_under_its_parent(
+    lambda_env, settings, pipeline_settings, s3, bucket
+):
     key, _, ids = _started_flow(settings, s3, bucket)
     step_key = f"{settings.queue_prefix}:{settings.queue_name}:{ids['noop_too']}"
 
@@ -90,7 +69,7 @@ def test_a_lost_step_comes_back_under_its_parent(lambda_env, settings, worker_se
     assert _parent_key_of(settings, ids["noop_too"]) == parent_key
 
     async def run() -> None:
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for(lambda: upload_row(settings, key)["state"] == "processed", 30)
 
     asyncio.run(run())
@@ -102,7 +81,7 @@ def test_a_lost_step_comes_back_under_its_parent(lambda_env, settings, worker_se
 
 
 def test_a_flow_redis_lost_is_rebuilt_without_rerunning_a_completed_step(
-    lambda_env, settings, worker_settings, s3, bucket, redis_admin_url
+    lambda_env, settings, pipeline_settings, s3, bucket, redis_admin_url
 ):
     key, _, ids = _started_flow(settings, s3, bucket)
     # The first step completed (its row says so) before Redis lost everything.
@@ -122,7 +101,7 @@ def test_a_flow_redis_lost_is_rebuilt_without_rerunning_a_completed_step(
     assert _parent_key_of(settings, ids["noop_too"]).endswith(ids["finalize"])
 
     async def run() -> None:
-        async with running_worker(worker_settings):
+        async with running_worker(pipeline_settings):
             await wait_for(lambda: upload_row(settings, key)["state"] == "processed", 30)
 
     asyncio.run(run())

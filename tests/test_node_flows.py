@@ -12,32 +12,15 @@ import pytest
 from bullmq import Queue
 
 from offload.flow_retry import retry_step
-from offload.jobs import INSPECT, JobRef, job_id
+from offload.jobs import INSPECT, job_id
 from offload.pipelines import FINALIZE
 from offload.redis_conn import connection_options
-from tests.support.events import insert_upload, job_rows, sql, upload_row
+from tests.support.events import job_rows, queued_upload, upload_row
+from tests.support.flow_trees import finalize_over
 from tests.support.harness import running_worker, wait_for
 from tests.support.node_peer import node_peer
 
 pytestmark = pytest.mark.integration
-
-
-def _flow(prefix: str, steps: list[str]) -> dict:
-    return {
-        "name": "finalize",
-        "queueName": "steps",
-        "data": {},
-        "opts": {"jobId": "parent"},
-        "children": [
-            {
-                "name": step,
-                "queueName": "steps",
-                "data": {},
-                "opts": {"jobId": step, "failParentOnFailure": True},
-            }
-            for step in steps
-        ],
-    }
 
 
 def test_a_node_flow_with_a_failed_step_is_retried_by_us_and_finished_by_node(
@@ -47,7 +30,7 @@ def test_a_node_flow_with_a_failed_step_is_retried_by_us_and_finished_by_node(
     it), our partial retry reopens it, and a Node worker runs the step and then the parent:
     the reopened flow is an ordinary flow to Node."""
     base = {"redis": redis_url, "prefix": queue_prefix}
-    added = node_peer("add-flow", base | {"flow": _flow(queue_prefix, ["inspect", "thumbnail"])})
+    added = node_peer("add-flow", base | {"flow": finalize_over(["inspect", "thumbnail"])})
     assert sorted(added["ids"]) == ["inspect", "parent", "thumbnail"]
     failed = node_peer("work", base | {"queue": "steps", "fail": ["thumbnail"], "until": "parent"})
     assert failed["state"] == "failed" and failed["parentSaw"] is None
@@ -79,11 +62,7 @@ def test_a_flow_a_node_producer_adds_is_run_by_our_worker_to_processed(
     """A Node FlowProducer adds an upload's flow (finalize over inspect, our job data and
     ids): our worker runs the step in its sandbox and finalize in its process, writing the
     status rows the Node producer did not, result.json and the upload's final state."""
-    key = insert_upload(settings, bucket, size=5)
-    etag = s3.put_object(Bucket=bucket, Key=key, Body=b"hello")["ETag"].strip('"')
-    sql(settings, "UPDATE uploads SET state = 'queued', etag = %s WHERE key = %s", etag, key)
-    upload = upload_row(settings, key)
-    ref = JobRef(bucket, key, etag=etag, owner=upload["owner"], upload_id=upload["id"])
+    key, ref = queued_upload(settings, s3, bucket)
     parent_id, child_id = job_id(FINALIZE, ref), job_id(INSPECT, ref)
     flow = {
         "name": FINALIZE,

@@ -19,7 +19,7 @@ from psycopg.rows import class_row
 from psycopg_pool import AsyncConnectionPool
 
 from offload.db.uploads import revision_sql
-from offload.pages import DEFAULT_LIMIT, ROW_ID, Cursor, after_clause, check_limit
+from offload.pages import DEFAULT_LIMIT, ROW_ID, Cursor, owner_page
 from offload.user_errors import redact
 
 # What a job id can be (bullmq ids we make: offload/jobs.py); anything else names no job, and a
@@ -124,27 +124,8 @@ class JobQueries:
         """One page of the owner's jobs (only those of ``upload_id``, only those named
         ``name``, when given), newest first, and the cursor of the next page (None on the last
         page)."""
-        check_limit(limit)
-        position, params = after_clause(after)
-        params |= {"owner": owner, "limit": limit + 1}
-        if upload_id is not None:
-            position += " AND upload_id = %(upload_id)s"
-            params["upload_id"] = upload_id
-        if name is not None:
-            position += " AND name = %(name)s"
-            params["name"] = name
-        async with self._pool.connection() as conn:
-            cursor = conn.cursor(row_factory=class_row(JobRow))
-            await cursor.execute(
-                f"SELECT {_COLUMNS} FROM jobs WHERE owner = %(owner)s{position}"
-                " ORDER BY created_at DESC, id ASC LIMIT %(limit)s",
-                params,
-            )
-            rows = await cursor.fetchall()
-        if len(rows) <= limit:
-            return rows, None
-        rows = rows[:limit]
-        return rows, Cursor(rows[-1].created_at, rows[-1].id)
+        filters = {"upload_id": upload_id, "name": name}
+        return await owner_page(self._pool, JobRow, "jobs", _COLUMNS, owner, limit, after, filters)
 
     async def for_uploads(
         self, owner: str, upload_ids: Sequence[str], per_upload: int = PIPELINE_MAX_JOBS

@@ -30,7 +30,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from offload.db.pool import until_stored
 from offload.flows import HOLDING_STATES
-from offload.pages import DEFAULT_LIMIT, Cursor, after_clause, check_limit
+from offload.pages import DEFAULT_LIMIT, Cursor, owner_page
 from offload.quotas import OpenUpload, Usage
 
 if TYPE_CHECKING:
@@ -230,24 +230,9 @@ class UploadStore:
         """One page of the owner's uploads (only those in ``state`` when given), newest first,
         and the cursor of the next page (None on the last page): the ``uploads_owner_created``
         index serves the order, as ``jobs_owner_created`` does for the jobs."""
-        check_limit(limit)
-        position, params = after_clause(after)
-        params |= {"owner": owner, "limit": limit + 1}
-        if state is not None:
-            position += " AND state = %(state)s"
-            params["state"] = state
-        async with self._pool.connection() as conn:
-            cursor = conn.cursor(row_factory=class_row(Upload))
-            await cursor.execute(
-                f"SELECT {_COLUMNS} FROM uploads WHERE owner = %(owner)s{position}"
-                " ORDER BY created_at DESC, id ASC LIMIT %(limit)s",
-                params,
-            )
-            rows = await cursor.fetchall()
-        if len(rows) <= limit:
-            return rows, None
-        rows = rows[:limit]
-        return rows, Cursor(rows[-1].created_at, rows[-1].id)
+        return await owner_page(
+            self._pool, Upload, "uploads", _COLUMNS, owner, limit, after, {"state": state}
+        )
 
     async def get(self, upload_id: str) -> Upload | None:
         return await self._fetch_one(

@@ -14,6 +14,7 @@ from urllib.parse import quote_plus
 import psycopg
 from psycopg.rows import dict_row
 
+from offload.jobs import JobRef
 from offload.keys import UploadKey
 from offload.pipelines import FINALIZE
 from offload.queue import open_queue
@@ -172,6 +173,18 @@ def insert_upload(
             (upload_id, owner, bucket, key, filename, content_type, size, state, tier),
         )
     return key
+
+
+def queued_upload(
+    settings: Settings, s3: Any, bucket: str, body: bytes = b"hello", owner: str | None = None
+) -> tuple[str, JobRef]:
+    """An upload whose object is in S3 and whose row names it (``queued``, as the enqueue path
+    leaves it): its key and the reference its flow's jobs carry."""
+    key = insert_upload(settings, bucket, size=len(body), owner=owner)
+    etag = s3.put_object(Bucket=bucket, Key=key, Body=body)["ETag"].strip('"')
+    sql(settings, "UPDATE uploads SET state = 'queued', etag = %s WHERE key = %s", etag, key)
+    row = upload_row(settings, key)
+    return key, JobRef(bucket, key, etag=etag, owner=row["owner"], upload_id=row["id"])
 
 
 def upload_row(settings: Settings, key: str) -> dict[str, Any]:
