@@ -6,6 +6,7 @@
 
 import { el } from "./dom.js";
 import { buildRow } from "./jobs.js";
+import { VisiblePoll } from "./poll.js";
 
 const POLL_MS = 2000;
 const FINISHED = ["completed", "failed"];
@@ -27,9 +28,7 @@ export class ExportList {
     this.empty = empty;
     this.error = error;
     this.announce = announce;
-    this.timer = null;
-    this.running = false;
-    this.onVisibility = () => this.schedule(0);
+    this.polling = new VisiblePoll(() => this.poll());
     const today = new Date();
     form.elements.from.value = day(new Date(today.getTime() - 30 * 86400000));
     form.elements.to.value = day(today);
@@ -40,24 +39,15 @@ export class ExportList {
   }
 
   start() {
-    this.running = true;
-    document.addEventListener("visibilitychange", this.onVisibility);
-    this.schedule(0);
+    this.polling.start();
   }
 
   stop() {
-    this.running = false;
-    clearTimeout(this.timer);
-    document.removeEventListener("visibilitychange", this.onVisibility);
+    this.polling.stop();
     this.list.replaceChildren();
     this.error.textContent = "";
   }
 
-  schedule(ms) {
-    clearTimeout(this.timer);
-    if (!this.running || document.visibilityState !== "visible") return;
-    this.timer = setTimeout(() => this.poll(), ms);
-  }
 
   async request() {
     const button = this.form.querySelector("button");
@@ -71,7 +61,7 @@ export class ExportList {
     } finally {
       button.disabled = false;
     }
-    this.schedule(0);
+    this.polling.schedule(0);
   }
 
   async retry(job, button) {
@@ -83,23 +73,23 @@ export class ExportList {
       this.announce(`Could not retry the export: ${err.message}`);
       button.disabled = false;
     }
-    this.schedule(0);
+    this.polling.schedule(0);
   }
 
   async poll() {
     let pending = false;
     try {
       const page = await this.api.get("/jobs?name=export&limit=20");
-      if (!this.running) return;
+      if (!this.polling.running) return;
       this.error.textContent = "";
       this.render(page.jobs);
       pending = page.jobs.some((job) => !FINISHED.includes(job.state));
     } catch (err) {
-      if (this.running) this.error.textContent = `Could not refresh the exports: ${err.message}`;
+      if (this.polling.running) this.error.textContent = `Could not refresh the exports: ${err.message}`;
       pending = true;
     }
     // Nothing in flight: no poll until the next request (or the page becomes visible again).
-    if (pending) this.schedule(POLL_MS);
+    if (pending) this.polling.schedule(POLL_MS);
   }
 
   render(jobs) {

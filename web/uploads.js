@@ -6,6 +6,7 @@
 
 import { el, fileName, formatBytes, formatTime } from "./dom.js";
 import { buildRow, safeLinks } from "./jobs.js";
+import { VisiblePoll } from "./poll.js";
 import { nameOf } from "./store.js";
 
 const POLL_MS = 2000;
@@ -39,23 +40,17 @@ export class UploadList {
     this.older = []; // pages the user asked for with "Load older uploads"
     this.cursor = null; // where the next older page starts
     this.cards = new Map(); // upload id -> {card, signature, finished}
-    this.timer = null;
-    this.running = false;
+    this.polling = new VisiblePoll(() => this.poll());
     this.loaded = false; // first answer seen: uploads finishing after it are announced
-    this.onVisibility = () => this.schedule(0);
     more.addEventListener("click", () => this.loadMore());
   }
 
   start() {
-    this.running = true;
-    document.addEventListener("visibilitychange", this.onVisibility);
-    this.schedule(0);
+    this.polling.start();
   }
 
   stop() {
-    this.running = false;
-    clearTimeout(this.timer);
-    document.removeEventListener("visibilitychange", this.onVisibility);
+    this.polling.stop();
     this.first = [];
     this.older = [];
     this.cursor = null;
@@ -65,26 +60,20 @@ export class UploadList {
     this.error.textContent = "";
   }
 
-  /** Poll after `ms` (0: now), unless the page is hidden: visibilitychange restarts it. */
-  schedule(ms) {
-    clearTimeout(this.timer);
-    if (!this.running || document.visibilityState !== "visible") return;
-    this.timer = setTimeout(() => this.poll(), ms);
-  }
 
   async poll() {
     try {
       const page = await this.api.get(`/uploads?limit=${PAGE}`);
-      if (!this.running) return;
+      if (!this.polling.running) return;
       this.first = page.uploads;
       if (!this.older.length) this.cursor = page.nextCursor;
       this.error.textContent = "";
       this.render();
     } catch (err) {
       // Shown next to the list, not announced: a poll error repeats every 2 s.
-      if (this.running) this.error.textContent = `Could not refresh the uploads: ${err.message}`;
+      if (this.polling.running) this.error.textContent = `Could not refresh the uploads: ${err.message}`;
     }
-    this.schedule(POLL_MS);
+    this.polling.schedule(POLL_MS);
   }
 
   async loadMore() {
@@ -111,7 +100,7 @@ export class UploadList {
       this.announce(`Could not retry step ${job.name}: ${err.message}`);
       button.disabled = false;
     }
-    this.schedule(0); // the answer's state shows at once rather than at the next tick
+    this.polling.schedule(0); // the answer's state shows at once rather than at the next tick
   }
 
   render() {

@@ -10,9 +10,8 @@ from typing import Any
 
 import boto3
 
+from offload_local.aws_resources import REGION, create_upload_events
 from tests.support.servers import unique_name
-
-REGION = "us-east-1"
 
 
 @dataclass(frozen=True)
@@ -51,22 +50,7 @@ class Subscription:
 
 def subscribe(endpoint: str, bus: str | None = None) -> Subscription:
     """A new bus (named ``bus``, else a name of its own), and a rule on it that sends every
-    ``offload`` event to a new queue."""
-    events = boto3.client("events", endpoint_url=endpoint, region_name=REGION)
-    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=REGION)
+    ``offload`` event to a new queue of the same name."""
     bus = bus or unique_name("bus").replace("_", "-")
-    events.create_event_bus(Name=bus)
-    url = sqs.create_queue(QueueName=unique_name("events"))["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    events.put_rule(
-        Name="offload-uploads",
-        EventBusName=bus,
-        EventPattern=json.dumps({"source": ["offload"]}),
-        State="ENABLED",
-    )
-    events.put_targets(
-        Rule="offload-uploads", EventBusName=bus, Targets=[{"Id": "queue", "Arn": arn}]
-    )
+    url = create_upload_events(endpoint, bus)  # what the local stack sets up, on a bus of ours
     return Subscription(bus, url, endpoint)
