@@ -26,7 +26,8 @@ import re
 import socket
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 from bullmq import UnrecoverableError
 
@@ -268,21 +269,13 @@ class OffloadWorker:
             log.warning("system job abandoned at shutdown", extra=context)
             raise
         except Exception as exc:
-            permanent = isinstance(exc, UnrecoverableError)
-            final = permanent or job.attemptsMade + 1 >= int(job.opts.get("attempts") or 1)
-            message = job_error_message(exc, self._internal_names())
-            stack = _stack_of(exc)
-            if final:
+            failure = _Failure.of(job, exc, (UnrecoverableError,), self._internal_names())
+            if failure.final:
                 self._emit_done(job, "failed", started)
-                log.error("system job failed", extra=context | {"error": message, "stack": stack})
+                log.error("system job failed", extra=context | failure.fields)
             else:
-                log.warning(
-                    "system job attempt failed, will retry",
-                    extra=context | {"error": message, "stack": stack},
-                )
-            if permanent:
-                raise UnrecoverableError(message) from exc
-            raise AttemptFailed(message) from exc
+                log.warning("system job attempt failed, will retry", extra=context | failure.fields)
+            failure.raise_for_bullmq(exc)
         finally:
             self._active -= 1
             await self.protection.job_finished()
@@ -314,28 +307,18 @@ class OffloadWorker:
             log.warning("job abandoned at shutdown", extra=context)
             raise
         except Exception as exc:
-            permanent = isinstance(exc, (PermanentJobError, InvalidJobData, UnrecoverableError))
-            # bullmq's own rule (stalls count in attemptsStarted, not in attemptsMade)
-            final = permanent or job.attemptsMade + 1 >= max_attempts
-            # What the job's user reads; the stack keeps the whole story (error_stack column).
-            message = job_error_message(exc, self._internal_names(ref))
-            stack = _stack_of(exc)
-            if final:
+            failure = _Failure.of(job, exc, _PERMANENT, self._internal_names(ref))
+            message, stack = failure.message, failure.stack
+            if failure.final:
                 await self.store.mark_failed(job.id, attempt, message, stack)
                 if job.name == FINALIZE and ref is not None:
                     await self._finalize_failed(job, ref, message)
                 self._emit_done(job, "failed", started)
-                log.error("job failed", extra=context | {"error": message, "stack": stack})
+                log.error("job failed", extra=context | failure.fields)
             else:
                 await self.store.mark_retrying(job.id, attempt, message, stack)
-                log.warning(
-                    "job attempt failed, will retry",
-                    extra=context | {"error": message, "stack": stack},
-                )
-            # bullmq keeps str() of what it gets as the failed reason: the same public message.
-            if permanent:
-                raise UnrecoverableError(message) from exc
-            raise AttemptFailed(message) from exc
+                log.warning("job attempt failed, will retry", extra=context | failure.fields)
+            failure.raise_for_bullmq(exc)
         finally:
             self._active -= 1
             await self.protection.job_finished()
@@ -456,6 +439,45 @@ def _ready_at(job: Any) -> int:
     if job.repeatJobKey and (due := _SCHEDULED_ID.fullmatch(str(job.id))):
         return int(due.group(1))
     return int(job.timestamp) + int(job.delay or 0)
+
+
+# The errors that fail an upload step or a requested job for good: retrying cannot help.
+_PERMANENT = (PermanentJobError, InvalidJobData, UnrecoverableError)
+
+
+@dataclass(frozen=True)
+class _Failure:
+    """A failed attempt: whether it is the job's last, what its user reads (``message``) and
+    the whole story (``stack``, the ``error_stack`` column and the logs)."""
+
+    permanent: bool
+    final: bool
+    message: str
+    stack: str
+
+    @classmethod
+    def of(
+        cls,
+        job: Any,
+        exc: Exception,
+        permanent_types: tuple[type[BaseException], ...],
+        internal_names: tuple[str, ...],
+    ) -> _Failure:
+        permanent = isinstance(exc, permanent_types)
+        # bullmq's own rule (stalls count in attemptsStarted, not in attemptsMade)
+        final = permanent or job.attemptsMade + 1 >= int(job.opts.get("attempts") or 1)
+        return cls(permanent, final, job_error_message(exc, internal_names), _stack_of(exc))
+
+    @property
+    def fields(self) -> dict[str, str]:
+        return {"error": self.message, "stack": self.stack}
+
+    def raise_for_bullmq(self, exc: Exception) -> NoReturn:
+        """bullmq keeps str() of what it gets as the failed reason: the same public message;
+        an UnrecoverableError stops its retries."""
+        if self.permanent:
+            raise UnrecoverableError(self.message) from exc
+        raise AttemptFailed(self.message) from exc
 
 
 def _stack_of(exc: BaseException) -> str:
