@@ -1,6 +1,8 @@
 """The VPC: public, private-with-egress (Lambdas, workers, endpoints) and isolated (ElastiCache,
 RDS) subnets over two or more AZs, NAT gateways (one in dev), an S3 gateway endpoint, interface
-endpoints for every AWS API the workloads call, flow logs, and the workloads' security groups.
+endpoints for every AWS API the workloads call where the environment pays for them
+(``network.interfaceEndpoints``; else those calls go through NAT), flow logs, and the
+workloads' security groups.
 """
 
 from __future__ import annotations
@@ -69,25 +71,8 @@ class Network(Construct):
             traffic_type=ec2.FlowLogTrafficType.ALL,
         )
 
-        endpoint_sg = ec2.SecurityGroup(
-            self,
-            "EndpointSecurityGroup",
-            vpc=self.vpc,
-            description="Interface endpoints: HTTPS from inside the VPC",
-            allow_all_outbound=False,
-        )
-        endpoint_sg.add_ingress_rule(
-            ec2.Peer.ipv4(config.cidr), ec2.Port.tcp(443), "HTTPS from the VPC"
-        )
-        for name, service in INTERFACE_ENDPOINTS.items():
-            self.vpc.add_interface_endpoint(
-                name,
-                service=service,
-                subnets=ec2.SubnetSelection(subnet_group_name=APP),
-                security_groups=[endpoint_sg],
-                private_dns_enabled=True,
-                open=False,  # the shared group above already admits the VPC on 443
-            )
+        if config.interface_endpoints:
+            self._add_interface_endpoints(config.cidr)
 
         # The workloads' security groups live here, so the data stores' groups (in their own
         # stacks) can admit exactly these and nothing else.
@@ -122,6 +107,28 @@ class Network(Construct):
             vpc=self.vpc,
             description="offload schema migrations function",
         )
+
+    def _add_interface_endpoints(self, cidr: str) -> None:
+        """Each service of INTERFACE_ENDPOINTS in every AZ of the app subnets. Without them
+        (``network.interfaceEndpoints: false``) the same calls leave through the NAT
+        gateway(s): same API, same IAM, traffic billed per GB by the NAT instead."""
+        endpoint_sg = ec2.SecurityGroup(
+            self,
+            "EndpointSecurityGroup",
+            vpc=self.vpc,
+            description="Interface endpoints: HTTPS from inside the VPC",
+            allow_all_outbound=False,
+        )
+        endpoint_sg.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
+        for name, service in INTERFACE_ENDPOINTS.items():
+            self.vpc.add_interface_endpoint(
+                name,
+                service=service,
+                subnets=ec2.SubnetSelection(subnet_group_name=APP),
+                security_groups=[endpoint_sg],
+                private_dns_enabled=True,
+                open=False,  # the shared group above already admits the VPC on 443
+            )
 
     @property
     def app_subnets(self) -> ec2.SubnetSelection:

@@ -138,7 +138,7 @@ def _interface_endpoints(t: Templates, p: Prices) -> Iterator[Line]:
             unit_price=p.price("vpc", "interfaceEndpointAzHour"),
             quantity=p.hours,
             unit="h",
-            switch="stacks/network.py INTERFACE_ENDPOINTS (no cdk.json switch yet)",
+            switch="network.interfaceEndpoints",
         )
         yield Line(
             **{**line.__dict__, "saving": line.monthly, "saving_what": "no interface endpoints"}
@@ -200,7 +200,7 @@ def _rds_proxy(t: Templates, p: Prices) -> Iterator[Line]:
             unit_price=p.price("rds", "proxyVcpuHour"),
             quantity=p.hours,
             unit="vCPU-h",
-            switch="stacks/database.py add_proxy (no cdk.json switch yet)",
+            switch="database.proxy",
         )
         yield _with_saving(line, line.monthly, "no RDS Proxy (Lambdas straight to the instance)")
 
