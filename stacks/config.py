@@ -164,6 +164,9 @@ class WorkersConfig:
     concurrency: int
     spot: bool
     scale_in_after_idle_minutes: int
+    # Container Insights on the cluster (its metrics are billed per metric); the scaling reads
+    # the tasks' own RunningTasks metric, so this only adds per-task/container views.
+    container_insights: bool
     # The EventBridge bus an upload's final state is published on (offload.upload_events):
     # "default" (the account's default bus) or the name of a bus the deployer made.
     event_bus_name: str

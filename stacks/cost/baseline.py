@@ -306,7 +306,7 @@ def _container_insights(t: Templates, p: Prices) -> Iterator[Line]:
             unit_price=p.price("cloudwatch", "customMetricMonth"),
             quantity=1,
             unit="metric-month",
-            switch="stacks/workers.py container_insights_v2 (no cdk.json switch yet)",
+            switch="workers.containerInsights",
         )
         yield _with_saving(line, line.monthly, "no Container Insights")
 

@@ -27,7 +27,7 @@ def test_one_dashboard_with_every_metric(dev: Synth) -> None:
         '\\"stat\\":\\"p90\\"',
         '\\"stat\\":\\"p99\\"',
         # workers
-        '\\"RunningTaskCount\\"',
+        '\\"Offload\\",\\"RunningTasks\\",\\"Queue\\",\\"uploads\\"',
         '\\"AWS/ECS\\",\\"CPUUtilization\\"',
         '\\"AWS/ECS\\",\\"MemoryUtilization\\"',
         # Lambdas

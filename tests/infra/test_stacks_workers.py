@@ -92,8 +92,7 @@ def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, pro
     assert providers == {"FARGATE_SPOT", "FARGATE"}
     prod_service = prod.one(prod.stacks.workers, "AWS::ECS::Service")
     assert {s["CapacityProvider"] for s in prod_service["CapacityProviderStrategy"]} == {"FARGATE"}
-    cluster = dev.one(dev.stacks.workers, "AWS::ECS::Cluster")
-    assert {"Name": "containerInsights", "Value": "enabled"} in cluster["ClusterSettings"]
+    # Container Insights: test_container_insights_per_environment_and_nothing_depends_on_it
 
 
 def test_task_role_least_privilege(dev: Synth) -> None:
@@ -191,6 +190,24 @@ def test_scales_out_in_steps_from_a_backlog_of_one(dev: Synth) -> None:
         metrics["expr_1"]["Expression"]
         == "IF(FILL(tasks, 0) > 1, waiting / FILL(tasks, 0), waiting)"
     )
+    # the running tasks: the tasks' own count (fargate_worker/running_metric.py)
+    tasks = metrics["tasks"]["MetricStat"]
+    assert tasks["Metric"]["Namespace"] == "Offload"
+    assert tasks["Metric"]["MetricName"] == "RunningTasks"
+    assert tasks["Metric"]["Dimensions"] == [{"Name": "Queue", "Value": "uploads"}]
+    assert (tasks["Stat"], tasks["Period"]) == ("Sum", 60)
+
+
+def test_container_insights_per_environment_and_nothing_depends_on_it(
+    dev: Synth, prod: Synth
+) -> None:
+    """workers.containerInsights: off in dev (its metrics are billed), on in prod; neither the
+    scaling, the alarms nor the dashboard read it, so both shapes scale the same way."""
+    for synth, setting in ((dev, "disabled"), (prod, "enabled")):
+        cluster = synth.one(synth.stacks.workers, "AWS::ECS::Cluster")
+        assert cluster["ClusterSettings"] == [{"Name": "containerInsights", "Value": setting}]
+        for stack in (synth.stacks.workers, synth.stacks.observability):
+            assert "ContainerInsights" not in json.dumps(synth.json(stack)["Resources"])
 
 
 def test_scales_in_slowly_when_idle_and_never_on_cpu(dev: Synth) -> None:
