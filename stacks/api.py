@@ -95,6 +95,7 @@ class QueueLambdas(Construct):
         schema: str,
         web_origins: tuple[str, ...],
         pipelines: PipelinesConfig,
+        metrics_emf: bool = False,
     ) -> None:
         super().__init__(scope, id)
         base_env = {**queue_env(redis_url=queue.url, schema=schema), **pipelines_env(pipelines)}
@@ -189,20 +190,11 @@ class QueueLambdas(Construct):
             reserved_concurrent_executions=scheduled_reserved,
         )
         _connect_as_producer(queue, self.queue_metrics)
-        self.queue_metrics.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="PutOffloadMetrics",
-                actions=["cloudwatch:PutMetricData"],
-                resources=["*"],
-                conditions={"StringEquals": {"cloudwatch:namespace": NAMESPACE}},
-            )
-        )
-        acknowledge(
-            self.queue_metrics,
-            "AwsSolutions-IAM5[Resource::*]",
-            "cloudwatch:PutMetricData takes no resource ARN; a condition limits it to the "
-            "Offload namespace (and CDK's X-Ray grant is resource-less too).",
-        )
+        if metrics_emf:
+            # no route to CloudWatch's API: EMF on stdout (lambdas/queue_metrics.py)
+            self.queue_metrics.add_environment("OFFLOAD_METRICS_EMF", "true")
+        else:
+            self._grant_put_metrics()
 
         self.reconciler = function(
             "Reconciler",
@@ -232,6 +224,23 @@ class QueueLambdas(Construct):
                     targets.LambdaFunction(fn, retry_attempts=0, max_event_age=Duration.seconds(60))
                 ],
             )
+
+    def _grant_put_metrics(self) -> None:
+        """PutMetricData in the Offload namespace only."""
+        self.queue_metrics.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="PutOffloadMetrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": NAMESPACE}},
+            )
+        )
+        acknowledge(
+            self.queue_metrics,
+            "AwsSolutions-IAM5[Resource::*]",
+            "cloudwatch:PutMetricData takes no resource ARN; a condition limits it to the "
+            "Offload namespace (and CDK's X-Ray grant is resource-less too).",
+        )
 
     @property
     def all(self) -> list[lambda_.Function]:
@@ -405,6 +414,7 @@ class ApiStack(OffloadStack):
             schema=config.database.schema,
             web_origins=config.web_origins,
             pipelines=config.pipelines,
+            metrics_emf=not network.has_nat,
         )
         self.api = UploadApi(
             self,

@@ -67,6 +67,9 @@ def log_retention(days: int) -> logs.RetentionDays:
 class NetworkConfig:
     cidr: str
     max_azs: int
+    # 0: no NAT gateway (stacks/network.py: the workers in the public subnets with a public IP,
+    # the Lambdas in isolated subnets with the S3 gateway endpoint and one Secrets Manager
+    # endpoint; docs/deploy.md "Egress")
     nat_gateways: int
     flow_log_retention_days: int
     # Interface endpoints (ECR, Logs, Secrets Manager, SQS, CloudWatch) in every AZ: $0.01 an
@@ -76,8 +79,8 @@ class NetworkConfig:
     def validate(self) -> None:
         if self.max_azs < 2:
             raise ConfigError("network.maxAzs must be >= 2 (Multi-AZ data stores need two)")
-        if not 1 <= self.nat_gateways <= self.max_azs:
-            raise ConfigError("network.natGateways must be between 1 and maxAzs")
+        if not 0 <= self.nat_gateways <= self.max_azs:
+            raise ConfigError("network.natGateways must be between 0 and maxAzs")
         log_retention(self.flow_log_retention_days)
 
 
@@ -240,6 +243,8 @@ class ObservabilityConfig:
     log_retention_days: int
     alarm_email: str
     oldest_waiting_age_alarm_seconds: int
+    # The CloudWatch dashboard ($3 a month); the alarms do not depend on it.
+    dashboard: bool
 
     def validate(self) -> None:
         log_retention(self.log_retention_days)

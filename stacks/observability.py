@@ -227,6 +227,8 @@ class Monitoring(Construct):
             )
 
         fns = list(functions.items())
+        if not config.dashboard:
+            return
         self.dashboard = cloudwatch.Dashboard(
             self,
             "Dashboard",

@@ -96,6 +96,7 @@ class Workers(Construct):
         image: ecs.ContainerImage,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
+        public_ip: bool,
         security_group: ec2.ISecurityGroup,
         storage: UploadStorage,
         queue: RedisQueue,
@@ -193,7 +194,9 @@ class Workers(Construct):
             capacity_provider_strategies=spot + on_demand if config.spot else on_demand,
             vpc_subnets=subnets,
             security_groups=[security_group],
-            assign_public_ip=False,
+            # Only in public subnets (no NAT gateway): the way out; nothing can come in, the
+            # group has no inbound rule.
+            assign_public_ip=public_ip,
             platform_version=ecs.FargatePlatformVersion.LATEST,
             enable_ecs_managed_tags=True,
             propagate_tags=ecs.PropagatedTagSource.SERVICE,
@@ -301,7 +304,8 @@ class WorkersStack(OffloadStack):
             config=config.workers,
             image=image or worker_image(),
             vpc=network.vpc,
-            subnets=network.app_subnets,
+            subnets=network.worker_subnets,
+            public_ip=not network.has_nat,
             security_group=network.workers_sg,
             storage=storage,
             queue=queue,

@@ -140,9 +140,10 @@ def _interface_endpoints(t: Templates, p: Prices) -> Iterator[Line]:
             unit="h",
             switch="network.interfaceEndpoints",
         )
-        yield Line(
-            **{**line.__dict__, "saving": line.monthly, "saving_what": "no interface endpoints"}
-        )
+        # Without NAT gateways the endpoints are the only way to their services: no saving.
+        if any(True for _ in t.resources("AWS::EC2::NatGateway")):
+            line = _with_saving(line, line.monthly, "no interface endpoints")
+        yield line
 
 
 def _rds(t: Templates, p: Prices) -> Iterator[Line]:
@@ -362,11 +363,40 @@ def _dashboards(t: Templates, p: Prices) -> Iterator[Line]:
 _DASHBOARD_METRIC = re.compile(r'\["([^"\[\]]+)","([^"\[\]]+)"')
 
 
+# What the runtime publishes whatever reads it (restated: this tool imports no runtime code):
+# the queue-metrics Lambda's metrics for the main queue (lambdas/queue_metrics.py) and the
+# workers' EMF metrics (fargate_worker/worker.py, fargate_worker/running_metric.py).
+PUBLISHED_BY_HANDLER = {
+    "lambdas.queue_metrics.handler": (
+        "Waiting",
+        "Active",
+        "Delayed",
+        "Failed",
+        "OldestWaitingAge",
+        "Runnable",
+    ),
+}
+PUBLISHED_BY_WORKERS = ("JobsCompleted", "JobsFailed", "JobDuration", "QueueWait", "RunningTasks")
+
+
+def _namespace(environment: dict[str, Any]) -> str:
+    return str(environment.get("OFFLOAD_METRICS_NAMESPACE", "Offload"))
+
+
 def custom_metrics(t: Templates) -> set[tuple[str, str]]:
-    """The custom metrics (namespace, name) the alarms and dashboards read: each exists (and
-    is billed) once its publisher runs. A lower bound: one per name, though a metric per queue
-    dimension (each step queue) is a metric of its own."""
+    """The custom metrics (namespace, name) the runtime publishes for the main queue, and
+    those the alarms and dashboards read: each is billed once published, read or not. A lower
+    bound: each step queue's metrics (another ``Queue`` dimension) are metrics of their own."""
     found: set[tuple[str, str]] = set()
+    for function in t.resources("AWS::Lambda::Function"):
+        env = function.properties.get("Environment", {}).get("Variables", {})
+        for name in PUBLISHED_BY_HANDLER.get(str(function.properties.get("Handler")), ()):
+            found.add((_namespace(env), name))
+    for task in t.resources("AWS::ECS::TaskDefinition"):
+        for container in task.properties.get("ContainerDefinitions", []):
+            env = {e["Name"]: e["Value"] for e in container.get("Environment", [])}
+            if "OFFLOAD_CONCURRENCY" in env:  # an offload worker
+                found |= {(_namespace(env), name) for name in PUBLISHED_BY_WORKERS}
 
     def keep(namespace: str, name: str) -> None:
         if not AWS_NAMESPACE.match(namespace) and namespace != CONTAINER_INSIGHTS_NAMESPACE:
@@ -392,7 +422,7 @@ def _custom_metrics(t: Templates, p: Prices) -> Iterator[Line]:
     if metrics:
         namespaces = ", ".join(sorted({ns for ns, _ in metrics}))
         yield Line(
-            item=f"custom metrics read by alarms/dashboard ({namespaces})",
+            item=f"custom metrics, main queue ({namespaces})",
             count=len(metrics),
             unit_price=p.price("cloudwatch", "customMetricMonth"),
             quantity=1,

@@ -52,7 +52,9 @@ def test_the_hand_counted_template_is_priced_line_by_line(tiny: templates.Templa
         "Container Insights metrics (1 service(s))": 22 * 0.30,
         "CloudWatch alarm metrics (2 alarms)": 3 * 0.10,  # 1 + a math alarm of 2 metrics
         "CloudWatch dashboard": 3.00,
-        "custom metrics read by alarms/dashboard (Offload)": 2 * 0.30,  # Waiting, Runnable
+        # the queue-metrics function's 6 and the worker's 5 (Waiting and Runnable are also
+        # what the math alarm and the dashboard read)
+        "custom metrics, main queue (Offload)": 11 * 0.30,
         "Secrets Manager secret": 0.40,
         "KMS key": 1.00,
         "Lambda requests on schedules (rate(5 minutes))": H * 12 / 1e6 * 0.20,
@@ -64,7 +66,9 @@ def test_the_hand_counted_template_is_priced_line_by_line(tiny: templates.Templa
     assert list(by_item(lines)) == list(expected)  # the order the report prints
     assert total(lines) == pytest.approx(sum(expected.values()))
     assert baseline.unpriced(tiny) == []
-    assert baseline.custom_metrics(tiny) == {("Offload", "Waiting"), ("Offload", "Runnable")}
+    published = {*baseline.PUBLISHED_BY_HANDLER["lambdas.queue_metrics.handler"]}
+    published |= set(baseline.PUBLISHED_BY_WORKERS)
+    assert baseline.custom_metrics(tiny) == {("Offload", name) for name in published}
 
 
 def test_what_each_choice_costs_in_the_hand_counted_template(tiny: templates.Templates) -> None:
@@ -139,7 +143,6 @@ def test_the_real_baselines_have_their_lines_and_consistent_totals(
             "Fargate vCPU",
             "Secrets Manager secret",
             "CloudWatch alarm metrics",
-            "CloudWatch dashboard",
         ):
             assert expected in items
         assert total(lines) == pytest.approx(
@@ -151,12 +154,23 @@ def test_the_real_baselines_have_their_lines_and_consistent_totals(
     nat = {line.item: line.count for line in prod}["NAT gateway"]
     assert nat == 2
     assert total(prod) > total(dev)
+    assert "CloudWatch dashboard" in by_item(prod) and "CloudWatch dashboard" not in by_item(dev)
     choices = {line.saving_what for line in prod if line.saving}
     assert {
         "single-AZ PostgreSQL",
         "one Redis node (no replica, no failover)",
         "one NAT gateway instead of 2",
     } <= choices
+
+
+def test_the_idle_dev_baseline_is_at_most_40_dollars(real: dict[str, templates.Templates]) -> None:
+    """Issue 15's target, by the tool's own count: no NAT gateway, one Secrets Manager
+    endpoint, no RDS Proxy, no Container Insights, no dashboard in dev."""
+    lines = baseline.baseline(real["dev"], prices.load())
+    assert total(lines) <= 40, total(lines)
+    items = " | ".join(line.item for line in lines)
+    for absent in ("NAT gateway", "RDS Proxy", "Container Insights", "dashboard"):
+        assert absent not in items
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -191,13 +205,14 @@ def test_help_and_bad_arguments_synthesise_nothing(tmp_path: Path) -> None:
     assert done.returncode == 2 and "no *.template.json" in done.stderr
 
 
-def test_another_price_table_and_a_missing_price(dev: Synth, tmp_path: Path) -> None:
+def test_another_price_table_and_a_missing_price(dev: Synth, prod: Synth, tmp_path: Path) -> None:
     table = json.loads(prices.DEFAULT_TABLE.read_text())
     table["vpc"]["natGatewayHour"] = 1.0
     (tmp_path / "mine.json").write_text(json.dumps(table))
-    done = run_tool("--templates", str(dev.outdir), "--prices", str(tmp_path / "mine.json"))
+    done = run_tool("--templates", str(prod.outdir), "--prices", str(tmp_path / "mine.json"))
     assert done.returncode == 0, done.stderr
-    assert "$730.00" in next(line for line in done.stdout.splitlines() if "NAT gateway" in line)
+    nat = next(line for line in done.stdout.splitlines() if "NAT gateway" in line)
+    assert "$1,460.00" in nat  # 2 x $1 x 730 h
     del table["elasticache"]["nodeHour"]["cache.t4g.micro"]
     (tmp_path / "short.json").write_text(json.dumps(table))
     done = run_tool("--templates", str(dev.outdir), "--prices", str(tmp_path / "short.json"))

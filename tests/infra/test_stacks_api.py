@@ -291,10 +291,15 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     assert actions(statements) - sqs == xray | connect | redis
     assert "ReadUploadsPolicy" in managed and "Manage" not in managed and "Write" not in managed
 
+    # dev has no route to CloudWatch's API (no NAT): EMF on stdout, no PutMetricData
     statements, managed = role_statements(dev, "lambdas.queue_metrics.handler")
-    assert actions(statements) == xray | redis | {"cloudwatch:PutMetricData"}  # no secret
-    [put] = [s for s in statements if s["Action"] == "cloudwatch:PutMetricData"]
-    assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Offload"}}
+    assert actions(statements) == xray | redis  # no secret
+    assert (
+        functions(dev)["lambdas.queue_metrics.handler"]["Environment"]["Variables"][
+            "OFFLOAD_METRICS_EMF"
+        ]
+        == "true"
+    )
     assert "Uploads" not in managed
 
     statements, managed = role_statements(dev, "lambdas.reconciler.handler")
@@ -304,6 +309,17 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     assert "ReadUploadsPolicy" in managed and "AbortUploadsPolicy" in managed
     assert "Manage" not in managed
     assert "Write" not in managed and "Processed" not in managed
+
+
+def test_queue_metrics_by_put_metric_data_where_there_is_a_route(prod: Synth) -> None:
+    """prod has NAT gateways and a CloudWatch endpoint: PutMetricData in its namespace only."""
+    xray = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+    statements, _ = role_statements(prod, "lambdas.queue_metrics.handler")
+    assert actions(statements) == xray | {"elasticache:Connect", "cloudwatch:PutMetricData"}
+    [put] = [s for s in statements if s["Action"] == "cloudwatch:PutMetricData"]
+    assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Offload"}}
+    env = functions(prod)["lambdas.queue_metrics.handler"]["Environment"]["Variables"]
+    assert "OFFLOAD_METRICS_EMF" not in env
 
 
 def test_no_wildcard_actions_anywhere(each_env: Synth) -> None:

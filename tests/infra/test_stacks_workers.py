@@ -81,13 +81,30 @@ def test_no_secret_in_the_environment_redis_by_iam(dev: Synth) -> None:
 
 
 def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
+    """prod: the private app subnets, out through NAT. dev (no NAT): the public subnets with
+    a public IP each, and a security group that admits nothing inbound."""
     service = dev.one(dev.stacks.workers, "AWS::ECS::Service")
     # Omitted, so a deploy keeps the autoscaled count instead of resetting it.
     assert "DesiredCount" not in service
     network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
-    assert network["AssignPublicIp"] == "DISABLED"
-    assert all("AppSubnet" in json.dumps(s) for s in network["Subnets"])
+    assert network["AssignPublicIp"] == "ENABLED"
+    assert all("PublicSubnet" in json.dumps(s) for s in network["Subnets"])
     assert "WorkersSecurityGroup" in json.dumps(network["SecurityGroups"])
+    prod_service = prod.one(prod.stacks.workers, "AWS::ECS::Service")
+    prod_network = prod_service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert prod_network["AssignPublicIp"] == "DISABLED"
+    assert all("AppSubnet" in json.dumps(s) for s in prod_network["Subnets"])
+    for synth in (dev, prod):
+        groups = synth.resources(synth.stacks.network, "AWS::EC2::SecurityGroup").values()
+        [workers] = [
+            g["Properties"]
+            for g in groups
+            if g["Properties"]["GroupDescription"] == "offload Fargate workers"
+        ]
+        assert "SecurityGroupIngress" not in workers
+        for stack in synth.stacks.all():
+            for rule in synth.resources(stack, "AWS::EC2::SecurityGroupIngress").values():
+                assert "WorkersSecurityGroup" not in json.dumps(rule["Properties"]["GroupId"])
     providers = {s["CapacityProvider"] for s in service["CapacityProviderStrategy"]}
     assert providers == {"FARGATE_SPOT", "FARGATE"}
     prod_service = prod.one(prod.stacks.workers, "AWS::ECS::Service")
