@@ -145,15 +145,8 @@ def facts(t: Templates) -> Facts:
         spot=spot_share(service.properties),
         public_ip=public_ip(service.properties),
         standard_days=standard_days,
-        archive_class=_archive_name(archive),
+        archive_class=archive,  # CloudFormation's names are the table's
         max_tasks=int(target.properties["MaxCapacity"]),
-    )
-
-
-def _archive_name(storage_class: str) -> str:
-    """CloudFormation's class names to the price table's."""
-    return {"GLACIER_IR": "GLACIER_IR", "GLACIER": "GLACIER", "DEEP_ARCHIVE": "DEEP_ARCHIVE"}.get(
-        storage_class, storage_class
     )
 
 
