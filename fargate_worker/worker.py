@@ -40,6 +40,7 @@ from fargate_worker.progress import ProgressForwarder
 from fargate_worker.protection import TaskProtection
 from fargate_worker.queues import WorkerQueues
 from fargate_worker.requested import RequestedJobRunner
+from fargate_worker.running_metric import report_running
 from fargate_worker.s3grants import JobGrants
 from fargate_worker.sandbox import SandboxPool
 from fargate_worker.schedules import ScheduleKeeper
@@ -102,6 +103,7 @@ class OffloadWorker:
         self._run_task: asyncio.Task | None = None
         self._schedule_task: asyncio.Task | None = None
         self._heartbeat: asyncio.Task | None = None
+        self._running_metric: asyncio.Task | None = None
         self._active = 0
         self._stopping = asyncio.Event()
 
@@ -137,6 +139,8 @@ class OffloadWorker:
         self._heartbeat = asyncio.ensure_future(
             heartbeat(self.settings.health_file, self.settings.health_interval_s, self._health)
         )
+        # what the autoscaling divides the backlog by (fargate_worker/running_metric.py)
+        self._running_metric = asyncio.ensure_future(report_running(self.metrics))
         log.info(
             "worker started on %s, queues %s",
             redact(self.settings.redis_url),  # never the credentials
@@ -424,6 +428,8 @@ class OffloadWorker:
         await self.sandbox.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._running_metric is not None:
+            self._running_metric.cancel()
         await self.pool.close()
         return clean
 

@@ -2,7 +2,9 @@
 
 The autoscaling policy of the workers and the backlog alarms read these metrics, so they are
 published with ``PutMetricData`` (visible to alarms within seconds) rather than EMF (extracted
-from the log stream asynchronously, which can lag by minutes). Metrics, namespace
+from the log stream asynchronously, which can lag by minutes), except where the function has
+no route to CloudWatch's API (``OFFLOAD_METRICS_EMF``: an environment without NAT gateway or
+endpoint), where the same datapoints are EMF lines on stdout (:func:`emit_emf`). Metrics, namespace
 ``OFFLOAD_METRICS_NAMESPACE``, dimension ``Queue=<queue name>``, standard resolution:
 
 * ``Waiting`` (Count): jobs ready to run (bullmq ``wait`` + ``prioritized``, and delayed jobs
@@ -40,6 +42,7 @@ from bullmq import Queue
 from lambdas import runtime
 from lambdas.tracing import traced
 from offload import aws
+from offload.metrics import MetricsEmitter
 from offload.pipelines import StepLimits
 from offload.priorities import all_priorities
 from offload.queue import open_queue
@@ -179,6 +182,23 @@ def metric_data(snap: QueueSnapshot, queue_name: str, at: datetime) -> list[dict
     ]
 
 
+def emit_emf(namespace: str, data: list[dict[str, Any]]) -> None:
+    """The same datapoints as EMF lines on stdout (``OFFLOAD_METRICS_EMF``), one document per
+    queue: CloudWatch extracts them from the function's log group, with no API call, so an
+    environment whose Lambdas have no route to CloudWatch's API still scales its workers
+    (the values land a minute or so later than PutMetricData's)."""
+    by_queue: dict[str, dict[str, tuple[float, str]]] = {}
+    stamps: dict[str, datetime] = {}
+    for datum in data:
+        queue = datum["Dimensions"][0]["Value"]
+        by_queue.setdefault(queue, {})[datum["MetricName"]] = (datum["Value"], datum["Unit"])
+        stamps[queue] = datum["Timestamp"]
+    for queue, metrics in by_queue.items():
+        MetricsEmitter(namespace, {"Queue": queue}).emit(
+            metrics, timestamp_ms=int(stamps[queue].timestamp() * 1000)
+        )
+
+
 # One Queue (one Redis connection) per queue, container and event loop. The metrics function
 # needs neither PostgreSQL nor the producer, so it keeps queues of its own instead of
 # runtime.producer() (which would open a database pool).
@@ -227,11 +247,14 @@ def _publish(event: dict[str, Any], context: Any) -> dict[str, Any]:
     data = [datum for name, (snap, _) in snaps.items() for datum in metric_data(snap, name, at)]
     total = sum(runnable(snap, limits) for snap, limits in snaps.values())
     data.append(runnable_datum(total, settings.queue_name, at))
-    cloudwatch = aws.client("cloudwatch")
-    for start in range(0, len(data), 500):  # PutMetricData takes at most 1,000 values a call
-        cloudwatch.put_metric_data(
-            Namespace=settings.metrics_namespace, MetricData=data[start : start + 500]
-        )
+    if settings.metrics_emf:
+        emit_emf(settings.metrics_namespace, data)
+    else:
+        cloudwatch = aws.client("cloudwatch")
+        for start in range(0, len(data), 500):  # PutMetricData takes at most 1,000 a call
+            cloudwatch.put_metric_data(
+                Namespace=settings.metrics_namespace, MetricData=data[start : start + 500]
+            )
     main, _ = snaps[settings.queue_name]
     published = asdict(main) | {"queue": settings.queue_name, "runnable": total}
     published["queues"] = {name: asdict(snap) for name, (snap, _) in snaps.items()}

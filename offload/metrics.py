@@ -20,14 +20,16 @@ def emf_line(
     metrics: Mapping[str, tuple[float, str]],
     dimensions: Mapping[str, str],
     properties: Mapping[str, object] | None = None,
+    timestamp_ms: int | None = None,
 ) -> str:
-    """One EMF document: ``metrics`` maps name -> (value, unit)."""
+    """One EMF document: ``metrics`` maps name -> (value, unit); stamped now, or at
+    ``timestamp_ms`` (CloudWatch files the values under that time's period)."""
     for name, (_, unit) in metrics.items():
         if unit not in UNITS:
             raise ValueError(f"metric {name}: unit {unit!r} not one of {sorted(UNITS)}")
     document: dict[str, object] = {
         "_aws": {
-            "Timestamp": int(time.time() * 1000),
+            "Timestamp": int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
             "CloudWatchMetrics": [
                 {
                     "Namespace": namespace,
@@ -56,7 +58,9 @@ class MetricsEmitter:
         self,
         metrics: Mapping[str, tuple[float, str]],
         properties: Mapping[str, object] | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
         stream = self.stream or sys.stdout
-        stream.write(emf_line(self.namespace, metrics, self.dimensions, properties) + "\n")
+        line = emf_line(self.namespace, metrics, self.dimensions, properties, timestamp_ms)
+        stream.write(line + "\n")
         stream.flush()

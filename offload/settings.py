@@ -272,6 +272,9 @@ class Settings:
     # Every component's CloudWatch namespace: the worker's EMF, the Lambdas' Powertools metrics
     # and the queue metrics the autoscaling reads (see from_env for the variables).
     metrics_namespace: str = "Offload"
+    # The queue-metrics Lambda publishes as EMF on stdout instead of PutMetricData: for an
+    # environment whose Lambdas have no route to CloudWatch's API (no NAT gateway, no endpoint).
+    metrics_emf: bool = False
     # Upload API and enqueue Lambdas
     upload_bucket: str = ""
     max_upload_bytes: int = 50 * 1024**3
@@ -404,6 +407,7 @@ class Settings:
             metrics_namespace=env.get("OFFLOAD_METRICS_NAMESPACE")
             or env.get("POWERTOOLS_METRICS_NAMESPACE")
             or defaults.metrics_namespace,
+            metrics_emf=_flag(env, "OFFLOAD_METRICS_EMF"),
             upload_bucket=env.get("UPLOAD_BUCKET", defaults.upload_bucket),
             max_upload_bytes=_int(env, "OFFLOAD_MAX_UPLOAD_BYTES", defaults.max_upload_bytes, 1),
             single_upload_max_bytes=_int(

@@ -15,7 +15,8 @@
     PostgreSQL), and takes the objects of uploads whose S3 event was lost (reads ``uploads/*``
     objects' metadata); the Redis secret.
 
-Each function that uses PostgreSQL logs in through RDS Proxy as its own database user
+Each function that uses PostgreSQL logs in through RDS Proxy (or, where the environment has
+none, to the instance, with reserved concurrency capping its connections) as its own database user
 (``offload_api``, ``offload_enqueue``, ``offload_reconciler``: ``offload.db.roles``) with an
 IAM token, and may ``rds-db:connect`` as that user only; none can read the master secret.
 """
@@ -54,6 +55,8 @@ ENQUEUE_TIMEOUT = Duration.seconds(60)
 QUEUE_METRICS_SCHEDULE = Duration.minutes(1)
 RECONCILER_SCHEDULE = Duration.minutes(5)
 STAGE = "v1"
+# The queue-metrics and reconciler functions' reserved concurrency without RDS Proxy.
+SCHEDULED_RESERVED_CONCURRENCY = 1
 
 # (path, methods) as lambdas/api.py routes them.
 ROUTES: dict[str, tuple[str, ...]] = {
@@ -92,13 +95,24 @@ class QueueLambdas(Construct):
         schema: str,
         web_origins: tuple[str, ...],
         pipelines: PipelinesConfig,
+        metrics_emf: bool = False,
     ) -> None:
         super().__init__(scope, id)
         base_env = {**queue_env(redis_url=queue.url, schema=schema), **pipelines_env(pipelines)}
 
         def database_env(component: str) -> dict[str, str]:
-            """The function's own database user, through RDS Proxy with IAM: no secret."""
+            """The function's own database user, through RDS Proxy (where the environment
+            has one, else to the instance) with IAM: no secret."""
             return database.client_env(user=database_user(schema, component), proxy=True)
+
+        # Without RDS Proxy each container of a function holds one PostgreSQL connection
+        # (lambdas/runtime.py: a pool of one), so every function that uses PostgreSQL has a
+        # reserved concurrency: what caps its connections (tests/infra/test_connection_budget.py
+        # adds them up against the instance's max_connections). The scheduled functions run one
+        # at a time anyway: a run that overlaps the previous one is dropped, not queued.
+        direct = not database.has_proxy
+        api_reserved = config.api_reserved_concurrency if direct else None
+        scheduled_reserved = SCHEDULED_RESERVED_CONCURRENCY if direct else None
 
         def function(
             id: str, module: str, description: str, env: dict[str, str], **kwargs: Any
@@ -136,6 +150,7 @@ class QueueLambdas(Construct):
             },
             timeout=API_TIMEOUT,
             memory_size=1024,
+            reserved_concurrent_executions=api_reserved,
         )
         self.api.role.add_managed_policy(storage.manage_uploads_policy)  # type: ignore[union-attr]
         self.api.role.add_managed_policy(storage.read_processed_policy)  # type: ignore[union-attr]
@@ -172,22 +187,14 @@ class QueueLambdas(Construct):
             {},
             timeout=Duration.seconds(30),
             memory_size=256,
+            reserved_concurrent_executions=scheduled_reserved,
         )
         _connect_as_producer(queue, self.queue_metrics)
-        self.queue_metrics.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="PutOffloadMetrics",
-                actions=["cloudwatch:PutMetricData"],
-                resources=["*"],
-                conditions={"StringEquals": {"cloudwatch:namespace": NAMESPACE}},
-            )
-        )
-        acknowledge(
-            self.queue_metrics,
-            "AwsSolutions-IAM5[Resource::*]",
-            "cloudwatch:PutMetricData takes no resource ARN; a condition limits it to the "
-            "Offload namespace (and CDK's X-Ray grant is resource-less too).",
-        )
+        if metrics_emf:
+            # no route to CloudWatch's API: EMF on stdout (lambdas/queue_metrics.py)
+            self.queue_metrics.add_environment("OFFLOAD_METRICS_EMF", "true")
+        else:
+            self._grant_put_metrics()
 
         self.reconciler = function(
             "Reconciler",
@@ -195,6 +202,7 @@ class QueueLambdas(Construct):
             "re-enqueue uploads whose job is missing, abort expired uploads, every 5 minutes",
             database_env("reconciler"),
             timeout=Duration.minutes(2),
+            reserved_concurrent_executions=scheduled_reserved,
         )
         # HEADs the objects of uploads whose S3 event was lost (offload/reconcile.py)
         self.reconciler.role.add_managed_policy(storage.read_uploads_policy)  # type: ignore[union-attr]
@@ -216,6 +224,23 @@ class QueueLambdas(Construct):
                     targets.LambdaFunction(fn, retry_attempts=0, max_event_age=Duration.seconds(60))
                 ],
             )
+
+    def _grant_put_metrics(self) -> None:
+        """PutMetricData in the Offload namespace only."""
+        self.queue_metrics.add_to_role_policy(
+            iam.PolicyStatement(
+                sid="PutOffloadMetrics",
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": NAMESPACE}},
+            )
+        )
+        acknowledge(
+            self.queue_metrics,
+            "AwsSolutions-IAM5[Resource::*]",
+            "cloudwatch:PutMetricData takes no resource ARN; a condition limits it to the "
+            "Offload namespace (and CDK's X-Ray grant is resource-less too).",
+        )
 
     @property
     def all(self) -> list[lambda_.Function]:
@@ -389,6 +414,7 @@ class ApiStack(OffloadStack):
             schema=config.database.schema,
             web_origins=config.web_origins,
             pipelines=config.pipelines,
+            metrics_emf=not network.has_nat,
         )
         self.api = UploadApi(
             self,

@@ -67,14 +67,20 @@ def log_retention(days: int) -> logs.RetentionDays:
 class NetworkConfig:
     cidr: str
     max_azs: int
+    # 0: no NAT gateway (stacks/network.py: the workers in the public subnets with a public IP,
+    # the Lambdas in isolated subnets with the S3 gateway endpoint and one Secrets Manager
+    # endpoint; docs/deploy.md "Egress")
     nat_gateways: int
     flow_log_retention_days: int
+    # Interface endpoints (ECR, Logs, Secrets Manager, SQS, CloudWatch) in every AZ: $0.01 an
+    # hour each per AZ. Off, the same calls go out through the NAT gateway(s).
+    interface_endpoints: bool
 
     def validate(self) -> None:
         if self.max_azs < 2:
             raise ConfigError("network.maxAzs must be >= 2 (Multi-AZ data stores need two)")
-        if not 1 <= self.nat_gateways <= self.max_azs:
-            raise ConfigError("network.natGateways must be between 1 and maxAzs")
+        if not 0 <= self.nat_gateways <= self.max_azs:
+            raise ConfigError("network.natGateways must be between 0 and maxAzs")
         log_retention(self.flow_log_retention_days)
 
 
@@ -138,6 +144,10 @@ class DatabaseConfig:
     rotation_days: int
     database_name: str
     schema: str
+    # RDS Proxy in front of the instance for the Lambdas (billed per vCPU of the instance,
+    # 2 at least). Off, the Lambdas connect to the instance directly, and their reserved
+    # concurrency (api.apiReservedConcurrency) caps their connections.
+    proxy: bool
 
     def validate(self) -> None:
         if self.backup_retention_days < 1:
@@ -157,6 +167,9 @@ class WorkersConfig:
     concurrency: int
     spot: bool
     scale_in_after_idle_minutes: int
+    # Container Insights on the cluster (its metrics are billed per metric); the scaling reads
+    # the tasks' own RunningTasks metric, so this only adds per-task/container views.
+    container_insights: bool
     # The EventBridge bus an upload's final state is published on (offload.upload_events):
     # "default" (the account's default bus) or the name of a bus the deployer made.
     event_bus_name: str
@@ -203,8 +216,14 @@ class ApiConfig:
     throttle_burst_limit: int
     enqueue_reserved_concurrency: int
     enqueue_batch_size: int
+    # The API function's reserved concurrency: required without RDS Proxy (each of its
+    # containers holds one PostgreSQL connection), null (no reservation) behind the proxy.
+    # The one optional key: CDK drops null context values, so null reads as absent.
+    api_reserved_concurrency: int | None = None
 
     def validate(self) -> None:
+        if self.api_reserved_concurrency is not None and self.api_reserved_concurrency < 1:
+            raise ConfigError("api.apiReservedConcurrency must be >= 1 or null")
         if self.enqueue_reserved_concurrency < 1:
             raise ConfigError("api.enqueueReservedConcurrency must be >= 1")
         if not 1 <= self.enqueue_batch_size <= 10_000:
@@ -224,6 +243,8 @@ class ObservabilityConfig:
     log_retention_days: int
     alarm_email: str
     oldest_waiting_age_alarm_seconds: int
+    # The CloudWatch dashboard ($3 a month); the alarms do not depend on it.
+    dashboard: bool
 
     def validate(self) -> None:
         log_retention(self.log_retention_days)
@@ -260,6 +281,11 @@ class EnvConfig:
             # API Gateway's own error answers (401 from the authorizer, 429, 5xx) carry one
             # fixed Access-Control-Allow-Origin: a page on a second origin could not read them.
             raise ConfigError("webOrigins must name exactly one origin (the web page's)")
+        if not self.database.proxy and self.api.api_reserved_concurrency is None:
+            raise ConfigError(
+                "api.apiReservedConcurrency is required when database.proxy is false: without "
+                "RDS Proxy the API function's concurrency is what caps its database connections"
+            )
         for origin in self.web_origins:
             if origin == "*" or not origin.startswith(("https://", "http://localhost")):
                 raise ConfigError(f"web origin {origin!r} must be https:// (or http://localhost)")
@@ -300,7 +326,11 @@ def _build(cls: type[T], raw: Any, where: str) -> T:
         if name not in fields:
             raise ConfigError(f"unknown key {where}.{key}")
         values[name] = value
-    missing = [n for n in fields if n not in values and n != "name"]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in values and n != "name" and f.default is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{where} is missing {missing}")
     return cls(**values)

@@ -10,8 +10,10 @@
 - Clients verify the server (``sslmode=verify-full``, ``stacks/runtime_env.py``): the
   instance's CA is pinned (``rds-ca-rsa2048-g1``) and the roots of it and of RDS Proxy's
   certificates ship with the runtime (``offload/db/ca/``).
-- RDS Proxy (end-to-end IAM authentication, TLS required) for the Lambdas; the Fargate
-  workers, long-lived with small pools, connect to the instance directly.
+- RDS Proxy (end-to-end IAM authentication, TLS required) for the Lambdas where the
+  environment has one (``database.proxy``; else the Lambdas connect to the instance, their
+  reserved concurrency capping their connections: stacks/api.py); the Fargate workers,
+  long-lived with small pools, connect to the instance directly.
 - Backups; Multi-AZ and deletion protection where the environment asks (prod).
 
 Stateful: ``DatabaseStack`` has termination protection where the environment asks for it;
@@ -72,21 +74,14 @@ class Database(Construct):
             description="offload PostgreSQL: from its proxy, the workers and the rotation only",
             allow_all_outbound=False,
         )
-        self.proxy_security_group = ec2.SecurityGroup(
-            self,
-            "ProxySecurityGroup",
-            vpc=vpc,
-            description="offload RDS Proxy: from the Lambdas only",
-        )
+        # Without a proxy (database.proxy: false) its clients, the Lambdas, reach the instance.
+        if not config.proxy:
+            direct_clients = [*direct_clients, *proxy_clients]
         # (the proxy -> instance rule is added by add_proxy below, the rotation function's by
         # add_rotation_single_user)
         for client in direct_clients:
             self.security_group.add_ingress_rule(
                 client, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL from an offload workload"
-            )
-        for client in proxy_clients:
-            self.proxy_security_group.add_ingress_rule(
-                client, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL (TLS) from the Lambdas"
             )
 
         parameters = rds.ParameterGroup(
@@ -150,32 +145,9 @@ class Database(Construct):
             automatically_after=Duration.days(config.rotation_days),
         )
 
-        # End-to-end IAM: clients present a token for their own user, and the proxy logs in to
-        # the instance with IAM as that user too; it holds no secret, and the master user
-        # cannot log in through it. Its role may connect to the instance as the proxied
-        # users only (the Lambdas' database users).
-        self.proxy_role = iam.Role(
-            self,
-            "ProxyRole",
-            assumed_by=iam.ServicePrincipal("rds.amazonaws.com"),
-            description="offload RDS Proxy: IAM logins to the instance as the Lambdas' users",
-        )
-        for user in proxy_users:
-            self.instance.grant_connect(self.proxy_role, user)
-        self.proxy = self.instance.add_proxy(
-            "Proxy",
-            role=self.proxy_role,
-            vpc=vpc,
-            vpc_subnets=subnets,
-            security_groups=[self.proxy_security_group],
-            require_tls=True,
-            default_auth_scheme=rds.DefaultAuthScheme.IAM_AUTH,
-            idle_client_timeout=Duration.minutes(30),
-            max_connections_percent=80,
-            # Below API Gateway's 29 s: a saturated pool answers the API Lambda in time for it
-            # to return 503, instead of API Gateway timing the request out with 504.
-            borrow_timeout=Duration.seconds(20),
-        )
+        self.proxy: rds.DatabaseProxy | None = None
+        if config.proxy:
+            self.proxy = self._add_proxy(vpc, subnets, proxy_clients)
 
         acknowledge(
             self.instance,
@@ -197,10 +169,58 @@ class Database(Construct):
                 "down; prod has it.",
             )
 
+    def _add_proxy(
+        self,
+        vpc: ec2.IVpc,
+        subnets: ec2.SubnetSelection,
+        clients: list[ec2.ISecurityGroup],
+    ) -> rds.DatabaseProxy:
+        """End-to-end IAM: clients present a token for their own user, and the proxy logs in
+        to the instance with IAM as that user too; it holds no secret, and the master user
+        cannot log in through it. Its role may connect to the instance as the proxied users
+        only (the Lambdas' database users)."""
+        self.proxy_security_group = ec2.SecurityGroup(
+            self,
+            "ProxySecurityGroup",
+            vpc=vpc,
+            description="offload RDS Proxy: from the Lambdas only",
+        )
+        for client in clients:
+            self.proxy_security_group.add_ingress_rule(
+                client, ec2.Port.tcp(POSTGRES_PORT), "PostgreSQL (TLS) from the Lambdas"
+            )
+        self.proxy_role = iam.Role(
+            self,
+            "ProxyRole",
+            assumed_by=iam.ServicePrincipal("rds.amazonaws.com"),
+            description="offload RDS Proxy: IAM logins to the instance as the Lambdas' users",
+        )
+        for user in self.proxy_users:
+            self.instance.grant_connect(self.proxy_role, user)
+        return self.instance.add_proxy(
+            "Proxy",
+            role=self.proxy_role,
+            vpc=vpc,
+            vpc_subnets=subnets,
+            security_groups=[self.proxy_security_group],
+            require_tls=True,
+            default_auth_scheme=rds.DefaultAuthScheme.IAM_AUTH,
+            idle_client_timeout=Duration.minutes(30),
+            max_connections_percent=80,
+            # Below API Gateway's 29 s: a saturated pool answers the API Lambda in time for it
+            # to return 503, instead of API Gateway timing the request out with 504.
+            borrow_timeout=Duration.seconds(20),
+        )
+
+    @property
+    def has_proxy(self) -> bool:
+        return self.proxy is not None
+
     def grant_connect(self, grantee: iam.IGrantable, db_user: str, *, proxy: bool) -> None:
         """``rds-db:connect`` as ``db_user`` only, on the proxy (``proxy=True``: the
-        Lambdas) or on the instance (the workers): one database user per IAM principal."""
-        if proxy:
+        Lambdas, where the environment has a proxy) or on the instance (the workers, and the
+        Lambdas without a proxy): one database user per IAM principal."""
+        if proxy and self.proxy is not None:
             if db_user not in self.proxy_users:
                 raise ValueError(f"{db_user} is not among the proxy's users {self.proxy_users}")
             self.proxy.grant_connect(grantee, db_user)
@@ -208,18 +228,20 @@ class Database(Construct):
             self.instance.grant_connect(grantee, db_user)
 
     def client_env(self, *, user: str, proxy: bool) -> dict[str, str]:
-        """The environment of a component that logs in as ``user``, through the proxy or
-        directly (``stacks.runtime_env.database_env``)."""
+        """The environment of a component that logs in as ``user``, through the proxy (where
+        there is one) or directly (``stacks.runtime_env.database_env``)."""
+        via_proxy = proxy and self.proxy is not None
         return database_env(
-            host=self.proxy_host if proxy else self.host,
-            port=str(POSTGRES_PORT) if proxy else self.port,
+            host=self.proxy_host if via_proxy else self.host,
+            port=str(POSTGRES_PORT) if via_proxy else self.port,
             name=self.database_name,
             user=user,
-            proxy=proxy,
+            proxy=via_proxy,
         )
 
     @property
     def proxy_host(self) -> str:
+        assert self.proxy is not None, "no RDS Proxy in this environment (database.proxy)"
         return self.proxy.endpoint
 
     @property

@@ -9,7 +9,9 @@ dashboard and the alarms.
   of them that workers could start now (a limited step's only up to its limits), which the
   workers' autoscaling reads.
 - Published by the workers as EMF (``offload/metrics.py``): ``JobsCompleted``, ``JobsFailed``
-  (counts) and ``JobDuration`` (milliseconds).
+  (counts) and ``JobDuration`` (milliseconds); and ``RunningTasks``, 1 a minute from every
+  running task (``fargate_worker/running_metric.py``): its one-minute ``Sum`` is the running
+  task count the autoscaling divides the backlog by, with or without Container Insights.
 - Published by the Lambdas as EMF (Powertools, extra dimension ``service``), e.g. the enqueue
   function's ``MessagesMalformed`` (docs/lambdas.md).
 """
@@ -31,6 +33,7 @@ OLDEST_WAITING_AGE = "OldestWaitingAge"
 JOBS_COMPLETED = "JobsCompleted"
 JOBS_FAILED = "JobsFailed"
 JOB_DURATION = "JobDuration"
+RUNNING_TASKS = "RunningTasks"
 
 ONE_MINUTE = Duration.minutes(1)
 
@@ -51,3 +54,8 @@ def queue_metric(
         period=period,
         label=label,
     )
+
+
+def running_tasks(queue_name: str, *, label: str | None = None) -> cloudwatch.Metric:
+    """The workers' own count of running tasks (one datapoint a minute from each)."""
+    return queue_metric(RUNNING_TASKS, queue_name, statistic="Sum", label=label)

@@ -1,6 +1,8 @@
 """The VPC: public, private-with-egress (Lambdas, workers, endpoints) and isolated (ElastiCache,
 RDS) subnets over two or more AZs, NAT gateways (one in dev), an S3 gateway endpoint, interface
-endpoints for every AWS API the workloads call, flow logs, and the workloads' security groups.
+endpoints for every AWS API the workloads call where the environment pays for them
+(``network.interfaceEndpoints``; else those calls go through NAT), flow logs, and the
+workloads' security groups.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ INTERFACE_ENDPOINTS = {
 class Network(Construct):
     def __init__(self, scope: Construct, id: str, *, config: NetworkConfig) -> None:
         super().__init__(scope, id)
+        self.has_nat = config.nat_gateways > 0
         self.vpc = ec2.Vpc(
             self,
             "Vpc",
@@ -46,8 +49,17 @@ class Network(Construct):
                 ec2.SubnetConfiguration(
                     name=PUBLIC, subnet_type=ec2.SubnetType.PUBLIC, cidr_mask=24
                 ),
+                # Without NAT the app subnets have no route out (the Lambdas reach S3 by the
+                # gateway endpoint, Secrets Manager by its interface endpoint, Redis and
+                # PostgreSQL inside the VPC; the workers move to the public subnets).
                 ec2.SubnetConfiguration(
-                    name=APP, subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS, cidr_mask=20
+                    name=APP,
+                    subnet_type=(
+                        ec2.SubnetType.PRIVATE_WITH_EGRESS
+                        if self.has_nat
+                        else ec2.SubnetType.PRIVATE_ISOLATED
+                    ),
+                    cidr_mask=20,
                 ),
                 ec2.SubnetConfiguration(
                     name=DATA, subnet_type=ec2.SubnetType.PRIVATE_ISOLATED, cidr_mask=24
@@ -69,24 +81,18 @@ class Network(Construct):
             traffic_type=ec2.FlowLogTrafficType.ALL,
         )
 
-        endpoint_sg = ec2.SecurityGroup(
-            self,
-            "EndpointSecurityGroup",
-            vpc=self.vpc,
-            description="Interface endpoints: HTTPS from inside the VPC",
-            allow_all_outbound=False,
-        )
-        endpoint_sg.add_ingress_rule(
-            ec2.Peer.ipv4(config.cidr), ec2.Port.tcp(443), "HTTPS from the VPC"
-        )
-        for name, service in INTERFACE_ENDPOINTS.items():
-            self.vpc.add_interface_endpoint(
-                name,
-                service=service,
-                subnets=ec2.SubnetSelection(subnet_group_name=APP),
-                security_groups=[endpoint_sg],
-                private_dns_enabled=True,
-                open=False,  # the shared group above already admits the VPC on 443
+        if config.interface_endpoints:
+            self._add_interface_endpoints(config.cidr, INTERFACE_ENDPOINTS, self.app_subnets)
+        elif not self.has_nat:
+            # The one AWS API the Lambdas cannot do without and that has no gateway endpoint:
+            # the migrations and the secret's rotation read the master secret. One AZ is
+            # enough (its private DNS name answers from both); $7.30 a month instead of a NAT
+            # gateway's $36.50.
+            first_app_subnet = self.vpc.select_subnets(subnet_group_name=APP).subnets[0]
+            self._add_interface_endpoints(
+                config.cidr,
+                {"SecretsManager": INTERFACE_ENDPOINTS["SecretsManager"]},
+                ec2.SubnetSelection(subnets=[first_app_subnet]),
             )
 
         # The workloads' security groups live here, so the data stores' groups (in their own
@@ -123,9 +129,43 @@ class Network(Construct):
             description="offload schema migrations function",
         )
 
+    def _add_interface_endpoints(
+        self,
+        cidr: str,
+        services: dict[str, ec2.InterfaceVpcEndpointAwsService],
+        subnets: ec2.SubnetSelection,
+    ) -> None:
+        """Interface endpoints for ``services`` in ``subnets``. Without them
+        (``network.interfaceEndpoints: false``) the same calls leave through the NAT
+        gateway(s): same API, same IAM, traffic billed per GB by the NAT instead."""
+        endpoint_sg = ec2.SecurityGroup(
+            self,
+            "EndpointSecurityGroup",
+            vpc=self.vpc,
+            description="Interface endpoints: HTTPS from inside the VPC",
+            allow_all_outbound=False,
+        )
+        endpoint_sg.add_ingress_rule(ec2.Peer.ipv4(cidr), ec2.Port.tcp(443), "HTTPS from the VPC")
+        for name, service in services.items():
+            self.vpc.add_interface_endpoint(
+                name,
+                service=service,
+                subnets=subnets,
+                security_groups=[endpoint_sg],
+                private_dns_enabled=True,
+                open=False,  # the shared group above already admits the VPC on 443
+            )
+
     @property
     def app_subnets(self) -> ec2.SubnetSelection:
         return ec2.SubnetSelection(subnet_group_name=APP)
+
+    @property
+    def worker_subnets(self) -> ec2.SubnetSelection:
+        """The app subnets, or the public ones where there is no NAT gateway: the workers
+        pull their image and call ECR, CloudWatch Logs, S3 and EventBridge themselves, with a
+        public IP (their security group admits nothing inbound)."""
+        return self.app_subnets if self.has_nat else ec2.SubnetSelection(subnet_group_name=PUBLIC)
 
     @property
     def data_subnets(self) -> ec2.SubnetSelection:

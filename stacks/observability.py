@@ -34,6 +34,7 @@ from stacks.metrics import (
     RUNNABLE,
     WAITING,
     queue_metric,
+    running_tasks,
 )
 from stacks.nag import acknowledge
 from stacks.runtime_env import QUEUE_NAME
@@ -100,17 +101,8 @@ class Monitoring(Construct):
             queue_metric(JOB_DURATION, q, statistic=p, label=f"duration {p} (ms)")
             for p in ("p50", "p90", "p99")
         ]
-        tasks = cloudwatch.Metric(
-            namespace="ECS/ContainerInsights",
-            metric_name="RunningTaskCount",
-            dimensions_map={
-                "ClusterName": cluster.cluster_name,
-                "ServiceName": service.service_name,
-            },
-            statistic="Average",
-            period=ONE_MINUTE,
-            label="running tasks",
-        )
+        # the workers' own count (with or without Container Insights)
+        tasks = running_tasks(q, label="running tasks")
         redis_nodes_ids = [
             Fn.join("", [redis.ref, f"-{index:03d}"]) for index in range(1, redis_nodes + 1)
         ]
@@ -235,6 +227,8 @@ class Monitoring(Construct):
             )
 
         fns = list(functions.items())
+        if not config.dashboard:
+            return
         self.dashboard = cloudwatch.Dashboard(
             self,
             "Dashboard",

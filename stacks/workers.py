@@ -20,9 +20,10 @@
   (``workers.eventBusName``: an upload's final state), and sets its own task's scale-in
   protection, nothing else.
 - Autoscaling on the queue backlog only (never on CPU: busy tasks would be killed): waiting
-  jobs per running task, from the queue-metrics Lambda's ``Waiting`` metric and Container
-  Insights' ``RunningTaskCount``. Out in steps, fast, from zero on a backlog of one; in by one
-  task at a time after the queue has been empty for a while. Minimum 0.
+  jobs per running task, from the queue-metrics Lambda's ``Runnable`` metric and the tasks'
+  own ``RunningTasks`` (Container Insights is optional per environment). Out in steps, fast,
+  from zero on a backlog of one; in by one task at a time after the queue has been empty for
+  a while. Minimum 0.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from stacks.base import OffloadStack
 from stacks.bundling import REPO_ROOT
 from stacks.config import EnvConfig, PipelinesConfig, WorkersConfig
 from stacks.database import Database
-from stacks.metrics import RUNNABLE, queue_metric
+from stacks.metrics import RUNNABLE, queue_metric, running_tasks
 from stacks.nag import acknowledge
 from stacks.network import Network
 from stacks.queue import RedisQueue
@@ -68,19 +69,15 @@ def worker_image() -> ecs.ContainerImage:
     )
 
 
-def backlog_per_task(*, queue_name: str, cluster_name: str, service_name: str) -> Any:
+def backlog_per_task(*, queue_name: str) -> Any:
     """Runnable jobs per running task; with no task running, the runnable count itself (so a
     backlog of one scales out from zero). Runnable: the waiting jobs of the main queue and of
     every step queue, a limited step's counted only up to what its limits let start (more
     tasks would not run those sooner). No data from the queue-metrics Lambda means no data
-    here (the alarms stay put) rather than a fake zero."""
-    tasks = cloudwatch.Metric(
-        namespace="ECS/ContainerInsights",
-        metric_name="RunningTaskCount",
-        dimensions_map={"ClusterName": cluster_name, "ServiceName": service_name},
-        statistic="Average",
-        period=Duration.minutes(1),
-    )
+    here (the alarms stay put) rather than a fake zero. The running tasks are the workers' own
+    ``RunningTasks`` (stacks/metrics.py), not Container Insights', which an environment may
+    not pay for."""
+    tasks = running_tasks(queue_name)
     return cloudwatch.MathExpression(
         expression="IF(FILL(tasks, 0) > 1, waiting / FILL(tasks, 0), waiting)",
         using_metrics={"waiting": queue_metric(RUNNABLE, queue_name), "tasks": tasks},
@@ -99,6 +96,7 @@ class Workers(Construct):
         image: ecs.ContainerImage,
         vpc: ec2.IVpc,
         subnets: ec2.SubnetSelection,
+        public_ip: bool,
         security_group: ec2.ISecurityGroup,
         storage: UploadStorage,
         queue: RedisQueue,
@@ -113,8 +111,21 @@ class Workers(Construct):
             "Cluster",
             vpc=vpc,
             enable_fargate_capacity_providers=True,
-            container_insights_v2=ecs.ContainerInsights.ENABLED,
+            # per environment (workers.containerInsights): nothing here depends on it
+            container_insights_v2=(
+                ecs.ContainerInsights.ENABLED
+                if config.container_insights
+                else ecs.ContainerInsights.DISABLED
+            ),
         )
+        if not config.container_insights:
+            acknowledge(
+                self.cluster,
+                "AwsSolutions-ECS4",
+                "Container Insights off in this (non-production) environment to save its "
+                "per-metric charge (workers.containerInsights); the autoscaling, the dashboard "
+                "and the alarms read the tasks' own RunningTasks metric, and prod keeps it on.",
+            )
         self.task_definition = ecs.FargateTaskDefinition(
             self,
             "Task",
@@ -183,7 +194,9 @@ class Workers(Construct):
             capacity_provider_strategies=spot + on_demand if config.spot else on_demand,
             vpc_subnets=subnets,
             security_groups=[security_group],
-            assign_public_ip=False,
+            # Only in public subnets (no NAT gateway): the way out; nothing can come in, the
+            # group has no inbound rule.
+            assign_public_ip=public_ip,
             platform_version=ecs.FargatePlatformVersion.LATEST,
             enable_ecs_managed_tags=True,
             propagate_tags=ecs.PropagatedTagSource.SERVICE,
@@ -236,11 +249,7 @@ class Workers(Construct):
         self.scaling = self.service.auto_scale_task_count(
             min_capacity=config.min_tasks, max_capacity=config.max_tasks
         )
-        self.backlog_per_task = backlog_per_task(
-            queue_name=QUEUE_NAME,
-            cluster_name=self.cluster.cluster_name,
-            service_name=self.service.service_name,
-        )
+        self.backlog_per_task = backlog_per_task(queue_name=QUEUE_NAME)
         per_task = config.concurrency
         self.scaling.scale_on_metric(
             "ScaleOutOnBacklog",
@@ -295,7 +304,8 @@ class WorkersStack(OffloadStack):
             config=config.workers,
             image=image or worker_image(),
             vpc=network.vpc,
-            subnets=network.app_subnets,
+            subnets=network.worker_subnets,
+            public_ip=not network.has_nat,
             security_group=network.workers_sg,
             storage=storage,
             queue=queue,

@@ -392,6 +392,58 @@ def test_queue_metrics_cover_every_queue_and_count_what_limits_let_run(
     assert json.dumps(result)  # the handler's answer is plain JSON
 
 
+def test_queue_metrics_as_emf_call_no_api(lambda_env, settings, moto_endpoint, monkeypatch, capsys):
+    """OFFLOAD_METRICS_EMF (an environment without a route to CloudWatch's API): the same
+    datapoints as EMF lines on stdout, one per queue, and nothing through PutMetricData."""
+    from lambdas import queue_metrics
+    from tests.support.servers import unique_name
+
+    settings = replace(
+        settings,
+        step_limits=LIMITS,
+        metrics_namespace=unique_name("OffloadTest"),
+        queue_name=unique_name("queue"),
+    )
+    configure(
+        monkeypatch,
+        OFFLOAD_STEP_LIMITS=format_step_limits(LIMITS),
+        OFFLOAD_METRICS_NAMESPACE=settings.metrics_namespace,
+        OFFLOAD_QUEUE_NAME=settings.queue_name,
+        OFFLOAD_METRICS_EMF="true",
+        AWS_ENDPOINT_URL_CLOUDWATCH=moto_endpoint,
+    )
+    runtime.reset()
+    main, capped, rated = all_queues(settings)
+
+    async def backlog() -> None:
+        async with producer(settings) as prod:
+            for n in range(2):
+                await add(prod, "timed", "1", bucket=f"m{n}")
+
+    asyncio.run(backlog())
+    capsys.readouterr()
+    try:
+        result = queue_metrics.handler({}, FakeContext())
+    finally:
+        queue_metrics.close()
+    documents = [
+        json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line
+    ]
+    by_queue = {doc["Queue"]: doc for doc in documents}
+    assert set(by_queue) == {main, capped, rated}
+    assert by_queue[main]["Waiting"] == 2 and by_queue[main]["Runnable"] == result["runnable"]
+    for doc in documents:
+        [directive] = doc["_aws"]["CloudWatchMetrics"]
+        assert directive["Namespace"] == settings.metrics_namespace
+        assert directive["Dimensions"] == [["Queue"]]
+        names = {m["Name"] for m in directive["Metrics"]}
+        assert {"Waiting", "Active", "Delayed", "Failed", "OldestWaitingAge"} <= names
+    import boto3
+
+    cloudwatch = boto3.client("cloudwatch", endpoint_url=moto_endpoint, region_name="us-east-1")
+    assert cloudwatch.list_metrics(Namespace=settings.metrics_namespace)["Metrics"] == []
+
+
 def test_a_capped_step_does_not_wait_for_a_drain_delay_when_its_worker_stops(settings):
     """bullmq-py gap 10 (docs/design.md): at its global concurrency, a step queue gets no marker
     when a job finishes, so a worker that found it full sleeps a whole drainDelay. Worker A

@@ -214,10 +214,13 @@ DATABASE_USERS = {
 }
 
 
-def test_each_database_function_logs_in_as_its_own_user_through_the_proxy(dev: Synth) -> None:
+def test_each_database_function_logs_in_as_its_own_user(each_env: Synth) -> None:
     """No runtime function holds the master secret: each signs an IAM token for its own
-    database user (offload.db.roles), and may connect as that user only, on the proxy."""
-    functions = dev.resources(dev.stacks.api, "AWS::Lambda::Function").values()
+    database user (offload.db.roles), and may connect as that user only: on the proxy in
+    prod, on the instance in dev (database.proxy: false)."""
+    synth = each_env
+    proxy = synth.env == "prod"
+    functions = synth.resources(synth.stacks.api, "AWS::Lambda::Function").values()
     by_handler = {f["Properties"]["Handler"]: f["Properties"] for f in functions}
     for handler, props in by_handler.items():
         env = props["Environment"]["Variables"]
@@ -226,17 +229,42 @@ def test_each_database_function_logs_in_as_its_own_user_through_the_proxy(dev: S
             assert not any(name.startswith("DATABASE_") for name in env), handler
             continue
         assert env["DATABASE_IAM_USER"] == DATABASE_USERS[handler]
-        assert "Proxy" in json.dumps(env["DATABASE_HOST"])
-        assert env["OFFLOAD_DB_SCHEMA_FROM_ROLE"] == "true"
-        statements, _ = role_statements(dev, handler)
+        assert ("Proxy" in json.dumps(env["DATABASE_HOST"])) is proxy
+        # behind the proxy the schema comes from the role; directly, from the startup option
+        assert env.get("OFFLOAD_DB_SCHEMA_FROM_ROLE") == ("true" if proxy else None)
+        statements, _ = role_statements(synth, handler)
         [connect] = [s for s in statements if "rds-db:connect" in json.dumps(s["Action"])]
         assert connect["Action"] == "rds-db:connect"
         resource = json.dumps(connect["Resource"])
-        assert ":dbuser:" in resource and "Proxy" in resource
+        assert ":dbuser:" in resource and ("Proxy" in resource) is proxy
+        assert ("DbiResourceId" in resource) is not proxy
         assert resource.endswith(f'"/{DATABASE_USERS[handler]}"]]}}') and "*" not in resource
     # nothing in the stack may read the database secret
-    policies = dev.resources(dev.stacks.api, "AWS::IAM::Policy").values()
+    policies = synth.resources(synth.stacks.api, "AWS::IAM::Policy").values()
     assert "DatabaseInstanceSecret" not in json.dumps(list(policies))
+
+
+def test_without_rds_proxy_every_database_function_has_a_reserved_concurrency(
+    dev: Synth, prod: Synth
+) -> None:
+    """Each container holds one PostgreSQL connection: without the proxy the reservations are
+    what caps them (test_connection_budget.py adds them up)."""
+    reserved = {
+        handler: props.get("ReservedConcurrentExecutions")
+        for handler, props in functions(dev).items()
+    }
+    assert reserved == {
+        "lambdas.api.handler": 10,
+        "lambdas.enqueue.handler": 2,
+        "lambdas.queue_metrics.handler": 1,
+        "lambdas.reconciler.handler": 1,
+    }
+    behind_proxy = {
+        handler: props.get("ReservedConcurrentExecutions")
+        for handler, props in functions(prod).items()
+    }
+    assert behind_proxy["lambdas.api.handler"] is None
+    assert behind_proxy["lambdas.enqueue.handler"] == 10
 
 
 def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
@@ -263,10 +291,15 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     assert actions(statements) - sqs == xray | connect | redis
     assert "ReadUploadsPolicy" in managed and "Manage" not in managed and "Write" not in managed
 
+    # dev has no route to CloudWatch's API (no NAT): EMF on stdout, no PutMetricData
     statements, managed = role_statements(dev, "lambdas.queue_metrics.handler")
-    assert actions(statements) == xray | redis | {"cloudwatch:PutMetricData"}  # no secret
-    [put] = [s for s in statements if s["Action"] == "cloudwatch:PutMetricData"]
-    assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Offload"}}
+    assert actions(statements) == xray | redis  # no secret
+    assert (
+        functions(dev)["lambdas.queue_metrics.handler"]["Environment"]["Variables"][
+            "OFFLOAD_METRICS_EMF"
+        ]
+        == "true"
+    )
     assert "Uploads" not in managed
 
     statements, managed = role_statements(dev, "lambdas.reconciler.handler")
@@ -276,6 +309,17 @@ def test_each_function_has_only_the_permissions_it_uses(dev: Synth) -> None:
     assert "ReadUploadsPolicy" in managed and "AbortUploadsPolicy" in managed
     assert "Manage" not in managed
     assert "Write" not in managed and "Processed" not in managed
+
+
+def test_queue_metrics_by_put_metric_data_where_there_is_a_route(prod: Synth) -> None:
+    """prod has NAT gateways and a CloudWatch endpoint: PutMetricData in its namespace only."""
+    xray = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+    statements, _ = role_statements(prod, "lambdas.queue_metrics.handler")
+    assert actions(statements) == xray | {"elasticache:Connect", "cloudwatch:PutMetricData"}
+    [put] = [s for s in statements if s["Action"] == "cloudwatch:PutMetricData"]
+    assert put["Condition"] == {"StringEquals": {"cloudwatch:namespace": "Offload"}}
+    env = functions(prod)["lambdas.queue_metrics.handler"]["Environment"]["Variables"]
+    assert "OFFLOAD_METRICS_EMF" not in env
 
 
 def test_no_wildcard_actions_anywhere(each_env: Synth) -> None:

@@ -25,7 +25,14 @@ def test_postgres_16_pinned_encrypted_private(each_env: Synth) -> None:
 def test_tls_is_required(each_env: Synth) -> None:
     params = each_env.one(each_env.stacks.database, "AWS::RDS::DBParameterGroup")
     assert params["Parameters"]["rds.force_ssl"] == "1"
-    proxy = each_env.one(each_env.stacks.database, "AWS::RDS::DBProxy")
+
+
+def test_rds_proxy_in_prod_none_in_dev(dev: Synth, prod: Synth) -> None:
+    """database.proxy: prod has RDS Proxy (TLS, IAM), dev none (its Lambdas go straight to
+    the instance: test_stacks_api.py, test_connection_budget.py)."""
+    dev.template(dev.stacks.database).resource_count_is("AWS::RDS::DBProxy", 0)
+    dev.template(dev.stacks.database).resource_count_is("AWS::RDS::DBProxyTargetGroup", 0)
+    proxy = prod.one(prod.stacks.database, "AWS::RDS::DBProxy")
     assert proxy["RequireTLS"] is True
     assert proxy["EngineFamily"] == "POSTGRESQL"
 
@@ -35,6 +42,8 @@ def test_iam_authentication_end_to_end(each_env: Synth) -> None:
     secret: the master password serves only the migrations and its rotation."""
     db = each_env.one(each_env.stacks.database, "AWS::RDS::DBInstance")
     assert db["EnableIAMDatabaseAuthentication"] is True
+    if each_env.env == "dev":
+        return  # no proxy (test_rds_proxy_in_prod_none_in_dev)
     proxy = each_env.one(each_env.stacks.database, "AWS::RDS::DBProxy")
     assert proxy["DefaultAuthScheme"] == "IAM_AUTH"
     assert all(auth.get("AuthScheme") != "SECRETS" for auth in proxy.get("Auth", []))
@@ -100,26 +109,30 @@ def test_generated_credentials_are_rotated(each_env: Synth) -> None:
     assert rotation["RotationRules"]["ScheduleExpression"] == "rate(30 days)"
 
 
-def test_only_the_proxy_and_workers_reach_the_instance(dev: Synth) -> None:
-    stack = dev.stacks.database
-    ingress = [
-        r["Properties"] for r in dev.resources(stack, "AWS::EC2::SecurityGroupIngress").values()
-    ]
-    for rule in ingress:
-        assert "CidrIp" not in rule
-        port = rule["FromPort"]
-        assert port == 5432 or port == {"Fn::GetAtt": [port["Fn::GetAtt"][0], "Endpoint.Port"]}
-    sources = " ".join(json.dumps(r["SourceSecurityGroupId"]) for r in ingress)
-    assert "WorkersSecurityGroup" in sources
-    assert "LambdasSecurityGroup" in sources
-    assert "ProxySecurityGroup" in sources
-    assert "RotationSingleUserSecurityGroup" in sources
-    assert "MigrationsSecurityGroup" in sources
-    # proxy, workers, migrations, rotation -> instance; lambdas -> proxy (never the instance)
-    assert len(ingress) == 5
-    for rule in ingress:
-        if "LambdasSecurityGroup" in json.dumps(rule["SourceSecurityGroupId"]):
-            assert "ProxySecurityGroup" in json.dumps(rule["GroupId"])
+def test_only_the_proxy_and_workers_reach_the_instance(dev: Synth, prod: Synth) -> None:
+    """prod: proxy, workers, migrations, rotation -> instance; Lambdas -> proxy, never the
+    instance. dev (no proxy): the Lambdas -> instance instead."""
+    for synth, with_proxy in ((prod, True), (dev, False)):
+        stack = synth.stacks.database
+        ingress = [
+            r["Properties"]
+            for r in synth.resources(stack, "AWS::EC2::SecurityGroupIngress").values()
+        ]
+        for rule in ingress:
+            assert "CidrIp" not in rule
+            port = rule["FromPort"]
+            assert port == 5432 or port == {"Fn::GetAtt": [port["Fn::GetAtt"][0], "Endpoint.Port"]}
+        sources = " ".join(json.dumps(r["SourceSecurityGroupId"]) for r in ingress)
+        assert "WorkersSecurityGroup" in sources
+        assert "LambdasSecurityGroup" in sources
+        assert ("ProxySecurityGroup" in sources) is with_proxy
+        assert "RotationSingleUserSecurityGroup" in sources
+        assert "MigrationsSecurityGroup" in sources
+        assert len(ingress) == (5 if with_proxy else 4)  # the proxy -> instance rule
+        for rule in ingress:
+            if "LambdasSecurityGroup" in json.dumps(rule["SourceSecurityGroupId"]):
+                target = json.dumps(rule["GroupId"])
+                assert ("ProxySecurityGroup" in target) is with_proxy, synth.env
 
 
 def test_migrations_run_on_deploy_and_when_a_migration_changes(dev: Synth) -> None:

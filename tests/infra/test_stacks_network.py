@@ -10,24 +10,33 @@ from tests.infra.conftest import Synth
 
 
 def test_three_subnet_tiers_in_two_azs(each_env: Synth) -> None:
+    """Public, App, Data in two AZs; without NAT (dev) the App subnets are isolated too."""
     stack = each_env.stacks.network
     subnets = each_env.resources(stack, "AWS::EC2::Subnet")
-    tiers = {}
+    tiers: dict[str, list] = {}
     for subnet in subnets.values():
         tags = {t["Key"]: t["Value"] for t in subnet["Properties"]["Tags"]}
         tiers.setdefault(tags["aws-cdk:subnet-type"], []).append(subnet)
-    assert {name: len(group) for name, group in tiers.items()} == {
-        "Public": 2,
-        "Private": 2,
-        "Isolated": 2,
-    }
+        assert tags["aws-cdk:subnet-name"] in ("Public", "App", "Data")
+    expected = (
+        {"Public": 2, "Isolated": 4}
+        if each_env.env == "dev"
+        else {"Public": 2, "Private": 2, "Isolated": 2}
+    )
+    assert {name: len(group) for name, group in tiers.items()} == expected
     azs = {json.dumps(s["Properties"]["AvailabilityZone"]) for s in tiers["Isolated"]}
     assert len(azs) == 2
 
 
-def test_one_nat_gateway_in_dev_two_in_prod(dev: Synth, prod: Synth) -> None:
-    dev.template(dev.stacks.network).resource_count_is("AWS::EC2::NatGateway", 1)
+def test_no_nat_gateway_in_dev_two_in_prod(dev: Synth, prod: Synth) -> None:
+    """network.natGateways: 0 in dev (the workers go out through the internet gateway with
+    their own public IP: test_stacks_workers.py), one per AZ in prod."""
+    dev.template(dev.stacks.network).resource_count_is("AWS::EC2::NatGateway", 0)
+    dev.template(dev.stacks.network).resource_count_is("AWS::EC2::EIP", 0)
     prod.template(prod.stacks.network).resource_count_is("AWS::EC2::NatGateway", 2)
+    # no route out of dev's app subnets at all
+    for route in dev.resources(dev.stacks.network, "AWS::EC2::Route").values():
+        assert "AppSubnet" not in json.dumps(route["Properties"]["RouteTableId"])
 
 
 def test_isolated_subnets_have_no_route_to_the_internet(dev: Synth) -> None:
@@ -39,8 +48,28 @@ def test_isolated_subnets_have_no_route_to_the_internet(dev: Synth) -> None:
             assert "GatewayId" not in route["Properties"]
 
 
-def test_gateway_and_interface_endpoints(dev: Synth) -> None:
-    endpoints = dev.resources(dev.stacks.network, "AWS::EC2::VPCEndpoint")
+def test_without_nat_only_the_s3_gateway_and_one_secrets_manager_endpoint(dev: Synth) -> None:
+    """network.interfaceEndpoints: false and no NAT in dev: the Lambdas in the isolated app
+    subnets reach S3 by the free gateway endpoint (routed from every subnet) and Secrets
+    Manager (the migrations and the rotation read the master secret) by one interface
+    endpoint in one AZ; everything else they use is inside the VPC or signed locally."""
+    found = dev.resources(dev.stacks.network, "AWS::EC2::VPCEndpoint").values()
+    endpoints = [e["Properties"] for e in found]
+    kinds = sorted(e.get("VpcEndpointType", "Gateway") for e in endpoints)
+    assert kinds == ["Gateway", "Interface"]
+    [gateway] = [e for e in endpoints if e.get("VpcEndpointType", "Gateway") == "Gateway"]
+    assert ".s3" in json.dumps(gateway["ServiceName"])
+    tables = json.dumps(gateway["RouteTableIds"])
+    assert "AppSubnet1" in tables and "AppSubnet2" in tables
+    [interface] = [e for e in endpoints if e.get("VpcEndpointType") == "Interface"]
+    assert "secretsmanager" in json.dumps(interface["ServiceName"])
+    assert interface["PrivateDnsEnabled"] is True
+    assert len(interface["SubnetIds"]) == 1
+    assert "AppSubnet1" in json.dumps(interface["SubnetIds"])
+
+
+def test_gateway_and_interface_endpoints(prod: Synth) -> None:
+    endpoints = prod.resources(prod.stacks.network, "AWS::EC2::VPCEndpoint")
     services = {}
     for endpoint in endpoints.values():
         props = endpoint["Properties"]
@@ -56,14 +85,14 @@ def test_gateway_and_interface_endpoints(dev: Synth) -> None:
             assert endpoint["Properties"]["PrivateDnsEnabled"] is True
 
 
-def test_endpoint_security_group_admits_only_https_from_the_vpc(dev: Synth) -> None:
-    template = dev.template(dev.stacks.network)
+def test_endpoint_security_group_admits_only_https_from_the_vpc(prod: Synth) -> None:
+    template = prod.template(prod.stacks.network)
     template.has_resource_properties(
         "AWS::EC2::SecurityGroup",
         {
             "GroupDescription": Match.string_like_regexp("Interface endpoints"),
             "SecurityGroupIngress": [
-                Match.object_like({"CidrIp": "10.40.0.0/16", "FromPort": 443, "ToPort": 443})
+                Match.object_like({"CidrIp": "10.41.0.0/16", "FromPort": 443, "ToPort": 443})
             ],
         },
     )

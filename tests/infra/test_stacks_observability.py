@@ -13,8 +13,14 @@ def dashboard_body(synth: Synth) -> str:
     return json.dumps(dashboard["DashboardBody"])
 
 
-def test_one_dashboard_with_every_metric(dev: Synth) -> None:
-    body = dashboard_body(dev)
+def test_the_dashboard_only_where_the_environment_pays_for_it(dev: Synth) -> None:
+    """observability.dashboard: false in dev ($3 a month); the alarms do not need it."""
+    assert not dev.resources(dev.stacks.observability, "AWS::CloudWatch::Dashboard")
+    assert dev.resources(dev.stacks.observability, "AWS::CloudWatch::Alarm")
+
+
+def test_one_dashboard_with_every_metric(prod: Synth) -> None:
+    body = dashboard_body(prod)
     for needle in (
         # queue (queue-metrics Lambda) and jobs (worker EMF), namespace Offload, dimension Queue
         '\\"Offload\\",\\"Waiting\\",\\"Queue\\",\\"uploads\\"',
@@ -27,7 +33,7 @@ def test_one_dashboard_with_every_metric(dev: Synth) -> None:
         '\\"stat\\":\\"p90\\"',
         '\\"stat\\":\\"p99\\"',
         # workers
-        '\\"RunningTaskCount\\"',
+        '\\"Offload\\",\\"RunningTasks\\",\\"Queue\\",\\"uploads\\"',
         '\\"AWS/ECS\\",\\"CPUUtilization\\"',
         '\\"AWS/ECS\\",\\"MemoryUtilization\\"',
         # Lambdas

@@ -81,19 +81,35 @@ def test_no_secret_in_the_environment_redis_by_iam(dev: Synth) -> None:
 
 
 def test_service_runs_in_private_subnets_with_capacity_providers(dev: Synth, prod: Synth) -> None:
+    """prod: the private app subnets, out through NAT. dev (no NAT): the public subnets with
+    a public IP each, and a security group that admits nothing inbound."""
     service = dev.one(dev.stacks.workers, "AWS::ECS::Service")
     # Omitted, so a deploy keeps the autoscaled count instead of resetting it.
     assert "DesiredCount" not in service
     network = service["NetworkConfiguration"]["AwsvpcConfiguration"]
-    assert network["AssignPublicIp"] == "DISABLED"
-    assert all("AppSubnet" in json.dumps(s) for s in network["Subnets"])
+    assert network["AssignPublicIp"] == "ENABLED"
+    assert all("PublicSubnet" in json.dumps(s) for s in network["Subnets"])
     assert "WorkersSecurityGroup" in json.dumps(network["SecurityGroups"])
+    prod_service = prod.one(prod.stacks.workers, "AWS::ECS::Service")
+    prod_network = prod_service["NetworkConfiguration"]["AwsvpcConfiguration"]
+    assert prod_network["AssignPublicIp"] == "DISABLED"
+    assert all("AppSubnet" in json.dumps(s) for s in prod_network["Subnets"])
+    for synth in (dev, prod):
+        groups = synth.resources(synth.stacks.network, "AWS::EC2::SecurityGroup").values()
+        [workers] = [
+            g["Properties"]
+            for g in groups
+            if g["Properties"]["GroupDescription"] == "offload Fargate workers"
+        ]
+        assert "SecurityGroupIngress" not in workers
+        for stack in synth.stacks.all():
+            for rule in synth.resources(stack, "AWS::EC2::SecurityGroupIngress").values():
+                assert "WorkersSecurityGroup" not in json.dumps(rule["Properties"]["GroupId"])
     providers = {s["CapacityProvider"] for s in service["CapacityProviderStrategy"]}
     assert providers == {"FARGATE_SPOT", "FARGATE"}
     prod_service = prod.one(prod.stacks.workers, "AWS::ECS::Service")
     assert {s["CapacityProvider"] for s in prod_service["CapacityProviderStrategy"]} == {"FARGATE"}
-    cluster = dev.one(dev.stacks.workers, "AWS::ECS::Cluster")
-    assert {"Name": "containerInsights", "Value": "enabled"} in cluster["ClusterSettings"]
+    # Container Insights: test_container_insights_per_environment_and_nothing_depends_on_it
 
 
 def test_task_role_least_privilege(dev: Synth) -> None:
@@ -191,6 +207,24 @@ def test_scales_out_in_steps_from_a_backlog_of_one(dev: Synth) -> None:
         metrics["expr_1"]["Expression"]
         == "IF(FILL(tasks, 0) > 1, waiting / FILL(tasks, 0), waiting)"
     )
+    # the running tasks: the tasks' own count (fargate_worker/running_metric.py)
+    tasks = metrics["tasks"]["MetricStat"]
+    assert tasks["Metric"]["Namespace"] == "Offload"
+    assert tasks["Metric"]["MetricName"] == "RunningTasks"
+    assert tasks["Metric"]["Dimensions"] == [{"Name": "Queue", "Value": "uploads"}]
+    assert (tasks["Stat"], tasks["Period"]) == ("Sum", 60)
+
+
+def test_container_insights_per_environment_and_nothing_depends_on_it(
+    dev: Synth, prod: Synth
+) -> None:
+    """workers.containerInsights: off in dev (its metrics are billed), on in prod; neither the
+    scaling, the alarms nor the dashboard read it, so both shapes scale the same way."""
+    for synth, setting in ((dev, "disabled"), (prod, "enabled")):
+        cluster = synth.one(synth.stacks.workers, "AWS::ECS::Cluster")
+        assert cluster["ClusterSettings"] == [{"Name": "containerInsights", "Value": setting}]
+        for stack in (synth.stacks.workers, synth.stacks.observability):
+            assert "ContainerInsights" not in json.dumps(synth.json(stack)["Resources"])
 
 
 def test_scales_in_slowly_when_idle_and_never_on_cpu(dev: Synth) -> None:
