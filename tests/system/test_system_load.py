@@ -1,5 +1,6 @@
 """Load through the whole system (``bench/system_load.py`` prints the same run's figures at
-full length): nothing is lost, the status API answers every poll, and the figures are there."""
+full length): nothing is lost (every upload processed, each job of its flow completed once),
+the status API answers every poll, and the figures are there."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 
 import pytest
 
+from offload.pipelines import DEFAULT
 from tests.support.system_load import LoadOptions, percentile, report, run_load
 from tests.support.system_stack import SystemConfig
 
@@ -25,11 +27,27 @@ def test_uploads_under_load_all_complete_and_the_status_api_answers(system, long
     print(text)
     assert not result.failed, result.failed
     assert result.uploads > 0
-    completed = run.sql("SELECT count(*) AS n FROM jobs WHERE state = 'completed'")[0]["n"]
-    assert completed == result.uploads + options.warmup, text
+    uploads = result.uploads + options.warmup
+    processed = run.sql("SELECT count(*) AS n FROM uploads WHERE state = 'processed'")[0]["n"]
+    assert processed == uploads, text
+    # each upload (CSV) a flow of the default pipeline: its steps and finalize, each completed
+    # once (no fault here: nothing may run twice)
+    per_flow = 1 + len(DEFAULT.steps)
+    counts = run.sql(
+        "SELECT count(*) FILTER (WHERE state = 'completed') AS completed, count(*) AS jobs,"
+        " (SELECT count(*) FROM job_events WHERE state = 'completed') AS completions FROM jobs"
+    )[0]
+    assert counts == {
+        "completed": per_flow * uploads,
+        "jobs": per_flow * uploads,
+        "completions": per_flow * uploads,
+    }, (counts, text)
+    assert result.jobs == per_flow * result.uploads, text
     assert set(result.status_statuses) == {200}, result.status_statuses
     assert len(result.legs["event_to_active"]) == result.uploads, "a job without its events"
+    assert len(result.legs["event_to_processed"]) == result.uploads, "an upload not finished"
     assert all(value > 0 for value in result.legs["event_to_active"])
+    assert all(value > 0 for value in result.legs["event_to_processed"])
     assert not math.isnan(result.ours_ms)
     assert not result.unclassified, "every process's CPU must count for its kind"
     figures(
@@ -43,5 +61,10 @@ def test_uploads_under_load_all_complete_and_the_status_api_answers(system, long
             "status_p99_ms": round(1000 * percentile(result.status_latencies, 0.99), 1),
             "ours_cpu_ms_per_upload": round(result.ours_ms, 2),
             "ours_net_cpu_ms_per_upload": round(result.ours_net_ms, 2),
+            "jobs_per_upload": round(result.jobs_per_upload, 2),
+            "ours_cpu_ms_per_job": round(result.ours_ms_per_job, 2),
+            "event_to_processed_p99_ms": round(
+                1000 * percentile(result.legs["event_to_processed"], 0.99)
+            ),
         }
     )

@@ -207,7 +207,6 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
             for j in stall_failed
             if retried[j].pg_state != "completed"
         ]
-        states = retried
     # Every upload processed, its flow whole in both stores and S3. Kills may re-run a job
     # whose completion PostgreSQL has and Redis has not: counted, not refused.
     problems += flow_problems(run, ledger, reruns_allowed=True)
