@@ -237,6 +237,7 @@ class LoadResult:
     jobs: int = 0  # the jobs of the window's uploads' flows
     seconds: float = 0.0  # first upload of the window to the last job completed
     post_done: dict[str, float] = field(default_factory=dict)  # upload id -> S3 POST sent
+    sent: dict[str, bytes] = field(default_factory=dict)  # every upload (warm-up too) -> bytes
     legs: dict[str, list[float]] = field(default_factory=dict)  # latency name -> seconds
     status_latencies: list[float] = field(default_factory=list)
     status_statuses: dict[int, int] = field(default_factory=dict)
@@ -298,9 +299,11 @@ def _wait(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.1)
 
 
-def _upload_one(run: SystemRun, index: int, size: int) -> tuple[str, float]:
+def _upload_one(run: SystemRun, index: int, size: int, sent: dict[str, bytes]) -> tuple[str, float]:
     data = (f"{index},{time.time()}," * (size // 16 + 1)).encode()[:size]
-    return run.timed_upload(data, f"load-{index}.csv")
+    upload_id, sent_at = run.timed_upload(data, f"load-{index}.csv")
+    sent[upload_id] = data
+    return upload_id, sent_at
 
 
 def run_load(run: SystemRun, options: LoadOptions) -> LoadResult:
@@ -311,7 +314,7 @@ def run_load(run: SystemRun, options: LoadOptions) -> LoadResult:
 
     # Warm-up: every container, pool and sandbox child has served the path once.
     for _ in range(options.warmup):
-        _upload_one(run, next(counter), options.size)
+        _upload_one(run, next(counter), options.size, result.sent)
     _wait(lambda: _finished(run) >= options.warmup, 120, "the warm-up uploads")
     base = _finished(run)
 
@@ -351,7 +354,7 @@ def run_load(run: SystemRun, options: LoadOptions) -> LoadResult:
                 sent += 1
                 index = next(counter)
             try:
-                upload_id, sent_at = _upload_one(run, index, options.size)
+                upload_id, sent_at = _upload_one(run, index, options.size, result.sent)
             except Exception as exc:  # counted, never lost silently
                 with lock:
                     result.failed.append(f"upload {index}: {exc}")
