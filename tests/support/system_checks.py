@@ -106,6 +106,16 @@ class Ledger:
         self.uploads[upload_id] = data
         return upload_id
 
+    def broken_image(self, run: SystemRun) -> str:
+        """An upload whose first bytes are a PNG's signature and the rest garbage: the enqueue
+        path detects an image (the image pipeline), ``inspect`` completes and ``thumbnail``
+        fails for good (not decodable), so the flow fails at ``thumbnail``."""
+        data = b"\x89PNG\r\n\x1a\n" + f"not an image {len(self.uploads)} ".encode() * 20
+        upload_id = run.upload(data, f"broken-{len(self.uploads)}.png", "image/png")
+        self.uploads[upload_id] = data
+        self.expect_failed[upload_id] = "thumbnail"
+        return upload_id
+
     def upload_jobs(self, run: SystemRun) -> dict[str, list[str]]:
         """Upload id -> its job ids, as PostgreSQL has them."""
         jobs: dict[str, list[str]] = {upload_id: [] for upload_id in self.uploads}

@@ -130,7 +130,9 @@ def shape_problems(flows: dict[str, Flow], ledger: Ledger) -> list[str]:
     return problems
 
 
-def event_problems(run: SystemRun, flows: dict[str, Flow], reruns_allowed: bool) -> list[str]:
+def event_problems(
+    run: SystemRun, flows: dict[str, Flow], ledger: Ledger, reruns_allowed: bool
+) -> list[str]:
     """From ``job_events``, in the order PostgreSQL stored them (their ids): ``finalize``
     started only after every step of its flow had completed, and no step started again once
     its ``finalize`` had started (a flow rebuilt with a finished step in it, a second flow).
@@ -139,7 +141,8 @@ def event_problems(run: SystemRun, flows: dict[str, Flow], reruns_allowed: bool)
     again after it completed. Scenarios that kill a worker, or a Redis that loses its last
     second of writes, may re-run a job whose completion PostgreSQL has and Redis has not (the
     status write comes first; re-runs are by design, counted by ``rerun_figures``): there a job
-    completes at least once."""
+    completes at least once. A flow the test expects to fail (``ledger.expect_failed``) never
+    completes its failing step nor its ``finalize``: each of its other steps completes."""
     ids = [job_id for flow in flows.values() for job_id in flow.job_ids]
     if not ids:
         return []
@@ -157,9 +160,14 @@ def event_problems(run: SystemRun, flows: dict[str, Flow], reruns_allowed: bool)
         parent = flow.parent
         if parent is None:
             continue  # shape_problems names it
+        failing = ledger.expect_failed.get(flow.upload_id)
         for row in (parent, *flow.steps):
             job_id = row["id"]
             completions = sum(1 for _, s in events[job_id] if s == "completed")
+            if failing is not None and row["name"] in (FINALIZE, failing):
+                if completions:
+                    problems.append(f"{row['name']} {job_id}: completed in a flow that failed")
+                continue
             done_at = first(job_id, "completed")
             started_after = [
                 at for at, s in events[job_id] if s == "active" and done_at and at > done_at
@@ -186,7 +194,9 @@ def event_problems(run: SystemRun, flows: dict[str, Flow], reruns_allowed: bool)
     return problems
 
 
-def redis_problems(run: SystemRun, flows: dict[str, Flow], redis_lost: bool) -> list[str]:
+def redis_problems(
+    run: SystemRun, flows: dict[str, Flow], ledger: Ledger, redis_lost: bool
+) -> list[str]:
     """The parent links in Redis, bullmq's own: each step Redis has names its ``finalize`` as
     its parent (``parentKey`` and ``parent.id``), a completed step's key is in its parent's
     ``:processed`` hash and the parent waits on nothing (``:dependencies`` empty). A flow
@@ -209,7 +219,8 @@ def redis_problems(run: SystemRun, flows: dict[str, Flow], redis_lost: bool) -> 
             parent_in_redis = bool(client.exists(parent_key))
             if not parent_in_redis and not redis_lost:
                 problems.append(f"finalize {parent['id']}: not in Redis")
-            if parent_in_redis and client.scard(f"{parent_key}:dependencies"):
+            processed_flow = flow.upload_id not in ledger.expect_failed
+            if processed_flow and parent_in_redis and client.scard(f"{parent_key}:dependencies"):
                 problems.append(f"finalize {parent['id']}: still has dependencies in Redis")
             processed = set(client.hkeys(f"{parent_key}:processed")) if parent_in_redis else set()
             for step in flow.steps:
@@ -259,7 +270,7 @@ def output_problems(run: SystemRun, ledger: Ledger, flows: dict[str, Flow]) -> l
     problems = []
     expected: set[str] = set()
     for flow in flows.values():
-        if flow.parent is None or flow.upload_id in ledger.expect_failed:
+        if flow.parent is None:
             continue
         data = ledger.uploads[flow.upload_id]
         digest = hashlib.sha256(data).hexdigest()
@@ -271,7 +282,8 @@ def output_problems(run: SystemRun, ledger: Ledger, flows: dict[str, Flow]) -> l
             "steps": steps,
             "finalizeJobId": flow.parent["id"],
         }
-        expected.add(flow.result_key)
+        if flow.upload_id not in ledger.expect_failed:
+            expected.add(flow.result_key)
         for step in flow.steps:
             result = step["result"] or {}
             expected.update(v for k, v in result.items() if k.endswith("_key"))
@@ -284,6 +296,9 @@ def output_problems(run: SystemRun, ledger: Ledger, flows: dict[str, Flow]) -> l
                     if read(result["manifest_key"], version_id)["sha256"] != digest:
                         problems.append(f"{result['manifest_key']}: a version with another sha256")
         versions = versions_of(flow.result_key).get(flow.result_key, [])
+        if flow.upload_id in ledger.expect_failed:
+            problems += [f"{flow.result_key}: written for a flow that failed" for _ in versions[:1]]
+            continue
         if not versions:
             problems.append(f"upload {flow.upload_id}: no {flow.result_key}")
         for version_id in versions:
@@ -317,8 +332,8 @@ def flow_problems(
     """Every flow invariant above, for every upload of the ledger."""
     flows = read_flows(run, ledger)
     problems = shape_problems(flows, ledger)
-    problems += event_problems(run, flows, reruns_allowed)
-    problems += redis_problems(run, flows, redis_lost)
+    problems += event_problems(run, flows, ledger, reruns_allowed)
+    problems += redis_problems(run, flows, ledger, redis_lost)
     problems += output_problems(run, ledger, flows)
     return problems
 

@@ -100,13 +100,33 @@ def _check(
     problems += completion_problems(states, ledger)
     problems += flow_problems(run, ledger, reruns_allowed=reruns_allowed, redis_lost=redis_lost)
     problems += [f"row in flight: {row}" for row in stuck_rows(run)]
+    failing = _expected_failures(run, ledger)
     problems += [
-        f"not completed: {s.describe()}" for s in states.values() if s.pg_state != "completed"
+        f"not completed: {s.describe()}"
+        for s in states.values()
+        if s.pg_state != "completed" and s.id not in failing
+    ]
+    problems += [
+        f"expected failed: {states[j].describe()}"
+        for j in failing
+        if j in states and states[j].pg_state != "failed"
     ]
     expected = len(ledger.test_jobs) + flow_job_count(read_flows(run, ledger))
     if len(states) != expected:
         problems.append(f"{len(states)} jobs for {expected} submitted")
     return problems
+
+
+def _expected_failures(run: SystemRun, ledger: Ledger) -> set[str]:
+    """The jobs of the flows a test expects to fail: the failing step and its finalize."""
+    flows = read_flows(run, ledger)
+    return {
+        row["id"]
+        for upload_id, step in ledger.expect_failed.items()
+        if upload_id in flows
+        for row in (*flows[upload_id].parents, *flows[upload_id].steps)
+        if row["name"] in ("finalize", step)
+    }
 
 
 def _recovery_bound(config: SystemConfig) -> float:
@@ -298,6 +318,8 @@ def test_postgres_stopped_mid_run_loses_no_outcome_and_the_api_answers_503(
     during = [p.answer for p in answers if stopped_at <= p.started and p.answered < restarting_at]
     after = [(p.started - back_at, p.answer.status) for p in answers if p.started >= back_at]
     first_ok = min((t for t, status in after if status == 200), default=None)
+    # Two uploads whose flow fails for good (at thumbnail): the upload ends failed, naming it
+    broken = [ledger.broken_image(run) for _ in range(2)]
     states, problems = wait_final(run, ledger, _recovery_bound(config) + 60 + SLACK_S)
     problems += _check(run, ledger, states)
     problems += [
@@ -316,6 +338,7 @@ def test_postgres_stopped_mid_run_loses_no_outcome_and_the_api_answers_503(
             "answers_during_outage": len(during),
             "statuses_during_outage": sorted({a.status for a in during}),
             "first_200_after_back_s": None if first_ok is None else round(first_ok, 2),
+            "uploads_failed_as_expected": len(broken),
             **rerun_figures(states, ledger),
             **flow_figures(run, ledger, states),
         }
