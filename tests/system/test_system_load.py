@@ -19,11 +19,11 @@ LOAD_CI = LoadOptions(
 )
 LOAD_LONG = LoadOptions(seconds=120)
 # A ceiling on our CPU per job of the uploads' flows (the whole path's CPU, API to finalize,
-# spread over each upload's jobs), not the target (docs/reliability.md: about 13 ms a job
-# measured with the machine lightly loaded, 16 ms in a loaded benchmark, 26 ms in this short
-# run on a machine saturated by other tests): it catches a cost that multiplies, such as an AWS
-# client or a connection made per job (tens of ms each), which no figure alone would fail.
-CPU_PER_JOB_CEILING_MS = 40.0
+# spread over each upload's jobs), not the target (docs/reliability.md: 12.7 ms a job measured
+# apart, 17.5 ms in the loaded benchmark, 20-29 ms in this 5 s window alone on the machine,
+# more with the suite beside it): it catches a cost that multiplies, such as an AWS client or a
+# connection made per job (tens of ms each), which no figure alone would fail.
+CPU_PER_JOB_CEILING_MS = 60.0
 
 
 @pytest.mark.timeout(600)
