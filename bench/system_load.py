@@ -10,12 +10,15 @@ and with the status API polled only (baselines), then for ``--seconds`` sends up
 as the pipeline takes them (``--uploaders`` browsers at once, at most ``--backlog`` uploads
 sent but not processed, so that the figures are those of the pipeline, not of a growing queue):
 ``POST /uploads`` through the gateway (Cognito ID token), the presigned POST to the moto
-server, S3 event -> SQS -> enqueue Lambda -> Redis -> worker -> sandbox ``inspect`` ->
-completed; ``GET /jobs?limit=20`` is polled meanwhile from a process of its own.
+server, S3 event -> SQS -> enqueue Lambda (a ranged GET of the first KiB, the upload's flow) ->
+Redis -> worker -> sandbox ``inspect`` -> ``finalize`` in the worker (result.json, the upload
+``processed``, its EventBridge event); ``GET /jobs?limit=20`` is polled meanwhile from a
+process of its own.
 
 Prints the rate, S3-event-to-job-active latency (from the presigned POST's answer to the job's
 first ``active`` event in ``job_events``) and its legs, the status API's p50/p99 as the client
-sees it, and CPU ms per upload by process kind (psutil over every process of the stack's tree,
+sees it, the time to the upload's final state, and CPU ms per upload by process kind (and
+per job: an upload is a flow of two or more jobs) (psutil over every process of the stack's tree,
 its Redis and its PostgreSQL; moto apart: it is the emulator). How the figures are taken:
 ``tests/support/system_load.py``. The test ``tests/system/test_system_load.py`` runs the same
 code briefly and asserts that nothing was lost. The last line, ``RESULT ...``, is

@@ -8,9 +8,7 @@ names every job that breaks it, not only the first.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 import threading
 import time
 from collections import defaultdict
@@ -81,6 +79,9 @@ class Ledger:
     runs_log: Path
     test_jobs: list[str] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)  # upload id -> the bytes sent
+    # upload id -> the step its flow is expected to fail at; every other upload must end
+    # processed (tests.support.system_flows)
+    expect_failed: dict[str, str] = field(default_factory=dict)
     _counter: int = 0
 
     def logged_refs(self, specs: list[tuple[str, float]], owner: str) -> list[tuple[str, JobRef]]:
@@ -105,6 +106,16 @@ class Ledger:
         self.uploads[upload_id] = data
         return upload_id
 
+    def broken_image(self, run: SystemRun) -> str:
+        """An upload whose first bytes are a PNG's signature and the rest garbage: the enqueue
+        path detects an image (the image pipeline), ``inspect`` completes and ``thumbnail``
+        fails for good (not decodable), so the flow fails at ``thumbnail``."""
+        data = b"\x89PNG\r\n\x1a\n" + f"not an image {len(self.uploads)} ".encode() * 20
+        upload_id = run.upload(data, f"broken-{len(self.uploads)}.png", "image/png")
+        self.uploads[upload_id] = data
+        self.expect_failed[upload_id] = "thumbnail"
+        return upload_id
+
     def upload_jobs(self, run: SystemRun) -> dict[str, list[str]]:
         """Upload id -> its job ids, as PostgreSQL has them."""
         jobs: dict[str, list[str]] = {upload_id: [] for upload_id in self.uploads}
@@ -117,6 +128,20 @@ class Ledger:
 
     def job_ids(self, run: SystemRun) -> list[str]:
         return self.test_jobs + [j for ids in self.upload_jobs(run).values() for j in ids]
+
+    def unfinished_uploads(self, run: SystemRun) -> dict[str, str]:
+        """Upload id -> state, for the uploads not yet in a final state (processed, failed):
+        the flow's ``finalize`` (or the failure of a step) has not ended them."""
+        if not self.uploads:
+            return {}
+        return {
+            row["id"]: row["state"]
+            for row in run.sql(
+                "SELECT id, state FROM uploads WHERE id = ANY(%s)"
+                " AND state NOT IN ('processed', 'failed')",
+                (list(self.uploads),),
+            )
+        }
 
     def runs(self) -> dict[str, list[Run]]:
         return read_runs(self.runs_log)
@@ -191,21 +216,22 @@ def wait_final(
     idle_s: float | None = None,
     redis_lost: bool = False,
 ) -> tuple[dict[str, JobState], list[str]]:
-    """Until every job of the ledger is final in both stores and every upload has its job, or
-    ``timeout_s``; returns the states and a problem per job not final by then (with what each
-    store says) and per upload without a job. With ``idle_s``, gives up early once nothing has
-    changed for that long while the queue has no work left: nothing but the reconciler could
-    change anything then (scenarios that rely on it leave ``idle_s`` unset)."""
+    """Until every job of the ledger is final in both stores and every upload is in a final
+    state (its flow ended it), or ``timeout_s``; returns the states and a problem per job not
+    final by then (with what each store says) and per upload not final. With ``idle_s``, gives
+    up early once nothing has changed for that long while the queue has no work left: nothing
+    but the reconciler could change anything then (scenarios that rely on it leave ``idle_s``
+    unset)."""
     deadline = time.monotonic() + timeout_s
     last_change, last_seen = time.monotonic(), None
     while True:
-        jobs = ledger.upload_jobs(run)
-        missing = [upload_id for upload_id, ids in jobs.items() if not ids]
+        unfinished = ledger.unfinished_uploads(run)
         states = job_states(run, ledger.job_ids(run))
         stuck = not_final(states, redis_lost)
-        if (not stuck and not missing) or time.monotonic() > deadline:
+        if (not stuck and not unfinished) or time.monotonic() > deadline:
             break
         seen = {(s.id, s.pg_state, s.redis_state, s.pg_attempt) for s in stuck}
+        seen |= {(u, state, None, None) for u, state in unfinished.items()}
         if seen != last_seen:
             last_change, last_seen = time.monotonic(), seen
         elif idle_s is not None and time.monotonic() - last_change > idle_s and queue_idle(run):
@@ -213,7 +239,10 @@ def wait_final(
         time.sleep(0.5)
     waited = f"{timeout_s:.0f}s" if time.monotonic() > deadline else "the queue went idle"
     problems = [f"not final after {waited}: {state.describe()}" for state in stuck]
-    problems += [f"upload {upload_id} has no job after {waited}" for upload_id in missing]
+    problems += [
+        f"upload {upload_id} still {state} after {waited}"
+        for upload_id, state in unfinished.items()
+    ]
     return states, problems
 
 
@@ -306,51 +335,6 @@ def rerun_figures(states: dict[str, JobState], ledger: Ledger) -> dict[str, int]
         "completion_events": sum(s.completed_events for s in states.values()),
         "jobs_completed_more_than_once": sum(s.completed_events > 1 for s in states.values()),
     }
-
-
-def manifest_problems(run: SystemRun, ledger: Ledger, states: dict[str, JobState]) -> list[str]:
-    """One manifest per upload, at its deterministic key, with the sha256 of the bytes sent:
-    every version of it (the bucket is versioned; a re-run writes a new version) says the
-    same, and nothing else is under ``processed/``."""
-    from offload_local import aws_resources
-
-    assert run.info is not None
-    s3 = aws_resources.client("s3", run.info.moto_endpoint)
-    expected = {
-        f"processed/{run.info.user_sub}/{upload_id}/manifest.json": data
-        for upload_id, data in ledger.uploads.items()
-    }
-    versions: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for page in s3.get_paginator("list_object_versions").paginate(
-        Bucket=run.info.bucket, Prefix=f"processed/{run.info.user_sub}/"
-    ):
-        for version in page.get("Versions", []):
-            versions[version["Key"]].append(version)
-    problems = [f"unexpected output {key}" for key in versions if key not in expected]
-    for key, data in expected.items():
-        if key not in versions:
-            problems.append(f"no manifest at {key}")
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        contents = set()
-        for version in versions[key]:
-            body = s3.get_object(Bucket=run.info.bucket, Key=key, VersionId=version["VersionId"])
-            manifest = json.loads(body["Body"].read())
-            manifest.pop("processed_at", None)  # the one field a re-run changes
-            contents.add(json.dumps(manifest, sort_keys=True))
-            if manifest["sha256"] != digest:
-                problems.append(f"{key}: sha256 {manifest['sha256']} instead of {digest}")
-        if len(contents) > 1:
-            problems.append(f"{key}: {len(versions[key])} versions that differ")
-    for state in states.values():
-        if state.upload_id and state.pg_state == "completed":
-            data = ledger.uploads.get(state.upload_id)
-            if (
-                data is not None
-                and state.pg_result.get("sha256") != hashlib.sha256(data).hexdigest()
-            ):
-                problems.append(f"wrong sha256 in the result: {state.describe()}")
-    return problems
 
 
 def stuck_rows(run: SystemRun) -> list[str]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
+from offload.pipelines import DEFAULT
 from tests.support.local_stack import wait_until
 from tests.support.system_checks import (
     STALL_REASON,
@@ -26,11 +27,11 @@ from tests.support.system_checks import (
     completion_problems,
     final_count,
     job_states,
-    manifest_problems,
     rerun_figures,
     stuck_rows,
     wait_final,
 )
+from tests.support.system_flows import flow_figures, flow_job_count, flow_problems, read_flows
 from tests.support.system_stack import Killed, SystemConfig, SystemRun, alive
 
 # Slack for a loaded 2-core machine on top of what the timings promise.
@@ -152,7 +153,8 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
     specs = [("sleep", 0.5 + (i % 5) / 4) for i in range(scale.sleep_jobs)]
     specs += [("cpu", 0.1 + 0.1 * (i % 3)) for i in range(scale.cpu_jobs)]
     random.shuffle(specs)
-    total_jobs = len(specs) + scale.uploads
+    # each upload (CSV) runs the default pipeline's flow: its steps and finalize
+    total_jobs = len(specs) + scale.uploads * (1 + len(DEFAULT.steps))
 
     def submit() -> None:
         ledger.add_test_jobs(run, specs)
@@ -173,10 +175,10 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
     problems += _orphans(killed)
     problems += agreement_problems(states)
     problems += completion_problems(states, ledger)
-    problems += manifest_problems(run, ledger, states)
     problems += [f"row in flight: {row}" for row in stuck_rows(run)]
-    if len(states) != total_jobs:
-        problems.append(f"{len(states)} jobs for {total_jobs} submitted")
+    flow_jobs = flow_job_count(read_flows(run, ledger))
+    if len(states) != len(ledger.test_jobs) + flow_jobs:
+        problems.append(f"{len(states)} jobs for {len(ledger.test_jobs) + flow_jobs} submitted")
     # A fleet that checks for stalled jobs when a worker starts and every interval after
     # recovers an abandoned job within two checks of its lock expiring: two intervals, each
     # stretched at most by the longest wait for the next worker to start.
@@ -190,7 +192,8 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
             f"longest wait for a worker to start ({gap_s:.1f}s), + {SLACK_S:g}s"
         )
 
-    # Jobs the stall limit failed are retriable, and then complete.
+    # Jobs the stall limit failed are retriable, and then complete (a step of a flow: the
+    # step again, then its finalize, which ends the upload processed after all).
     stall_failed = [s.id for s in states.values() if s.stall_failed]
     for job_id in stall_failed:
         answer = run.api.call("POST", f"/jobs/{job_id}/retry")
@@ -204,6 +207,9 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
             for j in stall_failed
             if retried[j].pg_state != "completed"
         ]
+    # Every upload processed, its flow whole in both stores and S3. Kills may re-run a job
+    # whose completion PostgreSQL has and Redis has not: counted, not refused.
+    problems += flow_problems(run, ledger, reruns_allowed=True)
 
     figures(
         {
@@ -214,6 +220,7 @@ def test_crash_loop_loses_nothing_and_completes_each_job_once(system, long_run, 
             "abandoned_bound_s": round(bound_s, 1),
             "stalled_interval_s": interval_s,
             **rerun_figures(states, ledger),
+            **flow_figures(run, ledger, states),
         }
     )
     assert len(killed) >= 3, "the loop must kill workers while jobs run"
