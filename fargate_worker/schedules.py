@@ -31,6 +31,7 @@ has lost everything and when no worker runs, so they stay on EventBridge.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -58,6 +59,7 @@ class ScheduleKeeper:
         self.schedules = schedules
         self.job_options = job_options
         self.interval_s = interval_s
+        self._stopping = asyncio.Event()
 
     async def ensure(self) -> list[str]:
         """One check: register what is missing, changed or stuck; remove what is no longer
@@ -96,16 +98,24 @@ class ScheduleKeeper:
         return state in _PENDING
 
     async def run(self) -> None:
-        """Check now, then every ``interval_s``, until cancelled. A failed check (Redis down)
-        is logged and tried again at the next period: schedules are never worth a crash."""
-        while True:
+        """Check now, then every ``interval_s``, until :meth:`stop`. A failed check (Redis
+        down) is logged and tried again at the next period: schedules are never worth a crash.
+        The stop is an event, not only a cancellation: a cancellation that lands inside a
+        library call may be swallowed there, and a loop relying on it would run on (seen: a
+        worker that never exited because its check kept going after shutdown)."""
+        while not self._stopping.is_set():
             try:
                 await self.ensure()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("schedules not checked: %s: %s", exc.__class__.__name__, exc)
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.interval_s)
+
+    def stop(self) -> None:
+        """End :meth:`run` after the check in progress, if any."""
+        self._stopping.set()
 
 
 async def job_scheduler(queue: Queue, scheduler_id: str) -> dict[str, Any] | None:

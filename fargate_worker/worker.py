@@ -60,6 +60,9 @@ from offload.user_errors import redact as hide_internal_names
 
 log = logging.getLogger(__name__)
 
+# How long a shutdown waits for the schedule check in progress.
+SCHEDULE_STOP_S = 5.0
+
 
 def worker_options(settings: Settings) -> dict[str, Any]:
     options: dict[str, Any] = {
@@ -411,9 +414,13 @@ class OffloadWorker:
         log.info(
             "shutting down", extra={"worker_id": self.worker_id, "state": f"{self._active} active"}
         )
+        if self.schedules is not None:
+            self.schedules.stop()
         if self._schedule_task is not None:
             self._schedule_task.cancel()
-            await asyncio.gather(self._schedule_task, return_exceptions=True)
+            # Bounded: a check stuck on Redis must not hold the shutdown (the keeper's
+            # connection is closed next, which ends any call still in flight).
+            await asyncio.wait({self._schedule_task}, timeout=SCHEDULE_STOP_S)
         if self.schedules is not None:
             await self.schedules.queue.close()
         close = asyncio.ensure_future(self.queues.close())

@@ -5,6 +5,7 @@ again and again. Real Redis and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 from dataclasses import replace
@@ -232,3 +233,33 @@ def test_a_due_scheduled_job_counts_as_waiting_so_the_workers_scale_from_zero(se
             await queue.close()
 
     assert asyncio.run(scenario()) == [(0, 1), (1, 1), (1, 1)]
+
+
+def test_a_stopped_keeper_ends_even_when_a_check_swallows_its_cancellation():
+    """Shutdown stops the keeper with an event, not only a cancellation: a cancellation that a
+    library call swallows must not leave the loop running (a worker then never exited)."""
+
+    class Swallowing(ScheduleKeeper):
+        checks = 0
+
+        async def ensure(self) -> list[str]:
+            self.checks += 1
+            if self.checks > 1:  # only the first cancellation is lost
+                await asyncio.sleep(0.2)
+                return []
+            # A Redis call in flight when the cancel lands, swallowed as a library may do.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(0.2)
+            return []
+
+    async def scenario() -> int:
+        keeper = Swallowing(None, (), {}, interval_s=0.05)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(keeper.run())
+        await asyncio.sleep(0.1)
+        keeper.stop()
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert task in done, "the keeper kept checking after it was stopped"
+        return keeper.checks
+
+    assert asyncio.run(scenario()) == 1
