@@ -192,7 +192,13 @@ def test_a_restart_after_a_step_finished_does_not_run_it_again(
             async with running_worker(pipeline_settings):
                 await wait_for_state(settings, noop_id, "completed")
                 await wait_for_state(settings, sleep_id, "active")
-                assert await made.queue.getJob(noop_id) is None  # removed on completion
+
+                # Removed on completion: the row is written first, then bullmq moves (and
+                # removes) the job, so wait for Redis to follow.
+                async def removed() -> bool:
+                    return await made.queue.getJob(noop_id) is None
+
+                await wait_for(removed, 10)
                 states = {row["id"]: row["state"] for row in job_rows(settings, ref.upload_id)}
                 assert await made.start_flow(slow, sleepy, states) == (parent_id, sleep_id)
                 await wait_for_state(settings, parent_id, "completed", timeout_s=30)
