@@ -348,18 +348,6 @@ def _alarms(t: Templates, p: Prices) -> Iterator[Line]:
         )
 
 
-def _dashboards(t: Templates, p: Prices) -> Iterator[Line]:
-    count = sum(1 for _ in t.resources("AWS::CloudWatch::Dashboard"))
-    if count:
-        yield Line(
-            item="CloudWatch dashboard",
-            count=count,
-            unit_price=p.price("cloudwatch", "dashboardMonth"),
-            quantity=1,
-            unit="month",
-        )
-
-
 _DASHBOARD_METRIC = re.compile(r'\["([^"\[\]]+)","([^"\[\]]+)"')
 
 
@@ -430,30 +418,6 @@ def _custom_metrics(t: Templates, p: Prices) -> Iterator[Line]:
         )
 
 
-def _secrets(t: Templates, p: Prices) -> Iterator[Line]:
-    count = sum(1 for _ in t.resources("AWS::SecretsManager::Secret"))
-    if count:
-        yield Line(
-            item="Secrets Manager secret",
-            count=count,
-            unit_price=p.price("secretsmanager", "secretMonth"),
-            quantity=1,
-            unit="month",
-        )
-
-
-def _kms(t: Templates, p: Prices) -> Iterator[Line]:
-    count = sum(1 for _ in t.resources("AWS::KMS::Key"))
-    if count:
-        yield Line(
-            item="KMS key",
-            count=count,
-            unit_price=p.price("kms", "keyMonth"),
-            quantity=1,
-            unit="month",
-        )
-
-
 _RATE = re.compile(r"^rate\((\d+) (minute|minutes|hour|hours|day|days)\)$")
 _MINUTES = {"minute": 1, "hour": 60, "day": 1440}
 
@@ -513,6 +477,35 @@ def _sqs_polling(t: Templates, p: Prices) -> Iterator[Line]:
             quantity=1,
             unit="M requests",
         )
+
+
+def _per_resource_month(
+    resource_type: str, item: str, service: str, price: str
+) -> Callable[[Templates, Prices], Iterator[Line]]:
+    """A rule for a resource billed a flat price per month each (a dashboard, a secret, a
+    KMS key): one line with their count."""
+
+    def rule(t: Templates, p: Prices) -> Iterator[Line]:
+        count = sum(1 for _ in t.resources(resource_type))
+        if count:
+            yield Line(
+                item=item,
+                count=count,
+                unit_price=p.price(service, price),
+                quantity=1,
+                unit="month",
+            )
+
+    return rule
+
+
+_dashboards = _per_resource_month(
+    "AWS::CloudWatch::Dashboard", "CloudWatch dashboard", "cloudwatch", "dashboardMonth"
+)
+_secrets = _per_resource_month(
+    "AWS::SecretsManager::Secret", "Secrets Manager secret", "secretsmanager", "secretMonth"
+)
+_kms = _per_resource_month("AWS::KMS::Key", "KMS key", "kms", "keyMonth")
 
 
 def _with_saving(line: Line, saving: float, what: str) -> Line:
