@@ -34,8 +34,12 @@ from tests.support.system_checks import (
 from tests.support.system_flows import flow_figures, flow_job_count, flow_problems, read_flows
 from tests.support.system_stack import Killed, SystemConfig, SystemRun, alive
 
-# Slack for a loaded 2-core machine on top of what the timings promise.
-SLACK_S = 5.0
+# Slack for a loaded 2-core machine on top of what the timings promise. The bounds count a
+# worker's start from its process's creation, but its first stalled check comes only once it
+# has imported, started its sandbox's fork server, opened its pool and written the step
+# queues' limits: seconds under the full suite (one CI run: a job abandoned 21.2 s against a
+# bound of 21.0 s with 5 s of slack).
+SLACK_S = 8.0
 
 
 @dataclass(frozen=True)
