@@ -394,19 +394,34 @@ def cmd_status(args: argparse.Namespace, env: Env) -> int:
     return code
 
 
-def cmd_uploads(args: argparse.Namespace, env: Env) -> int:
-    printer = Printer(args)
+def _check_limit(args: argparse.Namespace) -> None:
     if args.limit > 100:
         raise UsageError("--limit is at most 100 (use --all for every page)")
-    session = Session(args, env)
-    uploads: list[dict[str, Any]] = []
+
+
+def _pages(
+    args: argparse.Namespace, key: str, fetch: Callable[[str | None], dict[str, Any]]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The ``key`` items of one page from ``--cursor`` (``fetch(cursor)``), or of every page
+    with ``--all``, and the cursor of the page after them. ``--limit`` is checked by
+    :func:`_check_limit` before the session signs in."""
+    items: list[dict[str, Any]] = []
     cursor = args.cursor
     while True:
-        page = session.api.uploads_page(args.limit, cursor, args.state)
-        uploads.extend(page.get("uploads", []))
+        page = fetch(cursor)
+        items.extend(page.get(key, []))
         cursor = page.get("nextCursor")
         if not args.all or not cursor:
-            break
+            return items, cursor
+
+
+def cmd_uploads(args: argparse.Namespace, env: Env) -> int:
+    printer = Printer(args)
+    _check_limit(args)
+    session = Session(args, env)
+    uploads, cursor = _pages(
+        args, "uploads", lambda at: session.api.uploads_page(args.limit, at, args.state)
+    )
     if args.json:
         printer.json({"uploads": uploads, "nextCursor": cursor})
     else:
@@ -418,17 +433,11 @@ def cmd_uploads(args: argparse.Namespace, env: Env) -> int:
 
 def cmd_jobs(args: argparse.Namespace, env: Env) -> int:
     printer = Printer(args)
-    if args.limit > 100:
-        raise UsageError("--limit is at most 100 (use --all for every page)")
+    _check_limit(args)
     session = Session(args, env)
-    jobs: list[dict[str, Any]] = []
-    cursor = args.cursor
-    while True:
-        page = session.api.jobs_page(args.limit, cursor, args.upload)
-        jobs.extend(page.get("jobs", []))
-        cursor = page.get("nextCursor")
-        if not args.all or not cursor:
-            break
+    jobs, cursor = _pages(
+        args, "jobs", lambda at: session.api.jobs_page(args.limit, at, args.upload)
+    )
     if args.json:
         printer.json({"jobs": [report.job_json(j) for j in jobs], "nextCursor": cursor})
     else:
